@@ -1,0 +1,20 @@
+"""lowmem-numba: GEMM-based DNN convolutions on the CPU in small, provable memory.
+
+Every algorithm of the family of Anderson, Vasudevan, Keane and Gregg
+("Low-memory GEMM-based convolution algorithms for deep neural networks",
+arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
+"""
+
+from .api import algorithms, conv2d, supports, workspace_bytes
+from .geometry import ConvGeometry, make_geometry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvGeometry",
+    "algorithms",
+    "conv2d",
+    "make_geometry",
+    "supports",
+    "workspace_bytes",
+]

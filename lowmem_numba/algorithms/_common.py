@@ -1,0 +1,98 @@
+"""Micro-kernels shared by the algorithm families.
+
+Kernels take flat C-contiguous float32 arrays and the geometry as a tuple of
+ints (see :func:`dims`), so one compiled specialisation serves every shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..blas import gemm
+
+_F32_ONE = np.float32(1.0)
+_F32_ZERO = np.float32(0.0)
+
+
+def dims(g) -> tuple:
+    """The geometry as the int tuple kernels unpack."""
+    return (
+        g.batch, g.in_channels, g.height, g.width, g.out_channels, g.kernel_h,
+        g.kernel_w, g.groups, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
+        g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, g.out_height, g.out_width,
+    )
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@njit(cache=True, nogil=True)
+def valid_range(in_size, out_size, stride, offset):
+    """Output indices o in [0, out_size) whose input o*stride + offset is in [0, in_size)."""
+    lo = min(out_size, max(0, -(offset // stride)))
+    hi = min(out_size, (in_size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def add_bias_rows(out, offset, rows, cols, ld, bias, bias_offset):
+    """out[offset + r*ld + j] += bias[bias_offset + r] for an rows x cols block."""
+    for r in range(rows):
+        b = bias[bias_offset + r]
+        base = offset + r * ld
+        for j in range(cols):
+            out[base + j] += b
+
+
+@njit(cache=True, nogil=True)
+def fill_rows(out, offset, rows, cols, ld, bias, bias_offset):
+    """Set an rows x cols block to the bias of each row (zero when bias is empty)."""
+    for r in range(rows):
+        b = bias[bias_offset + r] if bias.size else _F32_ZERO
+        base = offset + r * ld
+        for j in range(cols):
+            out[base + j] = b
+
+
+def gemm_split(count: int, m: int, n: int, threads: int, min_cols: int = 128):
+    """How to cut ``count`` independent m x n GEMM outputs into parallel items.
+
+    Returns (m_blocks, n_tiles).  One item per GEMM when there are enough; else
+    columns are cut first (each tile keeps >= ``min_cols`` columns, the width at
+    which a single-threaded sgemm stays efficient), then rows.
+    """
+    if count >= threads:
+        return 1, 1
+    want = ceil_div(threads, count)
+    n_tiles = max(1, min(want, n // min_cols))
+    m_blocks = max(1, min(ceil_div(want, n_tiles), m // 16))
+    return m_blocks, n_tiles
+
+
+@njit(parallel=True, cache=True)
+def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
+                 c, c_off, c_step, ldc, bias, bias_step, m_blocks, n_tiles):
+    """``count`` GEMMs C_i = A_i @ B_i (+ bias_i per row), cut into parallel tiles.
+
+    GEMM i uses A at ``a_off + i*a_step`` (m x k, ld ``lda``), B at
+    ``b_off + i*b_step`` (k x n, ld ``ldb``), C at ``c_off + i*c_step``, and
+    ``bias[i*bias_step : i*bias_step + m]`` when ``bias`` is not empty.
+    """
+    per_gemm = m_blocks * n_tiles
+    for item in prange(count * per_gemm):
+        i = item // per_gemm
+        mb = (item % per_gemm) // n_tiles
+        nt = item % n_tiles
+        m0 = mb * m // m_blocks
+        m1 = (mb + 1) * m // m_blocks
+        n0 = nt * n // n_tiles
+        n1 = (nt + 1) * n // n_tiles
+        c_at = c_off + i * c_step + m0 * ldc + n0
+        gemm(False, False, m1 - m0, n1 - n0, k, _F32_ONE,
+             a, a_off + i * a_step + m0 * lda, lda,
+             b, b_off + i * b_step + n0, ldb,
+             _F32_ZERO, c, c_at, ldc)
+        if bias.size:
+            add_bias_rows(c, c_at, m1 - m0, n1 - n0, ldc, bias, i * bias_step + m0)

@@ -1,0 +1,181 @@
+"""The functional API: conv2d, algorithms, supports, workspace_bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import algorithms as _algorithms  # noqa: F401  (registers every algorithm)
+from . import registry
+from .geometry import (
+    check_array,
+    check_bias,
+    check_out,
+    check_threads,
+    make_geometry,
+)
+from .registry import FLOAT32_BYTES
+from .scheduler import default_algorithm
+from .threads import kernel_threads, max_threads
+
+_NO_BIAS = np.empty(0, dtype=np.float32)
+
+
+def algorithms() -> tuple[str, ...]:
+    """Names of the registered algorithms, spelled as in the paper's library.
+
+    Returns
+    -------
+    tuple of str
+    """
+    return registry.names()
+
+
+def _resolve(name, geometry):
+    """The Algorithm to run; raises if it does not support ``geometry``."""
+    if isinstance(name, str) and name == "auto":
+        return registry.get(default_algorithm(geometry))
+    algorithm = registry.get(name)
+    reason = algorithm.unsupported(geometry)
+    if reason is not None:
+        able = [n for n in registry.names() if registry.get(n).unsupported(geometry) is None]
+        raise ValueError(
+            f"algorithm {name!r} does not support {reason}; algorithms that support this "
+            f"configuration: {', '.join(able)}"
+        )
+    return algorithm
+
+
+def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> bool:
+    """Whether an algorithm handles a convolution configuration.
+
+    Parameters
+    ----------
+    name : str
+        A registered algorithm name (see :func:`algorithms`).
+    x_shape : tuple of int
+        Input shape, (N, C, H, W) or (C, H, W).
+    w_shape : tuple of int
+        Weight shape (M, C/groups, kh, kw).
+    stride, padding, dilation, groups
+        As for :func:`conv2d`.
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``name`` is unknown or the configuration itself is invalid (for
+        example a channel mismatch); an unsupported but valid configuration
+        returns False.
+    """
+    algorithm = registry.get(name)
+    geometry = make_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    return algorithm.unsupported(geometry) is None
+
+
+def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
+                    *, threads=None) -> int:
+    """Temporary memory one :func:`conv2d` call with this algorithm uses.
+
+    That is everything beyond x, weight, bias and the output: scratch buffers
+    and any per-call weight repacking.  It depends on the thread count because
+    threads get disjoint scratch.  Non-contiguous inputs are additionally copied
+    to contiguous ones, which this does not count.
+
+    Parameters
+    ----------
+    name : str
+        A registered algorithm name, or ``"auto"``.
+    x_shape, w_shape, stride, padding, dilation, groups
+        As for :func:`supports`.
+    threads : int, optional
+        Thread count of the call; default all of Numba's threads.
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d` would for the same arguments.
+    """
+    geometry = make_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    threads = check_threads(threads, max_threads())
+    algorithm = _resolve(name, geometry)
+    return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", threads=None, out=None) -> np.ndarray:
+    """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, float32
+        Input, shape (N, C, H, W), or (C, H, W) for a single image.  Any memory
+        layout; non-C-contiguous input is copied first.
+    weight : numpy.ndarray, float32
+        Kernels, shape (M, C/groups, kh, kw).
+    bias : numpy.ndarray, float32, optional
+        Shape (M,).  Default: no bias.
+    stride : int or (int, int), default 1
+        Step between output pixels, each >= 1.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+        Zero padding: both sides alike, per dimension (pad_h, pad_w), or
+        ((top, bottom), (left, right)).  ``"same"`` follows torch (the odd
+        extra pixel goes bottom/right) and requires stride 1.
+    dilation : int or (int, int), default 1
+        Spacing between kernel taps, each >= 1.
+    groups : int, default 1
+        Number of channel groups; must divide C and M.
+    algorithm : str, default "auto"
+        A name from :func:`algorithms`, or ``"auto"`` to let the library choose.
+    threads : int, optional
+        Threads to run on, 1 to ``numba.config.NUMBA_NUM_THREADS``; default all.
+    out : numpy.ndarray, float32, optional
+        C-contiguous array of the output shape to write into; it must not
+        overlap the inputs.  When given, no output is allocated.
+
+    Returns
+    -------
+    numpy.ndarray, float32
+        Shape (N, M, Ho, Wo), or (M, Ho, Wo) for unbatched input; ``out`` if given.
+
+    Raises
+    ------
+    TypeError
+        If an array is not a float32 ndarray (no silent casting), or an argument
+        has the wrong type.
+    ValueError
+        If shapes or hyper-parameters are inconsistent or out of range, ``out``
+        is unusable, the algorithm is unknown or does not support the
+        configuration, or a dimension exceeds the 32-bit BLAS interface.
+
+    Notes
+    -----
+    The inputs are never modified.  NaN and inf propagate to the outputs whose
+    receptive field holds them.  Safe to call from several Python threads at once.
+    """
+    check_array(x, "x")
+    check_array(weight, "weight")
+    geometry = make_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    check_bias(bias, geometry)
+    threads = check_threads(threads, max_threads())
+    chosen = _resolve(algorithm, geometry)
+    out_shape = geometry.output_shape if x.ndim == 4 else geometry.output_shape[1:]
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+    else:
+        check_out(out, out_shape, {"x": x, "weight": weight, "bias": bias})
+    if out.size == 0:
+        return out
+    x_flat = np.ascontiguousarray(x).reshape(-1)
+    weight_flat = np.ascontiguousarray(weight).reshape(-1)
+    bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
+    with kernel_threads(threads):
+        chosen.run(x_flat, weight_flat, bias_flat, out.reshape(-1), geometry, threads)
+    return out

@@ -1,0 +1,111 @@
+"""conv2d semantics: shapes, out=, layouts, inputs untouched, non-finite values."""
+
+import numpy as np
+import pytest
+
+import lowmem_numba as ln
+from naive import conv2d_reference
+
+ALGORITHMS = ln.algorithms()
+RNG = np.random.default_rng(7)
+
+
+def integers(shape):
+    return RNG.integers(-3, 4, size=shape).astype(np.float32)
+
+
+def test_algorithm_names_are_the_papers():
+    names = ln.algorithms()
+    assert isinstance(names, tuple)
+    for expected in ("direct-sum2d", "im2col-copy-self-ab-ki", "kn2row-aa-ab"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("name", ALGORITHMS + ("auto",))
+def test_unbatched_input_gives_unbatched_output(name):
+    x = integers((3, 7, 6))
+    w = integers((5, 3, 3, 3))
+    got = ln.conv2d(x, w, padding=1, algorithm=name)
+    assert got.shape == (5, 7, 6)
+    np.testing.assert_array_equal(got, conv2d_reference(x[None], w, padding=((1, 1), (1, 1)))[0])
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_out_is_written_and_returned(name):
+    x = integers((2, 3, 7, 6))
+    w = integers((5, 3, 3, 3))
+    out = np.full((2, 5, 7, 6), np.nan, np.float32)
+    got = ln.conv2d(x, w, padding="same", algorithm=name, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, conv2d_reference(x, w, padding=((1, 1), (1, 1))))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_inputs_are_not_modified(name):
+    x = integers((2, 4, 9, 8))
+    w = integers((6, 2, 3, 3))
+    b = integers((6,))
+    copies = [a.copy() for a in (x, w, b)]
+    ln.conv2d(x, w, b, padding=((2, 0), (1, 2)), groups=2, algorithm=name)
+    for before, after in zip(copies, (x, w, b)):
+        np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_non_contiguous_and_fortran_inputs(name):
+    x = np.asfortranarray(integers((2, 4, 9, 8)))
+    w = integers((6, 8, 3, 3))[:, ::2]
+    b = integers((12,))[::2]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous and not b.flags.c_contiguous
+    got = ln.conv2d(x, w, b, padding=1, algorithm=name)
+    np.testing.assert_array_equal(got, conv2d_reference(x, w, b, padding=((1, 1), (1, 1))))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_empty_batch(name):
+    got = ln.conv2d(np.ones((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32), algorithm=name)
+    assert got.shape == (0, 4, 3, 3) and got.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation, expected",
+    [(3, 1, ((1, 1), (1, 1))), (4, 1, ((1, 2), (1, 2))), (2, 3, ((1, 2), (1, 2))), (5, 2, ((4, 4), (4, 4)))],
+)
+def test_same_padding_follows_torch(kernel, dilation, expected):
+    # torch puts the odd extra pixel of "same" padding at the bottom/right.
+    g = ln.make_geometry((1, 2, 9, 10), (3, 2, kernel, kernel), padding="same", dilation=dilation)
+    assert g.padding == expected
+    assert (g.out_height, g.out_width) == (9, 10)
+    assert ln.make_geometry((1, 2, 9, 10), (3, 2, 3, 3), padding="valid").padding == ((0, 0), (0, 0))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_nan_and_inf_propagate_to_their_receptive_field_only(name):
+    x = integers((1, 2, 9, 9))
+    w = np.abs(integers((3, 2, 3, 3))) + 1  # no zero weight to hide a NaN
+    x[0, 1, 4, 0] = np.nan
+    x[0, 0, 0, 8] = np.inf
+    got = ln.conv2d(x, w, padding=1, algorithm=name)
+    # Receptive fields: NaN at (4, 0) reaches outputs rows 3-5, cols 0-1; inf
+    # at (0, 8) reaches rows 0-1, cols 7-8 (positive weights keep it +inf).
+    assert np.isnan(got[0, :, 3:6, 0:2]).all()
+    assert np.isposinf(got[0, :, 0:2, 7:9]).all()
+    finite = np.ones((9, 9), bool)
+    finite[3:6, 0:2] = False
+    finite[0:2, 7:9] = False
+    assert np.isfinite(got[0][:, finite]).all()
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_torch_agrees_when_installed():
+    torch = pytest.importorskip("torch")
+    x = RNG.standard_normal((2, 6, 11, 9)).astype(np.float32)
+    w = RNG.standard_normal((8, 3, 3, 4)).astype(np.float32)
+    b = RNG.standard_normal(8).astype(np.float32)
+    for name in ALGORITHMS:
+        for padding in ("same", 1, (2, 0)):
+            expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                                  padding=padding, groups=2).numpy()
+            if ln.supports(name, x.shape, w.shape, padding=padding, groups=2):
+                got = ln.conv2d(x, w, b, padding=padding, groups=2, algorithm=name)
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

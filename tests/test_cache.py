@@ -1,0 +1,34 @@
+"""Kernels compiled in one process load from Numba's cache in another."""
+
+from subprocess_helper import run_python
+
+RUN_ALL = """
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+    import lowmem_numba as ln
+    from lowmem_numba import blas
+    from lowmem_numba.algorithms import _common, direct, im2col, kn2row
+
+    x = np.ones((2, 4, 9, 9), np.float32)
+    w = np.ones((6, 2, 3, 3), np.float32)
+    for name in ln.algorithms():
+        ln.conv2d(x, w, np.ones(6, np.float32), padding=1, groups=2, algorithm=name)
+    hits = misses = 0
+    for module in (blas, _common, direct, im2col, kn2row):
+        for obj in vars(module).values():
+            if isinstance(obj, Dispatcher) and obj.signatures:
+                hits += sum(obj.stats.cache_hits.values())
+                misses += sum(obj.stats.cache_misses.values())
+    print("hits", hits, "misses", misses)
+"""
+
+
+def test_kernels_compiled_by_one_process_load_in_another(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    first = run_python(RUN_ALL, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert " misses 0" not in first.stdout  # the first process compiled
+    second = run_python(RUN_ALL, env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    hits = int(second.stdout.split()[1])
+    assert hits > 0 and second.stdout.strip().endswith("misses 0"), second.stdout

@@ -1,0 +1,70 @@
+"""Memory: kernels allocate nothing per item of work, and a call's Python-side
+allocations stay within the declared workspace."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import lowmem_numba as ln
+from subprocess_helper import run_python
+
+ALGORITHMS = ln.algorithms()
+
+NRT_COUNTS = """
+    import numpy as np
+    from numba.core.runtime import rtsys
+    import lowmem_numba as ln
+
+    def allocations(name, n, size):
+        x = np.ones((n, 8, size, size), np.float32)
+        w = np.ones((8, 8, 3, 3), np.float32)
+        out = np.empty((n, 8, size, size), np.float32)
+        ln.conv2d(x, w, padding=1, algorithm=name, out=out)
+        before = rtsys.get_allocation_stats().alloc
+        ln.conv2d(x, w, padding=1, algorithm=name, out=out)
+        return rtsys.get_allocation_stats().alloc - before
+
+    for name in ln.algorithms():
+        print(name, allocations(name, 1, 8), allocations(name, 3, 8), allocations(name, 1, 40))
+"""
+
+
+def test_kernel_allocations_do_not_grow_with_the_work():
+    # Numba counts one allocation per array argument it unboxes (a wrapper
+    # around the caller's buffer); anything allocated per image, tile or tap
+    # would make the count grow with batch and image size.
+    result = run_python(NRT_COUNTS, {"NUMBA_NRT_STATS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split("\n")
+    for name in ALGORITHMS:
+        [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
+        small, batched, large = map(int, counts)
+        assert small == batched == large, (name, counts)
+        assert small <= 16, (name, counts)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_python_allocations_stay_within_declared_workspace(name):
+    x = np.ones((1, 16, 40, 40), np.float32)
+    w = np.ones((32, 16, 3, 3), np.float32)
+    out = np.empty((1, 32, 40, 40), np.float32)
+    ln.conv2d(x, w, padding=1, algorithm=name, out=out)
+    declared = ln.workspace_bytes(name, x.shape, w.shape, padding=1)
+    tracemalloc.start()
+    try:
+        ln.conv2d(x, w, padding=1, algorithm=name, out=out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= declared + 32 * 1024, (peak, declared)
+
+
+def test_workspace_orders_follow_the_paper():
+    x_shape, w_shape = (1, 64, 56, 56), (64, 64, 3, 3)
+    im2col = ln.workspace_bytes("im2col-copy-self-ab-ki", x_shape, w_shape, padding=1)
+    assert im2col == 4 * 64 * 9 * 56 * 56
+    assert ln.workspace_bytes("direct-sum2d", x_shape, w_shape, padding=1) == 0
+    kn2row = ln.workspace_bytes("kn2row-aa-ab", x_shape, w_shape, padding=1)
+    weights = 4 * 64 * 64 * 9
+    assert kn2row - weights < 4 * 64 * 56 * 56 / 8  # far below M*H*W
