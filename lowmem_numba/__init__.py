@@ -5,6 +5,7 @@ Every algorithm of the family of Anderson, Vasudevan, Keane and Gregg
 arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
 """
 
+from . import registry
 from .api import algorithms, conv2d, supports, workspace_bytes
 from .geometry import ConvGeometry, make_geometry
 

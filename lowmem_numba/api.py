@@ -13,6 +13,7 @@ from .geometry import (
     check_threads,
     make_geometry,
 )
+from .layout import check_layout, from_nchw_shape, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .scheduler import default_algorithm
 from .threads import kernel_threads, max_threads
@@ -45,7 +46,8 @@ def _resolve(name, geometry):
     return algorithm
 
 
-def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> bool:
+def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
+             layout="NCHW") -> bool:
     """Whether an algorithm handles a convolution configuration.
 
     Parameters
@@ -58,6 +60,9 @@ def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) 
         Weight shape (M, C/groups, kh, kw).
     stride, padding, dilation, groups
         As for :func:`conv2d`.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout ``x_shape`` is given in.  Support does not depend on it: every
+        algorithm runs in both layouts.
 
     Returns
     -------
@@ -71,27 +76,30 @@ def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) 
         returns False.
     """
     algorithm = registry.get(name)
-    geometry = make_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    layout = check_layout(layout)
+    geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     return algorithm.unsupported(geometry) is None
 
 
 def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
-                    *, threads=None) -> int:
+                    *, threads=None, layout="NCHW") -> int:
     """Temporary memory one :func:`conv2d` call with this algorithm uses.
 
     That is everything beyond x, weight, bias and the output: scratch buffers
-    and any per-call weight repacking.  It depends on the thread count because
-    threads get disjoint scratch.  Non-contiguous inputs are additionally copied
-    to contiguous ones, which this does not count.
+    and any per-call weight repacking or layout conversion.  It depends on the
+    thread count because threads get disjoint scratch.  Non-contiguous inputs
+    are additionally copied to contiguous ones, which this does not count.
 
     Parameters
     ----------
     name : str
         A registered algorithm name, or ``"auto"``.
     x_shape, w_shape, stride, padding, dilation, groups
-        As for :func:`supports`.
+        As for :func:`supports`; ``x_shape`` is in ``layout``.
     threads : int, optional
         Thread count of the call; default all of Numba's threads.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of the call's input and output.
 
     Returns
     -------
@@ -103,21 +111,23 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     TypeError, ValueError
         As :func:`conv2d` would for the same arguments.
     """
-    geometry = make_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    layout = check_layout(layout)
+    geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
     algorithm = _resolve(name, geometry)
-    return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads)
+    return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", threads=None, out=None) -> np.ndarray:
+           algorithm="auto", threads=None, out=None, layout="NCHW") -> np.ndarray:
     """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
 
     Parameters
     ----------
     x : numpy.ndarray, float32
-        Input, shape (N, C, H, W), or (C, H, W) for a single image.  Any memory
-        layout; non-C-contiguous input is copied first.
+        Input, shape (N, C, H, W) or (C, H, W) for a single image; with
+        ``layout="NHWC"``, (N, H, W, C) or (H, W, C).  Any strides;
+        non-C-contiguous input is copied first.
     weight : numpy.ndarray, float32
         Kernels, shape (M, C/groups, kh, kw).
     bias : numpy.ndarray, float32, optional
@@ -139,11 +149,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     out : numpy.ndarray, float32, optional
         C-contiguous array of the output shape to write into; it must not
         overlap the inputs.  When given, no output is allocated.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``x`` and of the result (weights stay (M, C/groups, kh, kw)).
+        Algorithms whose kernels use the other layout convert one image at a
+        time through a buffer that :func:`workspace_bytes` counts.
 
     Returns
     -------
     numpy.ndarray, float32
-        Shape (N, M, Ho, Wo), or (M, Ho, Wo) for unbatched input; ``out`` if given.
+        Shape (N, M, Ho, Wo), or (M, Ho, Wo) for unbatched input; in NHWC,
+        (N, Ho, Wo, M) or (Ho, Wo, M).  ``out`` if given.
 
     Raises
     ------
@@ -162,11 +177,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """
     check_array(x, "x")
     check_array(weight, "weight")
-    geometry = make_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    layout = check_layout(layout)
+    geometry = make_geometry(to_nchw_shape(x.shape, layout), weight.shape, stride, padding,
+                             dilation, groups)
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
     chosen = _resolve(algorithm, geometry)
-    out_shape = geometry.output_shape if x.ndim == 4 else geometry.output_shape[1:]
+    out_shape = from_nchw_shape(geometry.output_shape, layout)
+    if x.ndim == 3:
+        out_shape = out_shape[1:]
     if out is None:
         out = np.empty(out_shape, dtype=np.float32)
     else:
@@ -177,5 +196,5 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     weight_flat = np.ascontiguousarray(weight).reshape(-1)
     bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
     with kernel_threads(threads):
-        chosen.run(x_flat, weight_flat, bias_flat, out.reshape(-1), geometry, threads)
+        chosen.run(x_flat, weight_flat, bias_flat, out.reshape(-1), geometry, threads, layout)
     return out

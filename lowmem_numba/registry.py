@@ -9,12 +9,14 @@ weights as given) and ``scratch_elements`` (per call, for a thread count).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from .geometry import ConvGeometry
+from .layout import transpose_image
 
 FLOAT32_BYTES = 4
 
@@ -56,22 +58,68 @@ class Algorithm:
     pack_weights: Optional[Callable]
     scratch_elements: Callable[[ConvGeometry, int], int]
     compute: Callable
+    input_layout: str = "NCHW"
+    output_layout: str = "NCHW"
 
-    def workspace_elements(self, geometry: ConvGeometry, threads: int) -> int:
-        """Temporary float32 elements of one functional call (packing included)."""
-        return self.packed_weight_elements(geometry) + self.scratch_elements(geometry, threads)
+    def transform_elements(self, geometry: ConvGeometry, layout: str) -> tuple[int, int]:
+        """Per-image buffers for converting input and output from/to ``layout``."""
+        g = geometry
+        into = g.in_channels * g.height * g.width if layout != self.input_layout else 0
+        back = g.out_channels * g.out_height * g.out_width if layout != self.output_layout else 0
+        return into, back
 
-    def run(self, x_flat, weight_flat, bias, out_flat, geometry, threads, workspace=None):
-        """Pack weights if needed and compute, carving scratch from ``workspace``."""
-        packed = self.packed_weight_elements(geometry)
-        needed = packed + self.scratch_elements(geometry, threads)
+    def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW") -> int:
+        """Temporary float32 elements of one functional call (packing and layout
+        transforms included)."""
+        into, back = self.transform_elements(geometry, layout)
+        return (self.packed_weight_elements(geometry) + self.scratch_elements(geometry, threads)
+                + into + back)
+
+    def run(self, x_flat, weight_flat, bias, out_flat, geometry, threads, layout="NCHW",
+            workspace=None):
+        """Pack weights if needed and compute, carving every buffer from ``workspace``.
+
+        ``x_flat`` and ``out_flat`` are in ``layout``; when that differs from the
+        kernel's own layouts, images are converted one at a time through
+        per-image buffers.
+        """
+        g = geometry
+        packed = self.packed_weight_elements(g)
+        scratch = self.scratch_elements(g, threads)
+        into, back = self.transform_elements(g, layout)
         if workspace is None:
-            workspace = np.empty(needed, dtype=np.float32)
+            workspace = np.empty(packed + scratch + into + back, dtype=np.float32)
         weights = weight_flat
         if packed:
             weights = workspace[:packed]
-            self.pack_weights(weight_flat, geometry, weights)
-        self.compute(x_flat, weights, bias, out_flat, workspace[packed:needed], geometry, threads)
+            self.pack_weights(weight_flat, g, weights)
+        scratch_buffer = workspace[packed:packed + scratch]
+        if not (into or back):
+            self.compute(x_flat, weights, bias, out_flat, scratch_buffer, g, threads)
+            return
+        x_image = workspace[packed + scratch:packed + scratch + into]
+        out_image = workspace[packed + scratch + into:packed + scratch + into + back]
+        image = dataclasses.replace(g, batch=1)
+        in_size = g.in_channels * g.height * g.width
+        out_size = g.out_channels * g.out_height * g.out_width
+        for n in range(g.batch):
+            x_n = x_flat[n * in_size:(n + 1) * in_size]
+            out_n = out_flat[n * out_size:(n + 1) * out_size]
+            if into:
+                _convert(x_n, x_image, layout, g.in_channels, g.height * g.width)
+            self.compute(x_image if into else x_n, weights, bias, out_image if back else out_n,
+                         scratch_buffer, image, threads)
+            if back:
+                _convert(out_image, out_n, self.output_layout, g.out_channels,
+                         g.out_height * g.out_width)
+
+
+def _convert(src, dst, src_layout, channels, pixels):
+    """Convert one image from ``src_layout`` to the other layout."""
+    if src_layout == "NCHW":
+        transpose_image(src, 0, dst, 0, channels, pixels)
+    else:
+        transpose_image(src, 0, dst, 0, pixels, channels)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -14,6 +14,16 @@ def integers(shape):
     return RNG.integers(-3, 4, size=shape).astype(np.float32)
 
 
+def conv_or_skip(name, x, w, *args, layout="NCHW", **kwargs):
+    """conv2d, skipping the test when ``name`` does not claim the configuration."""
+    shape_args = dict(kwargs)
+    for key in ("algorithm", "out", "threads"):
+        shape_args.pop(key, None)
+    if name != "auto" and not ln.supports(name, x.shape, w.shape, *args[1:], layout=layout, **shape_args):
+        pytest.skip(f"{name} does not claim this configuration")
+    return ln.conv2d(x, w, *args, algorithm=name, layout=layout, **kwargs)
+
+
 def test_algorithm_names_are_the_papers():
     names = ln.algorithms()
     assert isinstance(names, tuple)
@@ -25,7 +35,7 @@ def test_algorithm_names_are_the_papers():
 def test_unbatched_input_gives_unbatched_output(name):
     x = integers((3, 7, 6))
     w = integers((5, 3, 3, 3))
-    got = ln.conv2d(x, w, padding=1, algorithm=name)
+    got = conv_or_skip(name, x, w, padding=1)
     assert got.shape == (5, 7, 6)
     np.testing.assert_array_equal(got, conv2d_reference(x[None], w, padding=((1, 1), (1, 1)))[0])
 
@@ -35,7 +45,7 @@ def test_out_is_written_and_returned(name):
     x = integers((2, 3, 7, 6))
     w = integers((5, 3, 3, 3))
     out = np.full((2, 5, 7, 6), np.nan, np.float32)
-    got = ln.conv2d(x, w, padding="same", algorithm=name, out=out)
+    got = conv_or_skip(name, x, w, padding="same", out=out)
     assert got is out
     np.testing.assert_array_equal(out, conv2d_reference(x, w, padding=((1, 1), (1, 1))))
 
@@ -46,7 +56,7 @@ def test_inputs_are_not_modified(name):
     w = integers((6, 2, 3, 3))
     b = integers((6,))
     copies = [a.copy() for a in (x, w, b)]
-    ln.conv2d(x, w, b, padding=((2, 0), (1, 2)), groups=2, algorithm=name)
+    conv_or_skip(name, x, w, b, padding=((2, 0), (1, 2)), groups=2)
     for before, after in zip(copies, (x, w, b)):
         np.testing.assert_array_equal(before, after)
 
@@ -57,7 +67,7 @@ def test_non_contiguous_and_fortran_inputs(name):
     w = integers((6, 8, 3, 3))[:, ::2]
     b = integers((12,))[::2]
     assert not x.flags.c_contiguous and not w.flags.c_contiguous and not b.flags.c_contiguous
-    got = ln.conv2d(x, w, b, padding=1, algorithm=name)
+    got = conv_or_skip(name, x, w, b, padding=1)
     np.testing.assert_array_equal(got, conv2d_reference(x, w, b, padding=((1, 1), (1, 1))))
 
 
@@ -85,7 +95,7 @@ def test_nan_and_inf_propagate_to_their_receptive_field_only(name):
     w = np.abs(integers((3, 2, 3, 3))) + 1  # no zero weight to hide a NaN
     x[0, 1, 4, 0] = np.nan
     x[0, 0, 0, 8] = np.inf
-    got = ln.conv2d(x, w, padding=1, algorithm=name)
+    got = conv_or_skip(name, x, w, padding=1)
     # Receptive fields: NaN at (4, 0) reaches outputs rows 3-5, cols 0-1; inf
     # at (0, 8) reaches rows 0-1, cols 7-8 (positive weights keep it +inf).
     assert np.isnan(got[0, :, 3:6, 0:2]).all()
@@ -109,3 +119,27 @@ def test_torch_agrees_when_installed():
             if ln.supports(name, x.shape, w.shape, padding=padding, groups=2):
                 got = ln.conv2d(x, w, b, padding=padding, groups=2, algorithm=name)
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_nhwc_shapes_out_and_workspace(name):
+    x = integers((2, 7, 6, 3))  # N, H, W, C
+    w = integers((5, 3, 3, 3))
+    expected = conv2d_reference(x.transpose(0, 3, 1, 2), w, padding=((1, 1), (1, 1))).transpose(0, 2, 3, 1)
+    out = np.empty((2, 7, 6, 5), np.float32)
+    assert conv_or_skip(name, x, w, padding=1, layout="NHWC", out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(ln.conv2d(x[0], w, padding=1, algorithm=name, layout="NHWC"), expected[0])
+    native = ln.registry.get(name)
+    converted_in = native.input_layout != "NHWC"
+    converted_out = native.output_layout != "NHWC"
+    nchw = ln.workspace_bytes(name, (2, 3, 7, 6), w.shape, padding=1, threads=1)
+    nhwc = ln.workspace_bytes(name, x.shape, w.shape, padding=1, threads=1, layout="NHWC")
+    extra = 4 * (3 * 7 * 6 * converted_in + 5 * 7 * 6 * converted_out)
+    if native.input_layout == native.output_layout == "NCHW":
+        assert nhwc - nchw == extra
+
+
+def test_unknown_layout_is_named():
+    with pytest.raises(ValueError, match="layout"):
+        ln.conv2d(np.ones((1, 3, 5, 5), np.float32), np.ones((2, 3, 3, 3), np.float32), layout="CHWN")

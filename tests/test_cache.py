@@ -3,18 +3,21 @@
 from subprocess_helper import run_python
 
 RUN_ALL = """
+    import sys
     import numpy as np
     from numba.core.dispatcher import Dispatcher
     import lowmem_numba as ln
-    from lowmem_numba import blas
-    from lowmem_numba.algorithms import _common, direct, im2col, kn2row
 
     x = np.ones((2, 4, 9, 9), np.float32)
     w = np.ones((6, 2, 3, 3), np.float32)
     for name in ln.algorithms():
-        ln.conv2d(x, w, np.ones(6, np.float32), padding=1, groups=2, algorithm=name)
+        for layout in ("NCHW", "NHWC"):
+            xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            if ln.supports(name, xl.shape, w.shape, padding=1, groups=2, layout=layout):
+                ln.conv2d(xl, w, np.ones(6, np.float32), padding=1, groups=2, algorithm=name, layout=layout)
     hits = misses = 0
-    for module in (blas, _common, direct, im2col, kn2row):
+    modules = [m for name, m in sys.modules.items() if name.startswith("lowmem_numba")]
+    for module in modules:
         for obj in vars(module).values():
             if isinstance(obj, Dispatcher) and obj.signatures:
                 hits += sum(obj.stats.cache_hits.values())

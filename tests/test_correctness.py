@@ -41,9 +41,14 @@ def test_reference_matches_definition():
                                rtol=1e-12, atol=1e-12)
 
 
+def channels_last(array):
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
-@given(data=st.data(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans())
-def test_exact_on_integer_data(name, data, seed, with_bias):
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
+       layout=st.sampled_from(["NCHW", "NHWC"]))
+def test_exact_on_integer_data(name, data, seed, with_bias, layout):
     case = data.draw(cases_for(name))
     if not claimed(name, case):
         return
@@ -52,7 +57,9 @@ def test_exact_on_integer_data(name, data, seed, with_bias):
     w = small_integers(rng, case.w_shape)
     bias = small_integers(rng, (case.out_channels,)) if with_bias else None
     expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
-    got = ln.conv2d(x, w, bias, algorithm=name, **case.args)
+    if layout == "NHWC":
+        x, expected = channels_last(x), channels_last(expected)
+    got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, **case.args)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
 
@@ -104,3 +111,7 @@ def test_layer_shapes_both_thread_counts(name, layer):
         np.testing.assert_array_equal(
             ln.conv2d(x, w, stride=s, padding=p, groups=groups, algorithm=name, threads=threads),
             expected)
+        np.testing.assert_array_equal(
+            ln.conv2d(channels_last(x), w, stride=s, padding=p, groups=groups, algorithm=name,
+                      threads=threads, layout="NHWC"),
+            channels_last(expected))

@@ -1,3 +1,4 @@
-"""Algorithm families.  Importing this package registers every algorithm."""
+"""Algorithm families.  Importing this package registers every algorithm, in the
+order :func:`lowmem_numba.algorithms` lists them."""
 
-from . import direct, im2col, kn2row  # noqa: F401
+from . import direct, conv1x1, im2col, im2row, mec, kn2row_planes, kn2row  # noqa: F401

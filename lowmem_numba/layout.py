@@ -1,0 +1,51 @@
+"""Memory layouts: NCHW (channels first) and NHWC (channels last).
+
+Shapes are converted here; images are transposed between CHW and HWC by a
+tiled parallel kernel.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+LAYOUTS = ("NCHW", "NHWC")
+
+_TILE = 32
+
+
+def check_layout(layout) -> str:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f'layout must be "NCHW" or "NHWC"; got {layout!r}')
+    return layout
+
+
+def to_nchw_shape(shape, layout):
+    """An input shape given in ``layout`` ((N,)C,H,W or (N,)H,W,C) as (N,)C,H,W."""
+    shape = tuple(shape)
+    if layout == "NHWC" and len(shape) in (3, 4):
+        return shape[:-3] + (shape[-1],) + shape[-3:-1]
+    return shape
+
+
+def from_nchw_shape(shape, layout):
+    """An NCHW-ordered shape ((N,)C,H,W) in ``layout``."""
+    shape = tuple(shape)
+    if layout == "NHWC":
+        return shape[:-3] + shape[-2:] + (shape[-3],)
+    return shape
+
+
+@njit(parallel=True, cache=True)
+def transpose_image(src, src_off, dst, dst_off, rows, cols):
+    """dst[dst_off:] as (cols x rows) = transpose of src[src_off:] as (rows x cols).
+
+    CHW -> HWC is rows=C, cols=H*W; HWC -> CHW is rows=H*W, cols=C.
+    """
+    row_tiles = (rows + _TILE - 1) // _TILE
+    col_tiles = (cols + _TILE - 1) // _TILE
+    for tile in prange(row_tiles * col_tiles):
+        r0 = (tile // col_tiles) * _TILE
+        c0 = (tile % col_tiles) * _TILE
+        for r in range(r0, min(rows, r0 + _TILE)):
+            for c in range(c0, min(cols, c0 + _TILE)):
+                dst[dst_off + c * rows + r] = src[src_off + r * cols + c]
