@@ -8,14 +8,21 @@ arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
 from . import registry
 from .api import algorithms, conv2d, supports, workspace_bytes
 from .geometry import ConvGeometry, make_geometry
+from .networks import NETWORKS, Layer, layers
+from .timing import Timing, measure
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NETWORKS",
     "ConvGeometry",
+    "Layer",
+    "Timing",
     "algorithms",
     "conv2d",
+    "layers",
     "make_geometry",
+    "measure",
     "supports",
     "workspace_bytes",
 ]

@@ -1,0 +1,138 @@
+"""Speed of every algorithm on the issue's layer set, at 1 and 2 threads.
+
+For each layer and thread count: GFLOP/s of every algorithm that supports the
+layer, the best patch-building (im2col/im2row) algorithm, kn2row-aa-ab relative
+to it, the fastest GEMM-based algorithm relative to ONE sgemm of the same total
+shape (M x C*kh*kw x Ho*Wo) through the same binding, and torch's conv2d when
+torch is installed (in a subprocess per thread count, so the pools never mix).
+
+    python perf/family_speed.py --threads 1,2 --out perf/results/family_speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+import lowmem_numba as ln
+from lowmem_numba.algorithms._common import batched_gemm, gemm_split
+from lowmem_numba.networks import layers
+from lowmem_numba.threads import kernel_threads
+from lowmem_numba.timing import measure
+
+LAYERS = [("vgg16", n) for n in ("conv2_2", "conv3_2", "conv4_2")] + \
+         [("alexnet", n) for n in ("conv2", "conv3", "conv4", "conv5")] + \
+         [("googlenet", n) for n in ("inception3a_3x3", "inception3a_5x5")]
+
+TORCH_SCRIPT = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+out = {}
+for label, x_shape, w_shape, stride, padding, groups, repeats in json.loads(sys.stdin.read()):
+    x = torch.rand(*x_shape); w = torch.rand(*w_shape)
+    f = lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    with torch.no_grad():
+        f()
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter(); f(); runs.append(time.perf_counter() - t)
+    out[label] = min(runs)
+print(json.dumps(out))
+"""
+
+
+def find_layer(network, name):
+    return next(layer for layer in layers(network) if layer.name == name)
+
+
+def sgemm_seconds(geometry, threads, repeats):
+    """One GEMM of the convolution's total shape, parallel as the kernels do it."""
+    m, k, n = geometry.out_channels, geometry.reduction_size, geometry.out_height * geometry.out_width
+    rng = np.random.default_rng(0)
+    a = rng.random(m * k, dtype=np.float32)
+    b = rng.random(k * n, dtype=np.float32)
+    c = np.empty(m * n, np.float32)
+    no_bias = np.empty(0, np.float32)
+    m_blocks, n_tiles = gemm_split(1, m, n, threads)
+
+    def call():
+        with kernel_threads(threads):
+            batched_gemm(1, m, n, k, a, 0, 0, k, b, 0, 0, n, c, 0, 0, n, no_bias, 0, m_blocks, n_tiles)
+
+    return measure(call, repeats=repeats).best
+
+
+def torch_seconds(chosen, threads, repeats):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {}
+    jobs = [(layer.label, layer.x_shape(), layer.w_shape, layer.stride, layer.padding, layer.groups, repeats)
+            for layer in chosen]
+    result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, str(threads)], input=json.dumps(jobs),
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--algorithms", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--out", default=None, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    names = args.algorithms.split(",") if args.algorithms else list(ln.algorithms())
+    chosen = [find_layer(*key) for key in LAYERS]
+    lines = []
+
+    def emit(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch_times = torch_seconds(chosen, threads, args.repeats)
+        emit(f"\n### {threads} thread(s): GFLOP/s (best of {args.repeats})\n")
+        columns = [n for n in names if n != "direct-sum2d"] + ["direct-sum2d"]
+        emit("| layer | sgemm | " + " | ".join(columns) + " | best patch | kn2row-aa-ab / best patch "
+             "| fastest GEMM-based / sgemm | torch |")
+        emit("|---" * (len(columns) + 6) + "|")
+        for layer in chosen:
+            g = ln.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
+            rng = np.random.default_rng(0)
+            x = rng.random(layer.x_shape(), dtype=np.float32)
+            x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            w = rng.random(layer.w_shape, dtype=np.float32)
+            speeds = {}
+            for name in columns:
+                if not ln.supports(name, x.shape, w.shape, **layer.conv_args):
+                    continue
+                # Each algorithm in its native input layout, so no conversion is timed.
+                layout = ln.registry.get(name).input_layout
+                xin = x if layout == "NCHW" else x_nhwc
+                out = ln.conv2d(xin, w, algorithm=name, threads=threads, layout=layout, **layer.conv_args)
+                repeats = 2 if name == "direct-sum2d" else args.repeats
+                t = measure(lambda: ln.conv2d(xin, w, algorithm=name, threads=threads, layout=layout,
+                                              out=out, **layer.conv_args), repeats=repeats).best
+                speeds[name] = g.flops / t / 1e9
+            sgemm = g.flops / sgemm_seconds(g, threads, args.repeats) / 1e9
+            patch = {n: v for n, v in speeds.items() if n.startswith(("im2col", "im2row"))}
+            best_patch = max(patch, key=patch.get)
+            gemm_based = {n: v for n, v in speeds.items() if n != "direct-sum2d"}
+            fastest = max(gemm_based, key=gemm_based.get)
+            aa = speeds.get("kn2row-aa-ab")
+            torch_cell = f"{g.flops / torch_times[layer.label] / 1e9:.1f}" if layer.label in torch_times else "-"
+            cells = [f"{speeds[n]:.1f}" if n in speeds else "-" for n in columns]
+            emit(f"| {layer.label} | {sgemm:.1f} | " + " | ".join(cells)
+                 + f" | {best_patch} | " + (f"{aa / patch[best_patch]:.2f}x" if aa else "-")
+                 + f" | {fastest}: {gemm_based[fastest] / sgemm:.0%} | {torch_cell} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
