@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import numpy as np
 
 from . import algorithms as _algorithms  # noqa: F401  (registers every algorithm)
 from . import registry
 from .geometry import (
+    ConvGeometry,
     check_array,
     check_bias,
     check_out,
@@ -17,6 +21,7 @@ from .layout import check_layout, from_nchw_shape, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .scheduler import default_algorithm
 from .threads import kernel_threads, max_threads
+from .workspace import Workspace
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
@@ -31,7 +36,7 @@ def algorithms() -> tuple[str, ...]:
     return registry.names()
 
 
-def _resolve(name, geometry):
+def resolve_algorithm(name, geometry):
     """The Algorithm to run; raises if it does not support ``geometry``."""
     if isinstance(name, str) and name == "auto":
         return registry.get(default_algorithm(geometry))
@@ -114,12 +119,12 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     layout = check_layout(layout)
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
-    algorithm = _resolve(name, geometry)
+    algorithm = resolve_algorithm(name, geometry)
     return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", threads=None, out=None, layout="NCHW") -> np.ndarray:
+           algorithm="auto", threads=None, out=None, layout="NCHW", workspace=None) -> np.ndarray:
     """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
 
     Parameters
@@ -153,6 +158,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         Layout of ``x`` and of the result (weights stay (M, C/groups, kh, kw)).
         Algorithms whose kernels use the other layout convert one image at a
         time through a buffer that :func:`workspace_bytes` counts.
+    workspace : Workspace, optional
+        Arena to carve temporary memory from (grown once if too small, unless
+        it is fixed).  Default: a fresh buffer for this call.
 
     Returns
     -------
@@ -168,33 +176,72 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     ValueError
         If shapes or hyper-parameters are inconsistent or out of range, ``out``
         is unusable, the algorithm is unknown or does not support the
-        configuration, or a dimension exceeds the 32-bit BLAS interface.
+        configuration, a dimension exceeds the 32-bit BLAS interface, or a fixed
+        ``workspace`` is too small.
 
     Notes
     -----
     The inputs are never modified.  NaN and inf propagate to the outputs whose
     receptive field holds them.  Safe to call from several Python threads at once.
     """
-    check_array(x, "x")
     check_array(weight, "weight")
+    call = prepare_call(x, weight.shape, bias, stride, padding, dilation, groups, algorithm,
+                        threads, out, layout, workspace, {"weight": weight})
+    weight_flat = np.ascontiguousarray(weight).reshape(-1)
+    return launch(call, x, weight_flat, bias, prepacked=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A validated convolution call, ready to launch."""
+
+    geometry: ConvGeometry
+    algorithm: registry.Algorithm
+    threads: int
+    layout: str
+    out: np.ndarray
+    workspace: Optional[Workspace]
+
+
+def prepare_call(x, w_shape, bias, stride, padding, dilation, groups, algorithm, threads, out,
+                 layout, workspace, other_inputs) -> Call:
+    """Validate everything about a call and provide its output array.
+
+    ``other_inputs`` names further arrays ``out`` must not overlap.
+    """
+    check_array(x, "x")
     layout = check_layout(layout)
-    geometry = make_geometry(to_nchw_shape(x.shape, layout), weight.shape, stride, padding,
+    geometry = make_geometry(to_nchw_shape(x.shape, layout), w_shape, stride, padding,
                              dilation, groups)
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
-    chosen = _resolve(algorithm, geometry)
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a lowmem_numba.Workspace; got {type(workspace).__name__}")
+    chosen = resolve_algorithm(algorithm, geometry)
     out_shape = from_nchw_shape(geometry.output_shape, layout)
     if x.ndim == 3:
         out_shape = out_shape[1:]
     if out is None:
         out = np.empty(out_shape, dtype=np.float32)
     else:
-        check_out(out, out_shape, {"x": x, "weight": weight, "bias": bias})
+        check_out(out, out_shape, {"x": x, "bias": bias, **other_inputs})
+    return Call(geometry, chosen, threads, layout, out, workspace)
+
+
+def launch(call: Call, x, weights_flat, bias, prepacked: bool) -> np.ndarray:
+    """Run a prepared call; ``weights_flat`` is packed when ``prepacked``."""
+    out = call.out
     if out.size == 0:
         return out
     x_flat = np.ascontiguousarray(x).reshape(-1)
-    weight_flat = np.ascontiguousarray(weight).reshape(-1)
     bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
-    with kernel_threads(threads):
-        chosen.run(x_flat, weight_flat, bias_flat, out.reshape(-1), geometry, threads, layout)
+    run = call.algorithm.run
+    args = (x_flat, weights_flat, bias_flat, out.reshape(-1), call.geometry, call.threads, call.layout)
+    if call.workspace is None:
+        with kernel_threads(call.threads):
+            run(*args, prepacked=prepacked)
+        return out
+    elements = call.algorithm.workspace_elements(call.geometry, call.threads, call.layout, prepacked)
+    with call.workspace.lease(elements) as buffer, kernel_threads(call.threads):
+        run(*args, workspace=buffer, prepacked=prepacked)
     return out

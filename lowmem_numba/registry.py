@@ -68,23 +68,35 @@ class Algorithm:
         back = g.out_channels * g.out_height * g.out_width if layout != self.output_layout else 0
         return into, back
 
-    def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW") -> int:
-        """Temporary float32 elements of one functional call (packing and layout
-        transforms included)."""
+    def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
+                           prepacked: bool = False) -> int:
+        """Temporary float32 elements of one call: scratch, layout buffers and,
+        unless the weights come prepacked, the packed weights."""
         into, back = self.transform_elements(geometry, layout)
-        return (self.packed_weight_elements(geometry) + self.scratch_elements(geometry, threads)
-                + into + back)
+        packed = 0 if prepacked else self.packed_weight_elements(geometry)
+        return packed + self.scratch_elements(geometry, threads) + into + back
+
+    def prepare_weights(self, weight_flat, geometry: ConvGeometry):
+        """The weights as ``compute`` reads them: packed into a new array, or a
+        contiguous copy when the algorithm reads them as given."""
+        packed = self.packed_weight_elements(geometry)
+        if not packed:
+            return np.array(weight_flat, dtype=np.float32, copy=True)
+        dest = np.empty(packed, dtype=np.float32)
+        self.pack_weights(weight_flat, geometry, dest)
+        return dest
 
     def run(self, x_flat, weight_flat, bias, out_flat, geometry, threads, layout="NCHW",
-            workspace=None):
+            workspace=None, prepacked=False):
         """Pack weights if needed and compute, carving every buffer from ``workspace``.
 
         ``x_flat`` and ``out_flat`` are in ``layout``; when that differs from the
         kernel's own layouts, images are converted one at a time through
-        per-image buffers.
+        per-image buffers.  With ``prepacked`` the weights are already what
+        :meth:`prepare_weights` returns.
         """
         g = geometry
-        packed = self.packed_weight_elements(g)
+        packed = 0 if prepacked else self.packed_weight_elements(g)
         scratch = self.scratch_elements(g, threads)
         into, back = self.transform_elements(g, layout)
         if workspace is None:

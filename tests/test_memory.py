@@ -18,12 +18,12 @@ NRT_COUNTS = """
 
     def allocations(name, n, size):
         k = 3 if ln.supports(name, (1, 8, 9, 9), (8, 8, 3, 3), padding=1) else 1
-        x = np.ones((n, 8, size, size), np.float32)
+        layout = ln.registry.get(name).input_layout  # native: nothing converted per image
+        x = np.ones((n, 8, size, size) if layout == "NCHW" else (n, size, size, 8), np.float32)
         w = np.ones((8, 8, k, k), np.float32)
-        out = np.empty((n, 8, size, size), np.float32)
-        ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out)
+        out = ln.conv2d(x, w, padding=k // 2, algorithm=name, layout=layout)
         before = rtsys.get_allocation_stats().alloc
-        ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out)
+        ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out, layout=layout)
         return rtsys.get_allocation_stats().alloc - before
 
     for name in ln.algorithms():

@@ -16,19 +16,19 @@ Stride 1.  With CHW planes flattened, tap (i, j) adds
 
 Taps need each tap's weight matrix contiguous, so weights are repacked per tap.
 The four variants differ only in operand layout and transposition, and share
-one kernel:
+one kernel.  The kernel is operand A and the image operand B; a transposed B
+means channels-last data, and then the product is formed transposed
+(``out^T = op(B)^T op(A)^T``), which writes a channels-last output with the same
+flat-offset trick (pixels as rows):
 
-===============  ==========================  =======================  ======
-variant          A: tap weights, packed as   B: image, read as        input
-===============  ==========================  =======================  ======
-kn2row-aa-ab     (M/g x C/g)                 CHW (C x H*W)            NCHW
-kn2row-aa-abt    (M/g x C/g)                 HWC, transposed          NHWC
-kn2row-aa-atb    (C/g x M/g), transposed     CHW                      NCHW
-kn2row-aa-atbt   (C/g x M/g), transposed     HWC, transposed          NHWC
-===============  ==========================  =======================  ======
-
-All accumulate into a CHW output: the flat-offset trick needs each output
-channel's plane contiguous.
+===============  ==========================  ==================  ===============
+variant          tap weights packed as       image (B)           in / out layout
+===============  ==========================  ==================  ===============
+kn2row-aa-ab     (M/g x C/g)                 CHW                 NCHW / NCHW
+kn2row-aa-atb    (C/g x M/g), transposed     CHW                 NCHW / NCHW
+kn2row-aa-abt    (M/g x C/g)                 HWC, transposed     NHWC / NHWC
+kn2row-aa-atbt   (C/g x M/g), transposed     HWC, transposed     NHWC / NHWC
+===============  ==========================  ==================  ===============
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import ceil_div, dims, fill_rows, valid_range
+from ._common import ceil_div, dims, valid_range
 
 _F32_ONE = np.float32(1.0)
 
@@ -66,39 +66,53 @@ def _pack_taps(w, packed, d, a_transposed):
 
 
 @njit(cache=True, nogil=True)
-def _copy_wrapped(src, src_off, src_ld, dst, dst_off, dst_ld, rows_m, first_row, wrap_rows, col, width, W, to_save):
-    # Moves the |dx|-wide edge runs of `wrap_rows` output rows between the
-    # output (to_save: out -> save buffer) and the save buffer (restore).
+def _move_wrapped(out, block, m_stride, p_stride, buf, buf_at, buf_ld, rows_m,
+                  first_row, wrap_rows, col, width, W, to_buffer):
+    # The |dx|-wide edge runs of `wrap_rows` output rows, between the output
+    # (element (m, pixel) at block + m*m_stride + pixel*p_stride) and the save
+    # buffer (rows_m rows of buf_ld).
     for r in range(rows_m):
         for k in range(wrap_rows):
-            out_at = src_off + r * src_ld + (first_row + k) * W + col
-            buf_at = dst_off + r * dst_ld + k * width
-            if to_save:
-                for q in range(width):
-                    dst[buf_at + q] = src[out_at + q]
-            else:
-                for q in range(width):
-                    src[out_at + q] = dst[buf_at + q]
+            pixel = (first_row + k) * W + col
+            saved = buf_at + r * buf_ld + k * width
+            for q in range(width):
+                at = block + r * m_stride + (pixel + q) * p_stride
+                if to_buffer:
+                    buf[saved + q] = out[at]
+                else:
+                    out[at] = buf[saved + q]
 
 
 @njit(cache=True, nogil=True)
-def _tap_gemm(rows_m, cols, cg_count, mg_count, packed, a_off, a_transposed,
-              x, x_pixel, channels_last, hw, C, out, c_off, ldc, channel0):
-    """out block += tap weights (rows_m x C/g) @ image (C/g x cols from pixel x_pixel).
+def _fill_bias(out, block, m_stride, p_stride, rows_m, first_pixel, pixels, bias, bias_at):
+    for r in range(rows_m):
+        b = bias[bias_at + r] if bias.size else np.float32(0.0)
+        for p in range(first_pixel, first_pixel + pixels):
+            out[block + r * m_stride + p * p_stride] = b
 
-    For CHW input ``x_pixel`` is a flat element offset (channel planes of
-    ``hw``); for HWC input it counts pixels, and ``channel0`` is the group's
-    first channel.
+
+@njit(cache=True, nogil=True)
+def _tap_gemm(rows_m, pixels, cg_count, mg_count, C, M, hw, packed, tap_at, a_transposed,
+              x, x_image, x_pixel, channels_last, out, out_block, out_pixel, plane):
+    """Accumulate one tap over ``pixels`` consecutive output pixels.
+
+    CHW: out[m, p] += W_tap[m, :] @ x[:, p + shift] (kernel is A, image is B).
+    HWC: the transposed product out[p, m] += x[p + shift, :] @ W_tap[m, :]^T,
+    which writes the channels-last output row by row.
     """
-    lda = mg_count if a_transposed else cg_count
     if channels_last:
-        # HWC: pixel q's channels are contiguous, so the stored block is
-        # (cols x C/g) with row stride C: B transposed.
-        gemm(a_transposed, True, rows_m, cols, cg_count, _F32_ONE, packed, a_off, lda,
-             x, x_pixel * C + channel0, C, _F32_ONE, out, c_off, ldc)
+        b_transposed = not a_transposed
+        ldb = cg_count if not a_transposed else mg_count
+        gemm(False, b_transposed, pixels, rows_m, cg_count, _F32_ONE,
+             x, x_image + x_pixel * C, C,
+             packed, tap_at, ldb,
+             _F32_ONE, out, out_block + out_pixel * M, M)
     else:
-        gemm(a_transposed, False, rows_m, cols, cg_count, _F32_ONE, packed, a_off, lda,
-             x, x_pixel, hw, _F32_ONE, out, c_off, ldc)
+        lda = mg_count if a_transposed else cg_count
+        gemm(a_transposed, False, rows_m, pixels, cg_count, _F32_ONE,
+             packed, tap_at, lda,
+             x, x_image + x_pixel, hw,
+             _F32_ONE, out, out_block + out_pixel, plane)
 
 
 @njit(parallel=True, cache=True)
@@ -114,6 +128,9 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
     items = N * G * m_blocks * bands
     per_slot = ((mg_count + m_blocks - 1) // m_blocks) * save_cols
     flat = WO == W
+    # Output element (m, pixel) of a block sits at block + m*m_stride + pixel*p_stride.
+    m_stride = 1 if channels_last else plane
+    p_stride = M if channels_last else 1
     for slot in prange(slots):
         save_at = slot * per_slot
         for item in range(slot, items, slots):
@@ -125,16 +142,14 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
             rows_m = (mb + 1) * mg_count // m_blocks - m0
             y0 = band * rows_per_band
             y1 = min(HO, y0 + rows_per_band)
-            out_block = (n * M + g * mg_count + m0) * plane
-            # Element offset of pixel 0 of this image and group, in units of
-            # pixels for CHW planes and of whole pixels (C channels) for HWC.
+            m_first = g * mg_count + m0
             if channels_last:
-                x_group = n * hw
-                x_channel0 = g * cg_count
+                out_block = n * plane * M + m_first
+                x_image = n * hw * C + g * cg_count
             else:
-                x_group = (n * C + g * cg_count) * hw
-                x_channel0 = 0
-            fill_rows(out, out_block + y0 * WO, rows_m, (y1 - y0) * WO, plane, bias, g * mg_count + m0)
+                out_block = (n * M + m_first) * plane
+                x_image = (n * C + g * cg_count) * hw
+            _fill_bias(out, out_block, m_stride, p_stride, rows_m, y0 * WO, (y1 - y0) * WO, bias, m_first)
             for i in range(KH):
                 dy = i * DH - PT
                 r0 = max(y0, -dy)
@@ -144,7 +159,7 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
                 for j in range(KW):
                     dx = j * DW - PL
                     tap_block = (g * taps + i * KW + j) * mg_count * cg_count
-                    a_off = tap_block + (m0 if a_transposed else m0 * cg_count)
+                    tap_at = tap_block + (m0 if a_transposed else m0 * cg_count)
                     if flat:
                         left = max(0, -dx)
                         right = max(0, dx)
@@ -156,21 +171,21 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
                         wrap_rows = r1 - r0 - 1 if width > 0 else 0
                         first_row = r0 if dx > 0 else r0 + 1
                         col = W - dx if dx > 0 else 0
-                        _copy_wrapped(out, out_block, plane, scratch, save_at, save_cols,
+                        _move_wrapped(out, out_block, m_stride, p_stride, scratch, save_at, save_cols,
                                       rows_m, first_row, wrap_rows, col, width, W, True)
-                        _tap_gemm(rows_m, p1 - p0, cg_count, mg_count, packed, a_off, a_transposed,
-                                  x, x_group + p0 + dy * W + dx, channels_last, hw, C,
-                                  out, out_block + p0, plane, x_channel0)
-                        _copy_wrapped(out, out_block, plane, scratch, save_at, save_cols,
+                        _tap_gemm(rows_m, p1 - p0, cg_count, mg_count, C, M, hw, packed, tap_at,
+                                  a_transposed, x, x_image, p0 + dy * W + dx, channels_last,
+                                  out, out_block, p0, plane)
+                        _move_wrapped(out, out_block, m_stride, p_stride, scratch, save_at, save_cols,
                                       rows_m, first_row, wrap_rows, col, width, W, False)
                     else:
                         lo, hi = valid_range(W, WO, 1, dx)
                         if hi <= lo:
                             continue
                         for yo in range(r0, r1):
-                            _tap_gemm(rows_m, hi - lo, cg_count, mg_count, packed, a_off, a_transposed,
-                                      x, x_group + (yo + dy) * W + lo + dx, channels_last, hw, C,
-                                      out, out_block + yo * WO + lo, plane, x_channel0)
+                            _tap_gemm(rows_m, hi - lo, cg_count, mg_count, C, M, hw, packed, tap_at,
+                                      a_transposed, x, x_image, (yo + dy) * W + lo + dx, channels_last,
+                                      out, out_block, yo * WO + lo, plane)
 
 
 def _tiling(g, threads):
@@ -231,6 +246,7 @@ def _register(suffix, a_transposed, channels_last):
         scratch_elements=_scratch,
         compute=compute,
         input_layout="NHWC" if channels_last else "NCHW",
+        output_layout="NHWC" if channels_last else "NCHW",
     ))
 
 

@@ -1,0 +1,101 @@
+"""A reusable workspace arena.
+
+A :class:`Workspace` owns one float32 buffer.  Every call given the workspace
+carves its packed weights, per-thread scratch and layout buffers from it, so a
+sequence of convolutions (a network) needs one arena as large as its largest
+workspace, not the sum, and repeated calls allocate nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from .registry import FLOAT32_BYTES
+
+
+class Workspace:
+    """One float32 buffer that convolution calls carve their scratch from.
+
+    Parameters
+    ----------
+    nbytes : int, default 0
+        Initial size in bytes (rounded up to whole float32 elements).
+    fixed : bool, default False
+        If True the buffer never grows: a call needing more raises ValueError.
+        If False a call needing more replaces the buffer by one of the size it
+        needs (so the arena grows once, to the largest call it serves).
+
+    Notes
+    -----
+    A workspace serves one call at a time: calls from several Python threads
+    sharing it take turns.  Give each thread its own workspace to overlap them.
+    """
+
+    def __init__(self, nbytes: int = 0, *, fixed: bool = False):
+        if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
+            raise ValueError(f"nbytes must be a non-negative int; got {nbytes!r}")
+        self._buffer = np.empty(-(-int(nbytes) // FLOAT32_BYTES), dtype=np.float32)
+        self.fixed = bool(fixed)
+        self._lock = threading.Lock()
+        self.grow_count = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Current size of the buffer in bytes."""
+        return self._buffer.nbytes
+
+    def __repr__(self) -> str:
+        kind = "fixed" if self.fixed else "growable"
+        return f"Workspace({self.nbytes} bytes, {kind})"
+
+    @contextmanager
+    def lease(self, elements: int):
+        """Hold the arena for one call and yield its first ``elements`` floats.
+
+        Raises
+        ------
+        ValueError
+            If the workspace is fixed and smaller than the call needs.
+        """
+        with self._lock:
+            if elements > self._buffer.size:
+                needed = elements * FLOAT32_BYTES
+                if self.fixed:
+                    raise ValueError(
+                        f"workspace is fixed at {self.nbytes} bytes but this call needs {needed} "
+                        f"bytes; create Workspace({needed}) or let it grow (fixed=False)")
+                self._buffer = np.empty(elements, dtype=np.float32)
+                self.grow_count += 1
+            yield self._buffer[:elements]
+
+    @classmethod
+    def shared_by(cls, layers, input_shapes, *, fixed: bool = True) -> "Workspace":
+        """One arena for layers that run one after another, and make them use it.
+
+        Its size is the largest workspace among the layers' calls (not the sum).
+
+        Parameters
+        ----------
+        layers : sequence of Conv2d
+        input_shapes : sequence of tuple of int
+            The input shape each layer will be called with (in its layout).
+        fixed : bool, default True
+            Whether the arena may grow later (False) or raises instead (True).
+
+        Returns
+        -------
+        Workspace
+        """
+        layers = list(layers)
+        input_shapes = list(input_shapes)
+        if len(layers) != len(input_shapes):
+            raise ValueError(f"got {len(layers)} layers but {len(input_shapes)} input shapes")
+        largest = max((layer.workspace_bytes_for(shape) for layer, shape in zip(layers, input_shapes)),
+                      default=0)
+        arena = cls(largest, fixed=fixed)
+        for layer in layers:
+            layer.workspace = arena
+        return arena

@@ -1,0 +1,188 @@
+"""Conv2d layers, the Workspace arena, and allocation-free warm calls."""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import lowmem_numba as ln
+from naive import conv2d_reference
+from subprocess_helper import run_python
+
+ALGORITHMS = ln.algorithms()
+RNG = np.random.default_rng(3)
+
+
+def integers(shape):
+    return RNG.integers(-3, 4, size=shape).astype(np.float32)
+
+
+def kernel_size_for(name):
+    return 3 if ln.supports(name, (1, 8, 9, 9), (8, 8, 3, 3), padding=1) else 1
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", ALGORITHMS + ("auto",))
+def test_layer_matches_reference_and_reuses_its_workspace(name, layout):
+    k = kernel_size_for(name) if name != "auto" else 3
+    x = integers((2, 6, 11, 10))
+    w = integers((8, 3, k, k))
+    b = integers((8,))
+    expected = conv2d_reference(x, w, b, padding=((k // 2,) * 2,) * 2, groups=2)
+    if layout == "NHWC":
+        x, expected = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), expected.transpose(0, 2, 3, 1)
+    layer = ln.Conv2d(w, b, padding=k // 2, groups=2, algorithm=name, layout=layout)
+    w[...] = 0  # the layer packed or copied its weights: later changes do not leak in
+    first = layer(x)
+    np.testing.assert_array_equal(first, expected)
+    grown = layer.workspace.grow_count
+    out = np.empty_like(first)
+    assert layer(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    assert layer.workspace.grow_count == grown <= 1
+    assert layer.workspace_bytes == layer.workspace_bytes_for(x.shape) <= layer.workspace.nbytes
+
+
+def numpy_allocations_during(call):
+    """Bytes numpy allocated for array data while ``call`` ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        call()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    domain = tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)
+    stats = after.filter_traces([domain]).compare_to(before.filter_traces([domain]), "filename")
+    return sum(stat.size_diff for stat in stats if stat.size_diff > 0), tracemalloc.get_traced_memory
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_warm_layer_call_with_out_allocates_no_array_memory(name, layout):
+    k = kernel_size_for(name)
+    shape = (2, 16, 20, 20) if layout == "NCHW" else (2, 20, 20, 16)
+    x = np.ones(shape, np.float32)
+    layer = ln.Conv2d(np.ones((16, 16, k, k), np.float32), padding=k // 2, algorithm=name, layout=layout)
+    out = layer(x)
+    tracemalloc.start()
+    try:
+        layer(x, out=out)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Python objects of the call itself (argument tuples, the validated
+    # geometry) come to a few KiB; any array buffer would be >= 25 KiB here.
+    assert peak < 16 * 1024, peak
+
+
+NRT_LAYER = """
+    import numpy as np
+    from numba.core.runtime import rtsys
+    import lowmem_numba as ln
+
+    for name in ln.algorithms():
+        k = 3 if ln.supports(name, (1, 8, 9, 9), (8, 8, 3, 3), padding=1) else 1
+        counts = []
+        for batch, size in ((1, 12), (3, 12), (1, 30)):
+            layer = ln.Conv2d(np.ones((8, 8, k, k), np.float32), padding=k // 2, algorithm=name)
+            x = np.ones((batch, 8, size, size), np.float32)
+            out = layer(x)
+            layer(x, out=out)
+            before = rtsys.get_allocation_stats()
+            layer(x, out=out)
+            after = rtsys.get_allocation_stats()
+            counts.append(after.alloc - before.alloc)
+        print(name, *counts)
+"""
+
+
+def test_warm_layer_call_allocates_nothing_in_numba():
+    # Numba's runtime counts one record per array argument it receives (a
+    # wrapper around the caller's buffer, no data).  The count staying the same
+    # for a larger image shows nothing is allocated per tile or tap; for batch
+    # 3 it stays the same too, except where the call's layout differs from the
+    # kernel's, which converts (and launches) one image at a time to keep the
+    # conversion buffer at one image.
+    result = run_python(NRT_LAYER, {"NUMBA_NRT_STATS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in result.stdout.strip().splitlines():
+        name, *counts = line.split()
+        single, batch_of_3, larger = map(int, counts)
+        assert single == larger and single <= 12, line
+        native = ln.registry.get(name).input_layout == ln.registry.get(name).output_layout == "NCHW"
+        assert batch_of_3 == single if native else batch_of_3 == 3 * single, line
+
+
+def test_persistent_and_workspace_bytes_are_reported_apart():
+    w = np.ones((64, 32, 3, 3), np.float32)
+    layer = ln.Conv2d(w, padding=1, algorithm="kn2row-aa-ab", input_shape=(1, 32, 28, 28), threads=1)
+    assert layer.persistent_bytes == w.nbytes  # the packed taps, nothing else
+    functional = ln.workspace_bytes("kn2row-aa-ab", (1, 32, 28, 28), w.shape, padding=1, threads=1)
+    assert layer.workspace_bytes == functional - w.nbytes
+    im2col = ln.Conv2d(w, padding=1, algorithm="im2col-copy-self-ab-ki", input_shape=(1, 32, 28, 28))
+    assert im2col.workspace_bytes == 4 * 32 * 9 * 28 * 28
+    assert ln.Conv2d(w, padding=1).workspace_bytes is None
+
+
+def test_layer_rejects_bad_configuration_at_construction():
+    w = np.ones((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="stride"):
+        ln.Conv2d(w, stride=2, algorithm="kn2row-aa-ab")
+    with pytest.raises(TypeError, match="float32"):
+        ln.Conv2d(w.astype(np.float64))
+    with pytest.raises(ValueError, match="bias"):
+        ln.Conv2d(w, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        ln.Conv2d(w, algorithm="fast")
+    with pytest.raises(ValueError, match="C=4"):
+        ln.Conv2d(w)(np.ones((1, 3, 9, 9), np.float32))
+
+
+def test_fixed_workspace_too_small_raises_and_growable_grows_once():
+    x = np.ones((1, 8, 16, 16), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    needed = ln.workspace_bytes("im2col-copy-self-ab-ki", x.shape, w.shape, padding=1)
+    with pytest.raises(ValueError, match=f"needs {needed} bytes"):
+        ln.conv2d(x, w, padding=1, algorithm="im2col-copy-self-ab-ki", workspace=ln.Workspace(100, fixed=True))
+    arena = ln.Workspace()
+    for _ in range(3):
+        ln.conv2d(x, w, padding=1, algorithm="im2col-copy-self-ab-ki", workspace=arena)
+    assert arena.grow_count == 1 and arena.nbytes == needed
+    with pytest.raises(TypeError, match="Workspace"):
+        ln.conv2d(x, w, workspace=np.empty(10, np.float32))
+
+
+def test_network_arena_is_the_largest_not_the_sum():
+    shapes = [(1, 3, 32, 32), (1, 16, 32, 32), (1, 32, 16, 16)]
+    layers = [ln.Conv2d(integers((16, 3, 3, 3)), padding=1, algorithm="im2col-copy-self-ab-ki"),
+              ln.Conv2d(integers((32, 16, 3, 3)), padding=1, algorithm="kn2row-aa-ab"),
+              ln.Conv2d(integers((8, 32, 5, 5)), padding=2, algorithm="im2col-copy-short-ab-ki")]
+    needs = [layer.workspace_bytes_for(shape) for layer, shape in zip(layers, shapes)]
+    arena = ln.Workspace.shared_by(layers, shapes)
+    assert arena.nbytes == max(needs) < sum(needs)
+    x = integers(shapes[0])
+    for layer, shape in zip(layers, shapes):
+        y = layer(x if x.shape == shape else integers(shape))
+        assert y.shape[1] == layer.weight_shape[0]
+    assert arena.grow_count == 0 and all(layer.workspace is arena for layer in layers)
+
+
+def test_threads_sharing_one_workspace_take_turns():
+    arena = ln.Workspace()
+    x = integers((1, 8, 24, 24))
+    w = integers((8, 8, 3, 3))
+    expected = conv2d_reference(x, w, padding=((1, 1), (1, 1)))
+    results = []
+
+    def worker(name):
+        for _ in range(10):
+            results.append(np.array_equal(ln.conv2d(x, w, padding=1, algorithm=name, workspace=arena), expected))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("kn2row-aa-ab", "im2col-copy-self-ab-ki") * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 40 and all(results)
