@@ -5,27 +5,31 @@ Every algorithm of the family of Anderson, Vasudevan, Keane and Gregg
 arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
 """
 
+from ._version import __version__
 from . import registry
 from .api import algorithms, conv2d, supports, workspace_bytes
 from .geometry import ConvGeometry, make_geometry
 from .layer import Conv2d
 from .networks import NETWORKS, Layer, layers
+from .scheduler import Plan, plan, plan_network
 from .timing import Timing, measure
 from .workspace import Workspace
 
-__version__ = "0.1.0"
 
 __all__ = [
     "NETWORKS",
     "Conv2d",
     "ConvGeometry",
     "Layer",
+    "Plan",
     "Timing",
     "algorithms",
     "conv2d",
     "layers",
     "make_geometry",
     "measure",
+    "plan",
+    "plan_network",
     "supports",
     "Workspace",
     "workspace_bytes",

@@ -19,7 +19,7 @@ from .geometry import (
 )
 from .layout import check_layout, from_nchw_shape, to_nchw_shape
 from .registry import FLOAT32_BYTES
-from .scheduler import default_algorithm
+from .scheduler import _check_limit, plan_geometry
 from .threads import kernel_threads, max_threads
 from .workspace import Workspace
 
@@ -37,9 +37,7 @@ def algorithms() -> tuple[str, ...]:
 
 
 def resolve_algorithm(name, geometry):
-    """The Algorithm to run; raises if it does not support ``geometry``."""
-    if isinstance(name, str) and name == "auto":
-        return registry.get(default_algorithm(geometry))
+    """The Algorithm ``name`` names; raises if it does not support ``geometry``."""
     algorithm = registry.get(name)
     reason = algorithm.unsupported(geometry)
     if reason is not None:
@@ -49,6 +47,21 @@ def resolve_algorithm(name, geometry):
             f"configuration: {', '.join(able)}"
         )
     return algorithm
+
+
+def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=False):
+    """(Algorithm, threads) for a call: planned for "auto", else as asked."""
+    if isinstance(name, str) and name == "auto":
+        chosen = plan_geometry(geometry, memory_limit=memory_limit, threads=threads, layout=layout,
+                               prepacked=prepacked)
+        return registry.get(chosen.algorithm), chosen.threads
+    algorithm = resolve_algorithm(name, geometry)
+    if memory_limit is not None:
+        needed = FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout, prepacked)
+        if needed > memory_limit:
+            raise ValueError(f"algorithm {name!r} needs {needed} bytes of workspace here, over "
+                             f"memory_limit={memory_limit}; use algorithm=\"auto\" to pick one that fits")
+    return algorithm, threads
 
 
 def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
@@ -87,7 +100,7 @@ def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
-                    *, threads=None, layout="NCHW") -> int:
+                    *, threads=None, layout="NCHW", memory_limit=None) -> int:
     """Temporary memory one :func:`conv2d` call with this algorithm uses.
 
     That is everything beyond x, weight, bias and the output: scratch buffers
@@ -102,9 +115,12 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     x_shape, w_shape, stride, padding, dilation, groups
         As for :func:`supports`; ``x_shape`` is in ``layout``.
     threads : int, optional
-        Thread count of the call; default all of Numba's threads.
+        Thread count of the call (for "auto": the thread budget); default all
+        of Numba's threads.
     layout : {"NCHW", "NHWC"}, default "NCHW"
         Layout of the call's input and output.
+    memory_limit : int, optional
+        For "auto": the budget the choice is made under.
 
     Returns
     -------
@@ -119,12 +135,13 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     layout = check_layout(layout)
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
-    algorithm = resolve_algorithm(name, geometry)
+    algorithm, threads = choose_algorithm(name, geometry, threads, layout, _check_limit(memory_limit), False)
     return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", threads=None, out=None, layout="NCHW", workspace=None) -> np.ndarray:
+           algorithm="auto", threads=None, out=None, layout="NCHW", workspace=None,
+           memory_limit=None) -> np.ndarray:
     """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
 
     Parameters
@@ -148,9 +165,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     groups : int, default 1
         Number of channel groups; must divide C and M.
     algorithm : str, default "auto"
-        A name from :func:`algorithms`, or ``"auto"`` to let the library choose.
+        A name from :func:`algorithms`, or ``"auto"``: the scheduler picks the
+        fastest algorithm and thread count (see :func:`lowmem_numba.plan`)
+        whose workspace fits ``memory_limit``.
     threads : int, optional
-        Threads to run on, 1 to ``numba.config.NUMBA_NUM_THREADS``; default all.
+        Threads to run on (for "auto": at most this many), 1 to
+        ``numba.config.NUMBA_NUM_THREADS``; default all.
     out : numpy.ndarray, float32, optional
         C-contiguous array of the output shape to write into; it must not
         overlap the inputs.  When given, no output is allocated.
@@ -161,6 +181,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     workspace : Workspace, optional
         Arena to carve temporary memory from (grown once if too small, unless
         it is fixed).  Default: a fresh buffer for this call.
+    memory_limit : int, optional
+        Largest workspace in bytes the call may use: None for no limit, 0 for
+        zero-workspace algorithms only.  A named algorithm over the limit is
+        an error.
 
     Returns
     -------
@@ -186,7 +210,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """
     check_array(weight, "weight")
     call = prepare_call(x, weight.shape, bias, stride, padding, dilation, groups, algorithm,
-                        threads, out, layout, workspace, {"weight": weight})
+                        threads, out, layout, workspace, {"weight": weight}, memory_limit)
     weight_flat = np.ascontiguousarray(weight).reshape(-1)
     return launch(call, x, weight_flat, bias, prepacked=False)
 
@@ -204,7 +228,7 @@ class Call:
 
 
 def prepare_call(x, w_shape, bias, stride, padding, dilation, groups, algorithm, threads, out,
-                 layout, workspace, other_inputs) -> Call:
+                 layout, workspace, other_inputs, memory_limit=None, prepacked=False) -> Call:
     """Validate everything about a call and provide its output array.
 
     ``other_inputs`` names further arrays ``out`` must not overlap.
@@ -217,7 +241,7 @@ def prepare_call(x, w_shape, bias, stride, padding, dilation, groups, algorithm,
     threads = check_threads(threads, max_threads())
     if workspace is not None and not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must be a lowmem_numba.Workspace; got {type(workspace).__name__}")
-    chosen = resolve_algorithm(algorithm, geometry)
+    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, _check_limit(memory_limit), prepacked)
     out_shape = from_nchw_shape(geometry.output_shape, layout)
     if x.ndim == 3:
         out_shape = out_shape[1:]

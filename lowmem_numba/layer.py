@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from .api import launch, prepare_call, resolve_algorithm
+from .api import choose_algorithm, launch, prepare_call, resolve_algorithm
 from .geometry import check_array, check_bias, check_threads, make_geometry
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
@@ -41,6 +41,9 @@ class Conv2d:
     input_shape : tuple of int, optional
         Shape of the inputs to come (in ``layout``).  When given, the layer is
         planned and validated for it now and :attr:`workspace_bytes` is known.
+    memory_limit : int, optional
+        Workspace budget in bytes for "auto" (packed weights are persistent
+        and not counted); a named algorithm over it is an error.
 
     Raises
     ------
@@ -56,7 +59,7 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  algorithm="auto", threads=None, layout="NCHW",
-                 workspace: Optional[Workspace] = None, input_shape=None):
+                 workspace: Optional[Workspace] = None, input_shape=None, memory_limit=None):
         check_array(weight, "weight")
         if weight.ndim != 4:
             raise ValueError(f"weight must have 4 dimensions (M, C/groups, kh, kw); got shape {weight.shape}")
@@ -67,6 +70,7 @@ class Conv2d:
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.threads = check_threads(threads, max_threads())
         self.algorithm = algorithm
+        self.memory_limit = memory_limit
         self.workspace = workspace if workspace is not None else Workspace()
         # The hyper-parameters are checked now on a nominal input large enough
         # for any kernel (the real shape is checked again at each call).
@@ -87,7 +91,9 @@ class Conv2d:
         if input_shape is not None:
             self._planned_bytes = self.workspace_bytes_for(input_shape)
             if self._raw is not None:
-                self._weights_for(resolve_algorithm(algorithm, self._geometry(input_shape)), nominal)
+                planned, _ = choose_algorithm(algorithm, self._geometry(input_shape), self.threads,
+                                              self.layout, memory_limit, prepacked=True)
+                self._weights_for(planned, nominal)
 
     def _geometry(self, x_shape):
         return make_geometry(to_nchw_shape(x_shape, self.layout), self.weight_shape, self.stride,
@@ -118,7 +124,7 @@ class Conv2d:
         """
         call = prepare_call(x, self.weight_shape, self.bias, self.stride, self.padding,
                             self.dilation, self.groups, self.algorithm, self.threads, out,
-                            self.layout, self.workspace, {})
+                            self.layout, self.workspace, {}, self.memory_limit, prepacked=True)
         weights = self._weights_for(call.algorithm, call.geometry)
         self._planned_bytes = FLOAT32_BYTES * call.algorithm.workspace_elements(
             call.geometry, call.threads, call.layout, prepacked=True)
@@ -130,9 +136,9 @@ class Conv2d:
         Packed weights are not included: they are :attr:`persistent_bytes`.
         """
         geometry = self._geometry(x_shape)
-        algorithm = resolve_algorithm(self.algorithm, geometry)
-        return FLOAT32_BYTES * algorithm.workspace_elements(geometry, self.threads, self.layout,
-                                                            prepacked=True)
+        algorithm, threads = choose_algorithm(self.algorithm, geometry, self.threads, self.layout,
+                                              self.memory_limit, prepacked=True)
+        return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, self.layout, prepacked=True)
 
     @property
     def workspace_bytes(self) -> Optional[int]:

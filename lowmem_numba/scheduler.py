@@ -1,21 +1,335 @@
-"""Choosing an algorithm for ``algorithm="auto"``.
+"""The scheduler: pick the algorithm and thread count of a convolution, under a
+memory budget, and say why.
 
-For now a fixed rule; it only ever returns an algorithm that supports the
-configuration.
+Every registered algorithm at every candidate thread count is a candidate.  A
+candidate is rejected when the algorithm does not support the configuration or
+its workspace exceeds ``memory_limit``; the rest are ranked by time, either
+predicted by the calibrated cost model (``mode="model"``, deterministic) or
+measured on the real shape (``mode="measure"``, winner cached per shape and
+machine in the user cache directory).
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
 from . import registry
-from .geometry import ConvGeometry
+from ._version import __version__
+from .cache import cache_dir, machine_id, read_store, update_store
+from .costmodel import calibration, describe_work, predict_seconds
+from .geometry import ConvGeometry, check_threads, make_geometry
+from .layout import check_layout, to_nchw_shape
+from .registry import FLOAT32_BYTES
+from .threads import max_threads
+
+MODES = ("model", "measure")
+
+#: Candidates the model predicts this many times slower than the best are not
+#: timed in measure mode (the loop nest on a large layer would take seconds).
+_MEASURE_PRUNE_FACTOR = 8.0
 
 
-def default_algorithm(g: ConvGeometry) -> str:
-    """The algorithm ``"auto"`` runs for a geometry."""
-    depthwise = g.channels_per_group == 1 and g.out_channels_per_group == 1
-    if depthwise:
-        # One-row GEMMs per tap waste BLAS; the loop nest is the better fit.
-        return "direct-sum2d"
-    if registry.get("kn2row-aa-ab").unsupported(g) is None:
-        return "kn2row-aa-ab"
-    return "im2col-copy-self-ab-ki"
+@dataclass(frozen=True)
+class Candidate:
+    """One (algorithm, threads) pair the scheduler considered."""
+
+    algorithm: str
+    threads: int
+    workspace_bytes: Optional[int]
+    seconds: Optional[float]
+    rejected: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The scheduler's choice for one convolution.
+
+    Attributes
+    ----------
+    algorithm : str
+    threads : int
+    workspace_bytes : int
+    predicted_seconds : float
+        Predicted (``mode="model"``) or measured (``mode="measure"``) time.
+    mode : str
+    memory_limit : int or None
+    candidates : tuple of Candidate
+        Everything considered, with the reason each was not chosen.
+    """
+
+    algorithm: str
+    threads: int
+    workspace_bytes: int
+    predicted_seconds: float
+    mode: str
+    memory_limit: Optional[int]
+    candidates: tuple
+
+    def explain(self) -> str:
+        """A readable table of every candidate and why it was or was not chosen."""
+        limit = "none" if self.memory_limit is None else _format_bytes(self.memory_limit)
+        kind = "predicted" if self.mode == "model" else "measured"
+        lines = [f"plan ({self.mode} mode, memory limit {limit}): {self.algorithm} on "
+                 f"{self.threads} thread(s), workspace {_format_bytes(self.workspace_bytes)}, "
+                 f"{kind} {self.predicted_seconds * 1e3:.3f} ms",
+                 f"{'algorithm':<28} {'threads':>7} {'workspace':>11} {kind + ' ms':>13}  verdict"]
+        for c in self.candidates:
+            space = "-" if c.workspace_bytes is None else _format_bytes(c.workspace_bytes)
+            ms = "-" if c.seconds is None else f"{c.seconds * 1e3:.3f}"
+            chosen = c.algorithm == self.algorithm and c.threads == self.threads
+            verdict = "CHOSEN" if chosen else c.rejected
+            lines.append(f"{c.algorithm:<28} {c.threads:>7} {space:>11} {ms:>13}  {verdict}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.explain()
+
+
+def _format_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def _thread_options(budget):
+    options, t = [], 1
+    while t < budget:
+        options.append(t)
+        t *= 2
+    return options + [budget]
+
+
+def _check_limit(memory_limit):
+    if memory_limit is None:
+        return None
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
+        raise TypeError(f"memory_limit must be an int number of bytes or None; got {memory_limit!r}")
+    if memory_limit < 0:
+        raise ValueError(f"memory_limit must be >= 0 bytes; got {memory_limit}")
+    return int(memory_limit)
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    return mode
+
+
+def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=False):
+    """Candidates with workspace, and the rejection reason of the infeasible ones."""
+    screened = []
+    for name in registry.names():
+        algorithm = registry.get(name)
+        reason = algorithm.unsupported(g)
+        for t in _thread_options(budget):
+            if reason is not None:
+                screened.append(Candidate(name, t, None, None, f"unsupported: {reason}"))
+                continue
+            space = FLOAT32_BYTES * algorithm.workspace_elements(g, t, layout, prepacked)
+            if memory_limit is not None and space > memory_limit:
+                screened.append(Candidate(name, t, space, None,
+                                          f"over budget: {_format_bytes(space)} > {_format_bytes(memory_limit)}"))
+            else:
+                screened.append(Candidate(name, t, space, None))
+    return screened
+
+
+def _rank(screened, seconds_of):
+    """Fill in times, choose the fastest feasible, and explain the others."""
+    timed = []
+    for c in screened:
+        if c.rejected:
+            timed.append(c)
+        else:
+            seconds, note = seconds_of(c)
+            timed.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, seconds, note))
+    feasible = [c for c in timed if not c.rejected and c.seconds is not None]
+    if not feasible:
+        raise ValueError("no algorithm fits this memory limit for this configuration")
+    best = min(feasible, key=lambda c: (c.seconds, c.workspace_bytes, c.threads, c.algorithm))
+    explained = []
+    for c in timed:
+        if c is best or c.rejected:
+            explained.append(c)
+        else:
+            explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, c.seconds,
+                                       f"slower: {c.seconds / best.seconds:.2f}x the choice"))
+    return best, tuple(explained)
+
+
+def _model_plan(g, budget, layout, memory_limit, prepacked=False):
+    constants = calibration()
+    screened = _screen(g, budget, layout, memory_limit, prepacked)
+    best, explained = _rank(screened, lambda c: (
+        predict_seconds(describe_work(c.algorithm, g, c.threads, layout), c.threads, constants), ""))
+    return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "model", memory_limit, explained)
+
+
+def _plan_key(g, budget, layout, memory_limit):
+    return (f"{g.input_shape} {g.weight_shape} s{g.stride} p{g.padding} d{g.dilation} g{g.groups} "
+            f"threads<={budget} {layout} limit={memory_limit} lowmem-numba {__version__} on {machine_id()}")
+
+
+def _measure_plan(g, budget, layout, memory_limit):
+    from .api import conv2d
+    from .timing import measure
+
+    path = cache_dir() / "plans.json"
+    key = _plan_key(g, budget, layout, memory_limit)
+    stored = read_store(path).get(key)
+    if isinstance(stored, dict):
+        try:
+            candidates = tuple(Candidate(**c) for c in stored["candidates"])
+            return Plan(stored["algorithm"], stored["threads"], stored["workspace_bytes"],
+                        stored["seconds"], "measure", memory_limit, candidates)
+        except (KeyError, TypeError):
+            pass  # a foreign or older entry: measure again and overwrite it
+    model = {(c.algorithm, c.threads): c.seconds
+             for c in _model_plan(g, budget, layout, memory_limit).candidates if c.seconds is not None}
+    fastest_predicted = min(model.values())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(g.input_shape).astype(np.float32)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    w = rng.standard_normal(g.weight_shape).astype(np.float32)
+    args = dict(stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups, layout=layout)
+    out = conv2d(x, w, algorithm=next(c.algorithm for c in _screen(g, budget, layout, None) if not c.rejected),
+                 **args)
+
+    def seconds_of(c):
+        predicted = model[(c.algorithm, c.threads)]
+        if predicted > _MEASURE_PRUNE_FACTOR * fastest_predicted:
+            return None, f"not timed: predicted {predicted / fastest_predicted:.0f}x slower"
+        timing = measure(lambda: conv2d(x, w, algorithm=c.algorithm, threads=c.threads, out=out, **args),
+                         repeats=3, warmup=1, min_seconds=0.02)
+        return timing.best, ""
+
+    best, explained = _rank(_screen(g, budget, layout, memory_limit), seconds_of)
+    plan = Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "measure", memory_limit,
+                explained)
+    try:
+        update_store(path, key, {"algorithm": plan.algorithm, "threads": plan.threads,
+                                 "workspace_bytes": plan.workspace_bytes, "seconds": plan.predicted_seconds,
+                                 "candidates": [c.__dict__ for c in explained]})
+    except OSError:
+        pass  # an unwritable cache only costs re-measuring
+    return plan
+
+
+_memo: dict = {}
+_memo_lock = threading.Lock()
+
+
+def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="NCHW", mode="model",
+                  prepacked=False) -> Plan:
+    """:func:`plan` for an already validated geometry (memoised per process)."""
+    budget = check_threads(threads, max_threads())
+    memory_limit = _check_limit(memory_limit)
+    mode = _check_mode(mode)
+    key = (g, budget, layout, memory_limit, mode, prepacked)
+    with _memo_lock:
+        cached = _memo.get(key)
+    if cached is not None:
+        return cached
+    if mode == "model":
+        result = _model_plan(g, budget, layout, memory_limit, prepacked)
+    else:
+        result = _measure_plan(g, budget, layout, memory_limit)
+    with _memo_lock:
+        _memo[key] = result
+    return result
+
+
+def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_limit=None,
+         threads=None, layout="NCHW", mode="model") -> Plan:
+    """Choose the algorithm and thread count for a convolution.
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        Input shape in ``layout`` ((N, C, H, W) or (N, H, W, C), batch optional).
+    w_shape : tuple of int
+        Weight shape (M, C/groups, kh, kw).
+    stride, padding, dilation, groups
+        As for :func:`lowmem_numba.conv2d`.
+    memory_limit : int, optional
+        Largest workspace allowed, in bytes; None for no limit, 0 for
+        zero-workspace algorithms only.
+    threads : int, optional
+        Thread budget: the plan uses at most this many; default all of Numba's.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    mode : {"model", "measure"}, default "model"
+        ``"model"`` predicts with the calibrated cost model (calibrated once
+        per machine, about a second); ``"measure"`` times the candidates on
+        this shape and caches the winner in the user cache directory
+        (``$LOWMEM_NUMBA_CACHE_DIR`` overrides it).
+
+    Returns
+    -------
+    Plan
+        With ``.algorithm``, ``.threads``, ``.workspace_bytes``,
+        ``.predicted_seconds`` and ``.explain()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For invalid arguments, or when no algorithm fits ``memory_limit``.
+    """
+    layout = check_layout(layout)
+    g = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
+    return plan_geometry(g, memory_limit=memory_limit, threads=threads, layout=layout, mode=mode)
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Per-layer plans whose shared arena (the largest workspace) fits a limit."""
+
+    plans: tuple
+    arena_bytes: int
+    memory_limit: Optional[int]
+
+    def explain(self) -> str:
+        limit = "none" if self.memory_limit is None else _format_bytes(self.memory_limit)
+        lines = [f"network plan: shared arena {_format_bytes(self.arena_bytes)} (limit {limit})",
+                 f"{'layer':<32} {'algorithm':<28} {'threads':>7} {'workspace':>11} {'ms':>10}"]
+        for name, p in self.plans:
+            lines.append(f"{name:<32} {p.algorithm:<28} {p.threads:>7} {_format_bytes(p.workspace_bytes):>11} "
+                         f"{p.predicted_seconds * 1e3:>10.3f}")
+        return "\n".join(lines)
+
+
+def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layout="NCHW") -> NetworkPlan:
+    """Plan each layer of a network run one layer after another.
+
+    The layers share one arena as large as the largest workspace, so the limit
+    bounds each layer's workspace (not their sum).
+
+    Parameters
+    ----------
+    layers : iterable
+        :class:`lowmem_numba.Layer` rows (e.g. ``lowmem_numba.layers("vgg16")``)
+        or ``(name, x_shape, w_shape, conv_kwargs)`` tuples.
+    memory_limit, threads, mode, layout
+        As for :func:`plan`.
+
+    Returns
+    -------
+    NetworkPlan
+    """
+    plans = []
+    for layer in layers:
+        if hasattr(layer, "x_shape"):
+            name, x_shape, w_shape, kwargs = layer.label, layer.x_shape(), layer.w_shape, layer.conv_args
+            if layout == "NHWC":
+                x_shape = (x_shape[0],) + x_shape[2:] + (x_shape[1],)
+        else:
+            name, x_shape, w_shape, kwargs = layer
+        plans.append((name, plan(x_shape, w_shape, memory_limit=memory_limit, threads=threads,
+                                 layout=layout, mode=mode, **kwargs)))
+    arena = max((p.workspace_bytes for _, p in plans), default=0)
+    return NetworkPlan(tuple(plans), arena, _check_limit(memory_limit))

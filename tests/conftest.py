@@ -1,6 +1,11 @@
 import os
+import tempfile
 
 from hypothesis import HealthCheck, settings
+
+# Calibration and measured plans go to a cache of the test run's own, never the
+# user's; tests that need a particular cache state set their own directory.
+os.environ.setdefault("LOWMEM_NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="lowmem-numba-test-cache-"))
 
 settings.register_profile(
     "default",

@@ -33,16 +33,20 @@ NRT_COUNTS = """
 
 def test_kernel_allocations_do_not_grow_with_the_work():
     # Numba counts one allocation per array argument it unboxes (a wrapper
-    # around the caller's buffer); anything allocated per image, tile or tap
-    # would make the count grow with batch and image size.
+    # around the caller's buffer); anything allocated per tile or tap would make
+    # the count grow with image size, and per image with the batch.  The one
+    # exception is an algorithm whose input and output layouts differ: its
+    # call converts (and launches) one image at a time.
     result = run_python(NRT_COUNTS, {"NUMBA_NRT_STATS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.split("\n")
     for name in ALGORITHMS:
         [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
-        small, batched, large = map(int, counts)
-        assert small == batched == large, (name, counts)
-        assert small <= 16, (name, counts)
+        single, batch_of_3, larger = map(int, counts)
+        assert single == larger and single <= 16, (name, counts)
+        algorithm = ln.registry.get(name)
+        same_layouts = algorithm.input_layout == algorithm.output_layout
+        assert batch_of_3 == single if same_layouts else batch_of_3 <= 3 * single, (name, counts)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
