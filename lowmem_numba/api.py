@@ -13,15 +13,16 @@ from .geometry import (
     ConvGeometry,
     check_array,
     check_bias,
+    check_memory_limit,
     check_out,
     check_threads,
     make_geometry,
 )
 from .layout import check_layout, from_nchw_shape, to_nchw_shape
 from .registry import FLOAT32_BYTES
-from .scheduler import _check_limit, plan_geometry
+from .scheduler import plan_geometry
 from .threads import kernel_threads, max_threads
-from .workspace import Workspace
+from .workspace import Workspace, check_workspace
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
@@ -135,7 +136,7 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     layout = check_layout(layout)
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
-    algorithm, threads = choose_algorithm(name, geometry, threads, layout, _check_limit(memory_limit), False)
+    algorithm, threads = choose_algorithm(name, geometry, threads, layout, check_memory_limit(memory_limit), False)
     return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout)
 
 
@@ -239,9 +240,8 @@ def prepare_call(x, w_shape, bias, stride, padding, dilation, groups, algorithm,
                              dilation, groups)
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
-    if workspace is not None and not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace must be a lowmem_numba.Workspace; got {type(workspace).__name__}")
-    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, _check_limit(memory_limit), prepacked)
+    check_workspace(workspace)
+    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit), prepacked)
     out_shape = from_nchw_shape(geometry.output_shape, layout)
     if x.ndim == 3:
         out_shape = out_shape[1:]

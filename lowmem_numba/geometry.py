@@ -325,3 +325,14 @@ def check_threads(threads, maximum: int) -> int:
             f"threads must be <= {maximum} (numba.config.NUMBA_NUM_THREADS); got {threads}"
         )
     return threads
+
+
+def check_memory_limit(memory_limit):
+    """Resolve a workspace budget: None (no limit) or an int number of bytes >= 0."""
+    if memory_limit is None:
+        return None
+    if not _is_int(memory_limit):
+        raise TypeError(f"memory_limit must be an int number of bytes or None; got {memory_limit!r}")
+    if memory_limit < 0:
+        raise ValueError(f"memory_limit must be >= 0 bytes; got {memory_limit}")
+    return int(memory_limit)

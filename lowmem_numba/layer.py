@@ -7,11 +7,11 @@ from typing import Optional
 import numpy as np
 
 from .api import choose_algorithm, launch, prepare_call, resolve_algorithm
-from .geometry import check_array, check_bias, check_threads, make_geometry
+from .geometry import check_array, check_bias, check_memory_limit, check_threads, make_geometry
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .threads import max_threads
-from .workspace import Workspace
+from .workspace import Workspace, check_workspace
 
 
 class Conv2d:
@@ -63,14 +63,13 @@ class Conv2d:
         check_array(weight, "weight")
         if weight.ndim != 4:
             raise ValueError(f"weight must have 4 dimensions (M, C/groups, kh, kw); got shape {weight.shape}")
-        if workspace is not None and not isinstance(workspace, Workspace):
-            raise TypeError(f"workspace must be a lowmem_numba.Workspace; got {type(workspace).__name__}")
+        check_workspace(workspace)
         self.layout = check_layout(layout)
         self.weight_shape = tuple(weight.shape)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.threads = check_threads(threads, max_threads())
         self.algorithm = algorithm
-        self.memory_limit = memory_limit
+        self.memory_limit = check_memory_limit(memory_limit)
         self.workspace = workspace if workspace is not None else Workspace()
         # The hyper-parameters are checked now on a nominal input large enough
         # for any kernel (the real shape is checked again at each call).

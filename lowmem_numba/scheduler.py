@@ -21,7 +21,7 @@ from . import registry
 from ._version import __version__
 from .cache import cache_dir, machine_id, read_store, update_store
 from .costmodel import calibration, describe_work, predict_seconds
-from .geometry import ConvGeometry, check_threads, make_geometry
+from .geometry import ConvGeometry, check_memory_limit, check_threads, make_geometry
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .threads import max_threads
@@ -102,16 +102,6 @@ def _thread_options(budget):
         options.append(t)
         t *= 2
     return options + [budget]
-
-
-def _check_limit(memory_limit):
-    if memory_limit is None:
-        return None
-    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
-        raise TypeError(f"memory_limit must be an int number of bytes or None; got {memory_limit!r}")
-    if memory_limit < 0:
-        raise ValueError(f"memory_limit must be >= 0 bytes; got {memory_limit}")
-    return int(memory_limit)
 
 
 def _check_mode(mode):
@@ -229,7 +219,7 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
                   prepacked=False) -> Plan:
     """:func:`plan` for an already validated geometry (memoised per process)."""
     budget = check_threads(threads, max_threads())
-    memory_limit = _check_limit(memory_limit)
+    memory_limit = check_memory_limit(memory_limit)
     mode = _check_mode(mode)
     key = (g, budget, layout, memory_limit, mode, prepacked)
     with _memo_lock:
@@ -332,4 +322,4 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
         plans.append((name, plan(x_shape, w_shape, memory_limit=memory_limit, threads=threads,
                                  layout=layout, mode=mode, **kwargs)))
     arena = max((p.workspace_bytes for _, p in plans), default=0)
-    return NetworkPlan(tuple(plans), arena, _check_limit(memory_limit))
+    return NetworkPlan(tuple(plans), arena, check_memory_limit(memory_limit))

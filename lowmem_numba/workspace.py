@@ -99,3 +99,10 @@ class Workspace:
         for layer in layers:
             layer.workspace = arena
         return arena
+
+
+def check_workspace(workspace):
+    """Require None or a :class:`Workspace`."""
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a lowmem_numba.Workspace or None; got {type(workspace).__name__}")
+    return workspace
