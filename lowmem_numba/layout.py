@@ -36,16 +36,19 @@ def from_nchw_shape(shape, layout):
 
 
 @njit(parallel=True, cache=True)
-def transpose_image(src, src_off, dst, dst_off, rows, cols):
-    """dst[dst_off:] as (cols x rows) = transpose of src[src_off:] as (rows x cols).
+def transpose_blocks(src, src_off, dst, dst_off, count, rows, cols):
+    """Transpose ``count`` consecutive (rows x cols) blocks into (cols x rows) blocks.
 
-    CHW -> HWC is rows=C, cols=H*W; HWC -> CHW is rows=H*W, cols=C.
+    Tiled so that a tile's reads and writes both stay in L1.  CHW -> HWC of one
+    image is ``rows=C, cols=H*W``; HWC -> CHW is ``rows=H*W, cols=C``.
     """
     row_tiles = (rows + _TILE - 1) // _TILE
     col_tiles = (cols + _TILE - 1) // _TILE
-    for tile in prange(row_tiles * col_tiles):
-        r0 = (tile // col_tiles) * _TILE
-        c0 = (tile % col_tiles) * _TILE
-        for r in range(r0, min(rows, r0 + _TILE)):
-            for c in range(c0, min(cols, c0 + _TILE)):
-                dst[dst_off + c * rows + r] = src[src_off + r * cols + c]
+    size = rows * cols
+    for tile in prange(count * row_tiles * col_tiles):
+        block = (tile // (row_tiles * col_tiles)) * size
+        r0 = (tile // col_tiles) % row_tiles * _TILE
+        c0 = tile % col_tiles * _TILE
+        for c in range(c0, min(cols, c0 + _TILE)):
+            for r in range(r0, min(rows, r0 + _TILE)):
+                dst[dst_off + block + c * rows + r] = src[src_off + block + r * cols + c]

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .geometry import ConvGeometry
-from .layout import transpose_image
+from .layout import transpose_blocks
 
 FLOAT32_BYTES = 4
 
@@ -129,9 +129,9 @@ class Algorithm:
 def _convert(src, dst, src_layout, channels, pixels):
     """Convert one image from ``src_layout`` to the other layout."""
     if src_layout == "NCHW":
-        transpose_image(src, 0, dst, 0, channels, pixels)
+        transpose_blocks(src, 0, dst, 0, 1, channels, pixels)
     else:
-        transpose_image(src, 0, dst, 0, pixels, channels)
+        transpose_blocks(src, 0, dst, 0, 1, pixels, channels)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..blas import gemm
+from ..layout import transpose_blocks
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -96,3 +97,10 @@ def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
              _F32_ZERO, c, c_at, ldc)
         if bias.size:
             add_bias_rows(c, c_at, m1 - m0, n1 - n0, ldc, bias, i * bias_step + m0)
+
+
+def pack_tap_major(weight, g, dest):
+    """Weights (M, C/g, kh, kw) as (groups, kh*kw, M/g, C/g), the per-tap GEMM
+    operands of the kn2row family: each group's (M/g*C/g) x taps matrix transposed."""
+    transpose_blocks(weight, 0, dest, 0, g.groups, g.out_channels_per_group * g.channels_per_group,
+                     g.kernel_taps)

@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import ceil_div, dims, valid_range
+from ._common import ceil_div, dims, pack_tap_major, valid_range
 
 _F32_ONE = np.float32(1.0)
 
@@ -49,8 +49,8 @@ _BAND_COLUMNS = 2048
 
 
 @njit(parallel=True, cache=True)
-def _pack_taps(w, packed, d, a_transposed):
-    # (groups, taps, M/g, C/g), or (groups, taps, C/g, M/g) when transposed.
+def _pack_taps_transposed(w, packed, d):
+    # (groups, taps, C/g, M/g) from (M, C/g, taps).
     N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
     cg_count = C // G
     mg_count = M // G
@@ -60,9 +60,7 @@ def _pack_taps(w, packed, d, a_transposed):
         mg = m % mg_count
         for cg in range(cg_count):
             for t in range(taps):
-                tap_block = (g * taps + t) * mg_count * cg_count
-                at = mg * cg_count + cg if not a_transposed else cg * mg_count + mg
-                packed[tap_block + at] = w[(m * cg_count + cg) * taps + t]
+                packed[(g * taps + t) * mg_count * cg_count + cg * mg_count + mg] = w[(m * cg_count + cg) * taps + t]
 
 
 @njit(cache=True, nogil=True)
@@ -226,7 +224,10 @@ def _unsupported(g):
 
 def _register(suffix, a_transposed, channels_last):
     def pack(weight, g, dest):
-        _pack_taps(weight, dest, dims(g), a_transposed)
+        if a_transposed:
+            _pack_taps_transposed(weight, dest, dims(g))
+        else:
+            pack_tap_major(weight, g, dest)
 
     def compute(x, packed, bias, out, scratch, g, threads):
         m_blocks, rows_per_band, slots, save_cols = _tiling(g, threads)

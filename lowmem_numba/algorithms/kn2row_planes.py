@@ -50,8 +50,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..layout import transpose_blocks
 from ..registry import Algorithm, register
-from ._common import batched_gemm, ceil_div, dims, valid_range
+from ._common import batched_gemm, ceil_div, dims, pack_tap_major, valid_range
 
 _F32_ZERO = np.float32(0.0)
 _EMPTY = np.empty(0, dtype=np.float32)
@@ -61,8 +62,6 @@ _EMPTY = np.empty(0, dtype=np.float32)
 #: 729x256x96: 20-30 % more GFLOP/s at 2 threads than column tiles).
 _WIDE_COLUMNS = 1024
 
-#: Edge of the square tiles of the weight-packing transpose.
-_TILE = 32
 
 #: Runs of channels shorter than this are added across groups with a stride.
 _SHORT_RUN = 8
@@ -72,34 +71,14 @@ _SHORT_RUN = 8
 _TILES_PER_THREAD = 4
 
 
-@njit(parallel=True, cache=True)
-def _transpose_blocks(src, dst, count, rows, cols):
-    """dst block b (cols x rows) = transpose of src block b (rows x cols), b < count.
-
-    Tiled so that both the reads and the writes of a tile stay in L1.
-    """
-    row_tiles = (rows + _TILE - 1) // _TILE
-    col_tiles = (cols + _TILE - 1) // _TILE
-    size = rows * cols
-    for tile in prange(count * row_tiles * col_tiles):
-        base = (tile // (row_tiles * col_tiles)) * size
-        r0 = (tile // col_tiles) % row_tiles * _TILE
-        c0 = tile % col_tiles * _TILE
-        for c in range(c0, min(cols, c0 + _TILE)):
-            for r in range(r0, min(rows, r0 + _TILE)):
-                dst[base + c * rows + r] = src[base + r * cols + c]
-
-
-def _pack_shape(g, columns):
-    """(rows, cols) of the per-group transpose that packs the weights.
-
-    A group's (M/g, C/g, kh, kw) weights are one transpose away from both forms:
-
-    * row form, tap-major (T, M/g, C/g): the transpose of (M/g*C/g) x T;
-    * column form (C/g, T, M/g): the transpose of M/g x (C/g*T).
-    """
-    mg, cg, taps = g.out_channels_per_group, g.channels_per_group, g.kernel_taps
-    return (mg, cg * taps) if columns else (mg * cg, taps)
+def _pack(weight, g, dest, columns):
+    """Row form: tap-major (groups, T, M/g, C/g).  Column form (groups, C/g, T, M/g):
+    each group's M/g x (C/g*T) matrix transposed."""
+    if columns:
+        transpose_blocks(weight, 0, dest, 0, g.groups, g.out_channels_per_group,
+                         g.channels_per_group * g.kernel_taps)
+    else:
+        pack_tap_major(weight, g, dest)
 
 
 @njit(cache=True, nogil=True)
@@ -324,7 +303,7 @@ def _plan(g, threads, one_gemm, channels_last):
 
 def _register(name, one_gemm, channels_last, summary):
     def pack(weight, g, dest):
-        _transpose_blocks(weight, dest, g.groups, *_pack_shape(g, channels_last))
+        _pack(weight, g, dest, channels_last)
 
     def compute(x, packed, bias, out, scratch, g, threads):
         _kn2row_batch(x, packed, bias, out, scratch, _EMPTY, dims(g), one_gemm, channels_last,
