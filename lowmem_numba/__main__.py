@@ -1,74 +1,360 @@
 """Command line: ``lowmem-numba`` or ``python -m lowmem_numba``.
 
-With no arguments: time every algorithm on AlexNet's conv2 layer and print
-time, speed and workspace.
+Benchmark the algorithms on a network's layers, see what the scheduler picks
+under a memory limit, and turn saved results into a report.
+
+    lowmem-numba                      the AlexNet table: every algorithm at 1 thread and at all
+                                      threads, against torch and numpy, with the scheduler's pick
+                                      (the same as ``lowmem-numba bench``)
+    lowmem-numba bench --network vgg16 --threads 1,2 --quick --json vgg16.json
+    lowmem-numba plan --network mobilenet --memory-limit 1MiB
+    lowmem-numba report vgg16.json --out-dir reports/
+
+Errors are one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import re
 import sys
+import textwrap
 import time
+from fractions import Fraction
 
-import numpy as np
-
-from . import algorithms, conv2d, workspace_bytes
-from .geometry import make_geometry
+from . import registry
+from ._version import __version__
+from .cli_bench import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench,
+                        select_layers)
+from .networks import NETWORKS
+from .scheduler import MODES, plan, plan_network
+from .scheduler import _format_bytes as format_bytes
 from .threads import max_threads
 
-# AlexNet conv2: 96 -> 256 channels, 27x27, 5x5 kernel, padding 2.
-DEMO_LAYER = dict(name="AlexNet conv2", x_shape=(1, 96, 27, 27), w_shape=(256, 96, 5, 5), padding=2)
+PROG = "lowmem-numba"
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def _median_seconds(call, repeats):
-    call()  # loads (or compiles) the kernels, warms the caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def parse_size(text):
+    """Parse a byte count such as ``1MiB``, ``512KiB``, ``2GB``, ``1.5MiB`` or ``1000``.
+
+    Parameters
+    ----------
+    text : str
+        A number with an optional unit (B, KB, MB, GB, TB: powers of 1000;
+        KiB, MiB, GiB, TiB: powers of 1024; case-insensitive), or ``none``
+        for no limit.
+
+    Returns
+    -------
+    int or None
+        Bytes; None for ``none``.
+
+    Raises
+    ------
+    ValueError
+        If the text is not a size or not a whole number of bytes.
+    """
+    cleaned = text.strip()
+    if cleaned.lower() == "none":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE](\d+))?\s*([A-Za-z]*)", cleaned)
+    if not match or match.group(3).lower() not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {text!r}: give bytes with an optional unit, e.g. 1000, 512KiB, "
+                         f"1MiB, 2GB, or none")
+    number = Fraction(match.group(1)) * 10 ** int(match.group(2) or 0)
+    value = number * _SIZE_UNITS[match.group(3).lower()]
+    if value.denominator != 1:
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    return int(value)
 
 
-def _format_bytes(count):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
+def parse_threads(text):
+    """Parse a thread list such as ``1,2`` (``all`` is every Numba thread).
+
+    Returns
+    -------
+    tuple of int
+        Distinct counts in the order given.
+
+    Raises
+    ------
+    ValueError
+        For anything but counts from 1 to ``numba.config.NUMBA_NUM_THREADS``.
+    """
+    counts = []
+    for item in text.split(","):
+        item = item.strip()
+        if item.lower() == "all":
+            count = max_threads()
+        elif item.isdigit():
+            count = int(item)
+        else:
+            raise ValueError(f"invalid thread list {text!r}: give counts separated by commas, e.g. 1,2 or 1,all")
+        if not 1 <= count <= max_threads():
+            raise ValueError(f"thread count {count} is out of range: Numba has {max_threads()} thread(s) "
+                             f"(NUMBA_NUM_THREADS)")
+        if count not in counts:
+            counts.append(count)
+    return tuple(counts)
 
 
-def demo(threads, repeats, out=sys.stdout):
-    layer = DEMO_LAYER
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(layer["x_shape"]).astype(np.float32)
-    w = rng.standard_normal(layer["w_shape"]).astype(np.float32)
-    geometry = make_geometry(x.shape, w.shape, padding=layer["padding"])
-    result = np.empty(geometry.output_shape, np.float32)
-    print(f"{layer['name']}: x {x.shape}, weight {w.shape}, padding {layer['padding']}, "
-          f"{threads} thread(s), median of {repeats}", file=out)
-    print(f"{'algorithm':<26} {'ms':>9} {'GFLOP/s':>9} {'workspace':>12}", file=out)
-    for name in algorithms():
-        seconds = _median_seconds(
-            lambda: conv2d(x, w, padding=layer["padding"], algorithm=name, threads=threads, out=result),
-            repeats)
-        space = workspace_bytes(name, x.shape, w.shape, padding=layer["padding"], threads=threads)
-        print(f"{name:<26} {seconds * 1e3:9.2f} {geometry.flops / seconds / 1e9:9.1f} "
-              f"{_format_bytes(space):>12}", file=out, flush=True)
+def parse_algorithms(text):
+    """Parse ``all`` or a comma-separated list of registered algorithm names.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones).
+    """
+    if text.strip().lower() == "all":
+        return registry.names()
+    names = []
+    for name in (item.strip() for item in text.split(",")):
+        registry.get(name)
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="lowmem-numba", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: all of Numba's)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per algorithm (default 5)")
-    args = parser.parse_args(argv)
-    threads = args.threads if args.threads is not None else max_threads()
-    if not 1 <= threads <= max_threads():
-        parser.error(f"--threads must be between 1 and {max_threads()}")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    demo(threads, args.repeats)
+def _argument_type(parse, name):
+    """An argparse type calling ``parse``, whose ValueError becomes a usage error."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = name
+    return convert
+
+
+def _thread_budget(text):
+    counts = parse_threads(text)
+    if len(counts) != 1:
+        raise ValueError(f"give one thread budget, e.g. 2; got {text!r}")
+    return counts[0]
+
+
+def _names(text):
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"expected a number of seconds >= 0; got {text!r}")
+    return value
+
+
+def _positive_int(text):
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number >= 1; got {text!r}")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (no usage dump), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lowmem-numba`` and its subcommands."""
+    parser = _Parser(prog=PROG, description="\n\n".join(__doc__.split("\n\n")[1:3]),
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Without a command: the AlexNet table (lowmem-numba bench with its defaults).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,plan,report}")
+
+    bench = commands.add_parser("bench", help="time every algorithm on a network's layers",
+                                description="Time every algorithm on a network's layers, in this process "
+                                            "(best of a few calls), with the baselines and the scheduler's pick.")
+    bench.add_argument("--network", choices=NETWORKS, default="alexnet", help="layer table (default alexnet)")
+    bench.add_argument("--layers", type=_names, default=None, metavar="NAMES",
+                       help="comma-separated layer names of the network (default: all; --quick: a few)")
+    bench.add_argument("--threads", type=_argument_type(parse_threads, "thread list"), default=None,
+                       metavar="LIST", help="comma-separated thread counts, 'all' for every Numba thread "
+                                            "(default 1,all)")
+    bench.add_argument("--algorithms", type=_argument_type(parse_algorithms, "algorithm list"),
+                       default=None, metavar="NAMES", help="comma-separated algorithm names (default: all)")
+    bench.add_argument("--quick", action="store_true",
+                       help="one timed call per measurement and, unless --layers, a few layers")
+    bench.add_argument("--repeats", type=_argument_type(_positive_int, "count"), default=3,
+                       help="timed calls per measurement, the best counts (default 3)")
+    bench.add_argument("--max-seconds", type=_argument_type(_non_negative_float, "seconds"), default=0.25,
+                       metavar="S", help="skip calls the cost model predicts slower than S seconds, such as "
+                                         "the direct loop nest on large layers (default 0.25; inf: none)")
+    bench.add_argument("--layout", choices=LAYOUTS, default="NCHW",
+                       help="layout of the calls; native: each algorithm's own (default NCHW)")
+    bench.add_argument("--no-baselines", action="store_true", help="skip torch and numpy im2col")
+    bench.add_argument("--memory", action="store_true",
+                       help="also measure each call's peak memory in a fresh process (slow)")
+    bench.add_argument("--json", metavar="FILE", help="write every result, machine and version to FILE")
+    bench.set_defaults(run=_run_bench)
+
+    planner = commands.add_parser("plan", help="the scheduler's choice per layer, with reasons",
+                                  description="The scheduler's algorithm and thread count for each layer of "
+                                              "a network under a workspace limit, and why the others lost.")
+    planner.add_argument("--network", choices=NETWORKS, default="alexnet", help="layer table (default alexnet)")
+    planner.add_argument("--layers", type=_names, default=None, metavar="NAMES",
+                         help="comma-separated layer names (default: all)")
+    planner.add_argument("--memory-limit", type=_argument_type(parse_size, "size"), default=None,
+                         metavar="SIZE", help="largest workspace, e.g. 1MiB, 512KiB, 2GB, 1000, 0 "
+                                              "(default: none)")
+    planner.add_argument("--threads", type=_argument_type(_thread_budget, "thread count"), default=None,
+                         metavar="N", help="thread budget (default: all of Numba's)")
+    planner.add_argument("--mode", choices=MODES, default="model",
+                         help="model: calibrated cost model; measure: time the candidates (default model)")
+    planner.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="layout of the calls")
+    planner.add_argument("-v", "--verbose", action="store_true", help="also every candidate of every layer")
+    planner.set_defaults(run=_run_plan)
+
+    report = commands.add_parser("report", help="markdown table and PNG plot of a bench --json file",
+                                 description="Write <name>.md and <name>.png (time against workspace per "
+                                             "layer) for a file written by bench --json.")
+    report.add_argument("file", metavar="FILE.json")
+    report.add_argument("--out-dir", metavar="DIR", default=None,
+                        help="directory for the report (default: the JSON file's)")
+    report.set_defaults(run=_run_report)
+    return parser
+
+
+def _run_bench(args):
+    from .cli_report import layer_table, legend
+
+    threads = args.threads or tuple(dict.fromkeys((1, max_threads())))
+    config = BenchConfig(network=args.network, threads=threads, algorithms=args.algorithms or registry.names(),
+                         layer_names=args.layers, quick=args.quick, repeats=args.repeats,
+                         max_seconds=args.max_seconds, layout=args.layout, baselines=not args.no_baselines,
+                         memory=args.memory)
+    if args.json:
+        check_writable(args.json)
+    chosen = select_layers(config.network, config.layer_names, config.quick)
+    extras = "" if args.no_baselines else " (+ baselines)"
+    print(f"{PROG} {__version__}: {config.network}, {len(chosen)} layer(s) x {len(config.algorithms)} "
+          f"algorithm(s){extras} at {', '.join(map(str, threads))} thread(s); best of {config.timed_repeats}+ "
+          f"in-process call(s); {config.layout} layout\n", flush=True)
+    progress = Progress(count_steps(config, len(chosen)), sys.stderr)
+    start = time.perf_counter()
+
+    def show(result, layer):
+        progress.clear()
+        print(layer_table(result, layer.label) + "\n", flush=True)
+
+    result = run_bench(config, progress=progress, on_layer=show)
+    progress.clear()
+    print(legend(result))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"{time.perf_counter() - start:.0f} s in all")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+        print(f"wrote {args.json}")
     return 0
+
+
+def _rejections(p):
+    """Why the other candidates of a plan lost, grouped by reason."""
+    unsupported, over, slower, other = {}, {}, {}, {}
+    for c in p.candidates:
+        if (c.algorithm, c.threads) == (p.algorithm, p.threads):
+            continue
+        kind, _, detail = c.rejected.partition(": ")
+        if kind == "unsupported":
+            names = unsupported.setdefault(detail, [])
+            if c.algorithm not in names:
+                names.append(c.algorithm)
+        elif kind == "over budget":
+            over[c.algorithm] = min(over.get(c.algorithm, c.workspace_bytes), c.workspace_bytes)
+        elif kind == "slower":
+            ratio = c.seconds / p.predicted_seconds
+            if c.algorithm not in slower or ratio < slower[c.algorithm][0]:
+                slower[c.algorithm] = (ratio, c.threads)
+        else:
+            other.setdefault(c.rejected, []).append(f"{c.algorithm} on {c.threads}")
+    lines = []
+    if over:
+        lines.append("over budget: " + ", ".join(f"{name} ({format_bytes(space)})"
+                                                 for name, space in sorted(over.items(), key=lambda i: i[1])))
+    lines += [f"unsupported: {', '.join(names)} - {reason}" for reason, names in unsupported.items()]
+    if slower:
+        lines.append("slower: " + ", ".join(f"{name} {ratio:.2f}x on {threads}" for name, (ratio, threads)
+                                            in sorted(slower.items(), key=lambda i: i[1])))
+    lines += [f"{reason}: {', '.join(names)}" for reason, names in other.items()]
+    return lines
+
+
+def _run_plan(args):
+    threads = args.threads
+    chosen = select_layers(args.network, args.layers)
+    limit = "no limit" if args.memory_limit is None else format_bytes(args.memory_limit)
+    for layer in chosen:  # one layer's failure named here; plan_network reuses these memoised plans
+        x_shape = layer.x_shape() if args.layout == "NCHW" else (1, layer.height, layer.width, layer.in_channels)
+        try:
+            plan(x_shape, layer.w_shape, memory_limit=args.memory_limit, threads=threads, layout=args.layout,
+                 mode=args.mode, **layer.conv_args)
+        except ValueError as error:
+            raise ValueError(f"{layer.label}: {error} ({limit}); try a larger --memory-limit") from None
+    network_plan = plan_network(chosen, memory_limit=args.memory_limit, threads=threads, mode=args.mode,
+                                layout=args.layout)
+    print(network_plan.explain())
+    print(f"\nWhy ({args.mode} mode, {args.layout}, workspace {limit}, at most {threads or max_threads()} "
+          f"thread(s); times relative to the choice, 'on N' = threads):")
+    for name, p in network_plan.plans:
+        print(f"\n{name}: {p.algorithm} on {p.threads} thread(s), workspace {format_bytes(p.workspace_bytes)}, "
+              f"{'predicted' if p.mode == 'model' else 'measured'} {p.predicted_seconds * 1e3:.3f} ms")
+        for line in _rejections(p):
+            print(textwrap.fill(line, width=110, initial_indent="  ", subsequent_indent="      ",
+                                break_on_hyphens=False))
+        if args.verbose:
+            print(textwrap.indent(p.explain(), "    "))
+    return 0
+
+
+def _run_report(args):
+    from .cli_report import BENCH_EXTRA_HINT, write_report
+
+    try:
+        md_path, png_path = write_report(args.file, args.out_dir)
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":
+            raise
+        raise RuntimeError(f"report needs matplotlib, which is not installed: {BENCH_EXTRA_HINT}") from None
+    print(f"wrote {md_path}\nwrote {png_path}")
+    return 0
+
+
+def _one_line(error):
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).  No command runs the AlexNet
+        table (``bench`` with its defaults).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["bench"])
+    try:
+        return args.run(args)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

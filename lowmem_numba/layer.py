@@ -139,6 +139,21 @@ class Conv2d:
                                               self.memory_limit, prepacked=True)
         return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, self.layout, prepacked=True)
 
+    def plan_for(self, x_shape):
+        """The scheduler's :class:`lowmem_numba.Plan` for a call on ``x_shape``.
+
+        Raises
+        ------
+        ValueError
+            If the layer runs a named algorithm (there is nothing to plan).
+        """
+        from .scheduler import plan
+
+        if not (isinstance(self.algorithm, str) and self.algorithm == "auto"):
+            raise ValueError(f"this layer always runs {self.algorithm!r}; plan_for is for algorithm=\"auto\"")
+        return plan(x_shape, self.weight_shape, self.stride, self.padding, self.dilation, self.groups,
+                    memory_limit=self.memory_limit, threads=self.threads, layout=self.layout, prepacked=True)
+
     @property
     def workspace_bytes(self) -> Optional[int]:
         """Temporary memory of a call on the planned (or latest) input shape;

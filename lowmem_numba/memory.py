@@ -29,6 +29,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from .baselines import NUMPY_IM2COL
+
 
 @dataclass(frozen=True)
 class MemoryMeasurement:
@@ -38,7 +40,8 @@ class MemoryMeasurement:
     ----------
     target : str
         What was measured: an algorithm name (``"layer:<name>"`` for a
-        :class:`Conv2d` call with prepacked weights) or ``"torch"``.
+        :class:`Conv2d` call with prepacked weights), ``"torch"`` or
+        ``"numpy-im2col"``.
     peak_added_bytes : int or None
         Largest increase of the peak resident set over the repeats; None when
         unavailable.
@@ -117,6 +120,20 @@ def _measure_in_this_process(spec):
             with torch.no_grad():
                 return torch.nn.functional.conv2d(xt, wt, **args)
         output_bytes = call().numel() * 4
+    elif target == NUMPY_IM2COL:
+        from threadpoolctl import threadpool_limits
+
+        from lowmem_numba.baselines import numpy_im2col_conv2d
+        from lowmem_numba.geometry import make_geometry
+
+        if spec["threads"]:
+            # Held for the life of this process, which exists only to measure.
+            blas_limit = threadpool_limits(limits=spec["threads"], user_api="blas")  # noqa: F841
+        output_bytes = 0
+        out = np.empty(make_geometry(x.shape, w.shape, **args).output_shape, np.float32)
+
+        def call():
+            numpy_im2col_conv2d(x, w, out=out, **args)
     else:
         import lowmem_numba as ln
 
@@ -160,7 +177,9 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
     target : str
         An algorithm name for :func:`lowmem_numba.conv2d` (weights packed per
         call), ``"layer:<name>"`` for a :class:`lowmem_numba.Conv2d` with
-        prepacked weights, or ``"torch"`` for ``torch.nn.functional.conv2d``.
+        prepacked weights, ``"torch"`` for ``torch.nn.functional.conv2d``, or
+        ``"numpy-im2col"`` for :func:`lowmem_numba.baselines.numpy_im2col_conv2d`
+        (the naive numpy baseline; NCHW only).
     x_shape : tuple of int
         NCHW input shape (the measuring process converts it to ``layout``).
     w_shape, stride, padding, dilation, groups
@@ -181,7 +200,11 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
     ------
     RuntimeError
         If the measuring process fails (its error output is included).
+    ValueError
+        For ``"numpy-im2col"`` with a layout other than NCHW.
     """
+    if target == NUMPY_IM2COL and layout != "NCHW":
+        raise ValueError(f"{NUMPY_IM2COL} measures NCHW calls only; got layout={layout!r}")
     spec = {"target": target, "x_shape": list(x_shape), "w_shape": list(w_shape),
             "args": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
             "threads": threads, "layout": layout, "repeats": int(repeats)}
@@ -199,7 +222,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lowmem_numba.memory",
                                      description="Peak memory one convolution call adds (fresh process).")
     parser.add_argument("--spec", help=argparse.SUPPRESS)
-    parser.add_argument("target", nargs="?", help='algorithm name, "layer:<name>" or "torch"')
+    parser.add_argument("target", nargs="?", help='algorithm name, "layer:<name>", "torch" or "numpy-im2col"')
     parser.add_argument("--x-shape", default="1,64,224,224")
     parser.add_argument("--w-shape", default="64,64,3,3")
     parser.add_argument("--padding", type=int, default=1)

@@ -236,7 +236,7 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
 
 
 def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_limit=None,
-         threads=None, layout="NCHW", mode="model") -> Plan:
+         threads=None, layout="NCHW", mode="model", prepacked=False) -> Plan:
     """Choose the algorithm and thread count for a convolution.
 
     Parameters
@@ -258,6 +258,10 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_
         per machine, about a second); ``"measure"`` times the candidates on
         this shape and caches the winner in the user cache directory
         (``$LOWMEM_NUMBA_CACHE_DIR`` overrides it).
+    prepacked : bool, default False
+        Plan for a :class:`lowmem_numba.Conv2d` layer, whose packed weights are
+        persistent: they then do not count as workspace.  The default plans a
+        functional :func:`lowmem_numba.conv2d` call, which repacks per call.
 
     Returns
     -------
@@ -272,7 +276,8 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_
     """
     layout = check_layout(layout)
     g = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
-    return plan_geometry(g, memory_limit=memory_limit, threads=threads, layout=layout, mode=mode)
+    return plan_geometry(g, memory_limit=memory_limit, threads=threads, layout=layout, mode=mode,
+                         prepacked=prepacked)
 
 
 @dataclass(frozen=True)
@@ -293,11 +298,14 @@ class NetworkPlan:
         return "\n".join(lines)
 
 
-def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layout="NCHW") -> NetworkPlan:
+def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layout="NCHW",
+                 prepacked=True) -> NetworkPlan:
     """Plan each layer of a network run one layer after another.
 
     The layers share one arena as large as the largest workspace, so the limit
-    bounds each layer's workspace (not their sum).
+    bounds each layer's workspace (not their sum).  By default the layers are
+    :class:`lowmem_numba.Conv2d` objects holding packed weights, which are
+    persistent and not part of the arena.
 
     Parameters
     ----------
@@ -306,6 +314,8 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
         or ``(name, x_shape, w_shape, conv_kwargs)`` tuples.
     memory_limit, threads, mode, layout
         As for :func:`plan`.
+    prepacked : bool, default True
+        As for :func:`plan`; False plans functional calls that repack weights.
 
     Returns
     -------
@@ -320,6 +330,6 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
         else:
             name, x_shape, w_shape, kwargs = layer
         plans.append((name, plan(x_shape, w_shape, memory_limit=memory_limit, threads=threads,
-                                 layout=layout, mode=mode, **kwargs)))
+                                 layout=layout, mode=mode, prepacked=prepacked, **kwargs)))
     arena = max((p.workspace_bytes for _, p in plans), default=0)
     return NetworkPlan(tuple(plans), arena, check_memory_limit(memory_limit))

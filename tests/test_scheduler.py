@@ -144,3 +144,17 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in processes)
     assert len(read_store(path)) == 200
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_layers_plan_without_their_persistent_weights():
+    # On AlexNet conv3 the repacked weights alone (3.4 MiB) exceed 1 MiB, so a
+    # functional call must fall back to the loop nest; a layer keeps them packed.
+    layer = next(l for l in layers("alexnet") if l.name == "conv3")
+    functional = ln.plan(layer.x_shape(), layer.w_shape, memory_limit=2**20, **layer.conv_args)
+    packed = ln.plan(layer.x_shape(), layer.w_shape, memory_limit=2**20, prepacked=True, **layer.conv_args)
+    assert functional.algorithm == "direct-sum2d"
+    assert packed.algorithm != "direct-sum2d" and packed.workspace_bytes <= 2**20
+    conv = ln.Conv2d(np.ones(layer.w_shape, np.float32), memory_limit=2**20, **layer.conv_args)
+    assert conv.plan_for(layer.x_shape()) == packed
+    with pytest.raises(ValueError, match="plan_for"):
+        ln.Conv2d(np.ones(layer.w_shape, np.float32), algorithm="kn2row-aa-ab", padding=1).plan_for((1, 256, 13, 13))
