@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import textwrap
 import time
-from fractions import Fraction
 
 from . import registry
 from ._version import __version__
@@ -29,48 +27,10 @@ from .cli_bench import (LAYOUTS, BenchConfig, Progress, check_writable, count_st
                         select_layers)
 from .networks import NETWORKS
 from .scheduler import MODES, plan, plan_network
-from .scheduler import _format_bytes as format_bytes
+from .units import format_bytes, parse_size
 from .threads import max_threads
 
 PROG = "lowmem-numba"
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text):
-    """Parse a byte count such as ``1MiB``, ``512KiB``, ``2GB``, ``1.5MiB`` or ``1000``.
-
-    Parameters
-    ----------
-    text : str
-        A number with an optional unit (B, KB, MB, GB, TB: powers of 1000;
-        KiB, MiB, GiB, TiB: powers of 1024; case-insensitive), or ``none``
-        for no limit.
-
-    Returns
-    -------
-    int or None
-        Bytes; None for ``none``.
-
-    Raises
-    ------
-    ValueError
-        If the text is not a size or not a whole number of bytes.
-    """
-    cleaned = text.strip()
-    if cleaned.lower() == "none":
-        return None
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE](\d+))?\s*([A-Za-z]*)", cleaned)
-    if not match or match.group(3).lower() not in _SIZE_UNITS:
-        raise ValueError(f"invalid size {text!r}: give bytes with an optional unit, e.g. 1000, 512KiB, "
-                         f"1MiB, 2GB, or none")
-    number = Fraction(match.group(1)) * 10 ** int(match.group(2) or 0)
-    value = number * _SIZE_UNITS[match.group(3).lower()]
-    if value.denominator != 1:
-        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
-    return int(value)
-
 
 def parse_threads(text):
     """Parse a thread list such as ``1,2`` (``all`` is every Numba thread).

@@ -12,7 +12,7 @@ import os
 
 from . import registry
 from .cli_bench import SCHEMA
-from .scheduler import _format_bytes as format_bytes
+from .units import format_bytes
 
 #: What a report needs beyond the library's own dependencies.
 BENCH_EXTRA_HINT = "pip install 'lowmem-numba[bench]'"

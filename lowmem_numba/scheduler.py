@@ -25,6 +25,7 @@ from .geometry import ConvGeometry, check_memory_limit, check_threads, make_geom
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .threads import max_threads
+from .units import format_bytes
 
 MODES = ("model", "measure")
 
@@ -71,14 +72,14 @@ class Plan:
 
     def explain(self) -> str:
         """A readable table of every candidate and why it was or was not chosen."""
-        limit = "none" if self.memory_limit is None else _format_bytes(self.memory_limit)
+        limit = "none" if self.memory_limit is None else format_bytes(self.memory_limit)
         kind = "predicted" if self.mode == "model" else "measured"
         lines = [f"plan ({self.mode} mode, memory limit {limit}): {self.algorithm} on "
-                 f"{self.threads} thread(s), workspace {_format_bytes(self.workspace_bytes)}, "
+                 f"{self.threads} thread(s), workspace {format_bytes(self.workspace_bytes)}, "
                  f"{kind} {self.predicted_seconds * 1e3:.3f} ms",
                  f"{'algorithm':<28} {'threads':>7} {'workspace':>11} {kind + ' ms':>13}  verdict"]
         for c in self.candidates:
-            space = "-" if c.workspace_bytes is None else _format_bytes(c.workspace_bytes)
+            space = "-" if c.workspace_bytes is None else format_bytes(c.workspace_bytes)
             ms = "-" if c.seconds is None else f"{c.seconds * 1e3:.3f}"
             chosen = c.algorithm == self.algorithm and c.threads == self.threads
             verdict = "CHOSEN" if chosen else c.rejected
@@ -87,13 +88,6 @@ class Plan:
 
     def __str__(self) -> str:
         return self.explain()
-
-
-def _format_bytes(count):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
 
 
 def _thread_options(budget):
@@ -123,7 +117,7 @@ def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=F
             space = FLOAT32_BYTES * algorithm.workspace_elements(g, t, layout, prepacked)
             if memory_limit is not None and space > memory_limit:
                 screened.append(Candidate(name, t, space, None,
-                                          f"over budget: {_format_bytes(space)} > {_format_bytes(memory_limit)}"))
+                                          f"over budget: {format_bytes(space)} > {format_bytes(memory_limit)}"))
             else:
                 screened.append(Candidate(name, t, space, None))
     return screened
@@ -289,11 +283,11 @@ class NetworkPlan:
     memory_limit: Optional[int]
 
     def explain(self) -> str:
-        limit = "none" if self.memory_limit is None else _format_bytes(self.memory_limit)
-        lines = [f"network plan: shared arena {_format_bytes(self.arena_bytes)} (limit {limit})",
+        limit = "none" if self.memory_limit is None else format_bytes(self.memory_limit)
+        lines = [f"network plan: shared arena {format_bytes(self.arena_bytes)} (limit {limit})",
                  f"{'layer':<32} {'algorithm':<28} {'threads':>7} {'workspace':>11} {'ms':>10}"]
         for name, p in self.plans:
-            lines.append(f"{name:<32} {p.algorithm:<28} {p.threads:>7} {_format_bytes(p.workspace_bytes):>11} "
+            lines.append(f"{name:<32} {p.algorithm:<28} {p.threads:>7} {format_bytes(p.workspace_bytes):>11} "
                          f"{p.predicted_seconds * 1e3:>10.3f}")
         return "\n".join(lines)
 
