@@ -12,14 +12,12 @@ torch is installed (in a subprocess per thread count, so the pools never mix).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 
 import numpy as np
 
 import lowmem_numba as ln
 from lowmem_numba.algorithms._common import batched_gemm, gemm_split
+from lowmem_numba.baselines import torch_available, torch_runs
 from lowmem_numba.networks import layers
 from lowmem_numba.threads import kernel_threads
 from lowmem_numba.timing import measure
@@ -27,23 +25,6 @@ from lowmem_numba.timing import measure
 LAYERS = [("vgg16", n) for n in ("conv2_2", "conv3_2", "conv4_2")] + \
          [("alexnet", n) for n in ("conv2", "conv3", "conv4", "conv5")] + \
          [("googlenet", n) for n in ("inception3a_3x3", "inception3a_5x5")]
-
-TORCH_SCRIPT = """
-import json, sys, time, torch
-torch.set_num_threads(int(sys.argv[1]))
-out = {}
-for label, x_shape, w_shape, stride, padding, groups, repeats in json.loads(sys.stdin.read()):
-    x = torch.rand(*x_shape); w = torch.rand(*w_shape)
-    f = lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=padding, groups=groups)
-    with torch.no_grad():
-        f()
-        runs = []
-        for _ in range(repeats):
-            t = time.perf_counter(); f(); runs.append(time.perf_counter() - t)
-    out[label] = min(runs)
-print(json.dumps(out))
-"""
-
 
 def find_layer(network, name):
     return next(layer for layer in layers(network) if layer.name == name)
@@ -67,15 +48,14 @@ def sgemm_seconds(geometry, threads, repeats):
 
 
 def torch_seconds(chosen, threads, repeats):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    """Best time per layer label of torch's conv2d (empty without torch)."""
+    if not torch_available():
         return {}
-    jobs = [(layer.label, layer.x_shape(), layer.w_shape, layer.stride, layer.padding, layer.groups, repeats)
+    jobs = [{"label": layer.label, "x_shape": list(layer.x_shape()), "w_shape": list(layer.w_shape),
+             "args": dict(layer.conv_args, dilation=1), "warmup": 1, "repeats": repeats, "min_seconds": 0.02}
             for layer in chosen]
-    result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, str(threads)], input=json.dumps(jobs),
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    _, runs = torch_runs(jobs, threads)
+    return {label: min(times) for label, times in runs.items()}
 
 
 def main(argv=None):
