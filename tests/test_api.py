@@ -73,7 +73,7 @@ def test_non_contiguous_and_fortran_inputs(name):
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_empty_batch(name):
-    got = ln.conv2d(np.ones((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32), algorithm=name)
+    got = conv_or_skip(name, np.ones((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32))
     assert got.shape == (0, 4, 3, 3) and got.dtype == np.float32
 
 

@@ -82,7 +82,8 @@ def test_thread_settings_are_restored():
         x = np.ones((1, 4, 9, 9), np.float32)
         w = np.ones((4, 4, 3, 3), np.float32)
         for name in ln.algorithms():
-            ln.conv2d(x, w, algorithm=name, threads=numba.config.NUMBA_NUM_THREADS)
+            if ln.supports(name, x.shape, w.shape):
+                ln.conv2d(x, w, algorithm=name, threads=numba.config.NUMBA_NUM_THREADS)
             assert numba.get_num_threads() == 1
         with pytest.raises(ValueError):
             ln.conv2d(x, w, algorithm="kn2row-aa-ab", stride=2)

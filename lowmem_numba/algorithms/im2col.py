@@ -1,37 +1,100 @@
-"""im2col: build the (C/g*kh*kw) x (Ho*Wo) patch matrix of an image, then one GEMM
-per group, ``out[M/g, Ho*Wo] = W[M/g, C/g*kh*kw] @ patches`` (the ``ab-ki`` form:
-kernel is the A operand, output is CHW).
+"""im2col: build the (C/g*kh*kw) x (Ho*Wo) patch matrix P of an image, then one
+GEMM per group (Anderson et al. 2017, arXiv 1709.03395).
 
 Patch rows are indexed (c, i, j) for kernel tap (i, j) of channel c; row (c, i, j)
-at output row yo reads input row ``yo*sh + i*dh - pad_top``.
+at output pixel (yo, xo) is input pixel ``(yo*sh + i*dh - pad_top,
+xo*sw + j*dw - pad_left)`` of channel c, or zero in the padding.  Group g's
+GEMM operand is the block of C/g*kh*kw consecutive rows starting at channel
+``g*C/g``.
 
-Builders:
+The two parameters of the family are independent: one patch-building kernel
+takes the builder, one GEMM driver takes the GEMM form, and the names are
+registered from the table at the bottom of this module.
 
-* ``copy-short`` copies a run of Wo pixels per (c, i, j, output row), writing the
-  padding zeros explicitly (the buffer is reused, never cleared).
-* ``copy-self`` additionally uses that rows whose kernel-row index differs by
-  ``sh/dh`` hold the same data one output row apart: such rows are copied from
-  the already built row, and only their last output row comes from the input.
+Builders (every one writes every element, so the buffer is reused without
+clearing, and a NaN in the input never reaches a padding entry):
+
+* ``scan`` gathers element by element, testing each element's input
+  coordinates against the image bounds.  Any stride.
+* ``copy-short`` copies a run of Wo (strided) pixels per (c, i, j, output row),
+  writing the padding zeros around it explicitly.  Any stride.
+* ``copy-long`` copies ONE long shifted run of the input plane per (c, i, j):
+  element q = yo*Wo + xo of the patch row reads input element
+  ``sw*q + (i*dh - pad_top)*W + (j*dw - pad_left)`` of the channel's plane.
+  That is exact whenever ``sh*W == sw*Wo``: stride 1 with the output as wide
+  as the input (the paper's case, any vertical padding), and also the strided
+  shapes where it holds (e.g. stride (1, 2) with Wo = W/2), read as one
+  strided run.  The run spans from the first to the last patch entry whose
+  pixel is inside the image, so it never reads outside the plane.  Then it
+  repairs: rows whose source row is outside the image, and between
+  consecutive valid rows the ``(Wo - hi) + lo`` entries that wrapped across
+  the row boundary (one contiguous run per boundary), are overwritten with
+  zeros.  In every other geometry (``sh*W != sw*Wo``: any other stride, or an
+  output narrower or wider than the input) no patch row is one evenly spaced
+  run of the plane, and the rows are built per output row exactly as
+  ``copy-short`` builds them, so copy-long claims every geometry but is only
+  distinct from copy-short where ``sh*W == sw*Wo``.  (The authors' library
+  runs it at stride 1 only.)
+* ``copy-self`` builds like ``copy-short`` but uses that rows whose kernel-row
+  index differs by ``sh/dh`` hold the same data one output row apart: such rows
+  are copied from the already built row, and only their last output row comes
+  from the input.  Any stride (the shortcut applies when ``dh`` divides ``sh``).
+
+GEMM forms (weights are read as given, M x C/g*kh*kw row-major; nothing is
+packed):
+
+* ``ab-ki``: out[M/g, Ho*Wo] = W_g @ P_g, gemm(N, N); group g writes its M/g
+  contiguous planes of the NCHW output.
+* ``atbt-ik``: out^T[Ho*Wo, M/g] = P_g^T @ W_g^T, gemm(T, T); group g writes
+  the column block at channel g*M/g of the HWC output (ldc = M).  These read
+  NCHW input and write NHWC output (``output_layout="NHWC"``).
+
+Workspace and parallelism
+-------------------------
+Scratch is one image's patch matrix, ``C*kh*kw*Ho*Wo`` elements, reused for
+every image of the batch.  Each image is built in parallel over patch rows
+(over (c, j) for copy-self, whose rows depend on earlier rows of the same
+(c, j)), then multiplied by parallel single-threaded GEMMs over (group,
+output-channel block, pixel tile) items.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
+from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import batched_gemm, dims, gemm_split, valid_range
+from ._common import add_bias_rows, dims, gemm_split, valid_range
 
-_F32_ZERO = 0.0
+_F32_ONE = np.float32(1.0)
+_F32_ZERO = np.float32(0.0)
+
+# Builders (the patch-building kernel's ``builder`` argument).
+SCAN = 0
+COPY_SHORT = 1
+COPY_LONG = 2
+COPY_SELF = 3
+
+# GEMM forms (the driver's ``form`` argument).
+AB_KI = 0     # out[M/g, Ho*Wo] = W_g @ P_g, CHW output
+ATBT_IK = 1   # out[Ho*Wo, M/g] = P_g^T @ W_g^T, HWC output
+
+
+@njit(cache=True, nogil=True)
+def _zero(patches, start, stop):
+    for q in range(start, stop):
+        patches[q] = _F32_ZERO
 
 
 @njit(cache=True, nogil=True)
 def _copy_patch_row(x, x_plane, patches, dst, iy, H, W, WO, SW, dx, lo, hi):
+    """One output row of a patch row: Wo pixels of input row ``iy`` from column
+    ``dx`` in steps of ``SW``, zero outside [lo, hi) or when ``iy`` is outside."""
     if iy < 0 or iy >= H:
-        for xo in range(WO):
-            patches[dst + xo] = _F32_ZERO
+        _zero(patches, dst, dst + WO)
         return
-    for xo in range(lo):
-        patches[dst + xo] = _F32_ZERO
+    _zero(patches, dst, dst + lo)
     src = x_plane + iy * W + dx
     if SW == 1:
         for xo in range(lo, hi):
@@ -39,74 +102,180 @@ def _copy_patch_row(x, x_plane, patches, dst, iy, H, W, WO, SW, dx, lo, hi):
     else:
         for xo in range(lo, hi):
             patches[dst + xo] = x[src + xo * SW]
-    for xo in range(hi, WO):
-        patches[dst + xo] = _F32_ZERO
+    _zero(patches, dst + hi, dst + WO)
+
+
+@njit(cache=True, nogil=True)
+def _scan_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW):
+    """A whole patch row, element by element, each checked against the image."""
+    for yo in range(HO):
+        iy = yo * SH + dy
+        inside_y = iy >= 0 and iy < H
+        dst = row + yo * WO
+        for xo in range(WO):
+            ix = xo * SW + dx
+            if inside_y and ix >= 0 and ix < W:
+                patches[dst + xo] = x[x_plane + iy * W + ix]
+            else:
+                patches[dst + xo] = _F32_ZERO
+
+
+@njit(cache=True, nogil=True)
+def _long_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW, lo, hi):
+    """A whole patch row as one run of the input plane, then repaired.
+
+    Requires ``SH*W == SW*WO``, so that entry q reads ``base + SW*q``.
+    """
+    plane = HO * WO
+    ylo, yhi = valid_range(H, HO, SH, dy)
+    if ylo >= yhi or lo >= hi:
+        _zero(patches, row, row + plane)
+        return
+    first = ylo * WO + lo          # first entry whose pixel is in the image
+    last = (yhi - 1) * WO + hi     # one past the last such entry
+    _zero(patches, row, row + first)
+    src = x_plane + dy * W + dx
+    if SW == 1:
+        for q in range(first, last):
+            patches[row + q] = x[src + q]
+    else:
+        for q in range(first, last):
+            patches[row + q] = x[src + q * SW]
+    _zero(patches, row + last, row + plane)
+    # Between valid rows, the entries right of hi and left of lo read the
+    # neighbouring input row: one contiguous run per row boundary.
+    if lo > 0 or hi < WO:
+        for yo in range(ylo + 1, yhi):
+            _zero(patches, row + (yo - 1) * WO + hi, row + yo * WO + lo)
 
 
 @njit(parallel=True, cache=True)
-def _build_patches(x, n, patches, d, copy_self):
+def _build_patches(x, n, patches, d, builder):
+    """Patch matrix of image ``n`` of the NCHW batch ``x``, by ``builder``."""
     N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
     plane = HO * WO
-    # Row (c, i, j) at output row yo equals row (c, i - shift, j) at yo + 1.
-    shift = SH // DH if copy_self and SH % DH == 0 else 0
-    for cj in prange(C * KW):
-        c = cj // KW
-        j = cj % KW
+    # copy-self: row (c, i, j) at output row yo equals row (c, i - shift, j) at
+    # yo + 1, so rows of one (c, j) are built in order by one item.
+    shift = SH // DH if builder == COPY_SELF and SH % DH == 0 else 0
+    rows_per_item = KH if builder == COPY_SELF else 1
+    # copy-long: a patch row is one evenly spaced run of the plane iff SH*W == SW*WO;
+    # otherwise it is built by output rows, as copy-short does.
+    one_run = builder == COPY_LONG and SH * W == SW * WO
+    items_per_channel = KH * KW // rows_per_item
+    for item in prange(C * items_per_channel):
+        c = item // items_per_channel
+        r = item % items_per_channel
+        if rows_per_item == 1:
+            i0 = r // KW
+            j = r % KW
+        else:
+            i0 = 0
+            j = r
         x_plane = (n * C + c) * H * W
         dx = j * DW - PL
         lo, hi = valid_range(W, WO, SW, dx)
-        for i in range(KH):
+        for i in range(i0, i0 + rows_per_item):
             row = ((c * KH + i) * KW + j) * plane
-            first_from_input = 0
-            if shift > 0 and i >= shift:
-                src = ((c * KH + i - shift) * KW + j) * plane + WO
-                for q in range((HO - 1) * WO):
-                    patches[row + q] = patches[src + q]
-                first_from_input = HO - 1
-            for yo in range(first_from_input, HO):
-                _copy_patch_row(x, x_plane, patches, row + yo * WO, yo * SH + i * DH - PT,
-                                H, W, WO, SW, dx, lo, hi)
+            dy = i * DH - PT
+            if builder == SCAN:
+                _scan_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW)
+            elif one_run:
+                _long_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW, lo, hi)
+            else:
+                first_from_input = 0
+                if shift > 0 and i >= shift:
+                    src = ((c * KH + i - shift) * KW + j) * plane + WO
+                    for q in range((HO - 1) * WO):
+                        patches[row + q] = patches[src + q]
+                    first_from_input = HO - 1
+                for yo in range(first_from_input, HO):
+                    _copy_patch_row(x, x_plane, patches, row + yo * WO, yo * SH + dy,
+                                    H, W, WO, SW, dx, lo, hi)
+
+
+@njit(parallel=True, cache=True)
+def _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles):
+    """Image ``n``'s output from its patch matrix, in GEMM form ``form``.
+
+    Items are (group, output-channel block, pixel tile); each is one GEMM.
+    """
+    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    mg = M // G
+    k = (C // G) * KH * KW
+    plane = HO * WO
+    out_img = n * M * plane
+    per_group = m_blocks * n_tiles
+    for item in prange(G * per_group):
+        g = item // per_group
+        mb = item % per_group // n_tiles
+        nt = item % n_tiles
+        m0 = mb * mg // m_blocks
+        m1 = (mb + 1) * mg // m_blocks
+        p0 = nt * plane // n_tiles
+        p1 = (nt + 1) * plane // n_tiles
+        channel0 = g * mg + m0
+        p_at = g * k * plane + p0
+        if form == AB_KI:
+            at = out_img + channel0 * plane + p0
+            gemm(False, False, m1 - m0, p1 - p0, k, _F32_ONE, w, channel0 * k, k,
+                 patches, p_at, plane, _F32_ZERO, out, at, plane)
+            if bias.size:
+                add_bias_rows(out, at, m1 - m0, p1 - p0, plane, bias, channel0)
+        else:
+            at = out_img + p0 * M + channel0
+            gemm(True, True, p1 - p0, m1 - m0, k, _F32_ONE, patches, p_at, plane,
+                 w, channel0 * k, k, _F32_ZERO, out, at, M)
+            if bias.size:
+                for r in range(p1 - p0):
+                    for m in range(m1 - m0):
+                        out[at + r * M + m] += bias[channel0 + m]
+
+
+@njit(cache=True)
+def _im2col_batch(x, w, bias, out, patches, d, builder, form, m_blocks, n_tiles):
+    for n in range(d[0]):
+        _build_patches(x, n, patches, d, builder)
+        _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles)
 
 
 def _scratch(g, threads):
     return g.in_channels * g.kernel_taps * g.out_height * g.out_width
 
 
-@njit(cache=True)
-def _im2col_batch(x, w, bias, out, patches, d, copy_self, m_blocks, n_tiles):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    plane = HO * WO
-    k = (C // G) * KH * KW
-    mg = M // G
-    for n in range(N):
-        _build_patches(x, n, patches, d, copy_self)
-        batched_gemm(G, mg, plane, k,
-                     w, 0, mg * k, k,
-                     patches, 0, k * plane, plane,
-                     out, n * M * plane, mg * plane, plane,
-                     bias, mg, m_blocks, n_tiles)
-
-
-def _compute_with(copy_self):
+def _register(builder_name, builder, builder_text, form_name, form, form_text, output_layout):
     def compute(x, weights, bias, out, scratch, g, threads):
         m_blocks, n_tiles = gemm_split(g.groups, g.out_channels_per_group,
                                        g.out_height * g.out_width, threads)
-        _im2col_batch(x, weights, bias, out, scratch, dims(g), copy_self, m_blocks, n_tiles)
-    return compute
+        _im2col_batch(x, weights, bias, out, scratch, dims(g), builder, form, m_blocks, n_tiles)
 
-
-for _builder, _copy_self, _summary in (
-    ("copy-short", False, "Patch matrix from short row copies, then one GEMM per group."),
-    ("copy-self", True, "Patch matrix, deriving rows from already built rows, then one GEMM per group."),
-):
     register(Algorithm(
-        name=f"im2col-{_builder}-ab-ki",
+        name=f"im2col-{builder_name}-{form_name}",
         family="im2col",
-        summary=_summary,
+        summary=f"Patch matrix ({builder_text}), then {form_text} per group.",
         workspace_formula="C·kh·kw·Ho·Wo",
         unsupported=lambda g: None,
         packed_weight_elements=lambda g: 0,
         pack_weights=None,
         scratch_elements=_scratch,
-        compute=_compute_with(_copy_self),
+        compute=compute,
+        output_layout=output_layout,
     ))
+
+
+_BUILDERS = (
+    ("scan", SCAN, "element-wise bounds-checked gather"),
+    ("copy-short", COPY_SHORT, "short row copies"),
+    ("copy-long", COPY_LONG, "one long shifted run per patch row, wrapped and padding entries "
+                             "zeroed after; short row copies unless stride_h·W = stride_w·Wo"),
+    ("copy-self", COPY_SELF, "short row copies, deriving rows from already built rows"),
+)
+
+_FORMS = (
+    ("ab-ki", AB_KI, "W @ P (CHW output)", "NCHW"),
+    ("atbt-ik", ATBT_IK, "P^T @ W^T (HWC output)", "NHWC"),
+)
+
+for _form_name, _form, _form_text, _output_layout in _FORMS:
+    for _builder_name, _builder, _builder_text in _BUILDERS:
+        _register(_builder_name, _builder, _builder_text, _form_name, _form, _form_text,
+                  _output_layout)
