@@ -74,7 +74,13 @@ class Algorithm:
         unless the weights come prepacked, the packed weights."""
         into, back = self.transform_elements(geometry, layout)
         packed = 0 if prepacked else self.packed_weight_elements(geometry)
-        return packed + self.scratch_elements(geometry, threads) + into + back
+        return packed + self._scratch(geometry, threads, into or back) + into + back
+
+    def _scratch(self, geometry, threads, per_image):
+        # Converting layouts runs the kernel one image at a time.
+        if per_image:
+            geometry = dataclasses.replace(geometry, batch=1)
+        return self.scratch_elements(geometry, threads)
 
     def prepare_weights(self, weight_flat, geometry: ConvGeometry):
         """The weights as ``compute`` reads them: packed into a new array, or a
@@ -97,8 +103,8 @@ class Algorithm:
         """
         g = geometry
         packed = 0 if prepacked else self.packed_weight_elements(g)
-        scratch = self.scratch_elements(g, threads)
         into, back = self.transform_elements(g, layout)
+        scratch = self._scratch(g, threads, into or back)
         if workspace is None:
             workspace = np.empty(packed + scratch + into + back, dtype=np.float32)
         weights = weight_flat

@@ -143,3 +143,15 @@ def test_nhwc_shapes_out_and_workspace(name):
 def test_unknown_layout_is_named():
     with pytest.raises(ValueError, match="layout"):
         ln.conv2d(np.ones((1, 3, 5, 5), np.float32), np.ones((2, 3, 3, 3), np.float32), layout="CHWN")
+
+
+def test_layout_conversion_sizes_scratch_for_one_image():
+    # Converted calls run one image at a time, so the workspace must not grow
+    # with the batch beyond what the native-layout kernel itself needs.
+    for name in ALGORITHMS:
+        algorithm = ln.registry.get(name)
+        if algorithm.input_layout == algorithm.output_layout == "NCHW":
+            continue
+        one = ln.workspace_bytes(name, (1, 8, 12, 12), (8, 8, 1, 1), threads=1)
+        eight = ln.workspace_bytes(name, (8, 8, 12, 12), (8, 8, 1, 1), threads=1)
+        assert eight == one, name

@@ -1,1 +1,118 @@
-"""(being written)"""
+"""conv-1x1-gemm: a 1x1 convolution is a plain matrix product, with no workspace.
+
+With kh = kw = 1, stride 1 and no padding, the CHW plane of an image is
+already the ``(C/g) x (H*W)`` GEMM operand, so each image and group is ONE GEMM
+(the ``ab-ki`` form: kernel is the A operand, output is CHW)::
+
+    out[n, g*M/g : (g+1)*M/g, H*W] = W[g*M/g : (g+1)*M/g, C/g] @ x[n, g*C/g : (g+1)*C/g, H*W]
+
+The weights ``(M, C/g, 1, 1)`` are read as given (row-major ``M x C/g``) and
+dilation has no effect on a single tap.
+
+Parallelism: the ``N*g`` GEMMs are cut into equal tiles (columns of H*W
+first, then blocks of output channels) so that the tiles spread evenly over
+the threads (:func:`split_plan`); each tile is one single-threaded sgemm.
+Many small images or groups give one tile per GEMM; one big plane gives
+column tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..blas import gemm
+from ..registry import Algorithm, register
+from ._common import add_bias_rows, ceil_div, dims
+
+_F32_ONE = np.float32(1.0)
+_F32_ZERO = np.float32(0.0)
+
+#: Narrowest column tile and smallest row block a split may create: below
+#: these a single-threaded sgemm loses efficiency faster than balance gains.
+_MIN_COLS = 256
+_MIN_ROWS = 16
+
+
+def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COLS):
+    """How to cut ``count`` equal ``rows x cols`` GEMM outputs into parallel tiles.
+
+    Returns ``(row_blocks, col_tiles)``.  Numba's ``prange`` hands each thread
+    an equal contiguous share of the items, so the wall time follows
+    ``ceil(items / threads)``: the plan minimises that relative to the ideal
+    ``items / threads``, preferring the fewest tiles (each tile repacks its
+    operands) and column cuts over row cuts.  Also used by the MEC kernels.
+    """
+    if threads <= 1:
+        return 1, 1
+    max_cols = max(1, min(cols // min_cols, 4 * threads))
+    max_rows = max(1, min(rows // min_rows, 4 * threads))
+    best, best_cost = (1, 1), None
+    for col_tiles in range(1, max_cols + 1):
+        for row_blocks in range(1, max_rows + 1):
+            items = count * row_blocks * col_tiles
+            imbalance = ceil_div(items, threads) * threads / items
+            # A small price per extra tile, higher for row cuts (which make
+            # the thinner, less efficient GEMMs), breaks ties.
+            cost = imbalance * (1 + 0.01 * (col_tiles - 1) + 0.02 * (row_blocks - 1))
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = (row_blocks, col_tiles), cost
+    return best
+
+
+@njit(parallel=True, cache=True)
+def _conv1x1(x, w, bias, out, d, m_blocks, n_tiles):
+    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    hw = H * W
+    cg = C // G
+    mg = M // G
+    per_gemm = m_blocks * n_tiles
+    # Items run image-major, then group, so one thread's contiguous share of
+    # items reads neighbouring planes.
+    for item in prange(N * G * per_gemm):
+        ng = item // per_gemm
+        n = ng // G
+        g = ng % G
+        mb = (item % per_gemm) // n_tiles
+        nt = item % n_tiles
+        m0 = mb * mg // m_blocks
+        m1 = (mb + 1) * mg // m_blocks
+        p0 = nt * hw // n_tiles
+        p1 = (nt + 1) * hw // n_tiles
+        c_at = (n * M + g * mg + m0) * hw + p0
+        gemm(False, False, m1 - m0, p1 - p0, cg, _F32_ONE,
+             w, (g * mg + m0) * cg, cg,
+             x, (n * C + g * cg) * hw + p0, hw,
+             _F32_ZERO, out, c_at, hw)
+        if bias.size:
+            add_bias_rows(out, c_at, m1 - m0, p1 - p0, hw, bias, g * mg + m0)
+
+
+def _unsupported(g):
+    if (g.kernel_h, g.kernel_w) != (1, 1):
+        return f"kernel {g.kernel_h}x{g.kernel_w} (conv-1x1-gemm needs a 1x1 kernel)"
+    if g.stride != (1, 1):
+        return f"stride {g.stride} (conv-1x1-gemm needs stride 1: the input plane is the GEMM operand)"
+    if any(p for pair in g.padding for p in pair):
+        return f"padding {g.padding} (conv-1x1-gemm needs zero padding)"
+    return None
+
+
+def _compute(x, weights, bias, out, scratch, g, threads):
+    m_blocks, n_tiles = split_plan(g.batch * g.groups, g.out_channels_per_group,
+                                   g.height * g.width, threads)
+    _conv1x1(x, weights, bias, out, dims(g), m_blocks, n_tiles)
+
+
+register(Algorithm(
+    name="conv-1x1-gemm",
+    family="conv-1x1-gemm",
+    summary="1x1 kernel, stride 1, no padding: the CHW input plane is the GEMM operand; "
+            "one GEMM per image and group, no workspace.",
+    workspace_formula="0",
+    unsupported=_unsupported,
+    packed_weight_elements=lambda g: 0,
+    pack_weights=None,
+    scratch_elements=lambda g, threads: 0,
+    compute=_compute,
+))
