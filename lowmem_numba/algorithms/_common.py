@@ -72,6 +72,38 @@ def gemm_split(count: int, m: int, n: int, threads: int, min_cols: int = 128):
     return m_blocks, n_tiles
 
 
+#: Narrowest column tile and smallest row block split_plan creates by default:
+#: below these a single-threaded sgemm loses efficiency faster than balance gains.
+_MIN_COLS = 256
+_MIN_ROWS = 16
+
+
+def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COLS):
+    """How to cut ``count`` equal ``rows x cols`` GEMM outputs into parallel tiles.
+
+    Returns ``(row_blocks, col_tiles)``.  Numba's ``prange`` hands each thread
+    an equal contiguous share of the items, so the wall time follows
+    ``ceil(items / threads)``: the plan minimises that relative to the ideal
+    ``items / threads``, preferring the fewest tiles (each tile repacks its
+    operands) and column cuts over row cuts.  Also used by the MEC kernels.
+    """
+    if threads <= 1:
+        return 1, 1
+    max_cols = max(1, min(cols // min_cols, 4 * threads))
+    max_rows = max(1, min(rows // min_rows, 4 * threads))
+    best, best_cost = (1, 1), None
+    for col_tiles in range(1, max_cols + 1):
+        for row_blocks in range(1, max_rows + 1):
+            items = count * row_blocks * col_tiles
+            imbalance = ceil_div(items, threads) * threads / items
+            # A small price per extra tile, higher for row cuts (which make
+            # the thinner, less efficient GEMMs), breaks ties.
+            cost = imbalance * (1 + 0.01 * (col_tiles - 1) + 0.02 * (row_blocks - 1))
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = (row_blocks, col_tiles), cost
+    return best
+
+
 @njit(parallel=True, cache=True)
 def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
                  c, c_off, c_step, ldc, bias, bias_step, m_blocks, n_tiles):

@@ -11,7 +11,7 @@ dilation has no effect on a single tap.
 
 Parallelism: the ``N*g`` GEMMs are cut into equal tiles (columns of H*W
 first, then blocks of output channels) so that the tiles spread evenly over
-the threads (:func:`split_plan`); each tile is one single-threaded sgemm.
+the threads (:func:`._common.split_plan`); each tile is one single-threaded sgemm.
 Many small images or groups give one tile per GEMM; one big plane gives
 column tiles.
 """
@@ -23,42 +23,10 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, ceil_div, dims
+from ._common import add_bias_rows, ceil_div, dims, split_plan
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
-
-#: Narrowest column tile and smallest row block a split may create: below
-#: these a single-threaded sgemm loses efficiency faster than balance gains.
-_MIN_COLS = 256
-_MIN_ROWS = 16
-
-
-def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COLS):
-    """How to cut ``count`` equal ``rows x cols`` GEMM outputs into parallel tiles.
-
-    Returns ``(row_blocks, col_tiles)``.  Numba's ``prange`` hands each thread
-    an equal contiguous share of the items, so the wall time follows
-    ``ceil(items / threads)``: the plan minimises that relative to the ideal
-    ``items / threads``, preferring the fewest tiles (each tile repacks its
-    operands) and column cuts over row cuts.  Also used by the MEC kernels.
-    """
-    if threads <= 1:
-        return 1, 1
-    max_cols = max(1, min(cols // min_cols, 4 * threads))
-    max_rows = max(1, min(rows // min_rows, 4 * threads))
-    best, best_cost = (1, 1), None
-    for col_tiles in range(1, max_cols + 1):
-        for row_blocks in range(1, max_rows + 1):
-            items = count * row_blocks * col_tiles
-            imbalance = ceil_div(items, threads) * threads / items
-            # A small price per extra tile, higher for row cuts (which make
-            # the thinner, less efficient GEMMs), breaks ties.
-            cost = imbalance * (1 + 0.01 * (col_tiles - 1) + 0.02 * (row_blocks - 1))
-            if best_cost is None or cost < best_cost - 1e-12:
-                best, best_cost = (row_blocks, col_tiles), cost
-    return best
-
 
 @njit(parallel=True, cache=True)
 def _conv1x1(x, w, bias, out, d, m_blocks, n_tiles):

@@ -73,8 +73,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import dims, valid_range
-from .conv1x1 import split_plan
+from ._common import dims, split_plan, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
