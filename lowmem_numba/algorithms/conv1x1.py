@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, ceil_div, dims, split_plan
+from ._common import add_bias_rows, dims, split_plan
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
