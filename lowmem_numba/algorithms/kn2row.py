@@ -190,7 +190,13 @@ def _tiling(g, threads):
     """(m_blocks, rows_per_band, slots, save_cols) for a geometry and thread count."""
     width = g.out_width
     bands = max(1, ceil_div(g.out_height * width, _BAND_COLUMNS))
-    bands = min(g.out_height, ceil_div(bands, threads) * threads)
+    if g.out_channels_per_group < 32 * threads:
+        # Few output channels: feed the threads with more (narrower) bands.
+        # Otherwise splitting channels keeps each tap's GEMM as wide as the
+        # band, which measured 10-35 % faster at 2 threads on 13x13 to 28x28
+        # planes, where narrow bands make OpenBLAS repack the tap weights for
+        # little work.
+        bands = min(g.out_height, ceil_div(bands, threads) * threads)
     rows_per_band = ceil_div(g.out_height, bands)
     bands = ceil_div(g.out_height, rows_per_band)
     independent = g.batch * g.groups * bands
