@@ -6,7 +6,8 @@ candidate is rejected when the algorithm does not support the configuration or
 its workspace exceeds ``memory_limit``; the rest are ranked by time, either
 predicted by the calibrated cost model (``mode="model"``, deterministic) or
 measured on the real shape (``mode="measure"``, winner cached per shape and
-machine in the user cache directory).
+machine in the user cache directory).  Among candidates within 5 % of the
+fastest, the smallest workspace wins.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from .threads import max_threads
 from .units import format_bytes
 
 MODES = ("model", "measure")
+
+#: Candidates predicted (or measured) within this fraction of the fastest count
+#: as equally fast, and the smallest workspace among them is chosen.
+MEMORY_PREFERENCE = 0.05
 
 #: Candidates the model predicts this many times slower than the best are not
 #: timed in measure mode (the loop nest on a large layer would take seconds).
@@ -124,7 +129,13 @@ def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=F
 
 
 def _rank(screened, seconds_of):
-    """Fill in times, choose the fastest feasible, and explain the others."""
+    """Fill in times, choose, and explain the others.
+
+    Among the candidates within ``MEMORY_PREFERENCE`` of the fastest, the one
+    with the smallest workspace wins: such differences are within the model's
+    error and the timing noise, while the workspaces differ by orders of
+    magnitude.
+    """
     timed = []
     for c in screened:
         if c.rejected:
@@ -135,14 +146,22 @@ def _rank(screened, seconds_of):
     feasible = [c for c in timed if not c.rejected and c.seconds is not None]
     if not feasible:
         raise ValueError("no algorithm fits this memory limit for this configuration")
-    best = min(feasible, key=lambda c: (c.seconds, c.workspace_bytes, c.threads, c.algorithm))
+    fastest = min(c.seconds for c in feasible)
+    close = [c for c in feasible if c.seconds <= fastest * (1 + MEMORY_PREFERENCE)]
+    best = min(close, key=lambda c: (c.workspace_bytes, c.seconds, c.threads, c.algorithm))
     explained = []
     for c in timed:
         if c is best or c.rejected:
             explained.append(c)
-        else:
+        elif c.seconds <= best.seconds:
             explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, c.seconds,
-                                       f"slower: {c.seconds / best.seconds:.2f}x the choice"))
+                                       f"within {MEMORY_PREFERENCE:.0%} of the fastest but needs more "
+                                       f"workspace ({format_bytes(c.workspace_bytes)})"))
+        else:
+            verdict = f"slower: {c.seconds / best.seconds:.2f}x the choice"
+            if c in close:
+                verdict += ", and more workspace"
+            explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, c.seconds, verdict))
     return best, tuple(explained)
 
 

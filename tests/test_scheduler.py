@@ -158,3 +158,13 @@ def test_layers_plan_without_their_persistent_weights():
     assert conv.plan_for(layer.x_shape()) == packed
     with pytest.raises(ValueError, match="plan_for"):
         ln.Conv2d(np.ones(layer.w_shape, np.float32), algorithm="kn2row-aa-ab", padding=1).plan_for((1, 256, 13, 13))
+
+
+def test_near_ties_go_to_the_smaller_workspace():
+    for layer in layers("alexnet")[1:]:
+        plan = ln.plan(layer.x_shape(), layer.w_shape, **layer.conv_args)
+        timed = [c for c in plan.candidates if c.seconds is not None]
+        assert plan.predicted_seconds <= min(c.seconds for c in timed) * (1 + scheduler.MEMORY_PREFERENCE)
+        for c in timed:
+            if c.seconds <= plan.predicted_seconds and (c.algorithm, c.threads) != (plan.algorithm, plan.threads):
+                assert c.workspace_bytes >= plan.workspace_bytes and "more workspace" in c.rejected, c
