@@ -136,3 +136,15 @@ def pack_tap_major(weight, g, dest):
     operands of the kn2row family: each group's (M/g*C/g) x taps matrix transposed."""
     transpose_blocks(weight, 0, dest, 0, g.groups, g.out_channels_per_group * g.channels_per_group,
                      g.kernel_taps)
+
+
+def all_weights(g) -> int:
+    """Elements of the whole weight tensor: the size of a full repacking."""
+    return g.out_channels * g.reduction_size
+
+
+def kn2row_family_unsupported(g):
+    """The kn2row family shifts whole planes, which needs stride 1 (as in the paper)."""
+    if g.stride != (1, 1):
+        return f"stride {g.stride} (the kn2row family needs stride 1)"
+    return None

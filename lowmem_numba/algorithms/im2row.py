@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, dims, gemm_split, valid_range
+from ._common import add_bias_rows, all_weights, dims, gemm_split, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -238,10 +238,6 @@ def _scratch(g, threads):
     return g.kernel_taps * g.in_channels * g.out_height * g.out_width
 
 
-def _packed(g):
-    return g.out_channels * g.reduction_size
-
-
 def _register(builder, scan, form, channels_out):
     def pack(weight, g, dest):
         _pack(weight, dest, dims(g), channels_out)
@@ -260,7 +256,7 @@ def _register(builder, scan, form, channels_out):
         summary=f"Row-per-pixel patch matrix of an HWC image ({how}), then {gemm_text} per group.",
         workspace_formula="kh·kw·C·Ho·Wo + M·C/g·kh·kw (packed weights)",
         unsupported=lambda g: None,
-        packed_weight_elements=_packed,
+        packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch,
         compute=compute,

@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import ceil_div, dims, pack_tap_major, valid_range
+from ._common import all_weights, ceil_div, dims, kn2row_family_unsupported, pack_tap_major, valid_range
 
 _F32_ONE = np.float32(1.0)
 
@@ -218,16 +218,6 @@ def _scratch(g, threads):
     return slots * ceil_div(g.out_channels_per_group, m_blocks) * save_cols
 
 
-def _packed(g):
-    return g.out_channels * g.reduction_size
-
-
-def _unsupported(g):
-    if g.stride != (1, 1):
-        return f"stride {g.stride} (the kn2row family needs stride 1)"
-    return None
-
-
 def _register(suffix, a_transposed, channels_last):
     def pack(weight, g, dest):
         if a_transposed:
@@ -247,8 +237,8 @@ def _register(suffix, a_transposed, channels_last):
         summary=f"Per-tap 1x1 GEMMs ({operands}) accumulating (beta=1) into the shifted output; "
                 "edge pixels saved and restored.",
         workspace_formula="M·C/g·kh·kw (packed weights) + threads·M·|dx|·(band rows − 1)",
-        unsupported=_unsupported,
-        packed_weight_elements=_packed,
+        unsupported=kn2row_family_unsupported,
+        packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch,
         compute=compute,

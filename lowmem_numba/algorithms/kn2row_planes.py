@@ -52,7 +52,15 @@ from numba import njit, prange
 
 from ..layout import transpose_blocks
 from ..registry import Algorithm, register
-from ._common import batched_gemm, ceil_div, dims, pack_tap_major, valid_range
+from ._common import (
+    all_weights,
+    batched_gemm,
+    ceil_div,
+    dims,
+    kn2row_family_unsupported,
+    pack_tap_major,
+    valid_range,
+)
 
 _F32_ZERO = np.float32(0.0)
 _EMPTY = np.empty(0, dtype=np.float32)
@@ -256,16 +264,6 @@ def _scratch_for(one_gemm):
     return scratch
 
 
-def _packed(g):
-    return g.out_channels * g.reduction_size
-
-
-def _unsupported(g):
-    if g.stride != (1, 1):
-        return f"stride {g.stride} (the kn2row family needs stride 1)"
-    return None
-
-
 def _gemm_split(count, m, n, threads):
     """(m_blocks, n_tiles) cutting ``count`` m x n GEMM outputs into parallel tiles.
 
@@ -315,8 +313,8 @@ def _register(name, one_gemm, channels_last, summary):
         family="kn2row",
         summary=summary,
         workspace_formula=("kh·kw·M·H·W" if one_gemm else "M·H·W") + " + M·C/g·kh·kw (packed weights)",
-        unsupported=_unsupported,
-        packed_weight_elements=_packed,
+        unsupported=kn2row_family_unsupported,
+        packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch_for(one_gemm),
         compute=compute,

@@ -73,7 +73,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import dims, split_plan, valid_range
+from ._common import all_weights, dims, split_plan, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -276,7 +276,7 @@ for _name, _whole_batch, _summary, _formula in (
         summary=_summary,
         workspace_formula=_formula,
         unsupported=lambda g: None,
-        packed_weight_elements=lambda g: g.out_channels * g.reduction_size,
+        packed_weight_elements=all_weights,
         pack_weights=_pack,
         scratch_elements=_scratch_with(_whole_batch),
         compute=_compute_with(_whole_batch),
