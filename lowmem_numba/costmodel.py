@@ -94,10 +94,17 @@ def describe_work(name: str, g, threads: int, layout: str) -> Work:
         return Work(((n_img * groups * g.out_height, m, g.out_width, c * taps),), moved + n_img * lowered,
                     0, launches + n_img)
     if name.startswith("kn2row-aa"):
+        # The kernel's own tiling plan decides its GEMM shapes.
+        from .algorithms.kn2row import _tiling
+
+        m_blocks, rows_per_band, _, _ = _tiling(g, threads)
+        bands = -(-g.out_height // rows_per_band)
+        m_block = max(1, m // m_blocks)
         if g.out_width == g.width:
-            bands = max(threads, -(-plane // 2048))
-            return Work(((n_img * groups * taps * bands, m, max(1, plane // bands), c),), moved, 0, launches)
-        return Work(((n_img * groups * taps * g.out_height, m, g.out_width, c),), moved, 0, launches)
+            return Work(((n_img * groups * taps * bands * m_blocks, m_block, rows_per_band * g.width, c),),
+                        moved, 0, launches)
+        return Work(((n_img * groups * taps * g.out_height * m_blocks, m_block, g.out_width, c),), moved, 0,
+                    launches)
     if name in ("kn2row", "kn2col"):
         return Work(((n_img * groups, taps * m, hw, c),), moved + n_img * 2 * taps * m * hw, 0,
                     launches + n_img)

@@ -7,8 +7,10 @@ Per network and thread count (geometric means over layers):
 * pick / best: how close the pick is to our fastest;
 * aa / patch: kn2row-aa-ab relative to the best patch-building algorithm
   (im2col-*, im2row-*), on the layers kn2row-aa supports;
-* pick ws / im2col ws: the largest ratio, over layers, of the pick's workspace
-  to im2col-copy-self-ab-ki's.
+* pick ws / im2col ws: the pick's workspace relative to im2col-copy-self-ab-ki's
+  (geometric mean, zero workspace counted as 1e-4), first for a Conv2d layer
+  (packed weights persistent, as in a network), then for the functional call
+  (which also repacks the weights), and the layers where the layer's is above 1 %.
 
     python perf/summarize.py perf/results/alexnet.json perf/results/vgg16.json
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+
+import lowmem_numba as ln
 
 
 def geomean(values):
@@ -33,7 +37,7 @@ def summarise(path):
             timed[(r["layer"], r["algorithm"], r["threads"])] = r
     rows = []
     for budget in sorted({p["thread_budget"] for p in data["plans"]}):
-        pick_torch, best_torch, pick_best, aa_patch, ws_ratio = [], [], [], [], []
+        pick_torch, best_torch, pick_best, aa_patch, ws_ratio, ws_functional, over = [], [], [], [], [], [], []
         for layer in data["layers"]:
             label = layer["label"]
             plan = next(p for p in data["plans"] if p["layer"] == label and p["thread_budget"] == budget)
@@ -53,17 +57,26 @@ def summarise(path):
                 aa_patch.append(min(patch) / ours["kn2row-aa-ab"])
             im2col = timed.get((label, "im2col-copy-self-ab-ki", budget))
             if im2col and im2col["workspace_bytes"]:
-                ws_ratio.append(plan["workspace_bytes"] / im2col["workspace_bytes"])
+                g = ln.make_geometry(layer["x_shape"], layer["w_shape"], stride=layer["stride"],
+                                     padding=layer["padding"], groups=layer["groups"])
+                held = 4 * ln.registry.get(plan["algorithm"]).workspace_elements(
+                    g, plan["threads"], plan["layout"], prepacked=True)
+                ratio = held / im2col["workspace_bytes"]
+                ws_ratio.append(max(ratio, 1e-4))
+                ws_functional.append(max(plan["workspace_bytes"] / im2col["workspace_bytes"], 1e-4))
+                if ratio > 0.01:
+                    over.append(f"{layer['name']} ({plan['algorithm']})")
         rows.append(f"| {data['layers'][0]['network']} | {budget} | {len(data['layers'])} | "
                     f"{geomean(pick_torch):.2f} | {geomean(best_torch):.2f} | {geomean(pick_best):.2f} | "
                     f"{geomean(aa_patch):.2f} ({min(aa_patch):.2f}-{max(aa_patch):.2f}) | "
-                    f"{max(ws_ratio):.3f} |")
+                    f"{geomean(ws_ratio):.4f} / {geomean(ws_functional):.3f}; layer > 1 %: "
+                    f"{', '.join(over) or 'none'} |")
     return rows
 
 
 def main(paths):
     print("| network | threads | layers | pick / torch | best / torch | pick / best | aa / patch (range) "
-          "| max pick ws / im2col ws |")
+          "| pick ws / im2col ws (layer / functional) |")
     print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         print("\n".join(summarise(path)))
