@@ -48,6 +48,15 @@ def add_bias_rows(out, offset, rows, cols, ld, bias, bias_offset):
 
 
 @njit(cache=True, nogil=True)
+def add_bias_cols(out, offset, rows, cols, ld, bias, bias_offset):
+    """out[offset + r*ld + j] += bias[bias_offset + j]: a channels-last block."""
+    for r in range(rows):
+        base = offset + r * ld
+        for j in range(cols):
+            out[base + j] += bias[bias_offset + j]
+
+
+@njit(cache=True, nogil=True)
 def fill_rows(out, offset, rows, cols, ld, bias, bias_offset):
     """Set an rows x cols block to the bias of each row (zero when bias is empty)."""
     for r in range(rows):

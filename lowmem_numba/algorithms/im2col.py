@@ -65,7 +65,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, dims, gemm_split, valid_range
+from ._common import add_bias_cols, add_bias_rows, dims, gemm_split, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -226,9 +226,7 @@ def _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles):
             gemm(True, True, p1 - p0, m1 - m0, k, _F32_ONE, patches, p_at, plane,
                  w, channel0 * k, k, _F32_ZERO, out, at, M)
             if bias.size:
-                for r in range(p1 - p0):
-                    for m in range(m1 - m0):
-                        out[at + r * M + m] += bias[channel0 + m]
+                add_bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0)
 
 
 @njit(cache=True)

@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, all_weights, dims, gemm_split, valid_range
+from ._common import add_bias_cols, add_bias_rows, all_weights, dims, gemm_split, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -216,9 +216,7 @@ def _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles):
             gemm(False, False, p1 - p0, m1 - m0, kg, _F32_ONE, patches, p0 * ldp + g * kg, ldp,
                  w, g * kg * mg_count + m0, mg_count, _F32_ZERO, out, at, M)
             if bias.size:
-                for r in range(p1 - p0):
-                    for m in range(m1 - m0):
-                        out[at + r * M + m] += bias[channel0 + m]
+                add_bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0)
         else:
             at = out_img + channel0 * plane + p0
             gemm(False, True, m1 - m0, p1 - p0, kg, _F32_ONE, w, channel0 * kg, kg,
