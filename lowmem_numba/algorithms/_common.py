@@ -113,6 +113,17 @@ def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COL
     return best
 
 
+@njit(cache=True, nogil=True)
+def tile_bounds(item, m, n, m_blocks, n_tiles):
+    """Parallel item ``item`` of equal m x n GEMM outputs cut into
+    ``m_blocks x n_tiles`` tiles: (GEMM index, m0, m1, n0, n1)."""
+    per_gemm = m_blocks * n_tiles
+    mb = item % per_gemm // n_tiles
+    nt = item % n_tiles
+    return (item // per_gemm, mb * m // m_blocks, (mb + 1) * m // m_blocks,
+            nt * n // n_tiles, (nt + 1) * n // n_tiles)
+
+
 @njit(parallel=True, cache=True)
 def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
                  c, c_off, c_step, ldc, bias, bias_step, m_blocks, n_tiles):
@@ -122,15 +133,8 @@ def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
     ``b_off + i*b_step`` (k x n, ld ``ldb``), C at ``c_off + i*c_step``, and
     ``bias[i*bias_step : i*bias_step + m]`` when ``bias`` is not empty.
     """
-    per_gemm = m_blocks * n_tiles
-    for item in prange(count * per_gemm):
-        i = item // per_gemm
-        mb = (item % per_gemm) // n_tiles
-        nt = item % n_tiles
-        m0 = mb * m // m_blocks
-        m1 = (mb + 1) * m // m_blocks
-        n0 = nt * n // n_tiles
-        n1 = (nt + 1) * n // n_tiles
+    for item in prange(count * m_blocks * n_tiles):
+        i, m0, m1, n0, n1 = tile_bounds(item, m, n, m_blocks, n_tiles)
         c_at = c_off + i * c_step + m0 * ldc + n0
         gemm(False, False, m1 - m0, n1 - n0, k, _F32_ONE,
              a, a_off + i * a_step + m0 * lda, lda,

@@ -65,7 +65,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_cols, add_bias_rows, dims, gemm_split, valid_range
+from ._common import add_bias_cols, add_bias_rows, dims, gemm_split, tile_bounds, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -204,15 +204,8 @@ def _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles):
     k = (C // G) * KH * KW
     plane = HO * WO
     out_img = n * M * plane
-    per_group = m_blocks * n_tiles
-    for item in prange(G * per_group):
-        g = item // per_group
-        mb = item % per_group // n_tiles
-        nt = item % n_tiles
-        m0 = mb * mg // m_blocks
-        m1 = (mb + 1) * mg // m_blocks
-        p0 = nt * plane // n_tiles
-        p1 = (nt + 1) * plane // n_tiles
+    for item in prange(G * m_blocks * n_tiles):
+        g, m0, m1, p0, p1 = tile_bounds(item, mg, plane, m_blocks, n_tiles)
         channel0 = g * mg + m0
         p_at = g * k * plane + p0
         if form == AB_KI:

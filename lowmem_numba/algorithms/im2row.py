@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_cols, add_bias_rows, all_weights, dims, gemm_split, valid_range
+from ._common import add_bias_cols, add_bias_rows, all_weights, dims, gemm_split, tile_bounds, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -201,15 +201,8 @@ def _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles):
     ldp = KH * KW * C
     plane = HO * WO
     out_img = n * M * plane
-    per_group = m_blocks * n_tiles
-    for item in prange(G * per_group):
-        g = item // per_group
-        mb = item % per_group // n_tiles
-        nt = item % n_tiles
-        m0 = mb * mg_count // m_blocks
-        m1 = (mb + 1) * mg_count // m_blocks
-        p0 = nt * plane // n_tiles
-        p1 = (nt + 1) * plane // n_tiles
+    for item in prange(G * m_blocks * n_tiles):
+        g, m0, m1, p0, p1 = tile_bounds(item, mg_count, plane, m_blocks, n_tiles)
         channel0 = g * mg_count + m0
         if channels_out:
             at = out_img + p0 * M + channel0
