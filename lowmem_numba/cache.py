@@ -86,3 +86,39 @@ def update_store(path: Path, key: str, value) -> None:
             if os.path.exists(temporary):
                 os.unlink(temporary)
             raise
+
+
+def clear_compiled() -> int:
+    """Delete the kernels Numba compiled and cached for lowmem_numba.
+
+    Numba invalidates its on-disk cache per source file, so a kernel that
+    inlined a helper from another module keeps its old machine code after that
+    helper changes (for example when editing the library).  Clearing forces a
+    recompilation at the next call.
+
+    Returns
+    -------
+    int
+        Number of cache files removed.
+    """
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    from . import api  # noqa: F401  (imports every kernel module)
+
+    places = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("lowmem_numba") or not getattr(module, "__file__", None):
+            continue
+        for obj in vars(module).values():
+            cache = getattr(obj, "_cache", None) if isinstance(obj, Dispatcher) else None
+            if cache is not None and getattr(cache, "cache_path", None):
+                places.add((Path(cache.cache_path), Path(module.__file__).stem))
+    removed = 0
+    for directory, stem in places:
+        for pattern in (f"{stem}.*.nbi", f"{stem}.*.nbc"):
+            for path in directory.glob(pattern):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -35,3 +35,30 @@ def test_kernels_compiled_by_one_process_load_in_another(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     hits = int(second.stdout.split()[1])
     assert hits > 0 and second.stdout.strip().endswith("misses 0"), second.stdout
+
+
+RUN_TWO = """
+    import numpy as np
+    import lowmem_numba as ln
+
+    x = np.ones((1, 4, 9, 9), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    for name in ("direct-sum2d", "kn2row-aa-ab"):
+        ln.conv2d(x, w, padding=1, algorithm=name)
+    from lowmem_numba.algorithms import direct
+    print("hits", sum(direct._direct_sum2d.stats.cache_hits.values()))
+"""
+
+
+def test_clear_compiled_removes_only_our_kernels(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    assert run_python(RUN_TWO, env).returncode == 0
+    (tmp_path / "someone_else.f-1.py311.nbi").write_text("not ours")
+    ours = [p for p in tmp_path.rglob("*.nb[ic]") if p.name != "someone_else.f-1.py311.nbi"]
+    assert ours
+    cleared = run_python("from lowmem_numba.cache import clear_compiled; print(clear_compiled())", env)
+    assert cleared.returncode == 0, cleared.stderr[-2000:]
+    assert int(cleared.stdout.split()[-1]) == len(ours)
+    assert [p.name for p in tmp_path.rglob("*.nb[ic]")] == ["someone_else.f-1.py311.nbi"]
+    recompiled = run_python(RUN_TWO, env)
+    assert recompiled.returncode == 0 and recompiled.stdout.split()[-1] == "0", recompiled.stdout
