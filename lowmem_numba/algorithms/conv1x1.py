@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, dims, split_plan
+from ._common import add_bias_rows, dims, split_plan, tile_bounds
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -34,19 +34,12 @@ def _conv1x1(x, w, bias, out, d, m_blocks, n_tiles):
     hw = H * W
     cg = C // G
     mg = M // G
-    per_gemm = m_blocks * n_tiles
     # Items run image-major, then group, so one thread's contiguous share of
     # items reads neighbouring planes.
-    for item in prange(N * G * per_gemm):
-        ng = item // per_gemm
+    for item in prange(N * G * m_blocks * n_tiles):
+        ng, m0, m1, p0, p1 = tile_bounds(item, mg, hw, m_blocks, n_tiles)
         n = ng // G
         g = ng % G
-        mb = (item % per_gemm) // n_tiles
-        nt = item % n_tiles
-        m0 = mb * mg // m_blocks
-        m1 = (mb + 1) * mg // m_blocks
-        p0 = nt * hw // n_tiles
-        p1 = (nt + 1) * hw // n_tiles
         c_at = (n * M + g * mg + m0) * hw + p0
         gemm(False, False, m1 - m0, p1 - p0, cg, _F32_ONE,
              w, (g * mg + m0) * cg, cg,

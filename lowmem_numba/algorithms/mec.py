@@ -73,7 +73,7 @@ from numba import njit, prange
 
 from ..blas import gemm
 from ..registry import Algorithm, register
-from ._common import all_weights, dims, split_plan, valid_range
+from ._common import add_bias_cols, all_weights, dims, split_plan, tile_bounds, valid_range
 
 _F32_ONE = np.float32(1.0)
 _F32_ZERO = np.float32(0.0)
@@ -138,20 +138,12 @@ def _lower(x, n0, nb, low, d):
 
 
 @njit(cache=True, nogil=True)
-def _bias_rows(out, offset, rows, cols, ld, bias, bias_offset, accumulate):
-    """NHWC block: out[offset + r*ld + m] (+)= bias[bias_offset + m] (0 if no bias)."""
+def _fill_bias_cols(out, offset, rows, cols, ld, bias, bias_offset):
+    """NHWC block: out[offset + r*ld + m] = bias[bias_offset + m] (0 if no bias)."""
     for r in range(rows):
         base = offset + r * ld
-        if not bias.size:
-            if not accumulate:
-                for m in range(cols):
-                    out[base + m] = _F32_ZERO
-        elif accumulate:
-            for m in range(cols):
-                out[base + m] += bias[bias_offset + m]
-        else:
-            for m in range(cols):
-                out[base + m] = bias[bias_offset + m]
+        for m in range(cols):
+            out[base + m] = bias[bias_offset + m] if bias.size else _F32_ZERO
 
 
 @njit(parallel=True, cache=True)
@@ -167,23 +159,17 @@ def _row_gemms(low, packed, bias, out, n0, nb, d, m_blocks, row_tiles):
     run = KW * cg
     lda = H * run
     rows = nb * WO
-    per_row = m_blocks * row_tiles
     # Group-major, then output row: one thread's share of items walks down
     # the image, so consecutive GEMMs reuse most of the previous L window.
-    for item in prange(G * HO * per_row):
-        g = item // (HO * per_row)
-        yo = (item // per_row) % HO
-        mb = (item % per_row) // row_tiles
-        rt = item % row_tiles
-        m0 = mb * mg // m_blocks
-        m1 = (mb + 1) * mg // m_blocks
-        r0 = rt * rows // row_tiles
-        r1 = (rt + 1) * rows // row_tiles
+    for item in prange(G * HO * m_blocks * row_tiles):
+        gy, m0, m1, r0, r1 = tile_bounds(item, mg, rows, m_blocks, row_tiles)
+        g = gy // HO
+        yo = gy % HO
         c_at = n0 * HO * WO * M + (yo * rows + r0) * M + g * mg + m0
         y_first = yo * SH - PT
         i0, i1 = valid_range(H, KH, DH, y_first)
         if i1 <= i0:
-            _bias_rows(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0, False)
+            _fill_bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0)
             continue
         y = y_first + i0 * DH
         pos = _phase_start(y % DH, H, DH) + y // DH
@@ -194,7 +180,7 @@ def _row_gemms(low, packed, bias, out, n0, nb, d, m_blocks, row_tiles):
              packed, (g * mg + m0) * KH * run + i0 * run, KH * run,
              _F32_ZERO, out, c_at, M)
         if bias.size:
-            _bias_rows(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0, True)
+            add_bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0)
 
 
 @njit(parallel=True, cache=True)
