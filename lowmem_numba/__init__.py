@@ -5,6 +5,9 @@ Every algorithm of the family of Anderson, Vasudevan, Keane and Gregg
 arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
 """
 
+# First: refuses NUMBA_DISABLE_JIT and decides where kernels are cached, which
+# must happen before any kernel module is imported (decorated).
+from . import _compile  # noqa: F401  (isort: skip)
 from ._version import __version__
 from . import registry
 from .api import algorithms, conv2d, supports, workspace_bytes

@@ -10,20 +10,27 @@ under a memory limit, and turn saved results into a report.
     lowmem-numba plan --network mobilenet --memory-limit 1MiB
     lowmem-numba report vgg16.json --out-dir reports/
 
-Errors are one line on stderr and a non-zero exit status.
+Errors are one line on stderr and a non-zero exit status: 2 for a usage error
+(bad arguments), 1 for a failure while running (a file that cannot be read or
+written, an invalid result file, a layer that does not fit a limit), 130 after
+Ctrl-C.  When stdout is closed early (``lowmem-numba plan | head -1``) the
+command stops quietly.  Only the expected kinds of failure (OSError,
+ValueError, TypeError, RuntimeError, MemoryError) are shortened to one line;
+anything else is a bug and keeps its traceback.  Set the environment variable
+``LOWMEM_NUMBA_DEBUG=1`` to see the full traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import textwrap
 import time
 
 from . import registry
 from ._version import __version__
-from .cli_bench import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench,
+from .cli_bench import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench, write_json,
                         select_layers)
 from .networks import NETWORKS
 from .scheduler import MODES, plan, plan_network
@@ -50,7 +57,7 @@ def parse_threads(text):
         item = item.strip()
         if item.lower() == "all":
             count = max_threads()
-        elif item.isdigit():
+        elif item.isdecimal() and len(item) < 10:
             count = int(item)
         else:
             raise ValueError(f"invalid thread list {text!r}: give counts separated by commas, e.g. 1,2 or 1,all")
@@ -80,6 +87,10 @@ def parse_algorithms(text):
     return tuple(names)
 
 
+class _ParsingBug(Exception):
+    """A TypeError in an argument's parser: a bug, which argparse would show as a usage error."""
+
+
 def _argument_type(parse, name):
     """An argparse type calling ``parse``, whose ValueError becomes a usage error."""
     def convert(text):
@@ -87,6 +98,8 @@ def _argument_type(parse, name):
             return parse(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+        except TypeError as error:
+            raise _ParsingBug(f"parsing {name} {text!r}") from error
     convert.__name__ = name
     return convert
 
@@ -110,16 +123,21 @@ def _non_negative_float(text):
 
 
 def _positive_int(text):
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"expected a whole number >= 1; got {text!r}")
+    if not text.strip().isdecimal() or len(text.strip()) > 9 or int(text) < 1:
+        raise ValueError(f"expected a whole number from 1 to 999999999; got {text!r}")
     return int(text)
+
+
+def _printable(text):
+    """``text`` with line breaks and other control characters escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (no usage dump), exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Without a command: the AlexNet table (lowmem-numba bench with its defaults).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,plan,report}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,plan,report,calibrate}")
 
     bench = commands.add_parser("bench", help="time every algorithm on a network's layers",
                                 description="Time every algorithm on a network's layers, in this process "
@@ -180,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out-dir", metavar="DIR", default=None,
                         help="directory for the report (default: the JSON file's)")
     report.set_defaults(run=_run_report)
+
+    calibrate = commands.add_parser("calibrate", help="measure the cost model's machine constants again",
+                                    description="Measure the cost model's machine constants again, store "
+                                                "them (unless a measurement stayed implausible) and say what "
+                                                "they imply; --show prints the stored ones without measuring.")
+    calibrate.add_argument("--show", action="store_true", help="print the stored calibration, measure nothing")
+    calibrate.set_defaults(run=_run_calibrate)
     return parser
 
 
@@ -191,8 +216,8 @@ def _run_bench(args):
                          layer_names=args.layers, quick=args.quick, repeats=args.repeats,
                          max_seconds=args.max_seconds, layout=args.layout, baselines=not args.no_baselines,
                          memory=args.memory)
-    if args.json:
-        check_writable(args.json)
+    if args.json is not None:
+        check_writable(args.json)  # before anything is measured
     chosen = select_layers(config.network, config.layer_names, config.quick)
     extras = "" if args.no_baselines else " (+ baselines)"
     print(f"{PROG} {__version__}: {config.network}, {len(chosen)} layer(s) x {len(config.algorithms)} "
@@ -205,15 +230,16 @@ def _run_bench(args):
         progress.clear()
         print(layer_table(result, layer.label) + "\n", flush=True)
 
-    result = run_bench(config, progress=progress, on_layer=show)
-    progress.clear()
+    try:
+        result = run_bench(config, progress=progress, on_layer=show)
+    finally:
+        progress.clear()  # an error message starts on a clean line
     print(legend(result))
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"{time.perf_counter() - start:.0f} s in all")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=1)
+    if args.json is not None:
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -276,6 +302,13 @@ def _run_plan(args):
     return 0
 
 
+def _run_calibrate(args):
+    from .costmodel import calibrate_command
+
+    print(calibrate_command(show=args.show))
+    return 0
+
+
 def _run_report(args):
     from .cli_report import BENCH_EXTRA_HINT, write_report
 
@@ -289,9 +322,29 @@ def _run_report(args):
     return 0
 
 
+#: Failures shortened to one line; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (OSError, ValueError, TypeError, RuntimeError, MemoryError)
+
+
 def _one_line(error):
+    if isinstance(error, MemoryError):
+        return f"out of memory{': ' + str(error) if str(error) else ''}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return _printable(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
+
+
+def _debug() -> bool:
+    """Whether ``LOWMEM_NUMBA_DEBUG`` asks for full tracebacks."""
+    return os.environ.get("LOWMEM_NUMBA_DEBUG", "").strip().lower() not in ("", "0", "no", "false")
+
+
+def _silence_stdout():
+    """After a broken pipe: send stdout to /dev/null, so the flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
 
 
 def main(argv=None) -> int:
@@ -302,17 +355,41 @@ def main(argv=None) -> int:
     argv : list of str, optional
         Arguments (default ``sys.argv[1:]``).  No command runs the AlexNet
         table (``bench`` with its defaults).
+
+    Returns
+    -------
+    int
+        0 on success, 1 after an error (one line on stderr), 130 after an
+        interrupt, 141 when stdout was closed early.  Usage errors raise
+        SystemExit(2) from the argument parser, also after one line.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["bench"])
     try:
-        return args.run(args)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
-        return 1
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        finally:
+            sys.stdout.flush()  # after --help or --version, a closed pipe shows here
+        if args.command is None:
+            args = parser.parse_args(["bench"])
+        try:
+            status = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return status
+        except BrokenPipeError:
+            raise
+        except EXPECTED_ERRORS as error:
+            if _debug():
+                raise
+            print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+            return 1
+    except BrokenPipeError:  # the reader went away (lowmem-numba plan | head -1): nothing to say
+        if _debug():
+            raise
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
+        if _debug():
+            raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 

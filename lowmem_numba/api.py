@@ -13,10 +13,13 @@ from .geometry import (
     ConvGeometry,
     check_array,
     check_bias,
+    check_flag,
     check_memory_limit,
     check_out,
     check_threads,
+    geometry_for,
     make_geometry,
+    parse_params,
 )
 from .layout import check_layout, from_nchw_shape, to_nchw_shape
 from .registry import FLOAT32_BYTES
@@ -52,6 +55,7 @@ def resolve_algorithm(name, geometry):
 
 def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=False):
     """(Algorithm, threads) for a call: planned for "auto", else as asked."""
+    prepacked = check_flag(prepacked, "prepacked")
     if isinstance(name, str) and name == "auto":
         chosen = plan_geometry(geometry, memory_limit=memory_limit, threads=threads, layout=layout,
                                prepacked=prepacked)
@@ -150,7 +154,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     x : numpy.ndarray, float32
         Input, shape (N, C, H, W) or (C, H, W) for a single image; with
         ``layout="NHWC"``, (N, H, W, C) or (H, W, C).  Any strides;
-        non-C-contiguous input is copied first.
+        non-C-contiguous input is copied first.  N may be 0 (the result is
+        then empty, and nothing is computed or allocated besides it).
     weight : numpy.ndarray, float32
         Kernels, shape (M, C/groups, kh, kw).
     bias : numpy.ndarray, float32, optional
@@ -196,22 +201,26 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     Raises
     ------
     TypeError
-        If an array is not a float32 ndarray (no silent casting), or an argument
-        has the wrong type.
+        If an array is not a float32 ndarray (no silent casting; masked arrays
+        and ``numpy.matrix`` are refused too), or an argument has the wrong
+        type (Python and numpy integers are both ints; bools are not).
     ValueError
         If shapes or hyper-parameters are inconsistent or out of range, ``out``
         is unusable, the algorithm is unknown or does not support the
-        configuration, a dimension exceeds the 32-bit BLAS interface, or a fixed
-        ``workspace`` is too small.
+        configuration (which includes any of its GEMM sizes exceeding the
+        32-bit BLAS interface), or a fixed ``workspace`` is too small.  All
+        of these are raised before anything is allocated.
 
     Notes
     -----
     The inputs are never modified.  NaN and inf propagate to the outputs whose
     receptive field holds them.  Safe to call from several Python threads at once.
     """
+    check_array(x, "x")
     check_array(weight, "weight")
-    call = prepare_call(x, weight.shape, bias, stride, padding, dilation, groups, algorithm,
-                        threads, out, layout, workspace, {"weight": weight}, memory_limit)
+    params = parse_params(weight.shape, stride, padding, dilation, groups)
+    call = prepare_call(x, params, bias, algorithm, threads, out, layout, workspace,
+                        {"weight": weight}, memory_limit)
     weight_flat = np.ascontiguousarray(weight).reshape(-1)
     return launch(call, x, weight_flat, bias, prepacked=False)
 
@@ -226,36 +235,47 @@ class Call:
     layout: str
     out: np.ndarray
     workspace: Optional[Workspace]
+    workspace_elements: int = 0
 
 
-def prepare_call(x, w_shape, bias, stride, padding, dilation, groups, algorithm, threads, out,
-                 layout, workspace, other_inputs, memory_limit=None, prepacked=False) -> Call:
+def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, other_inputs,
+                 memory_limit=None, prepacked=False) -> Call:
     """Validate everything about a call and provide its output array.
 
-    ``other_inputs`` names further arrays ``out`` must not overlap.
+    ``params`` are the call's parsed hyper-parameters (:func:`parse_params`,
+    the one parser :func:`conv2d` and :class:`Conv2d` share).  ``other_inputs``
+    names further arrays ``out`` must not overlap.  Every check runs before
+    anything is allocated, including whether a fixed ``workspace`` is large
+    enough.
     """
+    prepacked = check_flag(prepacked, "prepacked")
     check_array(x, "x")
     layout = check_layout(layout)
-    geometry = make_geometry(to_nchw_shape(x.shape, layout), w_shape, stride, padding,
-                             dilation, groups)
+    geometry = geometry_for(to_nchw_shape(x.shape, layout), params)
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
     check_workspace(workspace)
     chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit), prepacked)
+    elements = chosen.workspace_elements(geometry, threads, layout, prepacked)
+    if workspace is not None:
+        workspace.check_fits(elements)
     out_shape = from_nchw_shape(geometry.output_shape, layout)
     if x.ndim == 3:
         out_shape = out_shape[1:]
     if out is None:
+        # numpy refuses such a shape even with a zero in it (an empty batch).
+        if FLOAT32_BYTES * int(np.prod([max(1, s) for s in out_shape], dtype=object)) > np.iinfo(np.intp).max:
+            raise ValueError(f"the output, of shape {out_shape}, would be too large to allocate")
         out = np.empty(out_shape, dtype=np.float32)
     else:
         check_out(out, out_shape, {"x": x, "bias": bias, **other_inputs})
-    return Call(geometry, chosen, threads, layout, out, workspace)
+    return Call(geometry, chosen, threads, layout, out, workspace, elements)
 
 
 def launch(call: Call, x, weights_flat, bias, prepacked: bool) -> np.ndarray:
     """Run a prepared call; ``weights_flat`` is packed when ``prepacked``."""
     out = call.out
-    if out.size == 0:
+    if out.size == 0:  # an empty batch: nothing to compute, nothing to allocate
         return out
     x_flat = np.ascontiguousarray(x).reshape(-1)
     bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
@@ -265,7 +285,6 @@ def launch(call: Call, x, weights_flat, bias, prepacked: bool) -> np.ndarray:
         with kernel_threads(call.threads):
             run(*args, prepacked=prepacked)
         return out
-    elements = call.algorithm.workspace_elements(call.geometry, call.threads, call.layout, prepacked)
-    with call.workspace.lease(elements) as buffer, kernel_threads(call.threads):
+    with call.workspace.lease(call.workspace_elements) as buffer, kernel_threads(call.threads):
         run(*args, workspace=buffer, prepacked=prepacked)
     return out

@@ -19,10 +19,11 @@ import llvmlite.binding as llvm
 import scipy
 import scipy.linalg.cython_blas  # noqa: F401  (loads the module whose address we take)
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
+from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .geometry import BLAS_INT_MAX
 
 SGEMM_SYMBOL = "lowmem_numba_scipy_sgemm_lp64_v1"

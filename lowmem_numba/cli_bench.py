@@ -10,9 +10,13 @@ JSON-ready dict that ``lowmem-numba report`` turns into a table and a plot.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import platform
+import stat
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -394,16 +398,83 @@ def run_bench(config: BenchConfig, *, progress: Optional[Progress] = None,
 
 
 def check_writable(path) -> None:
-    """Raise OSError now if a result file could not be written at ``path`` later."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
+    """Raise now if a result file could not be written at ``path`` later.
+
+    Checks that ``path`` names a file (not a directory), that its directory
+    exists, and that a file can really be created there (permission bits say
+    nothing to root, nor about a read-only file system).
+
+    Raises
+    ------
+    ValueError
+        For an empty path.
+    OSError
+        If the file could not be written.
+    """
+    if not path:
+        raise ValueError("cannot write to an empty file name")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise IsADirectoryError(f"cannot write {path}: that is a directory path; give a file name")
+    full = os.path.realpath(path)
+    if os.path.isdir(full):
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
+    if os.path.exists(full):
+        if not os.access(full, os.W_OK):
             raise PermissionError(f"cannot write {path}: permission denied")
-        return
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
+        if not os.path.isfile(full):  # a device or pipe such as /dev/stdout is written in place
+            return
+    parent = os.path.dirname(full)
+    if not os.path.exists(parent):
         raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write {path}: directory {parent} is not writable")
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"cannot write {path}: {parent} is not a directory")
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=parent, prefix=".lowmem-numba-probe-")
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
+def _new_file_mode(path):
+    """Permission bits for a file replacing ``path``: its own, or what umask gives a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def replacing(path, mode="w"):
+    """Open a file that replaces ``path`` only once it is completely written.
+
+    The data goes to a temporary file in the same directory, renamed over
+    ``path`` (:func:`os.replace`) when the block ends without an error; after
+    an error the temporary file is removed and ``path`` is left as it was.  An
+    existing device or pipe (``/dev/stdout``) is written in place.
+    """
+    full = os.path.realpath(path)
+    if os.path.exists(full) and not os.path.isfile(full):
+        with open(full, mode) as handle:
+            yield handle
+        return
+    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(full), prefix=f".{os.path.basename(full)}.",
+                                             suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, mode) as handle:
+            yield handle
+        os.chmod(temporary, _new_file_mode(full))
+        os.replace(temporary, full)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_json(path, result) -> None:
+    """Write a benchmark result to ``path`` (replacing it only when complete)."""
+    text = json.dumps(result, indent=1)
+    with replacing(path) as handle:
+        handle.write(text)

@@ -11,7 +11,7 @@ import math
 import os
 
 from . import registry
-from .cli_bench import SCHEMA
+from .cli_bench import SCHEMA, check_writable, replacing
 from .units import format_bytes
 
 #: What a report needs beyond the library's own dependencies.
@@ -212,7 +212,7 @@ def plot(result, path) -> None:
     ----------
     result : dict
         A benchmark result.
-    path : str
+    path : str or binary file
         Where to write the PNG.
 
     Raises
@@ -290,12 +290,206 @@ def plot(result, path) -> None:
                     f"against workspace\n(named: the fastest for its memory; dashed: torch, workspace unknown)",
                     fontsize=10)
     figure.tight_layout(rect=(0, 0.05, 1, 0.97))
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
+
+
+# Validation of a loaded result: each check takes the value and where it is (``results[3].seconds``) and
+# raises ValueError naming that place.  Every field the report reads is checked, so a damaged file is one
+# clear error and never a crash half-way through the report.  Keys a later version adds are ignored.
+
+def _describe(value):
+    text = json.dumps(value, allow_nan=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bad(where, expected, value):
+    return ValueError(f"{where}: expected {expected}; got {_describe(value)}")
+
+
+def _text(value, where):
+    if not isinstance(value, str):
+        raise _bad(where, "a string", value)
+
+
+def _choice(*options):
+    def check(value, where):
+        if value not in options or not isinstance(value, str):
+            raise _bad(where, " or ".join(map(repr, options)), value)
+    return check
+
+
+def _flag(value, where):
+    if not isinstance(value, bool):
+        raise _bad(where, "true or false", value)
+
+
+def _whole(minimum):
+    def check(value, where):
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
+            raise _bad(where, f"a whole number >= {minimum}", value)
+    return check
+
+
+def _number(positive=False, infinite=False):
+    """A JSON number >= 0 (> 0 if ``positive``), finite unless ``infinite``."""
+    def check(value, where):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+                or not (value > 0 if positive else value >= 0) or (math.isinf(value) and not infinite)):
+            raise _bad(where, f"a {'finite ' if not infinite else ''}number {'>' if positive else '>='} 0",
+                       value)
+    return check
+
+
+def _optional(check):
+    def optional(value, where):
+        if value is not None:
+            check(value, where)
+    return optional
+
+
+def _list_of(check, length=None, nonempty=False):
+    def checked(value, where):
+        if not isinstance(value, list):
+            raise _bad(where, "a list", value)
+        if length is not None and len(value) != length:
+            raise _bad(where, f"a list of {length}", value)
+        if nonempty and not value:
+            raise _bad(where, "a non-empty list", value)
+        for i, item in enumerate(value):
+            check(item, f"{where}[{i}]")
+    return checked
+
+
+def _mapping_of(check):
+    def checked(value, where):
+        if not isinstance(value, dict):
+            raise _bad(where, "an object", value)
+        for key, item in value.items():
+            check(item, f"{where}.{key}")
+    return checked
+
+
+def _fields(spec):
+    """An object with at least the keys of ``spec``, each passing its check."""
+    def checked(value, where):
+        if not isinstance(value, dict):
+            raise _bad(where, "an object", value)
+        for key, check in spec.items():
+            place = f"{where}.{key}" if where else key
+            if key not in value:
+                raise ValueError(f"{place}: missing")
+            check(value[key], place)
+    return checked
+
+
+_LAYOUTS = ("NCHW", "NHWC")
+_SECONDS = _number(positive=True)
+
+_MACHINE = _fields({
+    "cpu": _text, "cores": _optional(_whole(1)), "numba_threads": _whole(1),
+    "threading_layer": _optional(_text), "platform": _text, "python": _text,
+    "packages": _mapping_of(_optional(_text)), "environment": _mapping_of(_text),
+})
+
+_SETTINGS = _fields({
+    "network": _text, "threads": _list_of(_whole(1), nonempty=True), "algorithms": _list_of(_text),
+    "layer_names": _optional(_list_of(_text)), "quick": _flag, "repeats": _whole(1),
+    "max_seconds": _number(infinite=True), "layout": _choice("NCHW", "NHWC", "native"), "baselines": _flag,
+    "memory": _flag, "reference": _text, "timed_repeats": _whole(1), "min_timed_seconds": _number(),
+    "torch_version": _optional(_text),
+})
+
+_LAYER = _fields({
+    "label": _text, "network": _text, "name": _text, "x_shape": _list_of(_whole(1), length=4),
+    "w_shape": _list_of(_whole(1), length=4), "stride": _whole(1), "padding": _whole(0), "groups": _whole(1),
+    "flops": _number(),
+})
+
+_RECORD = _fields({
+    "layer": _text, "algorithm": _text, "kind": _choice("algorithm", "baseline"), "threads": _whole(1),
+    "layout": _choice(*_LAYOUTS), "seconds": _optional(_SECONDS), "median_seconds": _optional(_SECONDS),
+    "runs": _list_of(_SECONDS), "gflops": _optional(_number()), "workspace_bytes": _optional(_whole(0)),
+    "predicted_seconds": _optional(_number()), "peak_added_bytes": _optional(_whole(0)),
+    "transient_bytes": _optional(_whole(0)), "skipped": _text,
+})
+
+_PLAN = _fields({
+    "layer": _text, "thread_budget": _whole(1), "layout": _choice(*_LAYOUTS), "algorithm": _text,
+    "threads": _whole(1), "workspace_bytes": _whole(0), "predicted_seconds": _number(),
+})
+
+_RESULT = _fields({
+    "schema": _choice(SCHEMA), "version": _text, "created": _text, "machine": _MACHINE, "settings": _SETTINGS,
+    "layers": _list_of(_LAYER, nonempty=True), "results": _list_of(_RECORD), "plans": _list_of(_PLAN),
+    "notes": _list_of(_text),
+})
+
+
+def check_result(result) -> None:
+    """Check that ``result`` is a complete benchmark result, as :func:`run_bench` writes it.
+
+    Raises
+    ------
+    ValueError
+        Naming the first field that is missing, of the wrong type, out of
+        range or inconsistent with the rest (e.g. ``results[2].seconds``).
+    """
+    _RESULT(result, "")
+    labels = [layer["label"] for layer in result["layers"]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"layers: the label {next(l for l in labels if labels.count(l) > 1)!r} is repeated")
+    for i, record in enumerate(result["results"]):
+        where = f"results[{i}]"
+        if record["layer"] not in labels:
+            raise _bad(f"{where}.layer", "the label of one of the layers", record["layer"])
+        timed = record["seconds"] is not None
+        for key in ("median_seconds", "gflops"):
+            if (record[key] is not None) != timed:
+                raise ValueError(f"{where}.seconds and {where}.{key}: expected both numbers or both null; got "
+                                 f"{_describe(record['seconds'])} and {_describe(record[key])}")
+        if timed and not record["runs"]:
+            raise _bad(f"{where}.runs", "the timed runs", record["runs"])
+    for i, entry in enumerate(result["plans"]):
+        if entry["layer"] not in labels:
+            raise _bad(f"plans[{i}].layer", "the label of one of the layers", entry["layer"])
+
+
+def read_result(json_path) -> dict:
+    """Load and check a file written by ``lowmem-numba bench --json``.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    ValueError
+        If it is not JSON or not a complete benchmark result (the message
+        names the file and the bad field).
+    """
+    with open(json_path, "rb") as handle:
+        data = handle.read()
+    try:
+        result = json.loads(data)
+    except ValueError as error:  # not UTF-8, not JSON, or a number too long to convert
+        raise ValueError(f"{json_path} is not JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{json_path} is not a benchmark result: nested too deeply") from None
+    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
+        raise ValueError(f"{json_path} is not a lowmem-numba bench result (written by bench --json): "
+                         f"its schema is not {SCHEMA!r}")
+    try:
+        check_result(result)
+    except ValueError as error:
+        raise ValueError(f"{json_path} is a damaged bench result: {error}") from None
+    return result
 
 
 def write_report(json_path, out_dir=None) -> tuple[str, str]:
     """Write ``<name>.md`` and ``<name>.png`` for a benchmark JSON file.
+
+    Each file is written to a temporary file next to it and renamed into
+    place when complete, so a failure never leaves a truncated report behind
+    (nor damages an earlier one).
 
     Parameters
     ----------
@@ -314,22 +508,20 @@ def write_report(json_path, out_dir=None) -> tuple[str, str]:
     ImportError
         If matplotlib is missing (checked before anything is written).
     OSError, ValueError
-        If the file cannot be read or is not a benchmark result.
+        If the file cannot be read or is not a complete benchmark result, or
+        the report cannot be written.
     """
     import matplotlib  # noqa: F401  (fail before writing anything)
 
-    with open(json_path) as handle:
-        try:
-            result = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{json_path} is not JSON ({error})") from None
-    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-        raise ValueError(f"{json_path} is not a lowmem-numba bench result (written by bench --json)")
+    result = read_result(json_path)
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(json_path))[0]
     md_path, png_path = os.path.join(out_dir, stem + ".md"), os.path.join(out_dir, stem + ".png")
-    plot(result, png_path)
-    with open(md_path, "w") as handle:
-        handle.write(markdown(result, os.path.basename(png_path)))
+    for path in (md_path, png_path):
+        check_writable(path)
+    text = markdown(result, os.path.basename(png_path))
+    with replacing(png_path, "wb") as png, replacing(md_path) as md:
+        plot(result, png)
+        md.write(text)
     return md_path, png_path

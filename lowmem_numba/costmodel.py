@@ -5,20 +5,25 @@ m, n, k), the elements it moves outside BLAS (patch building, shift-adds,
 weight packing, layout conversion) and any flops done outside BLAS.  A GEMM of
 shape (m, n, k) runs at ``peak * e(m) e(n) e(k)`` with ``e(x) = x / (x + h)``:
 small dimensions cost efficiency, and the three half-saturation sizes ``h`` and
-the peak are solved from four timed sgemm calls.  Copies run at a measured
-bandwidth, the loop nest at a measured rate, and threads scale by a measured
-efficiency.  The calibration takes about a second, is stored in the user cache
-directory, and makes predictions deterministic.
+the peak are fitted (least squares in log space) to sgemm timings over several
+sizes per dimension.  Copies run at a measured bandwidth, the loop nest at a
+measured rate, and threads scale by a measured efficiency.  The calibration
+takes about a second, is checked for plausibility, stored in the user cache
+directory (``lowmem-numba calibrate`` measures it again and shows it), and
+makes predictions deterministic.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .cache import cache_dir, machine_id, read_store, update_store
 
 _CALIBRATION_VERSION = 1
@@ -117,6 +122,113 @@ def describe_work(name: str, g, threads: int, layout: str) -> Work:
 
 
 # --------------------------------------------------------------- calibration
+#
+# Robustness.  A calibration is measured once per process under a lock (other
+# threads wait and reuse it), from best-of timings taken in interleaved rounds
+# (a transient disturbance spoils only some samples of each shape).  The GEMM
+# half-saturation sizes are fitted by least squares in log space over several
+# sizes per dimension, not solved from one ratio of two timings: two clean
+# calibrations on a 2-core AVX-512 machine gave half_k = 0.92 and 10.2 with the
+# ratio method, enough to flip picks on VGG-16 conv2_1.  Every constant is then
+# checked against PLAUSIBLE; an implausible group is measured again after a short
+# pause, and if it stays implausible it takes its DEFAULTS value and the result
+# is not stored, so that a later process measures again.
+
+_CALIBRATION_VERSION = 2
+
+#: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
+#: other two being ``_GEMM_CENTER``.  They span the channel counts and output
+#: blocks of the network layers.  Not 8: OpenBLAS 0.3.30 runs an 8 x 256 x 256
+#: sgemm through its small-matrix path at 100-115 GFLOP/s, faster than 256^3,
+#: which is no point of the e(x) = x / (x + h) curve.  256 rather than 512 as
+#: the centre because a 512^3 sgemm falls out of L2 and runs 5-10 % slower than
+#: a 256^3 one here, which that curve cannot express either.  Without those two
+#: the fit is close (log residual 0.004 rms) and repeatable (three calibrations
+#: on a busy machine: half_m 15.07-15.11, half_n 3.43-3.46, half_k 4.72-4.73).
+_GEMM_SIZES = (16, 32, 64, 128, 256)
+_GEMM_CENTER = 256
+
+#: Small GEMMs are timed batched in one kernel call of about this many flops
+#: (a 256^3 sgemm, about 0.3 ms), so that the few microseconds of dispatch do
+#: not count as GEMM inefficiency (the model prices launches separately).
+_GEMM_TARGET_FLOPS = 2 * 256**3
+
+#: Timing plan: rounds interleave all shapes, each round keeps the best of
+#: ``_REPEATS`` calls, and the best over rounds (and attempts) is used.
+_ROUNDS = 4
+_REPEATS = 3
+
+#: Attempts per group of constants before falling back, and the pause between
+#: them (a busy process next door often finishes, or is descheduled, within it).
+_ATTEMPTS = 3
+_PAUSE_SECONDS = 0.25
+
+#: Plausible range of every constant: a measurement outside it is disturbed (or
+#: the machine is broken), not a fact to plan with.
+PLAUSIBLE = {
+    # single-thread sgemm: under 1 GFLOP/s is an emulated or broken BLAS; 2
+    # TFLOP/s is 8x the fp32 FMA peak of a 4 GHz AVX-512 core
+    "gemm_peak": (1e9, 2e12),
+    # e(8) above 99.4 % or e(256) below 20 % is no BLAS we know of; the fit's
+    # search range is 0.01-10000, so its edges fall outside
+    "half_m": (0.05, 1024.0),
+    "half_n": (0.05, 1024.0),
+    "half_k": (0.05, 1024.0),
+    # float32 elements per second: 0.4 GB/s to 8 TB/s of read + write traffic
+    "copy_rate": (5e7, 1e12),
+    "direct_rate": (5e7, 1e12),
+    # 2 threads on a clean 2-core machine: 0.90-1.0; a busy loop on the other
+    # core gave 0.1 or less.  2-way SMT at all logical CPUs gives about 0.5, so
+    # 0.4 accepts it while rejecting a core taken by another process.
+    "thread_efficiency": (0.4, 1.15),
+    # one parallel kernel launch, thread limits included: 12 us here
+    "launch_seconds": (1e-7, 1e-2),
+}
+
+#: Root-mean-square log residual of the GEMM fit above which the timings are
+#: taken as disturbed (fits here: 0.004; one timing off by 50 % gives about 0.15).
+_MAX_FIT_RMS = 0.1
+
+#: What an implausible constant falls back to: the values of a clean
+#: calibration of a 2-core AVX-512 machine (Intel Xeon, OpenBLAS 0.3.30), except
+#: thread_efficiency, which is set below the measured 0.95 on purpose: too low
+#: a value puts large layers on one thread (1.1-2x slower), too high a value
+#: only spreads small layers, whose launch cost the model prices anyway.
+DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
+                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=1.2e-5)
+
+_GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
+           "direct": ("direct_rate",), "threads": ("thread_efficiency",), "launch": ("launch_seconds",)}
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """One calibration as measured, with what went wrong.
+
+    Attributes
+    ----------
+    calibration : Calibration
+        The constants (fallbacks included).
+    fallbacks : tuple of str
+        Constants that stayed implausible and hold their :data:`DEFAULTS`
+        value; a run with fallbacks is not stored.
+    remeasured : tuple of str
+        Groups of constants that were implausible at first and measured again.
+    fit_rms : float
+        Root-mean-square log residual of the GEMM efficiency fit.
+    seconds : float
+        Time the calibration took.
+    implausible_values : dict
+        The last measured value of each constant in ``fallbacks``.
+    """
+
+    calibration: Calibration
+    fallbacks: tuple = ()
+    remeasured: tuple = ()
+    fit_rms: float = 0.0
+    seconds: float = 0.0
+    implausible_values: dict = field(default_factory=dict)
+
 
 @njit(parallel=True, cache=True)
 def _copy(src, dst):
@@ -124,7 +236,7 @@ def _copy(src, dst):
         dst[i] = src[i]
 
 
-def _best_seconds(call, repeats=5):
+def _best_seconds(call, repeats=_REPEATS):
     call()
     best = float("inf")
     for _ in range(repeats):
@@ -134,7 +246,47 @@ def _best_seconds(call, repeats=5):
     return best
 
 
+def _interleaved_best(calls: dict, best: dict, rounds=_ROUNDS, repeats=_REPEATS) -> dict:
+    """Best seconds of each call over ``rounds`` interleaved rounds, merged into ``best``."""
+    for _ in range(rounds):
+        for key, call in calls.items():
+            best[key] = min(best.get(key, float("inf")), _best_seconds(call, repeats))
+    return best
+
+
+def _gemm_shapes():
+    shapes = []
+    for dim in range(3):
+        for size in _GEMM_SIZES:
+            shape = [_GEMM_CENTER] * 3
+            shape[dim] = size
+            if tuple(shape) not in shapes:
+                shapes.append(tuple(shape))
+    return shapes
+
+
+def _gemm_calls():
+    """(m, n, k) -> (call, flops per call): single-threaded sgemm, batched."""
+    from .algorithms._common import batched_gemm
+
+    rng = np.random.default_rng(0)
+    size = _GEMM_CENTER * _GEMM_CENTER
+    a = rng.random(size, dtype=np.float32)
+    b = rng.random(size, dtype=np.float32)
+    out = np.empty(size, np.float32)
+    no_bias = np.empty(0, np.float32)
+    calls = {}
+    for m, n, k in _gemm_shapes():
+        count = max(1, -(-_GEMM_TARGET_FLOPS // (2 * m * n * k)))
+        # Every GEMM of the batch reuses the same operands and output (steps 0):
+        # one thread runs them one after another.
+        calls[(m, n, k)] = (lambda m=m, n=n, k=k, count=count: batched_gemm(
+            count, m, n, k, a, 0, 0, k, b, 0, 0, n, out, 0, 0, n, no_bias, 0, 1, 1), count * 2.0 * m * n * k)
+    return calls
+
+
 def _gemm_rate(m, n, k):
+    """Single-thread flop/s of one (m, n, k) sgemm (best of a few calls)."""
     from .algorithms._common import batched_gemm
     from .threads import kernel_threads
 
@@ -148,63 +300,203 @@ def _gemm_rate(m, n, k):
         batched_gemm(1, m, n, k, a, 0, 0, k, b, 0, 0, n, out, 0, 0, n, no_bias, 0, 1, 1)
 
     with kernel_threads(1):
-        return 2.0 * m * n * k / _best_seconds(call)
+        return 2.0 * m * n * k / _best_seconds(call, 5)
 
 
-def _half_size(ratio, small, large):
-    # Solve ratio = e(small) / e(large) for h, with e(x) = x / (x + h).
-    denominator = large * ratio - small
-    if denominator <= 0:
-        return float(large)
-    return max(0.0, small * large * (1 - ratio) / denominator)
+_H_GRID = np.logspace(-2, 4, 241)
+
+
+def fit_gemm(rates: dict):
+    """Fit ``rate = peak e(m) e(n) e(k)`` to measured rates, in log space.
+
+    Parameters
+    ----------
+    rates : dict
+        ``(m, n, k) -> flop/s``.
+
+    Returns
+    -------
+    peak, half_m, half_n, half_k, rms : float
+        The least-squares constants (half sizes searched over 0.01-10000 by
+        coordinate descent on a log grid, then refined) and the root-mean-square
+        log residual.
+    """
+    shapes = np.array(list(rates), dtype=np.float64)
+    logs = np.log(np.array(list(rates.values()), dtype=np.float64))
+    halves = np.array([8.0, 8.0, 8.0])
+
+    def residuals(h):  # h: (candidates, 3) -> (candidates, points), peak solved in closed form
+        predicted = np.log(shapes[None, :, :] / (shapes[None, :, :] + h[:, None, :])).sum(axis=2)
+        r = logs[None, :] - predicted
+        return r - r.mean(axis=1, keepdims=True)
+
+    for grid_step in (None, 1.0, 0.25, 0.05):
+        for _ in range(4):
+            for d in range(3):
+                if grid_step is None:
+                    grid = _H_GRID
+                else:  # a finer log grid around the current value
+                    grid = halves[d] * np.exp(np.linspace(-grid_step, grid_step, 41))
+                    grid = grid[(grid >= _H_GRID[0]) & (grid <= _H_GRID[-1])]
+                candidates = np.repeat(halves[None, :], len(grid), axis=0)
+                candidates[:, d] = grid
+                halves[d] = grid[np.argmin((residuals(candidates) ** 2).sum(axis=1))]
+    r = logs - np.log(shapes / (shapes + halves)).sum(axis=1)
+    peak = float(np.exp(r.mean()))
+    rms = float(np.sqrt(((r - r.mean()) ** 2).mean()))
+    return peak, float(halves[0]), float(halves[1]), float(halves[2]), rms
+
+
+def implausible(values: dict) -> list:
+    """Names of the constants in ``values`` that are missing, not finite numbers
+    or outside :data:`PLAUSIBLE`."""
+    bad = []
+    for name, (low, high) in PLAUSIBLE.items():
+        value = values.get(name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not low <= value <= high):
+            bad.append(name)
+    return bad
+
+
+def _measure_gemm(best):
+    from .threads import kernel_threads
+
+    calls = _gemm_calls()
+    with kernel_threads(1):
+        _interleaved_best({shape: call for shape, (call, _) in calls.items()}, best)
+    peak, half_m, half_n, half_k, rms = fit_gemm({shape: flops / best[shape]
+                                                  for shape, (_, flops) in calls.items()})
+    values = dict(gemm_peak=peak, half_m=half_m, half_n=half_n, half_k=half_k)
+    return values, rms
+
+
+def _measure_copy(best):
+    from .threads import kernel_threads
+
+    src = np.ones(4 * 2**20, np.float32)  # 32 MiB of traffic: beyond the caches
+    dst = np.empty_like(src)
+    with kernel_threads(1):
+        _interleaved_best({"copy": lambda: _copy(src, dst)}, best, rounds=2, repeats=2)
+    return {"copy_rate": src.size / best["copy"]}
+
+
+def _direct_call(x_shape, w_shape, padding):
+    """A single-thread call of the loop-nest kernel, straight through the registry."""
+    from . import algorithms  # noqa: F401  (registers the algorithms)
+    from . import registry
+    from .geometry import make_geometry
+
+    g = make_geometry(x_shape, w_shape, 1, padding, 1, 1)
+    direct = registry.get("direct-sum2d")
+    x = np.ones(int(np.prod(x_shape)), np.float32)
+    w = direct.prepare_weights(np.ones(int(np.prod(w_shape)), np.float32), g)
+    out = np.empty(int(np.prod(g.output_shape)), np.float32)
+    workspace = np.empty(direct.workspace_elements(g, 1, "NCHW", prepacked=True), np.float32)
+    no_bias = np.empty(0, np.float32)
+    return g, lambda: direct.run(x, w, no_bias, out, g, 1, "NCHW", workspace=workspace, prepacked=True)
+
+
+def _measure_direct(best):
+    from .threads import kernel_threads
+
+    g, call = _direct_call((1, 16, 32, 32), (16, 16, 3, 3), 1)
+    with kernel_threads(1):
+        _interleaved_best({"direct": call}, best, rounds=2)
+    return {"direct_rate": g.flops / best["direct"]}
+
+
+def _measure_launch(best):
+    from .threads import kernel_threads
+
+    _, run = _direct_call((1, 1, 4, 4), (1, 1, 1, 1), 0)
+
+    def call():  # entering kernel_threads (BLAS and Numba thread limits) is part of every call
+        with kernel_threads(1):
+            run()
+
+    _interleaved_best({"launch": call}, best, repeats=5)
+    return {"launch_seconds": best["launch"] / 2}
+
+
+def _measure_threads(best):
+    from .algorithms._common import batched_gemm, gemm_split
+    from .threads import kernel_threads, max_threads
+
+    threads = max_threads()
+    if threads <= 1:
+        return {"thread_efficiency": 1.0}
+    # One 256 x (1024 threads) x 256 sgemm: a 256 x 1024 block per thread, the
+    # size of a large layer's share, on 1 thread and on all.
+    n = 1024 * threads
+    a = np.ones(256 * 256, np.float32)
+    b = np.ones(256 * n, np.float32)
+    c = np.empty(256 * n, np.float32)
+    no_bias = np.empty(0, np.float32)
+
+    def call(t):
+        m_blocks, n_tiles = gemm_split(1, 256, n, t)
+        return lambda: batched_gemm(1, 256, n, 256, a, 0, 0, 256, b, 0, 0, n, c, 0, 0, n, no_bias, 0,
+                                    m_blocks, n_tiles)
+
+    for _ in range(_ROUNDS):  # interleaved, each timing under its own thread count
+        for t in (1, threads):
+            with kernel_threads(t):
+                _interleaved_best({t: call(t)}, best, rounds=1)
+    return {"thread_efficiency": (best[1] / best[threads] - 1) / (threads - 1)}
+
+
+_MEASURE = {"gemm": _measure_gemm, "copy": _measure_copy, "direct": _measure_direct,
+            "threads": _measure_threads, "launch": _measure_launch}
+
+
+def calibrate_run(*, attempts=None, pause=None) -> CalibrationRun:
+    """Measure the machine constants robustly (about a second).
+
+    Each group of constants (GEMM, copy, loop nest, threads, launch) is timed
+    as the best over interleaved rounds; a group with a constant outside
+    :data:`PLAUSIBLE` (or a GEMM fit whose residual exceeds ``_MAX_FIT_RMS``) is
+    measured again after ``pause`` seconds (default ``_PAUSE_SECONDS``), keeping
+    the best timings of all attempts, up to ``attempts`` times (default
+    ``_ATTEMPTS``); then it falls back to :data:`DEFAULTS`.
+
+    Returns
+    -------
+    CalibrationRun
+    """
+    attempts = _ATTEMPTS if attempts is None else attempts
+    pause = _PAUSE_SECONDS if pause is None else pause
+    start = time.perf_counter()
+    values, fallbacks, remeasured, rms, rejected = {}, [], [], 0.0, {}
+    for group, measure in _MEASURE.items():
+        best = {}  # best timings, kept across attempts
+        for attempt in range(attempts):
+            if attempt:
+                remeasured.append(group)
+                time.sleep(pause)
+            measured = measure(best)
+            if group == "gemm":
+                measured, rms = measured
+            bad = [name for name in implausible({**asdict(DEFAULTS), **measured}) if name in measured]
+            if group == "gemm" and (bad or rms > _MAX_FIT_RMS):
+                bad = list(_GROUPS["gemm"])  # one bad constant or a poor fit discredits all four
+            if not bad:
+                break
+        else:
+            fallbacks += bad
+            rejected.update({name: measured[name] for name in bad})
+            measured.update({name: getattr(DEFAULTS, name) for name in bad})
+        if group == "threads":
+            # Measured super-linear speed-up is cache luck, not a rate to plan with.
+            measured["thread_efficiency"] = min(1.0, measured["thread_efficiency"])
+        values.update(measured)
+    return CalibrationRun(Calibration(**values), tuple(fallbacks), tuple(remeasured), rms,
+                          time.perf_counter() - start, rejected)
 
 
 def calibrate() -> Calibration:
-    """Measure the machine constants (about a second)."""
-    from .api import conv2d
-    from .threads import kernel_threads, max_threads
-
-    big, small = 512, 32
-    full = _gemm_rate(big, big, big)
-    half_m = _half_size(_gemm_rate(small, big, big) / full, small, big)
-    half_n = _half_size(_gemm_rate(big, small, big) / full, small, big)
-    half_k = _half_size(_gemm_rate(big, big, small) / full, small, big)
-    peak = full / (_efficiency(big, half_m) * _efficiency(big, half_n) * _efficiency(big, half_k))
-
-    src = np.ones(4 * 2**20, np.float32)
-    dst = np.empty_like(src)
-    with kernel_threads(1):
-        copy_rate = src.size / _best_seconds(lambda: _copy(src, dst))
-
-    x = np.ones((1, 16, 32, 32), np.float32)
-    w = np.ones((16, 16, 3, 3), np.float32)
-    out = np.empty((1, 16, 32, 32), np.float32)
-    direct_rate = 2 * 16 * 16 * 9 * 32 * 32 / _best_seconds(
-        lambda: conv2d(x, w, padding=1, algorithm="direct-sum2d", threads=1, out=out))
-
-    efficiency = 1.0
-    threads = max_threads()
-    if threads > 1:
-        from .algorithms._common import batched_gemm, gemm_split
-
-        n = 2048
-        a = np.ones(256 * 256, np.float32)
-        b = np.ones(256 * n, np.float32)
-        c = np.empty(256 * n, np.float32)
-        no_bias = np.empty(0, np.float32)
-        timings = {}
-        for t in (1, threads):
-            m_blocks, n_tiles = gemm_split(1, 256, n, t)
-            with kernel_threads(t):
-                timings[t] = _best_seconds(lambda: batched_gemm(
-                    1, 256, n, 256, a, 0, 0, 256, b, 0, 0, n, c, 0, 0, n, no_bias, 0, m_blocks, n_tiles))
-        efficiency = min(1.0, max(0.1, (timings[1] / timings[threads] - 1) / (threads - 1)))
-
-    tiny = np.ones((1, 1, 4, 4), np.float32)
-    one = np.ones((1, 1, 1, 1), np.float32)
-    tiny_out = np.empty((1, 1, 4, 4), np.float32)
-    launch = _best_seconds(lambda: conv2d(tiny, one, algorithm="direct-sum2d", threads=1, out=tiny_out)) / 2
-    return Calibration(peak, half_m, half_n, half_k, copy_rate, direct_rate, efficiency, launch)
+    """Measure the machine constants (about a second); see :func:`calibrate_run`."""
+    return calibrate_run().calibration
 
 
 def _calibration_key():
@@ -213,27 +505,146 @@ def _calibration_key():
     return f"v{_CALIBRATION_VERSION} lowmem-numba {__version__} on {machine_id()}"
 
 
+def _calibration_path():
+    return cache_dir() / "calibration.json"
+
+
+def validated(stored) -> "Calibration | None":
+    """The Calibration a stored entry holds, or None unless every constant is a
+    finite number within :data:`PLAUSIBLE` (a hand-edited or foreign entry with
+    0, NaN, a string or 1e9 must not steer the scheduler)."""
+    if not isinstance(stored, dict) or implausible(stored):
+        return None
+    return Calibration(**{name: float(stored[name]) for name in PLAUSIBLE})
+
+
+def stored_calibration() -> "tuple[Calibration, str] | None":
+    """This machine's stored calibration and when it was measured, without
+    measuring; None if there is none (or it is invalid)."""
+    stored = read_store(_calibration_path()).get(_calibration_key())
+    result = validated(stored)
+    if result is None:
+        return None
+    return result, str(stored.get("measured_at", "an unknown time"))
+
+
+def _store(run: CalibrationRun) -> bool:
+    if run.fallbacks:
+        return False  # partly guessed: let a later process measure again
+    entry = dict(asdict(run.calibration), measured_at=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    try:
+        update_store(_calibration_path(), _calibration_key(), entry)
+    except OSError:
+        return False  # a read-only cache directory costs a recalibration per process, nothing more
+    return True
+
+
 _loaded: dict = {}
+# One calibration per process: the first caller measures, the others wait for it
+# (eight threads calibrating at once timed each other's GEMMs and stored
+# half-saturation sizes of 0.0).
+_lock = threading.Lock()
 
 
 def calibration() -> Calibration:
-    """This machine's calibration: from memory, the user cache, or measured now."""
+    """This machine's calibration: from memory, the user cache, or measured now.
+
+    Thread-safe: the first call of a process loads or measures it, concurrent
+    callers wait and reuse it.  A stored entry is used only if it passes
+    :func:`validated`; a measured one is stored only if nothing fell back.
+    """
     key = _calibration_key()
-    if key in _loaded:
-        return _loaded[key]
-    path = cache_dir() / "calibration.json"
-    stored = read_store(path).get(key)
-    result = None
-    if isinstance(stored, dict):
-        try:
-            result = Calibration(**stored)
-        except TypeError:
-            result = None
-    if result is None:
-        result = calibrate()
-        try:
-            update_store(path, key, asdict(result))
-        except OSError:
-            pass  # a read-only cache directory costs a recalibration per process, nothing more
-    _loaded[key] = result
+    result = _loaded.get(key)
+    if result is not None:
+        return result
+    with _lock:
+        result = _loaded.get(key)
+        if result is None:
+            found = stored_calibration()
+            if found is not None:
+                result = found[0]
+            else:
+                run = calibrate_run()
+                _store(run)
+                result = run.calibration
+            _loaded[key] = result
     return result
+
+
+def recalibrate() -> "tuple[CalibrationRun, bool]":
+    """Measure again, store (unless something fell back) and use the result in
+    this process.
+
+    Returns
+    -------
+    run : CalibrationRun
+    stored : bool
+        Whether it was written to the user cache.
+    """
+    with _lock:
+        run = calibrate_run()
+        stored = _store(run)
+        _loaded[_calibration_key()] = run.calibration
+    from . import scheduler
+
+    scheduler.clear_memo()  # plans made with the previous constants
+    return run, stored
+
+
+def describe(c: Calibration, threads=None) -> list:
+    """What the constants mean, in plain words (one line each)."""
+    from .threads import max_threads
+
+    threads = max_threads() if threads is None else threads
+
+    def eff(size, half):
+        return 100 * _efficiency(size, half)
+
+    lines = [
+        f"GEMM peak: {c.gemm_peak / 1e9:.1f} GFLOP/s on one thread (a large sgemm)",
+        f"  a GEMM with k = 64 (a 64-channel tap of kn2row-aa) runs at {eff(64, c.half_k):.0f} % of it, "
+        f"k = 16 at {eff(16, c.half_k):.0f} %",
+        f"  m = 64 output channels: {eff(64, c.half_m):.0f} %; n = 64 pixels: {eff(64, c.half_n):.0f} % "
+        f"(half-saturation sizes m {c.half_m:.2f}, n {c.half_n:.2f}, k {c.half_k:.2f})",
+        f"copies: {c.copy_rate / 1e9:.2f} G float32/s ({c.copy_rate * 8 / 1e9:.1f} GB/s read + write)",
+        f"direct loop nest: {c.direct_rate / 1e9:.2f} GFLOP/s "
+        f"({c.gemm_peak / c.direct_rate:.0f}x slower than the GEMM peak)",
+    ]
+    for t in sorted({2, threads}):
+        if t <= threads and t > 1:
+            lines.append(f"{t} threads: {1 + (t - 1) * c.thread_efficiency:.2f}x one thread on large layers "
+                         f"(thread efficiency {c.thread_efficiency:.2f})")
+    lines.append(f"kernel launch: {c.launch_seconds * 1e6:.1f} us")
+    return lines
+
+
+def calibrate_command(show=False) -> str:
+    """The text of ``lowmem-numba calibrate`` (measure again and store) or
+    ``lowmem-numba calibrate --show`` (the stored values, measuring nothing)."""
+    from .cache import cache_dir as where
+
+    path = where() / "calibration.json"
+    if show:
+        found = stored_calibration()
+        if found is None:
+            return (f"no valid calibration stored for this machine in {path}; the first automatic plan "
+                    f"measures one, or run: lowmem-numba calibrate")
+        constants, when = found
+        head = [f"stored calibration ({path}, measured {when}):"]
+    else:
+        run, stored = recalibrate()
+        constants = run.calibration
+        head = [f"measured in {run.seconds:.1f} s (GEMM fit residual {run.fit_rms:.3f} rms in log space)"]
+        if run.remeasured:
+            head.append(f"implausible at first, measured again: {', '.join(dict.fromkeys(run.remeasured))}")
+        if run.fallbacks:
+            measured = ", ".join(f"{name} {value:.3g} (plausible {PLAUSIBLE[name][0]:g}-{PLAUSIBLE[name][1]:g})"
+                                 for name, value in run.implausible_values.items())
+            head.append(f"still implausible: {measured}")
+            head.append(f"so the defaults are used for {', '.join(run.fallbacks)} and nothing is stored "
+                        f"(is another program busy? run lowmem-numba calibrate again on a quiet machine)")
+        else:
+            head.append(f"stored in {path}" if stored else f"could not write {path}: used in this process only")
+    values = [f"  {name} = {getattr(constants, name):.6g}" for name in PLAUSIBLE]
+    return "\n".join(head + ["", "constants:"] + values + ["", "what they mean:"]
+                     + ["  " + line for line in describe(constants)])

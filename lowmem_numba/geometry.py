@@ -15,6 +15,11 @@ import numpy as np
 #: Largest dimension the 32-bit (LP64) BLAS interface accepts.
 BLAS_INT_MAX = 2**31 - 1
 
+#: Largest size, stride, dilation or padding accepted.  The kernels take the
+#: geometry as 64-bit ints and add up to three such values (a padded size), so
+#: this keeps their index arithmetic far from overflow.
+SIZE_MAX = 2**60
+
 _PADDING_HELP = (
     'an int, (pad_h, pad_w), ((top, bottom), (left, right)), "valid" or "same"'
 )
@@ -126,6 +131,8 @@ def _pair(value, name: str, minimum: int) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    if max(pair) > SIZE_MAX:
+        raise ValueError(f"{name} must be <= 2**60; got {value!r}")
     return pair
 
 
@@ -166,6 +173,8 @@ def _parse_padding(padding, kernel_hw, stride, dilation) -> tuple[int, int, int,
         raise TypeError(f"padding must be {_PADDING_HELP}; got {padding!r}")
     if min(pads) < 0:
         raise ValueError(f"padding must be non-negative; got {padding!r}")
+    if max(pads) > SIZE_MAX:
+        raise ValueError(f"padding must be <= 2**60; got {padding!r}")
     return pads
 
 
@@ -181,7 +190,140 @@ def _shape(shape, name: str, ndims: tuple[int, ...]) -> tuple[int, ...]:
         raise ValueError(f"{name} must have {dims} dimensions; got shape {shape}")
     if min(shape) < 0:
         raise ValueError(f"{name} must not have negative sizes; got {shape}")
+    if max(shape) > SIZE_MAX:
+        raise ValueError(f"{name} must not have sizes over 2**60; got {shape}")
     return tuple(int(s) for s in shape)
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """The shape-independent part of a convolution: weight shape and hyper-parameters.
+
+    Parsed and validated once by :func:`parse_params`; :func:`geometry_for` then
+    combines it with an input shape.  A :class:`lowmem_numba.Conv2d` layer keeps
+    one, so a layer and :func:`lowmem_numba.conv2d` accept and reject exactly the
+    same argument values.
+
+    Attributes
+    ----------
+    weight_shape : tuple of int
+        (M, C/groups, kh, kw).
+    stride, dilation : tuple of int
+        (h, w), each >= 1.
+    padding : tuple of int
+        (top, bottom, left, right), each >= 0.
+    groups : int
+    """
+
+    weight_shape: tuple
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    groups: int
+
+    @property
+    def padding_pairs(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Padding as ((top, bottom), (left, right)), a form every call accepts."""
+        top, bottom, left, right = self.padding
+        return ((top, bottom), (left, right))
+
+    @property
+    def kernel_span(self) -> tuple[int, int]:
+        """(h, w) extent of the dilated kernel, in input pixels."""
+        _, _, kh, kw = self.weight_shape
+        return (self.dilation[0] * (kh - 1) + 1, self.dilation[1] * (kw - 1) + 1)
+
+    def smallest_input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The smallest valid NCHW input: C channels and H, W just covering the kernel."""
+        m, c_per_group, _, _ = self.weight_shape
+        top, bottom, left, right = self.padding
+        span_h, span_w = self.kernel_span
+        return (batch, c_per_group * self.groups, max(1, span_h - top - bottom),
+                max(1, span_w - left - right))
+
+
+def parse_params(w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvParams:
+    """Validate the weight shape and hyper-parameters of a convolution.
+
+    Parameters
+    ----------
+    w_shape : tuple of int
+        Weight shape (M, C/groups, kh, kw).
+    stride, padding, dilation, groups
+        As for :func:`lowmem_numba.conv2d`; Python or numpy integers.
+
+    Returns
+    -------
+    ConvParams
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type.
+    ValueError
+        If a value is out of range or ``groups`` does not divide M.
+    """
+    w_shape = _shape(w_shape, "weight", (4,))
+    m, c_per_group, kh, kw = w_shape
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int; got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1; got {groups}")
+    if min(m, kh, kw) < 1 or c_per_group < 1:
+        raise ValueError(f"weight must have every dimension >= 1; got shape {w_shape}")
+    if m % groups:
+        raise ValueError(f"groups={groups} must divide the output channels M={m}")
+    stride = _pair(stride, "stride", 1)
+    dilation = _pair(dilation, "dilation", 1)
+    pads = _parse_padding(padding, (kh, kw), stride, dilation)
+    return ConvParams(w_shape, stride, dilation, pads, groups)
+
+
+def geometry_for(x_shape, params: ConvParams) -> ConvGeometry:
+    """Combine an input shape with parsed parameters into a :class:`ConvGeometry`.
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        Input shape, (N, C, H, W) or unbatched (C, H, W).  N may be 0.
+    params : ConvParams
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`make_geometry`, for the input shape.
+    """
+    x_shape = _shape(x_shape, "x", (3, 4))
+    if len(x_shape) == 3:
+        x_shape = (1,) + x_shape
+    return _combine(x_shape, params)
+
+
+def _combine(x_shape, params: ConvParams) -> ConvGeometry:
+    n, c, h, w = x_shape
+    m, c_per_group, kh, kw = params.weight_shape
+    groups = params.groups
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have C, H and W >= 1; got shape {x_shape}")
+    if c % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C={c}")
+    if c_per_group * groups != c:
+        raise ValueError(
+            f"weight has {c_per_group} input channels per group, so with groups={groups} "
+            f"x must have C={c_per_group * groups} channels; got C={c}"
+        )
+    top, bottom, left, right = params.padding
+    geometry = ConvGeometry(
+        n, c, h, w, m, kh, kw, groups, *params.stride, *params.dilation, top, bottom, left, right
+    )
+    span_h, span_w = params.kernel_span
+    if h + top + bottom < span_h or w + left + right < span_w:
+        raise ValueError(
+            f"the kernel ({kh}x{kw}, dilation {params.dilation}, spanning {span_h}x{span_w}) is "
+            f"larger than the padded input ({h + top + bottom}x{w + left + right})"
+        )
+    return geometry
 
 
 def make_geometry(
@@ -192,7 +334,7 @@ def make_geometry(
     Parameters
     ----------
     x_shape : tuple of int
-        Input shape, (N, C, H, W) or unbatched (C, H, W).
+        Input shape, (N, C, H, W) or unbatched (C, H, W).  N may be 0.
     w_shape : tuple of int
         Weight shape (M, C/groups, kh, kw).
     stride, padding, dilation, groups
@@ -208,72 +350,67 @@ def make_geometry(
         If an argument has the wrong type.
     ValueError
         If the shapes or hyper-parameters are inconsistent or out of range.
+
+    Notes
+    -----
+    Whether an algorithm's GEMMs fit the 32-bit BLAS interface depends on the
+    algorithm; each one's ``unsupported`` checks its own dimensions (see
+    :func:`blas_limit_reason`).
     """
     x_shape = _shape(x_shape, "x", (3, 4))
     if len(x_shape) == 3:
         x_shape = (1,) + x_shape
-    w_shape = _shape(w_shape, "weight", (4,))
-    n, c, h, w = x_shape
-    m, c_per_group, kh, kw = w_shape
-
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int; got {groups!r}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1; got {groups}")
-    if min(c, h, w) < 1:
-        raise ValueError(f"x must have C, H and W >= 1; got shape {x_shape}")
-    if min(m, kh, kw) < 1 or c_per_group < 1:
-        raise ValueError(f"weight must have every dimension >= 1; got shape {w_shape}")
-    if c % groups:
-        raise ValueError(f"groups={groups} must divide the input channels C={c}")
-    if m % groups:
-        raise ValueError(f"groups={groups} must divide the output channels M={m}")
-    if c_per_group * groups != c:
-        raise ValueError(
-            f"weight has {c_per_group} input channels per group, so with groups={groups} "
-            f"x must have C={c_per_group * groups} channels; got C={c}"
-        )
-
-    stride = _pair(stride, "stride", 1)
-    dilation = _pair(dilation, "dilation", 1)
-    top, bottom, left, right = _parse_padding(padding, (kh, kw), stride, dilation)
-
-    geometry = ConvGeometry(
-        n, c, h, w, m, kh, kw, groups, *stride, *dilation, top, bottom, left, right
-    )
-    span_h = dilation[0] * (kh - 1) + 1
-    span_w = dilation[1] * (kw - 1) + 1
-    if h + top + bottom < span_h or w + left + right < span_w:
-        raise ValueError(
-            f"the kernel ({kh}x{kw}, dilation {dilation}, spanning {span_h}x{span_w}) is "
-            f"larger than the padded input ({h + top + bottom}x{w + left + right})"
-        )
-    _check_blas_limits(geometry)
-    return geometry
+    return _combine(x_shape, parse_params(w_shape, stride, padding, dilation, groups))
 
 
-def _check_blas_limits(g: ConvGeometry) -> None:
-    # Per-image GEMM dimensions and leading dimensions of every algorithm are
-    # bounded by these products; BLAS takes 32-bit ints.
-    sizes = {
-        "C*kh*kw": g.in_channels * g.kernel_taps,
-        "M*kh*kw": g.out_channels * g.kernel_taps,
-        "H*W": g.height * g.width,
-        "Ho*Wo": g.out_height * g.out_width,
-        "padded H*W": (g.height + g.pad_top + g.pad_bottom)
-        * (g.width + g.pad_left + g.pad_right),
-    }
+def blas_limit_reason(sizes) -> str | None:
+    """Why GEMM sizes do not fit the 32-bit BLAS interface, or None if they do.
+
+    Parameters
+    ----------
+    sizes : mapping of str to int
+        The largest value each GEMM dimension or leading dimension (m, n, k,
+        lda, ldb, ldc) of an algorithm takes, labelled by what it is, e.g.
+        ``{"lda = H*kw*C/g": ...}``.
+
+    Returns
+    -------
+    str or None
+        A reason naming the first size over :data:`BLAS_INT_MAX`, phrased to
+        follow "does not support" in an error message.
+    """
     for label, size in sizes.items():
         if size > BLAS_INT_MAX:
-            raise ValueError(
-                f"the convolution is too large for the 32-bit BLAS interface: {label} = "
-                f"{size} exceeds {BLAS_INT_MAX}; split the input into smaller tiles"
+            return (
+                f"GEMM sizes beyond the 32-bit BLAS interface: {label} = {size} exceeds "
+                f"{BLAS_INT_MAX}; split the input into smaller tiles"
             )
+    return None
 
 
 def check_array(value, name: str) -> np.ndarray:
-    """Require a float32 ndarray, without casting."""
+    """Require a float32 ndarray, without casting.
+
+    Subclasses whose meaning the kernels would drop are refused: a
+    ``numpy.ma.MaskedArray`` (its mask would be silently ignored) and a
+    ``numpy.matrix`` (its shape and operators follow other rules).  Other
+    subclasses (``numpy.memmap``...) are read as plain arrays.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not such an array, or its dtype is not float32.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray; its mask would be silently ignored, so masked "
+            f"arrays are not accepted (pass {name}.filled(0) or np.ma.getdata({name}))"
+        )
+    if isinstance(value, np.matrix):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of dtype float32, not a numpy.matrix "
+            f"(convert with np.asarray({name}))"
+        )
     if not isinstance(value, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray of dtype float32; got {type(value).__name__} "
@@ -336,3 +473,14 @@ def check_memory_limit(memory_limit):
     if memory_limit < 0:
         raise ValueError(f"memory_limit must be >= 0 bytes; got {memory_limit}")
     return int(memory_limit)
+
+
+def check_flag(value, name: str) -> bool:
+    """Require a real boolean (``True``/``False`` or a numpy bool), not a truthy value.
+
+    A string such as ``"no"`` is truthy; accepting it would silently do the opposite
+    of what was meant.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)

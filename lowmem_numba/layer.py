@@ -7,7 +7,14 @@ from typing import Optional
 import numpy as np
 
 from .api import choose_algorithm, launch, prepare_call, resolve_algorithm
-from .geometry import check_array, check_bias, check_memory_limit, check_threads, make_geometry
+from .geometry import (
+    check_array,
+    check_bias,
+    check_memory_limit,
+    check_threads,
+    geometry_for,
+    parse_params,
+)
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .threads import max_threads
@@ -25,7 +32,9 @@ class Conv2d:
     bias : numpy.ndarray, float32, optional
         Shape (M,); copied.
     stride, padding, dilation, groups
-        As for :func:`lowmem_numba.conv2d`.
+        As for :func:`lowmem_numba.conv2d`, parsed and validated here by the
+        same code (afterwards the attributes hold them normalised: pairs of
+        ints, and padding as ((top, bottom), (left, right))).
     algorithm : str, default "auto"
         A registered name, or "auto": chosen per input shape, once per shape.
         With "auto" the layer keeps a copy of the weights to pack for whichever
@@ -36,7 +45,7 @@ class Conv2d:
         Layout of inputs and outputs.
     workspace : Workspace, optional
         Arena to carve temporary memory from, e.g. one shared by the layers of a
-        network (see :meth:`Workspace.for_layers`).  Default: the layer's own,
+        network (see :meth:`Workspace.shared_by`).  Default: the layer's own,
         growing once to what its calls need.
     input_shape : tuple of int, optional
         Shape of the inputs to come (in ``layout``).  When given, the layer is
@@ -60,43 +69,50 @@ class Conv2d:
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  algorithm="auto", threads=None, layout="NCHW",
                  workspace: Optional[Workspace] = None, input_shape=None, memory_limit=None):
+        # Every argument is validated, by the same code as conv2d's, before
+        # anything is copied or packed.
         check_array(weight, "weight")
-        if weight.ndim != 4:
-            raise ValueError(f"weight must have 4 dimensions (M, C/groups, kh, kw); got shape {weight.shape}")
+        params = parse_params(weight.shape, stride, padding, dilation, groups)
+        layout = check_layout(layout)
+        threads = check_threads(threads, max_threads())
+        memory_limit = check_memory_limit(memory_limit)
         check_workspace(workspace)
-        self.layout = check_layout(layout)
-        self.weight_shape = tuple(weight.shape)
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.threads = check_threads(threads, max_threads())
-        self.algorithm = algorithm
-        self.memory_limit = check_memory_limit(memory_limit)
-        self.workspace = workspace if workspace is not None else Workspace()
-        # The hyper-parameters are checked now on a nominal input large enough
-        # for any kernel (the real shape is checked again at each call).
-        m, c_per_group, kh, kw = self.weight_shape
-        channels = c_per_group * groups if isinstance(groups, int) and groups > 0 else c_per_group
-        nominal = make_geometry((1, channels, 8 * kh * _int_or(dilation, 1), 8 * kw * _int_or(dilation, 1)),
-                                self.weight_shape, stride, padding, dilation, groups)
+        # Support (stride, kernel size, and the GEMM sizes that depend on the
+        # weights alone) is decided on the smallest input the kernel fits; each
+        # call checks its real input shape again.
+        nominal = geometry_for(params.smallest_input_shape(), params)
         check_bias(bias, nominal)
+        auto = isinstance(algorithm, str) and algorithm == "auto"
+        chosen = None if auto else resolve_algorithm(algorithm, nominal)
+        self._params = params
+        self.weight_shape = params.weight_shape
+        self.stride, self.dilation, self.groups = params.stride, params.dilation, params.groups
+        self.padding = params.padding_pairs
+        self.layout, self.threads, self.memory_limit = layout, threads, memory_limit
+        self.algorithm = algorithm
+        planned = None
+        if input_shape is not None:
+            geometry = self._geometry(input_shape)
+            planned = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked=True)
+
+        self.workspace = workspace if workspace is not None else Workspace()
         self.bias = None if bias is None else np.array(bias, dtype=np.float32, copy=True)
         self._raw = None
         self._prepared: dict[str, np.ndarray] = {}
-        if isinstance(algorithm, str) and algorithm == "auto":
+        if auto:
             self._raw = np.array(weight, dtype=np.float32, copy=True).reshape(-1)
         else:
-            chosen = resolve_algorithm(algorithm, nominal)
             self._prepared[chosen.name] = chosen.prepare_weights(np.ascontiguousarray(weight).reshape(-1), nominal)
         self._planned_bytes = None
-        if input_shape is not None:
-            self._planned_bytes = self.workspace_bytes_for(input_shape)
-            if self._raw is not None:
-                planned, _ = choose_algorithm(algorithm, self._geometry(input_shape), self.threads,
-                                              self.layout, memory_limit, prepacked=True)
-                self._weights_for(planned, nominal)
+        if planned is not None:
+            planned_algorithm, planned_threads = planned
+            self._planned_bytes = FLOAT32_BYTES * planned_algorithm.workspace_elements(
+                geometry, planned_threads, layout, prepacked=True)
+            if auto and geometry.batch:
+                self._weights_for(planned_algorithm, nominal)
 
     def _geometry(self, x_shape):
-        return make_geometry(to_nchw_shape(x_shape, self.layout), self.weight_shape, self.stride,
-                             self.padding, self.dilation, self.groups)
+        return geometry_for(to_nchw_shape(x_shape, self.layout), self._params)
 
     def _weights_for(self, algorithm, geometry):
         weights = self._prepared.get(algorithm.name)
@@ -121,12 +137,12 @@ class Conv2d:
         numpy.ndarray, float32
             ``out`` if given.
         """
-        call = prepare_call(x, self.weight_shape, self.bias, self.stride, self.padding,
-                            self.dilation, self.groups, self.algorithm, self.threads, out,
+        call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True)
+        self._planned_bytes = FLOAT32_BYTES * call.workspace_elements
+        if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
+            return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
-        self._planned_bytes = FLOAT32_BYTES * call.algorithm.workspace_elements(
-            call.geometry, call.threads, call.layout, prepacked=True)
         return launch(call, x, weights, self.bias, prepacked=True)
 
     def workspace_bytes_for(self, x_shape) -> int:
@@ -172,10 +188,3 @@ class Conv2d:
                 f"dilation={self.dilation!r}, groups={self.groups!r}, algorithm={self.algorithm!r}, "
                 f"layout={self.layout!r})")
 
-
-def _int_or(value, default):
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], int):
-        return max(value)
-    return default

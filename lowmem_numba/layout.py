@@ -6,7 +6,9 @@ tiled parallel kernel.
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import prange
+
+from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -14,14 +16,22 @@ _TILE = 32
 
 
 def check_layout(layout) -> str:
+    """Require "NCHW" or "NHWC" (exactly; raises ValueError otherwise)."""
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f'layout must be "NCHW" or "NHWC"; got {layout!r}')
     return layout
 
 
 def to_nchw_shape(shape, layout):
-    """An input shape given in ``layout`` ((N,)C,H,W or (N,)H,W,C) as (N,)C,H,W."""
-    shape = tuple(shape)
+    """An input shape given in ``layout`` ((N,)C,H,W or (N,)H,W,C) as (N,)C,H,W.
+
+    Anything that is not a sequence is returned as given, for
+    :func:`lowmem_numba.make_geometry` to reject with a message naming ``x``.
+    """
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        return shape
     if layout == "NHWC" and len(shape) in (3, 4):
         return shape[:-3] + (shape[-1],) + shape[-3:-1]
     return shape

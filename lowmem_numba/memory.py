@@ -24,12 +24,13 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .baselines import NUMPY_IM2COL
+from .baselines import NUMPY_IM2COL, torch_available
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,10 @@ def _measure_in_this_process(spec):
     args = spec["args"]
     target = spec["target"]
     if target == "torch":
-        import torch
+        try:
+            import torch
+        except ImportError as error:
+            raise RuntimeError(f"torch cannot be imported ({error}); install it to measure torch") from None
 
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
@@ -168,6 +172,16 @@ def _measure_in_this_process(spec):
     return {"runs": runs, "method": "VmHWM", "reason": "", "output_bytes": output_bytes}
 
 
+def _child_error(process):
+    """The measuring process's error, in one line (all of its stderr with ``LOWMEM_NUMBA_DEBUG=1``)."""
+    if os.environ.get("LOWMEM_NUMBA_DEBUG", "").strip().lower() not in ("", "0", "no", "false"):
+        return "\n" + process.stderr[-5000:]
+    lines = [line.strip() for line in process.stderr.splitlines() if line.strip()]
+    if not lines:
+        return f"exit status {process.returncode}"
+    return lines[-1].removeprefix(_CHILD_ERROR)
+
+
 def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
                      threads=None, layout="NCHW", repeats=3, timeout=600) -> MemoryMeasurement:
     """Measure, in a fresh process, the peak memory one warm call adds.
@@ -199,7 +213,8 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
     Raises
     ------
     RuntimeError
-        If the measuring process fails (its error output is included).
+        If the measuring process fails (its error, in one line, is included)
+        or takes longer than ``timeout``.
     ValueError
         For ``"numpy-im2col"`` with a layout other than NCHW.
     """
@@ -208,36 +223,144 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
     spec = {"target": target, "x_shape": list(x_shape), "w_shape": list(w_shape),
             "args": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
             "threads": threads, "layout": layout, "repeats": int(repeats)}
-    process = subprocess.run([sys.executable, "-m", "lowmem_numba.memory", "--spec", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
+    try:
+        process = subprocess.run([sys.executable, "-m", "lowmem_numba.memory", "--spec", json.dumps(spec)],
+                                 capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"measuring {target} took more than {timeout:g} s; abandoned") from None
     if process.returncode != 0:
-        raise RuntimeError(f"measuring {target} failed:\n{process.stderr[-3000:]}")
-    result = json.loads(process.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"measuring {target} failed: {_child_error(process)}")
+    try:
+        result = json.loads(process.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"measuring {target} failed: no result from the measuring process") from None
     runs = tuple(result["runs"])
     return MemoryMeasurement(target, max(runs) if runs else None, runs, result["method"],
                              result["reason"], result["output_bytes"])
 
 
+#: How the measuring process starts its one-line error on stderr.
+_CHILD_ERROR = "measuring process error: "
+
+PROG = "python -m lowmem_numba.memory"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (no usage dump), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _argument(parse, what):
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+    return convert
+
+
+def _whole(text, minimum):
+    text = text.strip()
+    if not text.isdecimal() or len(text) > 9 or int(text) < minimum:
+        raise ValueError(text)
+    return int(text)
+
+
+def _shape(text):
+    items = text.split(",")
+    if len(items) != 4:
+        raise ValueError(text)
+    return tuple(_whole(item, 1) for item in items)
+
+
+def check_target(target, x_shape, w_shape, padding=0, threads=None) -> None:
+    """Check a measurement's arguments before a process is started for it.
+
+    Raises
+    ------
+    ValueError
+        For an unknown target, inconsistent shapes, a convolution the
+        algorithm does not support, or a thread count out of range.
+    """
+    from . import registry
+    from .geometry import make_geometry
+    from .threads import max_threads
+
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise ValueError(f"thread count {threads} is out of range: Numba has {max_threads()} thread(s) "
+                         f"(NUMBA_NUM_THREADS)")
+    geometry = make_geometry(x_shape, w_shape, padding=padding)
+    if target in ("torch", NUMPY_IM2COL):
+        return
+    name = target[len("layer:"):] if target.startswith("layer:") else target
+    reason = registry.get(name).unsupported(geometry)
+    if reason is not None:
+        raise ValueError(f"{name} does not support this convolution: {reason}")
+
+
+def _debug():
+    return os.environ.get("LOWMEM_NUMBA_DEBUG", "").strip().lower() not in ("", "0", "no", "false")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lowmem_numba.memory",
-                                     description="Peak memory one convolution call adds (fresh process).")
+    """Measure one call from the command line; returns the exit status.
+
+    Errors are one line on stderr: exit status 2 for bad arguments (checked
+    before the measuring process starts), 1 when the measurement fails (the
+    measuring process's own error, in one line), 130 after Ctrl-C.
+    ``LOWMEM_NUMBA_DEBUG=1`` shows full tracebacks instead.
+    """
+    parser = _Parser(prog=PROG, description="Peak memory one convolution call adds (fresh process).")
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("target", nargs="?", help='algorithm name, "layer:<name>", "torch" or "numpy-im2col"')
-    parser.add_argument("--x-shape", default="1,64,224,224")
-    parser.add_argument("--w-shape", default="64,64,3,3")
-    parser.add_argument("--padding", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--x-shape", type=_argument(_shape, "shape"), default=(1, 64, 224, 224),
+                        metavar="N,C,H,W", help="NCHW input shape (default 1,64,224,224)")
+    parser.add_argument("--w-shape", type=_argument(_shape, "shape"), default=(64, 64, 3, 3),
+                        metavar="M,C,KH,KW", help="weight shape (default 64,64,3,3)")
+    parser.add_argument("--padding", type=_argument(lambda text: _whole(text, 0), "padding"), default=1,
+                        help="zero padding on each side (default 1)")
+    parser.add_argument("--threads", type=_argument(lambda text: _whole(text, 1), "thread count"),
+                        default=None, help="thread count (default: all)")
     args = parser.parse_args(argv)
-    if args.spec:
-        print(json.dumps(_measure_in_this_process(json.loads(args.spec))))
+    try:
+        if args.spec:  # the measuring process: errors as one line the parent relays
+            try:
+                result = _measure_in_this_process(json.loads(args.spec))
+            except (OSError, ValueError, TypeError, RuntimeError, MemoryError) as error:
+                if _debug():
+                    raise
+                message = " ".join(str(error).split()) or type(error).__name__
+                print(f"{_CHILD_ERROR}{message}", file=sys.stderr)
+                return 1
+            print(json.dumps(result))
+            return 0
+        if not args.target:
+            parser.error("give a target")
+        try:
+            check_target(args.target, args.x_shape, args.w_shape, args.padding, args.threads)
+        except (ValueError, TypeError) as error:  # bad arguments: a usage error
+            if _debug():
+                raise
+            parser.error(" ".join(str(error).split()))
+        try:
+            if args.target == "torch" and not torch_available():
+                raise RuntimeError("torch is not installed: cannot measure torch")
+            result = peak_added_bytes(args.target, args.x_shape, args.w_shape, padding=args.padding,
+                                      threads=args.threads)
+        except (OSError, ValueError, RuntimeError, MemoryError) as error:
+            if _debug():
+                raise
+            print(f"{PROG}: error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+            return 1
+        print(json.dumps(asdict(result)))
         return 0
-    if not args.target:
-        parser.error("give a target")
-    shape = lambda text: tuple(int(v) for v in text.split(","))
-    result = peak_added_bytes(args.target, shape(args.x_shape), shape(args.w_shape),
-                              padding=args.padding, threads=args.threads)
-    print(json.dumps(asdict(result)))
-    return 0
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

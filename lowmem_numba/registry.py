@@ -17,6 +17,7 @@ import numpy as np
 
 from .geometry import ConvGeometry
 from .layout import transpose_blocks
+from .threads import kernel_threads
 
 FLOAT32_BYTES = 4
 
@@ -71,7 +72,13 @@ class Algorithm:
     def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
                            prepacked: bool = False) -> int:
         """Temporary float32 elements of one call: scratch, layout buffers and,
-        unless the weights come prepacked, the packed weights."""
+        unless the weights come prepacked, the packed weights.
+
+        An empty batch (N = 0) needs none: such a call computes nothing, so it
+        neither packs weights nor touches scratch (see :meth:`run`).
+        """
+        if geometry.batch == 0:
+            return 0
         into, back = self.transform_elements(geometry, layout)
         packed = 0 if prepacked else self.packed_weight_elements(geometry)
         return packed + self._scratch(geometry, threads, into or back) + into + back
@@ -89,7 +96,10 @@ class Algorithm:
         if not packed:
             return np.array(weight_flat, dtype=np.float32, copy=True)
         dest = np.empty(packed, dtype=np.float32)
-        self.pack_weights(weight_flat, geometry, dest)
+        # Packing may run a parallel kernel, and callers (layers, the
+        # scheduler, calibration) are outside any kernel call.
+        with kernel_threads():
+            self.pack_weights(weight_flat, geometry, dest)
         return dest
 
     def run(self, x_flat, weight_flat, bias, out_flat, geometry, threads, layout="NCHW",
@@ -99,9 +109,12 @@ class Algorithm:
         ``x_flat`` and ``out_flat`` are in ``layout``; when that differs from the
         kernel's own layouts, images are converted one at a time through
         per-image buffers.  With ``prepacked`` the weights are already what
-        :meth:`prepare_weights` returns.
+        :meth:`prepare_weights` returns.  An empty batch returns at once,
+        allocating nothing (its workspace is 0 elements).
         """
         g = geometry
+        if g.batch == 0:
+            return
         packed = 0 if prepacked else self.packed_weight_elements(g)
         into, back = self.transform_elements(g, layout)
         scratch = self._scratch(g, threads, into or back)

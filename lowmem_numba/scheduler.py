@@ -8,11 +8,21 @@ predicted by the calibrated cost model (``mode="model"``, deterministic) or
 measured on the real shape (``mode="measure"``, winner cached per shape and
 machine in the user cache directory).  Among candidates within 5 % of the
 fastest, the smallest workspace wins.
+
+Nothing read back is trusted: a stored plan is used only if its algorithm is
+registered, supports the configuration, fits ``memory_limit`` and runs on a
+thread count within the budget; otherwise it is measured again.  Plans are
+memoised per process (at most :data:`MEMO_SIZE`, least recently used dropped)
+and measured plans stored per machine (at most :data:`MAX_STORED_PLANS`,
+oldest dropped).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,7 +32,7 @@ from . import registry
 from ._version import __version__
 from .cache import cache_dir, machine_id, read_store, update_store
 from .costmodel import calibration, describe_work, predict_seconds
-from .geometry import ConvGeometry, check_memory_limit, check_threads, make_geometry
+from .geometry import ConvGeometry, check_flag, check_memory_limit, check_threads, make_geometry
 from .layout import check_layout, to_nchw_shape
 from .registry import FLOAT32_BYTES
 from .threads import max_threads
@@ -37,6 +47,20 @@ MEMORY_PREFERENCE = 0.05
 #: Candidates the model predicts this many times slower than the best are not
 #: timed in measure mode (the loop nest on a large layer would take seconds).
 _MEASURE_PRUNE_FACTOR = 8.0
+
+#: Plans memoised per process.  A plan holds every candidate (about 40 with
+#: their verdicts, some 12 KB), so the memo stays under about 6 MB; the five
+#: network tables have 125 layers, so a memo this size holds every layer at a
+#: few settings.
+MEMO_SIZE = 512
+
+_NOT_TIMED = f"not timed: predicted over {_MEASURE_PRUNE_FACTOR:g}x slower than the fastest"
+
+#: Measured plans kept in ``plans.json`` per cache directory, oldest dropped
+#: first.  A compact entry is about 0.6 KB, so the file stays under about
+#: 300 KB and rewriting it (once per measured plan, which itself takes
+#: 0.1 s or more of timing) stays cheap.
+MAX_STORED_PLANS = 512
 
 
 @dataclass(frozen=True)
@@ -104,7 +128,7 @@ def _thread_options(budget):
 
 
 def _check_mode(mode):
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     return mode
 
@@ -149,20 +173,28 @@ def _rank(screened, seconds_of):
     fastest = min(c.seconds for c in feasible)
     close = [c for c in feasible if c.seconds <= fastest * (1 + MEMORY_PREFERENCE)]
     best = min(close, key=lambda c: (c.workspace_bytes, c.seconds, c.threads, c.algorithm))
+    return best, _explain(timed, best)
+
+
+def _explain(timed, best):
+    """Every candidate with the reason it was not ``best``."""
+    fastest = min(c.seconds for c in timed if not c.rejected and c.seconds is not None)
     explained = []
     for c in timed:
         if c is best or c.rejected:
             explained.append(c)
+        elif c.seconds is None:
+            explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, None, _NOT_TIMED))
         elif c.seconds <= best.seconds:
             explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, c.seconds,
                                        f"within {MEMORY_PREFERENCE:.0%} of the fastest but needs more "
                                        f"workspace ({format_bytes(c.workspace_bytes)})"))
         else:
             verdict = f"slower: {c.seconds / best.seconds:.2f}x the choice"
-            if c in close:
+            if c.seconds <= fastest * (1 + MEMORY_PREFERENCE):
                 verdict += ", and more workspace"
             explained.append(Candidate(c.algorithm, c.threads, c.workspace_bytes, c.seconds, verdict))
-    return best, tuple(explained)
+    return tuple(explained)
 
 
 def _model_plan(g, budget, layout, memory_limit, prepacked=False):
@@ -173,79 +205,157 @@ def _model_plan(g, budget, layout, memory_limit, prepacked=False):
     return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "model", memory_limit, explained)
 
 
-def _plan_key(g, budget, layout, memory_limit):
+def _plan_key(g, budget, layout, memory_limit, prepacked):
+    weights = "prepacked" if prepacked else "packed per call"
     return (f"{g.input_shape} {g.weight_shape} s{g.stride} p{g.padding} d{g.dilation} g{g.groups} "
-            f"threads<={budget} {layout} limit={memory_limit} lowmem-numba {__version__} on {machine_id()}")
+            f"threads<={budget} {layout} limit={memory_limit} {weights} "
+            f"lowmem-numba {__version__} on {machine_id()}")
 
 
-def _measure_plan(g, budget, layout, memory_limit):
-    from .api import conv2d
+def _is_positive_seconds(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 < value < 1e6)
+
+
+def _stored_plan(stored, screened, memory_limit) -> Optional[Plan]:
+    """The plan a ``plans.json`` entry holds, or None unless it is valid here.
+
+    Valid: the compact form written by :func:`_measure_plan`, one time (or
+    null) per screened candidate, and a choice that is a registered algorithm
+    supporting this configuration, within ``memory_limit``, on a thread count
+    the budget allows (i.e. a feasible screened candidate), with a time.
+    """
+    if not isinstance(stored, dict):
+        return None
+    algorithm, threads, times = stored.get("algorithm"), stored.get("threads"), stored.get("times")
+    if (not isinstance(algorithm, str) or isinstance(threads, bool) or not isinstance(threads, int)
+            or not isinstance(times, list) or len(times) != len(screened)
+            or not all(t is None or _is_positive_seconds(t) for t in times)):
+        return None
+    timed = [c if c.rejected else Candidate(c.algorithm, c.threads, c.workspace_bytes, seconds)
+             for c, seconds in zip(screened, times)]
+    chosen = [c for c in timed if (c.algorithm, c.threads) == (algorithm, threads)]
+    if len(chosen) != 1 or chosen[0].rejected or chosen[0].seconds is None:
+        return None  # unknown, unsupported, over the limit, beyond the budget, or never timed
+    best = chosen[0]
+    return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "measure", memory_limit,
+                _explain(timed, best))
+
+
+def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat):
+    """A call of ``name`` as it would run: functional (packing the weights and
+    allocating its workspace each call) or as a layer (weights packed once,
+    workspace reused)."""
+    from .threads import kernel_threads
+
+    algorithm = registry.get(name)
+    no_bias = np.empty(0, np.float32)
+    if not prepacked:
+        def call():
+            with kernel_threads(threads):
+                algorithm.run(x_flat, w_flat, no_bias, out_flat, g, threads, layout)
+        return call
+    weights = algorithm.prepare_weights(w_flat, g)
+    workspace = np.empty(algorithm.workspace_elements(g, threads, layout, prepacked=True), np.float32)
+
+    def call():
+        with kernel_threads(threads):
+            algorithm.run(x_flat, weights, no_bias, out_flat, g, threads, layout, workspace=workspace,
+                          prepacked=True)
+    return call
+
+
+def _measure_plan(g, budget, layout, memory_limit, prepacked=False):
     from .timing import measure
 
     path = cache_dir() / "plans.json"
-    key = _plan_key(g, budget, layout, memory_limit)
-    stored = read_store(path).get(key)
-    if isinstance(stored, dict):
-        try:
-            candidates = tuple(Candidate(**c) for c in stored["candidates"])
-            return Plan(stored["algorithm"], stored["threads"], stored["workspace_bytes"],
-                        stored["seconds"], "measure", memory_limit, candidates)
-        except (KeyError, TypeError):
-            pass  # a foreign or older entry: measure again and overwrite it
+    key = _plan_key(g, budget, layout, memory_limit, prepacked)
+    screened = _screen(g, budget, layout, memory_limit, prepacked)
+    stored = _stored_plan(read_store(path).get(key), screened, memory_limit)
+    if stored is not None:
+        return stored
     model = {(c.algorithm, c.threads): c.seconds
-             for c in _model_plan(g, budget, layout, memory_limit).candidates if c.seconds is not None}
+             for c in _model_plan(g, budget, layout, memory_limit, prepacked).candidates
+             if c.seconds is not None}
     fastest_predicted = min(model.values())
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(g.input_shape).astype(np.float32)
-    if layout == "NHWC":
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    w = rng.standard_normal(g.weight_shape).astype(np.float32)
-    args = dict(stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups, layout=layout)
-    out = conv2d(x, w, algorithm=next(c.algorithm for c in _screen(g, budget, layout, None) if not c.rejected),
-                 **args)
+    x_flat = rng.standard_normal(int(np.prod(g.input_shape))).astype(np.float32)
+    w_flat = rng.standard_normal(int(np.prod(g.weight_shape))).astype(np.float32)
+    out_flat = np.empty(int(np.prod(g.output_shape)), np.float32)
 
     def seconds_of(c):
         predicted = model[(c.algorithm, c.threads)]
         if predicted > _MEASURE_PRUNE_FACTOR * fastest_predicted:
-            return None, f"not timed: predicted {predicted / fastest_predicted:.0f}x slower"
-        timing = measure(lambda: conv2d(x, w, algorithm=c.algorithm, threads=c.threads, out=out, **args),
-                         repeats=3, warmup=1, min_seconds=0.02)
-        return timing.best, ""
+            return None, _NOT_TIMED
+        call = _timed_call(c.algorithm, g, c.threads, layout, prepacked, x_flat, w_flat, out_flat)
+        return measure(call, repeats=3, warmup=1, min_seconds=0.02).best, ""
 
-    best, explained = _rank(_screen(g, budget, layout, memory_limit), seconds_of)
-    plan = Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "measure", memory_limit,
-                explained)
+    best, explained = _rank(screened, seconds_of)
+    # Compact: the choice and one time (4 significant digits) per screened
+    # candidate; verdicts and workspaces are recomputed when read, and the plan
+    # returned now is the one read back later.
+    entry = {"algorithm": best.algorithm, "threads": best.threads,
+             "times": [None if c.seconds is None or c.rejected else float(f"{c.seconds:.4g}")
+                       for c in explained]}
+    plan = _stored_plan(entry, screened, memory_limit)
     try:
-        update_store(path, key, {"algorithm": plan.algorithm, "threads": plan.threads,
-                                 "workspace_bytes": plan.workspace_bytes, "seconds": plan.predicted_seconds,
-                                 "candidates": [c.__dict__ for c in explained]})
+        update_store(path, key, entry, max_entries=MAX_STORED_PLANS)
     except OSError:
         pass  # an unwritable cache only costs re-measuring
     return plan
 
 
-_memo: dict = {}
+_memo: "OrderedDict" = OrderedDict()
 _memo_lock = threading.Lock()
+
+
+def clear_memo() -> None:
+    """Forget the plans memoised in this process (e.g. after recalibrating)."""
+    with _memo_lock:
+        _memo.clear()
 
 
 def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="NCHW", mode="model",
                   prepacked=False) -> Plan:
-    """:func:`plan` for an already validated geometry (memoised per process)."""
+    """:func:`plan` for an already validated geometry (memoised per process,
+    at most :data:`MEMO_SIZE` plans, least recently used dropped)."""
+    if not isinstance(g, ConvGeometry):
+        raise TypeError(f"g must be a ConvGeometry (see lowmem_numba.geometry.make_geometry); got {g!r}")
     budget = check_threads(threads, max_threads())
     memory_limit = check_memory_limit(memory_limit)
+    layout = check_layout(layout)
     mode = _check_mode(mode)
+    prepacked = check_flag(prepacked, "prepacked")
     key = (g, budget, layout, memory_limit, mode, prepacked)
     with _memo_lock:
         cached = _memo.get(key)
-    if cached is not None:
-        return cached
+        if cached is not None:
+            _memo.move_to_end(key)
+            return cached
     if mode == "model":
         result = _model_plan(g, budget, layout, memory_limit, prepacked)
     else:
-        result = _measure_plan(g, budget, layout, memory_limit)
+        result = _measure_plan(g, budget, layout, memory_limit, prepacked)
     with _memo_lock:
         _memo[key] = result
+        _memo.move_to_end(key)
+        while len(_memo) > MEMO_SIZE:
+            _memo.popitem(last=False)
     return result
+
+
+def _check_shape(shape, name, ndims, example):
+    """A shape argument as a tuple of ints, or a TypeError/ValueError naming it."""
+    if isinstance(shape, np.ndarray) and shape.ndim == 1:
+        shape = shape.tolist()
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of ints such as {example}; got {shape!r}")
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"{name} must contain ints, such as {example}; got {shape!r}")
+    if len(shape) not in ndims:
+        dims = " or ".join(map(str, ndims))
+        raise ValueError(f"{name} must have {dims} dimensions, such as {example}; got {tuple(shape)}")
+    return tuple(int(d) for d in shape)
 
 
 def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_limit=None,
@@ -288,6 +398,9 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_
         For invalid arguments, or when no algorithm fits ``memory_limit``.
     """
     layout = check_layout(layout)
+    example = "(1, 64, 56, 56)" if layout == "NCHW" else "(1, 56, 56, 64)"
+    x_shape = _check_shape(x_shape, "x_shape", (3, 4), example)
+    w_shape = _check_shape(w_shape, "w_shape", (4,), "(128, 64, 3, 3)")
     g = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     return plan_geometry(g, memory_limit=memory_limit, threads=threads, layout=layout, mode=mode,
                          prepacked=prepacked)
@@ -334,14 +447,22 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
     -------
     NetworkPlan
     """
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be an iterable of lowmem_numba.Layer rows or (name, x_shape, w_shape, "
+                        f"conv_kwargs) tuples, e.g. lowmem_numba.layers(\"vgg16\"); got {layers!r}")
+    prepacked = check_flag(prepacked, "prepacked")
     plans = []
-    for layer in layers:
+    for i, layer in enumerate(layers):
         if hasattr(layer, "x_shape"):
             name, x_shape, w_shape, kwargs = layer.label, layer.x_shape(), layer.w_shape, layer.conv_args
             if layout == "NHWC":
                 x_shape = (x_shape[0],) + x_shape[2:] + (x_shape[1],)
-        else:
+        elif (isinstance(layer, (tuple, list)) and len(layer) == 4 and isinstance(layer[0], str)
+              and isinstance(layer[3], dict)):
             name, x_shape, w_shape, kwargs = layer
+        else:
+            raise TypeError(f"layers[{i}] must be a lowmem_numba.Layer or a (name, x_shape, w_shape, "
+                            f"conv_kwargs) tuple with a str name and a dict of conv2d keywords; got {layer!r}")
         plans.append((name, plan(x_shape, w_shape, memory_limit=memory_limit, threads=threads,
                                  layout=layout, mode=mode, prepacked=prepacked, **kwargs)))
     arena = max((p.workspace_bytes for _, p in plans), default=0)

@@ -8,14 +8,23 @@ reference-counted across Python threads).
 
 Numba's thread count is thread-local: each call sets its own and restores the
 caller's.  Numba's ``workqueue`` threading layer aborts the process when two
-Python threads launch parallel kernels at once, so under that layer calls are
-serialised.
+Python threads launch parallel kernels at once, so launches are serialised
+unless the layer is known to be thread-safe; the layer is made known (started)
+before the first launch, so the very first calls are covered too.
+
+GNU OpenMP does not survive ``fork``: a process forked after its parent started
+Numba's ``omp`` layer gets a RuntimeError from its first kernel call instead of
+being terminated inside it.  Every parallel kernel of the library must run
+inside :func:`kernel_threads`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from contextlib import contextmanager
+from typing import Optional
 
 import numba
 
@@ -24,8 +33,17 @@ _blas_depth = 0
 _blas_limiter = None
 _controller = None
 
-# Held around kernel launches only when Numba runs on its workqueue layer.
-_workqueue_lock = threading.RLock()
+# Held around kernel launches unless Numba's layer is one of these (workqueue
+# aborts on concurrent launches from several Python threads).
+_THREAD_SAFE_LAYERS = ("omp", "tbb")
+_serial_lock = threading.RLock()
+
+# Set in a child forked after its parent started GNU OpenMP (see
+# _after_fork_in_child): kernels must not start there.
+_forked_after_openmp = False
+
+# Per Python thread: how deep inside kernel_threads it is.
+_inside = threading.local()
 
 
 def _blas_controller():
@@ -50,9 +68,13 @@ def single_threaded_blas():
     finally:
         with _blas_lock:
             _blas_depth -= 1
-            if _blas_depth == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+            # <= and the None check: a child forked from inside this context
+            # restarts the count at zero (see _after_fork_in_child).
+            if _blas_depth <= 0:
+                _blas_depth = 0
+                if _blas_limiter is not None:
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
 
 
 def max_threads() -> int:
@@ -71,19 +93,102 @@ def numba_threads(count: int):
         numba.set_num_threads(previous)
 
 
-def _threading_layer_is_workqueue() -> bool:
+def _started_layer() -> Optional[str]:
+    """Numba's threading layer, starting it first if no kernel has run yet.
+
+    ``numba.get_num_threads`` makes Numba choose its layer and launch its
+    threads (under Numba's own lock, once), so the layer is known before the
+    first parallel region, whatever ``NUMBA_THREADING_LAYER``,
+    ``NUMBA_THREADING_LAYER_PRIORITY`` or the libraries installed (Numba falls
+    back to workqueue when libgomp and TBB are missing) make it.
+    """
+    numba.get_num_threads()
     try:
-        return numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-        return numba.config.THREADING_LAYER == "workqueue"
+        return numba.threading_layer()
+    except ValueError:  # not started after all: treat as unknown
+        return None
+
+
+def _check_not_forked_from_openmp() -> None:
+    if _forked_after_openmp:
+        raise RuntimeError(
+            "lowmem_numba: this process was forked after the OpenMP threading layer started "
+            "in its parent. GNU OpenMP cannot run parallel regions in a forked child (Numba "
+            "terminates the process, and a multiprocessing pool then waits forever). Start "
+            "worker processes with multiprocessing.get_context('spawn') or "
+            "get_context('forkserver') (concurrent.futures.ProcessPoolExecutor(mp_context=...)), "
+            "or select a fork-safe layer before the parent runs any kernel: "
+            "NUMBA_THREADING_LAYER=workqueue or tbb."
+        )
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_openmp, _serial_lock, _blas_lock, _blas_depth, _blas_limiter
+    # Locks held by other threads of the parent at fork time stay held forever
+    # in the child (which has only the forking thread): start afresh.
+    _serial_lock = threading.RLock()
+    _blas_lock = threading.Lock()
+    _blas_depth = 0
+    _blas_limiter = None
+    # Asked of Numba rather than recorded by kernel_threads, so a layer started
+    # by any code of the parent counts.  Only GNU OpenMP (Linux) breaks after a
+    # fork; other OpenMP runtimes, TBB and workqueue re-create their threads.
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return
+    if layer == "omp" and sys.platform.startswith("linux"):
+        _forked_after_openmp = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
-def kernel_threads(count: int):
-    """Context for running kernels on ``count`` threads with BLAS single-threaded."""
-    if _threading_layer_is_workqueue():
-        with _workqueue_lock, numba_threads(count), single_threaded_blas():
+def kernel_threads(count: Optional[int] = None):
+    """Context every parallel kernel of the library runs in.
+
+    Parameters
+    ----------
+    count : int, optional
+        Numba threads for this Python thread's kernels; the calling thread's
+        current count if None.
+
+    Raises
+    ------
+    RuntimeError
+        In a process forked after its parent started GNU OpenMP, before any
+        parallel region is entered (where it would otherwise be killed).
+
+    Notes
+    -----
+    Launches are serialised unless Numba's layer is known to accept parallel
+    regions from several Python threads at once (``omp``, ``tbb``): the
+    workqueue layer aborts the process on concurrent launches, and an unknown
+    layer gets the same caution.
+    """
+    _check_not_forked_from_openmp()
+    layer = _started_layer()
+    if count is None:
+        count = numba.get_num_threads()
+    if layer in _THREAD_SAFE_LAYERS:
+        with numba_threads(count), single_threaded_blas(), _marked_inside():
             yield
     else:
-        with numba_threads(count), single_threaded_blas():
+        with _serial_lock, numba_threads(count), single_threaded_blas(), _marked_inside():
             yield
+
+
+@contextmanager
+def _marked_inside():
+    _inside.depth = getattr(_inside, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _inside.depth -= 1
+
+
+def inside_kernel_threads() -> bool:
+    """Whether this Python thread is inside :func:`kernel_threads` (for checks and tests)."""
+    return getattr(_inside, "depth", 0) > 0

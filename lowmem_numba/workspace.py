@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .geometry import check_flag
 from .registry import FLOAT32_BYTES
 
 
@@ -35,10 +36,12 @@ class Workspace:
     """
 
     def __init__(self, nbytes: int = 0, *, fixed: bool = False):
-        if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
-            raise ValueError(f"nbytes must be a non-negative int; got {nbytes!r}")
+        if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, (bool, np.bool_)):
+            raise TypeError(f"nbytes must be an int number of bytes; got {nbytes!r}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0; got {nbytes!r}")
+        self.fixed = check_flag(fixed, "fixed")
         self._buffer = np.empty(-(-int(nbytes) // FLOAT32_BYTES), dtype=np.float32)
-        self.fixed = bool(fixed)
         self._lock = threading.Lock()
         self.grow_count = 0
 
@@ -51,6 +54,20 @@ class Workspace:
         kind = "fixed" if self.fixed else "growable"
         return f"Workspace({self.nbytes} bytes, {kind})"
 
+    def check_fits(self, elements: int) -> None:
+        """Raise now, before a call allocates anything, if a fixed arena is too small.
+
+        Raises
+        ------
+        ValueError
+            If the workspace is fixed and holds fewer than ``elements`` floats.
+        """
+        if self.fixed and elements > self._buffer.size:
+            needed = elements * FLOAT32_BYTES
+            raise ValueError(
+                f"workspace is fixed at {self.nbytes} bytes but this call needs {needed} "
+                f"bytes; create Workspace({needed}) or let it grow (fixed=False)")
+
     @contextmanager
     def lease(self, elements: int):
         """Hold the arena for one call and yield its first ``elements`` floats.
@@ -62,11 +79,7 @@ class Workspace:
         """
         with self._lock:
             if elements > self._buffer.size:
-                needed = elements * FLOAT32_BYTES
-                if self.fixed:
-                    raise ValueError(
-                        f"workspace is fixed at {self.nbytes} bytes but this call needs {needed} "
-                        f"bytes; create Workspace({needed}) or let it grow (fixed=False)")
+                self.check_fits(elements)
                 self._buffer = np.empty(elements, dtype=np.float32)
                 self.grow_count += 1
             yield self._buffer[:elements]
@@ -88,9 +101,21 @@ class Workspace:
         Returns
         -------
         Workspace
+
+        Raises
+        ------
+        TypeError, ValueError
+            If an argument is of the wrong kind, the counts differ, or a shape
+            is invalid for its layer (as a call on it would raise).
         """
-        layers = list(layers)
-        input_shapes = list(input_shapes)
+        from .layer import Conv2d
+
+        fixed = check_flag(fixed, "fixed")
+        layers = _as_list(layers, "layers")
+        input_shapes = _as_list(input_shapes, "input_shapes")
+        for layer in layers:
+            if not isinstance(layer, Conv2d):
+                raise TypeError(f"layers must hold lowmem_numba.Conv2d objects; got {type(layer).__name__}")
         if len(layers) != len(input_shapes):
             raise ValueError(f"got {len(layers)} layers but {len(input_shapes)} input shapes")
         largest = max((layer.workspace_bytes_for(shape) for layer, shape in zip(layers, input_shapes)),
@@ -99,6 +124,12 @@ class Workspace:
         for layer in layers:
             layer.workspace = arena
         return arena
+
+
+def _as_list(values, name):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence; got {type(values).__name__}")
+    return list(values)
 
 
 def check_workspace(workspace):

@@ -155,3 +155,62 @@ def test_layout_conversion_sizes_scratch_for_one_image():
         one = ln.workspace_bytes(name, (1, 8, 12, 12), (8, 8, 1, 1), threads=1)
         eight = ln.workspace_bytes(name, (8, 8, 12, 12), (8, 8, 1, 1), threads=1)
         assert eight == one, name
+
+
+EMPTY_X = {"NCHW": (0, 3, 6, 5), "NHWC": (0, 6, 5, 3)}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_empty_batch_on_every_functional_path(layout):
+    # N = 0 is a valid batch: every entry point answers with an empty float32
+    # result of the right shape, and no path divides or tiles by the batch.
+    x = np.ones(EMPTY_X[layout], np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    expected = (0, 4, 6, 5) if layout == "NCHW" else (0, 6, 5, 4)
+    for kwargs in ({}, {"memory_limit": 0}, {"threads": 1}, {"bias": np.ones(4, np.float32)}):
+        got = ln.conv2d(x, w, padding=1, layout=layout, **kwargs)
+        assert got.shape == expected and got.dtype == np.float32
+    for name in ALGORITHMS:
+        kernel = (4, 3, 3, 3) if ln.supports(name, x.shape, w.shape, padding=1, layout=layout) else (4, 3, 1, 1)
+        padding = 1 if kernel[2] == 3 else 0
+        got = ln.conv2d(x, np.ones(kernel, np.float32), padding=padding, algorithm=name, layout=layout,
+                        memory_limit=0)
+        assert got.shape == expected and got.dtype == np.float32
+        for threads in range(1, ln.threads.max_threads() + 1):
+            # An empty call computes nothing, so it needs no workspace at all.
+            assert ln.workspace_bytes(name, x.shape, kernel, padding=padding, threads=threads,
+                                      layout=layout) == 0
+    for memory_limit in (None, 0):
+        chosen = ln.plan(x.shape, w.shape, padding=1, layout=layout, memory_limit=memory_limit)
+        assert chosen.workspace_bytes == 0 and chosen.algorithm in ALGORITHMS
+        assert ln.workspace_bytes("auto", x.shape, w.shape, padding=1, layout=layout,
+                                  memory_limit=memory_limit) == 0
+
+
+def test_empty_batch_tiling_helpers_do_not_divide_by_it():
+    # The kernels' own tiling plans are total in the batch (the cost model
+    # and any direct caller use them, not only conv2d's early return).
+    from lowmem_numba.algorithms import _common, kn2row, kn2row_planes
+
+    g = ln.make_geometry((0, 4, 9, 9), (6, 4, 3, 3), padding=1)
+    for threads in (1, 2, 8):
+        assert kn2row._tiling(g, threads)[2] == 0  # no thread slot, no save buffer
+        assert _common.split_plan(0, 64, 4096, threads) == (1, 1)
+        assert _common.gemm_split(0, 64, 4096, threads) == (1, 1)
+        assert kn2row_planes._gemm_split(0, 64, 4096, threads) == (1, 1)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_empty_batch_kernels_run_directly(name):
+    # Below conv2d's early return, each algorithm's run and compute accept an
+    # empty batch too and write nothing.
+    algorithm = ln.registry.get(name)
+    k = 3 if ln.supports(name, (0, 4, 9, 9), (6, 4, 3, 3), padding=1) else 1
+    g = ln.make_geometry((0, 4, 9, 9), (6, 4, k, k), padding=k // 2)
+    empty = np.empty(0, np.float32)
+    w = np.ones(6 * 4 * k * k, np.float32)
+    for threads in range(1, ln.threads.max_threads() + 1):
+        algorithm.run(empty, w, empty, empty, g, threads)
+        packed = algorithm.prepare_weights(w, g)
+        scratch = np.empty(algorithm.scratch_elements(g, threads), np.float32)
+        algorithm.compute(empty, packed, empty, empty, scratch, g, threads)

@@ -186,3 +186,37 @@ def test_threads_sharing_one_workspace_take_turns():
     for t in threads:
         t.join()
     assert len(results) == 40 and all(results)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", ALGORITHMS + ("auto",))
+def test_layer_on_an_empty_batch(name, layout):
+    # N = 0 works with and without a named algorithm, planned at construction
+    # or not, and in a shared arena; it needs no workspace.
+    k = kernel_size_for(name) if name != "auto" else 3
+    w = integers((8, 6, k, k))
+    shape = (0, 6, 9, 7) if layout == "NCHW" else (0, 9, 7, 6)
+    expected = (0, 8, 9, 7) if layout == "NCHW" else (0, 9, 7, 8)
+    for input_shape in (None, shape):
+        layer = ln.Conv2d(w, padding=k // 2, algorithm=name, layout=layout, input_shape=input_shape)
+        assert layer.workspace_bytes in (None, 0)
+        got = layer(np.ones(shape, np.float32))
+        assert got.shape == expected and got.dtype == np.float32
+        assert layer.workspace_bytes == layer.workspace_bytes_for(shape) == 0
+        out = np.empty(expected, np.float32)
+        assert layer(np.ones(shape, np.float32), out=out) is out
+    arena = ln.Workspace.shared_by([layer, ln.Conv2d(w, padding=k // 2, algorithm=name, layout=layout)],
+                                   [shape, shape])
+    assert arena.nbytes == 0 and arena.fixed
+
+
+@pytest.mark.parametrize("groups", [2, np.int64(2), np.int32(2)])
+@pytest.mark.parametrize("dilation", [2, np.int64(2), (np.int64(2), np.int8(1))])
+def test_layer_takes_numpy_integer_hyperparameters_as_conv2d_does(groups, dilation):
+    x = integers((2, 6, 11, 10))
+    w = integers((4, 3, 3, 3))
+    expected = ln.conv2d(x, w, padding=2, dilation=dilation, groups=groups, algorithm="direct-sum2d")
+    layer = ln.Conv2d(w, padding=np.int64(2), dilation=dilation, groups=groups, algorithm="kn2row-aa-ab")
+    assert type(layer.groups) is int and all(type(d) is int for d in layer.dilation)
+    np.testing.assert_array_equal(layer(x), expected)
+    np.testing.assert_array_equal(ln.Conv2d(w, padding=2, dilation=dilation, groups=groups)(x), expected)

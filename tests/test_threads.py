@@ -55,6 +55,111 @@ def test_four_python_threads_at_once(layer):
     assert "failures []" in result.stdout, result.stdout
 
 
+FIRST_CALLS = """
+    import sys
+    import threading
+    import numba
+    import numpy as np
+    import lowmem_numba as ln
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, (2, 16, 40, 40)).astype(np.float32)
+    w = rng.integers(-3, 4, (16, 16, 3, 3)).astype(np.float32)
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    # Every thread's first call is also this process's first parallel kernel:
+    # the threading layer is not chosen yet when they start.
+    jobs = [
+        lambda: ln.conv2d(x, w, padding=1, algorithm="kn2row-aa-ab"),
+        lambda: ln.conv2d(x, w, padding=1, algorithm="im2col-copy-self-ab-ki"),
+        # NHWC into an NCHW kernel: layout conversions run parallel kernels too.
+        lambda: ln.conv2d(x_nhwc, w, padding=1, algorithm="kn2row-as", layout="NHWC").transpose(0, 3, 1, 2),
+        # A layer packs its weights (a parallel kernel) outside any conv2d call.
+        lambda: ln.Conv2d(w, padding=1, algorithm="mec-col", layout="NHWC")(x_nhwc).transpose(0, 3, 1, 2),
+    ]
+    barrier = threading.Barrier(len(jobs))
+    results = [None] * len(jobs)
+
+    def worker(k):
+        barrier.wait()
+        results[k] = jobs[k]()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = ln.conv2d(x, w, padding=1, algorithm="direct-sum2d")
+    print("layer", numba.threading_layer())
+    print("failures", [k for k, got in enumerate(results) if got is None or not np.array_equal(got, expected)])
+"""
+
+
+@pytest.mark.parametrize("env", [{"NUMBA_THREADING_LAYER_PRIORITY": "workqueue omp tbb"},
+                                 {"NUMBA_THREADING_LAYER": "workqueue"}, {}],
+                         ids=["workqueue-by-priority", "workqueue-by-name", "default"])
+def test_first_calls_from_four_threads_at_once(env):
+    # The abort is a race: repeat to make a regression show.
+    for _ in range(3):
+        result = run_python(FIRST_CALLS, env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "failures []" in result.stdout, result.stdout
+        if env:
+            assert "layer workqueue" in result.stdout, result.stdout
+
+
+EVERY_LAUNCH = """
+    import sys
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+    import lowmem_numba as ln
+    from lowmem_numba import costmodel, threads
+
+    def exercise():
+        rng = np.random.default_rng(0)
+        x = rng.random((2, 4, 9, 9), dtype=np.float32)
+        w = rng.random((6, 2, 3, 3), dtype=np.float32)
+        for name in ln.algorithms():
+            for layout in ("NCHW", "NHWC"):
+                xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                options = dict(padding=1, groups=2, layout=layout)
+                if ln.supports(name, xl.shape, w.shape, **options):
+                    ln.conv2d(xl, w, algorithm=name, **options)
+                    ln.Conv2d(w, algorithm=name, **options)(xl)
+        ln.Conv2d(w, padding=1, groups=2)(x)
+        ln.plan(x.shape, w.shape, padding=1, groups=2, mode="measure")
+        costmodel.calibrate()
+
+    exercise()  # compile (or load) everything with the real dispatchers first
+    outside = set()
+
+    def watched(dispatcher):
+        def call(*args, **kwargs):
+            if not threads.inside_kernel_threads():
+                outside.add(f"{dispatcher.py_func.__module__}.{dispatcher.__name__}")
+            return dispatcher(*args, **kwargs)
+        return call
+
+    # Compiled callers are bound to the real dispatchers; Python callers look
+    # the module globals up at each call and now meet the watchers.
+    watchers = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lowmem_numba"):
+            for attribute, value in list(vars(module).items()):
+                if isinstance(value, Dispatcher):
+                    setattr(module, attribute, watchers.setdefault(id(value), watched(value)))
+    exercise()
+    print("outside", sorted(outside))
+"""
+
+
+def test_every_kernel_launch_from_python_is_inside_kernel_threads(tmp_path):
+    # Numba's workqueue layer aborts on concurrent launches only by chance;
+    # this finds any launch path that skips kernel_threads deterministically.
+    result = run_python(EVERY_LAUNCH, {"LOWMEM_NUMBA_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "outside []" in result.stdout, result.stdout
+
+
 def test_four_python_threads_in_process():
     rng = np.random.default_rng(1)
     x = rng.integers(-3, 4, (1, 8, 20, 20)).astype(np.float32)

@@ -7,8 +7,9 @@ ints (see :func:`dims`), so one compiled specialisation serves every shape.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..layout import transpose_blocks
 
@@ -73,8 +74,8 @@ def gemm_split(count: int, m: int, n: int, threads: int, min_cols: int = 128):
     columns are cut first (each tile keeps >= ``min_cols`` columns, the width at
     which a single-threaded sgemm stays efficient), then rows.
     """
-    if count >= threads:
-        return 1, 1
+    if count >= threads or count < 1:
+        return 1, 1  # one item per GEMM, or no GEMM at all (an empty batch)
     want = ceil_div(threads, count)
     n_tiles = max(1, min(want, n // min_cols))
     m_blocks = max(1, min(ceil_div(want, n_tiles), m // 16))
@@ -96,8 +97,8 @@ def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COL
     ``items / threads``, preferring the fewest tiles (each tile repacks its
     operands) and column cuts over row cuts.  Also used by the MEC kernels.
     """
-    if threads <= 1:
-        return 1, 1
+    if threads <= 1 or count < 1:
+        return 1, 1  # nothing to balance, or no GEMM at all (an empty batch)
     max_cols = max(1, min(cols // min_cols, 4 * threads))
     max_rows = max(1, min(rows // min_rows, 4 * threads))
     best, best_cost = (1, 1), None

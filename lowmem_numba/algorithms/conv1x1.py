@@ -19,9 +19,11 @@ column tiles.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
+from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
 from ._common import add_bias_rows, dims, split_plan, tile_bounds
 
@@ -56,7 +58,10 @@ def _unsupported(g):
         return f"stride {g.stride} (conv-1x1-gemm needs stride 1: the input plane is the GEMM operand)"
     if any(p for pair in g.padding for p in pair):
         return f"padding {g.padding} (conv-1x1-gemm needs zero padding)"
-    return None
+    # One GEMM per image and group: m = M/g, n = ldb = ldc = H*W, k = lda = C/g.
+    return blas_limit_reason({"m = M/g": g.out_channels_per_group,
+                              "n = ldb = ldc = H*W": g.height * g.width,
+                              "k = lda = C/g": g.channels_per_group})
 
 
 def _compute(x, weights, bias, out, scratch, g, threads):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..registry import Algorithm, register
 from ._common import dims, fill_rows, valid_range
 

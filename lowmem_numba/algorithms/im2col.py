@@ -61,9 +61,11 @@ output-channel block, pixel tile) items.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
+from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
 from ._common import add_bias_cols, add_bias_rows, dims, gemm_split, tile_bounds, valid_range
 
@@ -233,6 +235,21 @@ def _scratch(g, threads):
     return g.in_channels * g.kernel_taps * g.out_height * g.out_width
 
 
+def _unsupported_with(form):
+    def unsupported(g):
+        """ab-ki: m = M/g, n = ldb = ldc = Ho*Wo, k = lda = C/g*kh*kw.
+        atbt-ik: m = lda = Ho*Wo, n = M/g, k = ldb = C/g*kh*kw, ldc = M."""
+        plane = g.out_height * g.out_width
+        if form == AB_KI:
+            sizes = {"m = M/g": g.out_channels_per_group, "n = ldb = ldc = Ho*Wo": plane,
+                     "k = lda = C/g*kh*kw": g.reduction_size}
+        else:
+            sizes = {"m = lda = Ho*Wo": plane, "n = M/g": g.out_channels_per_group,
+                     "k = ldb = C/g*kh*kw": g.reduction_size, "ldc = M": g.out_channels}
+        return blas_limit_reason(sizes)
+    return unsupported
+
+
 def _register(builder_name, builder, builder_text, form_name, form, form_text, output_layout):
     def compute(x, weights, bias, out, scratch, g, threads):
         m_blocks, n_tiles = gemm_split(g.groups, g.out_channels_per_group,
@@ -244,7 +261,7 @@ def _register(builder_name, builder, builder_text, form_name, form, form_text, o
         family="im2col",
         summary=f"Patch matrix ({builder_text}), then {form_text} per group.",
         workspace_formula="C·kh·kw·Ho·Wo",
-        unsupported=lambda g: None,
+        unsupported=_unsupported_with(form),
         packed_weight_elements=lambda g: 0,
         pack_weights=None,
         scratch_elements=_scratch,

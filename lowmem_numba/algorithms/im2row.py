@@ -60,9 +60,11 @@ anyway.  So the registered form is the full matrix.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
+from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
 from ._common import add_bias_cols, add_bias_rows, all_weights, dims, gemm_split, tile_bounds, valid_range
 
@@ -229,6 +231,23 @@ def _scratch(g, threads):
     return g.kernel_taps * g.in_channels * g.out_height * g.out_width
 
 
+def _unsupported_with(channels_out):
+    def unsupported(g):
+        """ab-ik: m = Ho*Wo, n = ldb = M/g, k = kh*kw*C/g, lda = kh*kw*C, ldc = M.
+        abt-ki: m = M/g, n = ldc = Ho*Wo, k = lda = kh*kw*C/g, ldb = kh*kw*C."""
+        plane = g.out_height * g.out_width
+        row = g.kernel_taps * g.in_channels
+        if channels_out:
+            sizes = {"m = Ho*Wo": plane, "n = ldb = M/g": g.out_channels_per_group,
+                     "k = kh*kw*C/g": g.reduction_size, "lda = kh*kw*C": row,
+                     "ldc = M": g.out_channels}
+        else:
+            sizes = {"m = M/g": g.out_channels_per_group, "n = ldc = Ho*Wo": plane,
+                     "k = lda = kh*kw*C/g": g.reduction_size, "ldb = kh*kw*C": row}
+        return blas_limit_reason(sizes)
+    return unsupported
+
+
 def _register(builder, scan, form, channels_out):
     def pack(weight, g, dest):
         _pack(weight, dest, dims(g), channels_out)
@@ -246,7 +265,7 @@ def _register(builder, scan, form, channels_out):
         family="im2row",
         summary=f"Row-per-pixel patch matrix of an HWC image ({how}), then {gemm_text} per group.",
         workspace_formula="kh·kw·C·Ho·Wo + M·C/g·kh·kw (packed weights)",
-        unsupported=lambda g: None,
+        unsupported=_unsupported_with(channels_out),
         packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch,

@@ -34,9 +34,11 @@ kn2row-aa-atbt   (C/g x M/g), transposed     HWC, transposed     NHWC / NHWC
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
+from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
 from ._common import all_weights, ceil_div, dims, kn2row_family_unsupported, pack_tap_major, valid_range
 
@@ -201,7 +203,8 @@ def _tiling(g, threads):
     bands = ceil_div(g.out_height, rows_per_band)
     independent = g.batch * g.groups * bands
     m_blocks = 1
-    if independent < threads:
+    # An empty batch has no items: no blocks to cut, no slot, no scratch.
+    if 0 < independent < threads:
         m_blocks = max(1, min(ceil_div(threads, independent), g.out_channels_per_group // 16))
     slots = min(threads, independent * m_blocks)
     save_cols = 0
@@ -216,6 +219,31 @@ def _tiling(g, threads):
 def _scratch(g, threads):
     m_blocks, _, slots, save_cols = _tiling(g, threads)
     return slots * ceil_div(g.out_channels_per_group, m_blocks) * save_cols
+
+
+def _blas_sizes(g, a_transposed, channels_last):
+    """Largest m, n, k and leading dimensions the variant passes to gemm (per image).
+
+    CHW: m = M/g, n = band pixels (<= Ho*Wo), k = C/g, lda = C/g (M/g when A
+    is transposed), ldb = H*W, ldc = Ho*Wo.  HWC (the transposed product):
+    m = band pixels, n = M/g, k = C/g, lda = C, ldb = C/g (M/g), ldc = M.
+    """
+    cg, mg = g.channels_per_group, g.out_channels_per_group
+    pixels = g.out_height * g.out_width
+    if channels_last:
+        return {"m = band pixels <= Ho*Wo": pixels, "n = M/g": mg, "k = C/g": cg,
+                "lda = C": g.in_channels, "ldb = " + ("M/g" if a_transposed else "C/g"):
+                mg if a_transposed else cg, "ldc = M": g.out_channels}
+    return {"m = M/g": mg, "n = ldc = Ho*Wo": pixels, "k = C/g": cg,
+            "lda = " + ("M/g" if a_transposed else "C/g"): mg if a_transposed else cg,
+            "ldb = H*W": g.height * g.width}
+
+
+def _unsupported_with(a_transposed, channels_last):
+    def unsupported(g):
+        return kn2row_family_unsupported(g) or blas_limit_reason(
+            _blas_sizes(g, a_transposed, channels_last))
+    return unsupported
 
 
 def _register(suffix, a_transposed, channels_last):
@@ -237,7 +265,7 @@ def _register(suffix, a_transposed, channels_last):
         summary=f"Per-tap 1x1 GEMMs ({operands}) accumulating (beta=1) into the shifted output; "
                 "edge pixels saved and restored.",
         workspace_formula="M·C/g·kh·kw (packed weights) + threads·M·|dx|·(band rows − 1)",
-        unsupported=kn2row_family_unsupported,
+        unsupported=_unsupported_with(a_transposed, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch,

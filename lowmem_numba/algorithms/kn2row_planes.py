@@ -48,8 +48,10 @@ every element is written once per tap by exactly one thread.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from ..geometry import blas_limit_reason
 from ..layout import transpose_blocks
 from ..registry import Algorithm, register
 from ._common import (
@@ -270,7 +272,7 @@ def _gemm_split(count, m, n, threads):
     Like ``_common.gemm_split`` but prefers rows unless columns stay wide: the
     partial-plane GEMMs have a short k (C/g) and are often short in one of m, n.
     """
-    if count >= threads:
+    if count >= threads or count < 1:
         return 1, 1
     want = ceil_div(threads, count)
     n_tiles = max(1, min(want, n // _WIDE_COLUMNS))
@@ -299,6 +301,31 @@ def _plan(g, threads, one_gemm, channels_last):
     return m_blocks, n_tiles, s_blocks, bands
 
 
+def _blas_sizes(g, one_gemm, channels_last):
+    """Largest m, n, k and leading dimensions the variant passes to gemm (per image).
+
+    With nt taps per GEMM (kh*kw or 1) and T = kh*kw: the row form has
+    m = nt*M/g, n = ldb = ldc = H*W, k = lda = C/g; the column form has
+    m = H*W, n = nt*M/g, k = C/g, lda = C, ldb = T*M/g (the packed weights hold
+    every tap) and ldc = nt*M.
+    """
+    nt = _taps_per_gemm(g, one_gemm)
+    hw = g.height * g.width
+    cg, mg = g.channels_per_group, g.out_channels_per_group
+    if channels_last:
+        return {"m = H*W": hw, f"n = {'kh*kw*' if one_gemm else ''}M/g": nt * mg, "k = C/g": cg,
+                "lda = C": g.in_channels, "ldb = kh*kw*M/g": g.kernel_taps * mg,
+                f"ldc = {'kh*kw*' if one_gemm else ''}M": nt * g.out_channels}
+    return {f"m = {'kh*kw*' if one_gemm else ''}M/g": nt * mg, "n = ldb = ldc = H*W": hw,
+            "k = lda = C/g": cg}
+
+
+def _unsupported_with(one_gemm, channels_last):
+    def unsupported(g):
+        return kn2row_family_unsupported(g) or blas_limit_reason(_blas_sizes(g, one_gemm, channels_last))
+    return unsupported
+
+
 def _register(name, one_gemm, channels_last, summary):
     def pack(weight, g, dest):
         _pack(weight, g, dest, channels_last)
@@ -313,7 +340,7 @@ def _register(name, one_gemm, channels_last, summary):
         family="kn2row",
         summary=summary,
         workspace_formula=("kh·kw·M·H·W" if one_gemm else "M·H·W") + " + M·C/g·kh·kw (packed weights)",
-        unsupported=kn2row_family_unsupported,
+        unsupported=_unsupported_with(one_gemm, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
         scratch_elements=_scratch_for(one_gemm),

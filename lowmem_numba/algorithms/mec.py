@@ -69,9 +69,11 @@ contiguous channels, and the GEMM writes output rows of M contiguous channels.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
+from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
 from ._common import add_bias_cols, all_weights, dims, split_plan, tile_bounds, valid_range
 
@@ -235,6 +237,23 @@ def _scratch_with(whole_batch):
     return scratch
 
 
+def _unsupported_with(whole_batch):
+    def unsupported(g):
+        """The per-row GEMM: m <= (images per lowering)*Wo, n <= M/g,
+        k <= kh*kw*C/g, lda = H*kw*C/g (L's block per output column),
+        ldb = kh*kw*C/g, ldc = M."""
+        run = g.kernel_w * g.channels_per_group
+        rows = ("m = N*Wo", g.batch * g.out_width) if whole_batch else ("m = Wo", g.out_width)
+        return blas_limit_reason({
+            rows[0]: rows[1],
+            "n = M/g": g.out_channels_per_group,
+            "k = ldb = kh*kw*C/g": g.kernel_h * run,
+            "lda = H*kw*C/g": g.height * run,
+            "ldc = M": g.out_channels,
+        })
+    return unsupported
+
+
 def _pack(weight, g, dest):
     _pack_weights(weight, dest, dims(g))
 
@@ -261,7 +280,7 @@ for _name, _whole_batch, _summary, _formula in (
         family="mec",
         summary=_summary,
         workspace_formula=_formula,
-        unsupported=lambda g: None,
+        unsupported=_unsupported_with(_whole_batch),
         packed_weight_elements=all_weights,
         pack_weights=_pack,
         scratch_elements=_scratch_with(_whole_batch),
