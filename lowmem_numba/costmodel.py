@@ -88,6 +88,10 @@ def describe_work(name: str, g, threads: int, layout: str) -> Work:
     launches = 2 + (n_img if into or back else 0)
     if name == "direct-sum2d":
         return Work((), moved, g.flops, launches)
+    if name.startswith(("pointwise-ukernel", "direct-ukernel")):
+        from .algorithms.ukernel import micro_gemms
+
+        return Work(micro_gemms(g), moved, 0, launches)
     if name == "conv-1x1-gemm":
         return Work(((n_img * groups, m, hw, c),), moved, 0, launches)
     if name.startswith(("im2col", "im2row")):

@@ -2,3 +2,4 @@
 order :func:`lowmem_numba.algorithms` lists them."""
 
 from . import direct, conv1x1, im2col, im2row, mec, kn2row_planes, kn2row  # noqa: F401
+from . import ukernel  # noqa: F401  (own register-tiled micro-kernel)

@@ -1,0 +1,337 @@
+"""A register-tiled micro-kernel in explicit LLVM vector IR, callable from Numba.
+
+Plain Numba loops cannot keep a GEMM accumulator tile in registers: LLVM
+unrolls before it vectorises and spills (6.7-16.7 GFLOP/s measured, against
+about 125 for a large sgemm; see ``/work/shared/notes/microkernel.md``).  The
+intrinsics here emit the inner loop by hand with generic ``<VL x float>``
+vectors and ``llvm.fma.vNf32``, so the whole ``MR x NR`` accumulator tile lives
+in vector registers for the entire reduction.  Being a Numba ``@intrinsic``,
+the IR becomes part of every kernel that calls it, so ``cache=True`` kernels
+load in a new process with no compilation and no external symbol.
+
+What one call computes
+----------------------
+One tile of ``mr <= MR`` output pixels by ``nr <= NR`` output channels::
+
+    out[o(r) + l * o_lstep] = bias[b_off + l]
+        + sum_{i < ni, j < nj, c < kc} w[w_off + i*w_istep + j*w_jstep + c*w_cstep + l]
+                                        * x[x(r) + i*x_istep + j*x_jstep + c*x_cstep]
+
+for ``r < mr`` and ``l < nr``.  The weights are the *vector* operand: ``NR``
+contiguous lanes per reduction step, packed and zero-padded to ``NR`` by the
+caller, so they are always read in full.  The input is the *broadcast*
+operand: one scalar per pixel per step, each pixel addressed by its own
+offset, which serves any stride, dilation and layout (NCHW: ``x_cstep = H*W``;
+NHWC: ``x_cstep = 1``).  Pixel ``r`` of the tile is pixel ``p0 + r`` of a
+rectangle ``nx`` pixels wide, so a tile may wrap onto the next row::
+
+    (y, x) = divmod(p0 + r, nx)
+    x(r) = x_off + y*x_ystep + x*x_xstep        o(r) = o_off + y*o_ystep + x*o_xstep
+
+Rows ``r >= mr`` of a partial tile re-read pixel ``mr - 1`` (always in bounds)
+and are never stored; lanes ``l >= nr`` are never stored either, and the bias
+is only read at lanes ``l < nr``.  Nothing outside the given blocks is read or
+written.
+
+Stores take one of three paths:
+
+* channels contiguous (``o_lstep == 1``, NHWC) and a full tile: one vector
+  store per accumulator;
+* channels strided (NCHW) and a full tile whose pixels are contiguous in the
+  output: the tile is transposed in registers (``shufflevector`` block swaps)
+  and each channel's ``MR`` pixels are stored as one short vector;
+* anything else (edge tiles): the tile goes through a stack buffer and is
+  stored element by element.
+
+Tile shapes per machine
+-----------------------
+Chosen at import from the host features LLVM reports (``TILE`` below); the IR
+itself is target-independent (generic vectors are split or widened by the
+backend), so it compiles wherever LLVM does, just not always at full speed.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# ----------------------------------------------------------------- tuning
+
+#: (vector lanes VL, tile rows MR, vectors per row NV) by host ISA.  NR = NV*VL
+#: output channels per tile, MR*NV accumulators.  AVX-512 has 32 zmm registers:
+#: 12x2 = 24 accumulators + 2 weight vectors + broadcasts fit without spills
+#: (12x32 and 8x48 both measured 112-117 GFLOP/s on 1x1 shapes, notes/microkernel.md;
+#: this module's 12x32 ran 1x1 GEMM loops at 105-117 against scipy sgemm's 82-102
+#: on the same shapes, 64x64x3136 ... 2048x512x48, one thread, best of 7);
+#: 12x32 wastes fewer lanes on channel counts that are multiples of 32 but not
+#: of 48 (64, 96...).  AVX2 has 16 ymm registers: 6x2 = 12 accumulators + 2
+#: + broadcasts.  The generic fallback (SSE, NEON...) uses 4 lanes and 8 accumulators.
+#: MR must not exceed VL (the NCHW store transposes an MR x VL block padded to VL x VL).
+TILE_AVX512 = (16, 12, 2)
+TILE_AVX2 = (8, 6, 2)
+TILE_GENERIC = (4, 4, 2)
+
+#: Rows of the small kernel used for remainders (``mr <= SMALL_MR``): with NV
+#: vectors it keeps SMALL_MR*NV >= 8 independent FMAs in flight (FMA latency 4
+#: cycles x 2 pipes on Zen 4), so a 1-4 pixel remainder costs a third of a full
+#: AVX-512 tile instead of a whole one.
+SMALL_MR_AVX512 = 4
+SMALL_MR_AVX2 = 2
+SMALL_MR_GENERIC = 2
+
+
+def host_isa() -> str:
+    """The vector ISA class of this host, as LLVM reports it: ``"avx512"``,
+    ``"avx2"`` or ``"generic"``."""
+    try:
+        features = llvm.get_host_cpu_features()
+    except Exception:  # some hosts report nothing; generic IR works everywhere
+        return "generic"
+    if features.get("avx512f"):
+        return "avx512"
+    if features.get("avx2") and features.get("fma"):
+        return "avx2"
+    return "generic"
+
+
+ISA = host_isa()
+VL, MR, NV = {"avx512": TILE_AVX512, "avx2": TILE_AVX2}.get(ISA, TILE_GENERIC)
+NR = VL * NV
+SMALL_MR = {"avx512": SMALL_MR_AVX512, "avx2": SMALL_MR_AVX2}.get(ISA, SMALL_MR_GENERIC)
+TILE = (MR, NR)
+
+
+# ----------------------------------------------------------------- IR emission
+
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+
+
+def _const(value):
+    return ir.Constant(_I64, value)
+
+
+def _element_ptr(builder, base, index):
+    return builder.gep(base, [index])
+
+
+def _load_vector(builder, base, index, vector_type):
+    ptr = builder.bitcast(_element_ptr(builder, base, index), vector_type.as_pointer())
+    return builder.load(ptr, align=4)
+
+
+def _store_vector(builder, value, base, index):
+    ptr = builder.bitcast(_element_ptr(builder, base, index), value.type.as_pointer())
+    builder.store(value, ptr, align=4)
+
+
+def _mask(indices):
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
+
+
+def _transpose(builder, rows, lanes):
+    """Transpose a ``lanes x lanes`` block held as ``lanes`` vectors, by
+    swapping off-diagonal blocks of halving size (log2(lanes) rounds of
+    two-input shuffles, which the backend maps to permute instructions)."""
+    rows = list(rows)
+    block = lanes // 2
+    while block >= 1:
+        low = [l if not l & block else lanes + l - block for l in range(lanes)]
+        high = [l + block if not l & block else lanes + l for l in range(lanes)]
+        for i in range(lanes):
+            if not i & block:
+                a, b = rows[i], rows[i + block]
+                rows[i] = builder.shuffle_vector(a, b, _mask(low))
+                rows[i + block] = builder.shuffle_vector(a, b, _mask(high))
+        block //= 2
+    return rows
+
+
+def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
+    (w_t, x_t, out_t, bias_t) = (sig.args[0], sig.args[5], sig.args[18], sig.args[24])
+    (w, w_off, w_cstep, w_jstep, w_istep,
+     x, x_off, x_ystep, x_xstep, x_cstep, x_jstep, x_istep,
+     p0, nx, mr, kc, nj, ni,
+     out, o_off, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias) = args
+    nr_max = nv * vl
+    vty = ir.VectorType(_F32, vl)
+    zero = ir.Constant(vty, [0.0] * vl)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                         f"llvm.fma.v{vl}f32")
+    w_ptr = context.make_array(w_t)(context, builder, w).data
+    x_ptr = context.make_array(x_t)(context, builder, x).data
+    o_ptr = context.make_array(out_t)(context, builder, out).data
+    b_ptr = context.make_array(bias_t)(context, builder, bias).data
+
+    # Per-pixel input and output offsets, stepping (y, x) through the
+    # rectangle without division; rows past mr repeat pixel mr - 1.
+    y = builder.sdiv(p0, nx)
+    xx = builder.sub(p0, builder.mul(y, nx))
+    x_rows, o_rows = [], []
+    for r in range(mr_max):
+        if r:
+            advance = builder.icmp_signed("<", _const(r), mr)
+            nxt = builder.add(xx, _const(1))
+            wrap = builder.icmp_signed("==", nxt, nx)
+            nxt_x = builder.select(wrap, _const(0), nxt)
+            nxt_y = builder.select(wrap, builder.add(y, _const(1)), y)
+            xx = builder.select(advance, nxt_x, xx)
+            y = builder.select(advance, nxt_y, y)
+        x_rows.append(builder.add(x_off, builder.add(builder.mul(y, x_ystep), builder.mul(xx, x_xstep))))
+        o_rows.append(builder.add(o_off, builder.add(builder.mul(y, o_ystep), builder.mul(xx, o_xstep))))
+
+    # Accumulators in allocas: SROA/mem2reg turns them into SSA values carried
+    # through the loops, i.e. registers.
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr_max)]
+
+    with cgutils.for_range(builder, ni) as loop_i:
+        i = loop_i.index
+        w_i = builder.add(w_off, builder.mul(i, w_istep))
+        x_i = builder.mul(i, x_istep)
+        with cgutils.for_range(builder, nj) as loop_j:
+            j = loop_j.index
+            w_ij = builder.add(w_i, builder.mul(j, w_jstep))
+            x_ij = builder.add(x_i, builder.mul(j, x_jstep))
+            x_bases = [builder.add(row, x_ij) for row in x_rows]
+            with cgutils.for_range(builder, kc) as loop_c:
+                c = loop_c.index
+                w_at = builder.add(w_ij, builder.mul(c, w_cstep))
+                x_at = builder.mul(c, x_cstep)
+                weights = [_load_vector(builder, w_ptr, builder.add(w_at, _const(v * vl)), vty)
+                           for v in range(nv)]
+                for r in range(mr_max):
+                    scalar = builder.load(_element_ptr(builder, x_ptr, builder.add(x_bases[r], x_at)))
+                    vec = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar,
+                                                 ir.Constant(ir.IntType(32), 0))
+                    vec = builder.shuffle_vector(vec, ir.Constant(vty, ir.Undefined),
+                                                 ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+                    for v in range(nv):
+                        acc = builder.load(accs[r][v])
+                        builder.store(builder.call(fma, [weights[v], vec, acc]), accs[r][v])
+
+    full = builder.and_(builder.icmp_signed("==", mr, _const(mr_max)),
+                        builder.icmp_signed("==", nr, _const(nr_max)))
+    lanes_contiguous = builder.icmp_signed("==", o_lstep, _const(1))
+    # Pixels contiguous in the output: offsets strictly increase, so the last
+    # one being mr_max - 1 past the first means every step is 1.
+    pixels_contiguous = builder.icmp_signed(
+        "==", builder.sub(o_rows[-1], o_rows[0]), _const(mr_max - 1))
+    bias_on = builder.icmp_signed("!=", has_bias, _const(0))
+
+    def add_bias_vectors():
+        with builder.if_then(bias_on):
+            for v in range(nv):
+                b = _load_vector(builder, b_ptr, builder.add(b_off, _const(v * vl)), vty)
+                for r in range(mr_max):
+                    builder.store(builder.fadd(builder.load(accs[r][v]), b), accs[r][v])
+
+    fast_nhwc = builder.and_(full, lanes_contiguous)
+    fast_nchw = builder.and_(builder.and_(full, builder.not_(lanes_contiguous)), pixels_contiguous)
+    with builder.if_else(fast_nhwc) as (then_nhwc, otherwise):
+        with then_nhwc:
+            add_bias_vectors()
+            for r in range(mr_max):
+                for v in range(nv):
+                    _store_vector(builder, builder.load(accs[r][v]), o_ptr,
+                                  builder.add(o_rows[r], _const(v * vl)))
+        with otherwise:
+            with builder.if_else(fast_nchw) as (then_nchw, general):
+                with then_nchw:
+                    add_bias_vectors()
+                    short = ir.Constant(ir.VectorType(ir.IntType(32), mr_max), list(range(mr_max)))
+                    for v in range(nv):
+                        block = [builder.load(accs[r][v]) for r in range(mr_max)]
+                        block += [zero] * (vl - mr_max)
+                        columns = _transpose(builder, block, vl)
+                        for lane in range(vl):
+                            pixels = builder.shuffle_vector(columns[lane], ir.Constant(vty, ir.Undefined),
+                                                            short)
+                            at = builder.add(o_rows[0], builder.mul(_const(v * vl + lane), o_lstep))
+                            _store_vector(builder, pixels, o_ptr, at)
+                with general:
+                    _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_off,
+                                        bias_on, mr_max, nv, vl)
+    return context.get_dummy_value()
+
+
+def _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_off, bias_on,
+                        mr_max, nv, vl):
+    """Edge tiles: spill the tile to a stack buffer, store r < mr, l < nr."""
+    nr_max = nv * vl
+    buffer = cgutils.alloca_once(builder, _F32, size=mr_max * nr_max)
+    offsets = cgutils.alloca_once(builder, _I64, size=mr_max)
+    for r in range(mr_max):
+        builder.store(o_rows[r], _element_ptr(builder, offsets, _const(r)))
+        for v in range(nv):
+            _store_vector(builder, builder.load(accs[r][v]), buffer, _const(r * nr_max + v * vl))
+    with cgutils.for_range(builder, mr) as loop_r:
+        r = loop_r.index
+        row = builder.load(_element_ptr(builder, offsets, r))
+        with cgutils.for_range(builder, nr) as loop_l:
+            lane = loop_l.index
+            value_ptr = _element_ptr(builder, buffer, builder.add(builder.mul(r, _const(nr_max)), lane))
+            with builder.if_then(bias_on):
+                biased = builder.fadd(builder.load(value_ptr),
+                                      builder.load(_element_ptr(builder, b_ptr, builder.add(b_off, lane))))
+                builder.store(biased, value_ptr)
+            value = builder.load(value_ptr)
+            builder.store(value, _element_ptr(builder, o_ptr, builder.add(row, builder.mul(lane, o_lstep))))
+
+
+def _is_f32_array(t):
+    return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C"
+
+
+def make_tile_kernel(mr_max, nv=NV, vl=VL):
+    """A Numba intrinsic computing one ``mr <= mr_max`` by ``nr <= nv*vl`` tile.
+
+    Parameters
+    ----------
+    mr_max : int
+        Rows (output pixels) of the register tile; at most ``vl``.
+    nv, vl : int
+        Vectors per row and lanes per vector: ``nv*vl`` output channels.
+
+    Returns
+    -------
+    intrinsic
+        ``tile(w, w_off, w_cstep, w_jstep, w_istep, x, x_off, x_ystep, x_xstep,
+        x_cstep, x_jstep, x_istep, p0, nx, mr, kc, nj, ni, out, o_off, o_ystep,
+        o_xstep, o_lstep, nr, bias, b_off, has_bias)``, see the module docstring.
+        ``w``, ``x``, ``out`` and ``bias`` are C-contiguous float32 arrays (the
+        arrays themselves, so Numba keeps them alive); the rest are integers.
+        The caller guarantees every addressed element is in bounds.
+    """
+    if not 1 <= mr_max <= vl:
+        raise ValueError(f"tile rows {mr_max} must be in [1, {vl}]")
+
+    def tile(typingctx, w, w_off, w_cstep, w_jstep, w_istep, x, x_off, x_ystep, x_xstep, x_cstep,
+             x_jstep, x_istep, p0, nx, mr, kc, nj, ni, out, o_off, o_ystep, o_xstep, o_lstep, nr,
+             bias, b_off, has_bias):
+        if not all(_is_f32_array(a) for a in (w, x, out, bias)):
+            return None
+        i64 = types.int64
+        sig = types.void(w, i64, i64, i64, i64, x, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64,
+                         i64, i64, out, i64, i64, i64, i64, i64, bias, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            return _emit_tile(context, builder, signature, args, mr_max, nv, vl)
+
+        return sig, codegen
+
+    tile.__name__ = f"tile_{mr_max}x{nv * vl}"
+    return intrinsic(tile)
+
+
+#: The full tile and the small remainder tile for this host, and both at half
+#: width (one vector, ``VL`` channels) for channel blocks of at most ``VL``
+#: channels: with M/g = 16 a full-width tile wastes half its FMAs, and the
+#: half-width one ran 1x1 layers with M = 16 about 1.8x faster (12 FMAs per
+#: vector load and 12 broadcasts still keep both FMA pipes busy).
+tile_full = make_tile_kernel(MR)
+tile_small = make_tile_kernel(SMALL_MR)
+tile_half = make_tile_kernel(MR, nv=1)
+tile_small_half = make_tile_kernel(SMALL_MR, nv=1)

@@ -1,0 +1,334 @@
+"""pointwise-ukernel, direct-ukernel: convolution on an own register-tiled micro-kernel.
+
+No GEMM library and no lowering: the micro-kernel of :mod:`lowmem_numba._microkernel`
+keeps an ``MR x NR`` tile (``MR`` output pixels by ``NR`` output channels; 12 x 32
+on AVX-512) in vector registers while it reduces over the input channels AND the
+kernel taps, reading the input in place, and stores the tile once, bias added.
+This is the batch-reduce GEMM structure of oneDNN's direct convolution.
+
+Packing
+-------
+The weights ``(M, C/g, kh, kw)`` are packed once as
+``[groups][ceil(M/g / NR)][kh][kw][C/g][NR]``, the ``NR`` output channels of a
+block contiguous and zero-padded to ``NR``, so each reduction step is one
+contiguous run of ``NV`` vector loads.  That is the only workspace: persistent in a
+:class:`~lowmem_numba.Conv2d`, per call in the functional API.  The tile
+kernel's stack buffer for edge tiles (``MR*NR`` floats) is not heap memory.
+
+Borders
+-------
+The input is never padded.  Along each output dimension the indices split into
+an interior run, where every tap is inside the input, and the few border
+indices on either side, each with its own clipped tap range (computed, never
+stored).  Their product cuts the output plane into rectangles with one tap
+range each; each rectangle is walked in row-major order ``MR`` pixels at a time
+(a tile may wrap onto the next row), so interior tiles run the full kernel and
+the border costs a few tiles with fewer taps.  A remainder of at most
+``MR - SMALL_MR`` pixels runs on ``SMALL_MR``-row tiles, and a channel block of
+at most ``VL`` channels (M/g = 16, depthwise...) on half-width tiles.
+
+Limits
+------
+Lanes are output channels, so with few output channels per group (depthwise:
+one) most lanes idle: such layers are correct but slow, and the cost model
+prices the idle lanes so ``"auto"`` leaves them to other algorithms.  Every
+offset is a 64-bit integer: no 32-bit BLAS limit applies.
+
+Layouts
+-------
+Both kernels serve NCHW and NHWC by strides alone: one input scalar per pixel
+per step is broadcast, so the channel step is ``H*W`` (NCHW) or 1 (NHWC) and
+any stride or dilation is an offset.  NHWC output stores each pixel's channels
+as vectors; NCHW output transposes the tile in registers first.  Each layout
+is registered under its own name (``-nhwc`` suffix) so neither converts.
+
+Threads
+-------
+Items of ``prange`` are (image x group) x output-channel blocks x runs of
+tiles, cut by :func:`._common.split_plan`; inside an item, blocks of
+``TILE_BLOCK`` tiles are swept once per output-channel block, so a tile's input
+stays in cache while every weight block passes over it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from numba import prange
+
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half
+from ..registry import Algorithm, register
+from ._common import ceil_div, dims, split_plan
+
+# ----------------------------------------------------------------- tuning
+
+#: Tiles swept per output-channel block before moving to the next block: 16
+#: tiles of 12 pixels read at most 192 pixels' input (192*C/g*kh*kw*4 bytes) for
+#: every weight block.  Measured 2, 4, 8, 16, 32, 64 and unblocked on VGG-16 /
+#: ResNet-50 3x3 and 1x1 layers (one thread, batch 1): no value was better than
+#: the noise of the shared machine (about 10 %); 16 is kept as a middle value.
+TILE_BLOCK = 16
+
+
+# ----------------------------------------------------------------- geometry of borders
+
+@njit(cache=True, nogil=True)
+def _interior(out_size, in_size, stride, dilation, pad, taps):
+    """Output indices [lo, hi) where all ``taps`` taps fall inside the input
+    (lo == hi when there are none), clamped to [0, out_size)."""
+    lo = min(out_size, -(-pad // stride))
+    last = in_size - 1 + pad - (taps - 1) * dilation  # o*stride <= last
+    hi = min(out_size, last // stride + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _tap_range(o, in_size, stride, dilation, pad, taps):
+    """Taps [t0, t0 + nt) of output index ``o`` that fall inside the input."""
+    first = o * stride - pad
+    t0 = 0 if first >= 0 else min(taps, (-first + dilation - 1) // dilation)
+    t1 = min(taps, (in_size - 1 - first) // dilation + 1) if in_size - 1 - first >= 0 else 0
+    return t0, max(0, t1 - t0)
+
+
+@njit(cache=True, nogil=True)
+def _class_count(out_size, lo, hi):
+    """Runs along one dimension: the border indices one by one, the interior as one."""
+    if hi > lo:
+        return lo + 1 + (out_size - hi)
+    return out_size
+
+
+@njit(cache=True, nogil=True)
+def _class(q, out_size, lo, hi, in_size, stride, dilation, pad, taps):
+    """Run ``q`` along one dimension: (first index, count, first tap, taps)."""
+    if hi > lo:
+        if q < lo:
+            start, count = q, 1
+        elif q == lo:
+            return lo, hi - lo, 0, taps
+        else:
+            start, count = hi + (q - lo - 1), 1
+    else:
+        start, count = q, 1
+    t0, nt = _tap_range(start, in_size, stride, dilation, pad, taps)
+    return start, count, t0, nt
+
+
+@njit(cache=True, nogil=True)
+def _plane_tiles(d):
+    """Tiles of one output plane (all rectangles), in closed form.
+
+    Each border index is a run of its own and the interior one run, along each
+    dimension, so a plane has (border rows + 1) x (border columns + 1)
+    rectangles; counting them one by one took seconds for paddings of a few
+    thousand (and forever for 2**31) while only planning.
+    """
+    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    ylo, yhi = _interior(HO, H, SH, DH, PT, KH)
+    xlo, xhi = _interior(WO, W, SW, DW, PL, KW)
+    ny, nx = yhi - ylo, xhi - xlo  # interior run lengths (0: no interior)
+    by, bx = HO - ny, WO - nx      # border indices, one run each
+    # border x border: one pixel each; border x interior runs; interior x interior
+    return (by * bx + by * ((nx + MR - 1) // MR) + bx * ((ny + MR - 1) // MR)
+            + (ny * nx + MR - 1) // MR)
+
+
+# ----------------------------------------------------------------- the kernel
+
+@njit(cache=True, nogil=True)
+def _tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+          x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias):
+    """One tile on the kernel that fits it: full or small rows, full or half width."""
+    if small:
+        if half:
+            tile_small_half(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+                            x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                            bias, b_off, has_bias)
+        else:
+            tile_small(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+                       x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                       bias, b_off, has_bias)
+    elif half:
+        tile_half(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+                  x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                  bias, b_off, has_bias)
+    else:
+        tile_full(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+                  x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                  bias, b_off, has_bias)
+
+
+@njit(parallel=True, cache=True)
+def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
+    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    cg = C // G
+    mg = M // G
+    blocks = (mg + NR - 1) // NR
+    taps = KH * KW
+    has_bias = 1 if bias.size else 0
+    pix = C if nhwc else 1                   # input elements per pixel step
+    x_cstep = 1 if nhwc else H * W
+    x_row = W * pix
+    o_lstep = 1 if nhwc else HO * WO
+    o_xstep = M if nhwc else 1
+    o_ystep = WO * o_xstep
+    w_cstep = NR
+    w_jstep = cg * NR
+    w_istep = KW * cg * NR
+    ylo, yhi = _interior(HO, H, SH, DH, PT, KH)
+    xlo, xhi = _interior(WO, W, SW, DW, PL, KW)
+    y_classes = _class_count(HO, ylo, yhi)
+    x_classes = _class_count(WO, xlo, xhi)
+    per_image = m_chunks * t_chunks
+    for item in prange(N * G * per_image):
+        ng = item // per_image
+        n = ng // G
+        g = ng % G
+        mc = item % per_image // t_chunks
+        tc = item % t_chunks
+        mb0 = mc * blocks // m_chunks
+        mb1 = (mc + 1) * blocks // m_chunks
+        t_lo = tc * plane_tiles // t_chunks
+        t_hi = (tc + 1) * plane_tiles // t_chunks
+        if nhwc:
+            x_image = n * H * W * C + g * cg
+            o_image = n * HO * WO * M + g * mg
+        else:
+            x_image = (n * C + g * cg) * H * W
+            o_image = (n * M + g * mg) * HO * WO
+        # Sweep the item's tiles in blocks of tile_block, every weight block
+        # over each.
+        for b_lo in range(t_lo, t_hi, tile_block):
+            b_hi = min(t_hi, b_lo + tile_block)
+            for mb in range(mb0, mb1):
+                nr = min(NR, mg - mb * NR)
+                w_block = (g * blocks + mb) * taps * cg * NR
+                o_block = o_image + (mb * NR) * (1 if nhwc else HO * WO)
+                b_off = g * mg + mb * NR
+                seen = 0  # tiles of the rectangles before the current one
+                for qy in range(y_classes):
+                    if seen >= b_hi:
+                        break
+                    y0, ny, i0, ni = _class(qy, HO, ylo, yhi, H, SH, DH, PT, KH)
+                    for qx in range(x_classes):
+                        if seen >= b_hi:
+                            break
+                        x0, nx, j0, nj = _class(qx, WO, xlo, xhi, W, SW, DW, PL, KW)
+                        pixels = ny * nx
+                        count = (pixels + MR - 1) // MR
+                        if seen + count <= b_lo:
+                            seen += count
+                            continue
+                        x_at = (x_image + (y0 * SH + i0 * DH - PT) * x_row
+                                + (x0 * SW + j0 * DW - PL) * pix)
+                        o_at = o_block + y0 * o_ystep + x0 * o_xstep
+                        w_at = w_block + (i0 * KW + j0) * cg * NR
+                        for k in range(max(0, b_lo - seen), min(count, b_hi - seen)):
+                            p0 = k * MR
+                            mr = min(MR, pixels - p0)
+                            # A remainder that fits in small tiles at less
+                            # than a full tile's cost runs on them.
+                            step = SMALL_MR if mr <= MR - SMALL_MR else MR
+                            for s in range(p0, p0 + mr, step):
+                                _tile(step == SMALL_MR, nr <= VL,
+                                      w, w_at, w_cstep, w_jstep, w_istep,
+                                      x, x_at, SH * x_row, SW * pix, x_cstep, DW * pix, DH * x_row,
+                                      s, nx, min(step, p0 + mr - s), cg, nj, ni,
+                                      out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias)
+                        seen += count
+
+
+@njit(cache=True, nogil=True)
+def _pack(weight, dest, d):
+    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    cg = C // G
+    mg = M // G
+    blocks = (mg + NR - 1) // NR
+    taps = KH * KW
+    for g in range(G):
+        for mb in range(blocks):
+            for t in range(taps):
+                for c in range(cg):
+                    at = (((g * blocks + mb) * taps + t) * cg + c) * NR
+                    for lane in range(NR):
+                        m = mb * NR + lane
+                        if m < mg:
+                            dest[at + lane] = weight[((g * mg + m) * cg + c) * taps + t]
+                        else:
+                            dest[at + lane] = 0.0
+
+
+def packed_elements(g) -> int:
+    """Float32 elements of the packed weights: M/g rounded up to NR per group."""
+    return g.groups * ceil_div(g.out_channels_per_group, NR) * NR * g.reduction_size
+
+
+@lru_cache(maxsize=256)
+def work_split(g, threads: int) -> tuple[int, int, int]:
+    """``(m_chunks, t_chunks, plane_tiles)``: how the kernel cuts one call
+    (cached per geometry: a layer's warm call should cost its kernel only)."""
+    plane_tiles = int(_plane_tiles(dims(g)))
+    blocks = ceil_div(g.out_channels_per_group, NR)
+    m_chunks, t_chunks = split_plan(g.batch * g.groups, blocks, max(1, plane_tiles), threads,
+                                    min_rows=1, min_cols=1)
+    return m_chunks, t_chunks, plane_tiles
+
+
+def micro_gemms(g) -> tuple:
+    """The kernel's work as GEMMs for the cost model: per image and group, one
+    ``pixels x channels x reduction`` product in the kernel's own orientation
+    (``MR`` pixels by ``NR`` channels per tile), with the pixels rounded up to
+    whole tiles and the channels to whole ``NR`` blocks (``VL`` for a last
+    block of at most ``VL`` channels, which runs on the half-width tile), since padded lanes and
+    clamped rows cost full FMAs.  Border tiles reduce over fewer taps; they are
+    priced as full ones, which is within a few per cent on the layer tables."""
+    tiles = int(_plane_tiles(dims(g))) if g.out_height > 0 and g.out_width > 0 else 0
+    mg = g.out_channels_per_group
+    last = mg - (ceil_div(mg, NR) - 1) * NR  # channels of the last block
+    channels = (ceil_div(mg, NR) - 1) * NR + (VL if last <= VL else NR)
+    return ((g.batch * g.groups, tiles * MR, channels, g.reduction_size),)
+
+
+def _pack_weights(weight, g, dest):
+    _pack(weight, dest, dims(g))
+
+
+def _make_compute(nhwc):
+    def compute(x, packed, bias, out, scratch, g, threads):
+        m_chunks, t_chunks, plane_tiles = work_split(g, threads)
+        if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
+            return
+        _ukernel_conv(x, packed, bias, out, dims(g), nhwc, m_chunks, t_chunks, plane_tiles, TILE_BLOCK)
+    return compute
+
+
+def _pointwise_unsupported(g):
+    if (g.kernel_h, g.kernel_w) != (1, 1):
+        return f"kernel {g.kernel_h}x{g.kernel_w} (pointwise-ukernel needs a 1x1 kernel)"
+    return None
+
+
+_TILE_TEXT = f"{MR}x{NR} register tile"
+for _name, _unsupported, _what in (
+    ("pointwise-ukernel", _pointwise_unsupported,
+     "1x1 convolution (any stride, padding, groups)"),
+    ("direct-ukernel", lambda g: None,
+     "direct convolution (any kernel, stride, padding, dilation, groups)"),
+):
+    for _nhwc in (False, True):
+        register(Algorithm(
+            name=_name + ("-nhwc" if _nhwc else ""),
+            family="ukernel",
+            summary=f"{_what} on an own {_TILE_TEXT} reducing over channels and taps in registers; "
+                    f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
+            workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights)",
+            unsupported=_unsupported,
+            packed_weight_elements=packed_elements,
+            pack_weights=_pack_weights,
+            scratch_elements=lambda g, threads: 0,
+            compute=_make_compute(_nhwc),
+            input_layout="NHWC" if _nhwc else "NCHW",
+            output_layout="NHWC" if _nhwc else "NCHW",
+        ))

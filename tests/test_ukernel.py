@@ -1,0 +1,346 @@
+"""The register-tiled micro-kernel and the algorithms built on it.
+
+* The tile kernels on every edge-tile case (MR remainder x NR remainder), both
+  store paths, with NaN guard regions around every buffer: a read outside the
+  given blocks would put NaN into a stored result, a write would change a guard.
+* pointwise-ukernel / direct-ukernel (both layouts) against the float64
+  reference over hypothesis shapes, including channel counts above one
+  register tile, and NaN/inf propagation.
+* Kernels compiled in one process load from the cache in another.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+import lowmem_numba as ln
+from lowmem_numba import _microkernel as mk
+from lowmem_numba.algorithms import ukernel
+from lowmem_numba.geometry import make_geometry
+from naive import conv2d_reference
+from strategies import cases
+from subprocess_helper import run_python
+
+NAMES = ["pointwise-ukernel", "pointwise-ukernel-nhwc", "direct-ukernel", "direct-ukernel-nhwc"]
+GUARD = 37  # guard elements on each side of every buffer
+
+
+@njit
+def _run_full(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_full(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_small_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                    out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_small_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
+                       ni, out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_small(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_small(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+# The tile shapes of the other hosts, compiled here: the IR is generic, so
+# AVX2's and the fallback's vector widths must be exact on this machine too.
+_AVX2_TILE = mk.make_tile_kernel(mk.TILE_AVX2[1], nv=mk.TILE_AVX2[2], vl=mk.TILE_AVX2[0])
+_GENERIC_TILE = mk.make_tile_kernel(mk.TILE_GENERIC[1], nv=mk.TILE_GENERIC[2], vl=mk.TILE_GENERIC[0])
+
+
+@njit
+def _run_avx2(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    _AVX2_TILE(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_generic(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    _GENERIC_TILE(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+def _guarded(values):
+    """``values`` inside a NaN-guarded array: (whole array, offset of values)."""
+    whole = np.full(values.size + 2 * GUARD, np.nan, np.float32)
+    whole[GUARD:GUARD + values.size] = values
+    return whole
+
+
+def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, ni=2, half=False,
+               run=None, nr_max=mk.NR):
+    """Run one tile on guarded buffers and check it against the definition."""
+    rng = np.random.default_rng(seed)
+    # Packed weights [ni][nj][kc][NR]; lanes >= nr are NaN: they must not leak.
+    w_block = rng.integers(-3, 4, (ni, nj, kc, nr_max)).astype(np.float32)
+    w_block[..., nr:] = np.nan
+    # Input: a rectangle of pixels (row-major, nx wide) with kc channels,
+    # dilated tap offsets; laid out NHWC-like with a row stride.
+    rows = (p0 + rows_max) // nx + 2
+    x_x, x_c, x_j, x_i = kc, 1, kc, (nx + nj) * kc
+    x_y = x_i
+    x_size = (rows + ni) * x_y
+    x_vals = rng.integers(-3, 4, x_size).astype(np.float32)
+    pixels = [divmod(p0 + r, nx) for r in range(mr)]
+    # Input elements the tile may read: every other one becomes NaN, so any
+    # read beyond them shows up.
+    used = np.zeros(x_size, bool)
+    for (y, xx) in pixels:
+        for i in range(ni):
+            for j in range(nj):
+                at = y * x_y + xx * x_x + i * x_i + j * x_j
+                used[at:at + kc] = True
+    x_vals[~used] = np.nan
+    bias_vals = rng.integers(-3, 4, nr).astype(np.float32)
+    # Output: NHWC-like (lanes contiguous, pixel step nr + 3) or NCHW-like
+    # (lanes strided, pixels contiguous with row stride nx + 2).
+    if nchw_out:
+        o_x, o_y = 1, nx + 2
+        o_l = rows * o_y + 5
+    else:
+        o_x, o_l = nr + 3, 1
+        o_y = (nx + 1) * o_x
+    o_size = (nr - 1) * o_l + rows * o_y + nx * o_x + 1
+    w = _guarded(w_block.ravel())
+    x = _guarded(x_vals)
+    bias = _guarded(bias_vals) if with_bias else np.empty(0, np.float32)
+    out = np.full(o_size + 2 * GUARD, -7.0, np.float32)
+    if run is None and half:
+        run = _run_half if rows_max == mk.MR else _run_small_half
+    elif run is None:
+        run = _run_full if rows_max == mk.MR else _run_small
+    run(w, GUARD, nr_max, kc * nr_max, nj * kc * nr_max, x, GUARD, x_y, x_x, x_c, x_j, x_i, p0, nx, mr,
+        kc, nj, ni, out, GUARD, o_y, o_x, o_l, nr, bias, GUARD if with_bias else 0, int(with_bias))
+    expected = np.full_like(out, -7.0)
+    for r, (y, xx) in enumerate(pixels):
+        for lane in range(nr):
+            total = float(bias_vals[lane]) if with_bias else 0.0
+            for i in range(ni):
+                for j in range(nj):
+                    for c in range(kc):
+                        total += (float(w_block[i, j, c, lane])
+                                  * float(x_vals[y * x_y + xx * x_x + i * x_i + j * x_j + c]))
+            expected[GUARD + y * o_y + xx * o_x + lane * o_l] = total
+    np.testing.assert_array_equal(out, expected)
+
+
+EDGE_ROWS = sorted({1, 2, mk.SMALL_MR, min(mk.SMALL_MR + 1, mk.MR), mk.MR - 1, mk.MR} - {0})
+EDGE_LANES = sorted({1, mk.VL - 1, mk.VL, mk.VL + 1, mk.NR - 1, mk.NR} - {0})
+
+
+@pytest.mark.parametrize("mr", EDGE_ROWS)
+@pytest.mark.parametrize("nr", EDGE_LANES)
+@pytest.mark.parametrize("nchw_out", [False, True])
+def test_full_tile_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
+    # p0 = 0 with a wide rectangle keeps the pixels contiguous (the transposed
+    # NCHW fast path when the tile is full); nx = 5 wraps rows (the general path).
+    for p0, nx, seed in ((0, 64, 1), (3, 5, 2)):
+        _tile_case(mk.MR, mr, nr, nchw_out, with_bias=bool(seed % 2), p0=p0, nx=nx, seed=seed)
+    _tile_case(mk.MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=3)
+
+
+@pytest.mark.parametrize("mr", range(1, mk.SMALL_MR + 1))
+@pytest.mark.parametrize("nr", EDGE_LANES)
+@pytest.mark.parametrize("nchw_out", [False, True])
+def test_small_tile_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
+    _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=1, nx=3, seed=4)
+    _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=False, p0=0, nx=50, seed=5)
+
+
+HALF_LANES = sorted({1, mk.VL // 2, mk.VL - 1, mk.VL})
+
+
+@pytest.mark.parametrize("mr", EDGE_ROWS)
+@pytest.mark.parametrize("nr", HALF_LANES)
+@pytest.mark.parametrize("nchw_out", [False, True])
+def test_half_width_tiles_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
+    # Half-width kernels read VL of the NR packed lanes per step.
+    _tile_case(mk.MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=8, half=True)
+    _tile_case(mk.MR, mr, nr, nchw_out, with_bias=False, p0=3, nx=5, seed=9, half=True)
+    if mr <= mk.SMALL_MR:
+        _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=1, nx=3, seed=10, half=True)
+        _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=50, seed=11, half=True)
+
+
+@pytest.mark.parametrize("tile, run", [(mk.TILE_AVX2, _run_avx2), (mk.TILE_GENERIC, _run_generic)],
+                         ids=["avx2-shape", "generic-shape"])
+@pytest.mark.parametrize("nchw_out", [False, True])
+def test_other_hosts_tile_shapes_are_exact(tile, run, nchw_out):
+    vl, rows, nv = tile
+    for mr in sorted({1, rows - 1, rows}):
+        for nr in sorted({1, vl - 1, vl, vl + 1, vl * nv}):
+            _tile_case(rows, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=mr * 100 + nr, run=run,
+                       nr_max=vl * nv)
+            _tile_case(rows, mr, nr, nchw_out, with_bias=False, p0=2, nx=3, seed=mr + nr, run=run,
+                       nr_max=vl * nv)
+
+
+def test_tile_with_no_taps_stores_bias_only():
+    _tile_case(mk.MR, mk.MR, mk.NR, False, with_bias=True, p0=0, nx=64, seed=6, ni=0)
+    _tile_case(mk.MR, 3, 5, True, with_bias=True, p0=0, nx=64, seed=7, nj=0)
+
+
+def test_tile_shape_follows_host():
+    assert mk.NR == mk.VL * mk.NV and 1 <= mk.SMALL_MR < mk.MR <= mk.VL
+    assert (mk.VL, mk.MR, mk.NV) == {"avx512": mk.TILE_AVX512, "avx2": mk.TILE_AVX2}.get(
+        mk.ISA, mk.TILE_GENERIC)
+
+
+# ----------------------------------------------------------------- algorithms
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+@st.composite
+def wide_cases(draw):
+    """strategies.cases() with channel counts spanning several register tiles."""
+    case = draw(cases(max_size=16))
+    m_per_group = draw(st.sampled_from([1, 2, mk.NR - 1, mk.NR, mk.NR + 3, mk.NR + mk.VL + 2, 2 * mk.NR + 5]))
+    c_per_group = draw(st.integers(1, 9)) if case.groups <= 3 else case.channels // case.groups
+    return dataclasses.replace(case, out_channels=case.groups * m_per_group,
+                               channels=case.groups * c_per_group)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=40, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1),
+       with_bias=st.booleans(), layout=st.sampled_from(["NCHW", "NHWC"]),
+       threads=st.sampled_from([1, 2]))
+def test_exact_against_reference(name, case, seed, with_bias, layout, threads):
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        assert name.startswith("pointwise") and case.kernel != (1, 1)
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
+    bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
+    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
+    if layout == "NHWC":
+        x, expected = _nhwc(x), _nhwc(expected)
+    got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None)
+@given(case=wide_cases(), seed=st.integers(0, 2**32 - 1))
+def test_close_on_real_data(name, case, seed):
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32)
+    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
+    magnitude = conv2d_reference(np.abs(x), np.abs(w), np.abs(bias), case.stride, case.padding,
+                                 case.dilation, case.groups)
+    n = make_geometry(case.x_shape, case.w_shape, **case.args).reduction_size + 1
+    tolerance = 2.0**-23 * (4 + 2 * np.sqrt(n)) * magnitude + 1e-30
+    got = ln.conv2d(x, w, bias, algorithm=name, **case.args)
+    assert np.all(np.abs(got - expected) <= tolerance)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1),
+       layout=st.sampled_from(["NCHW", "NHWC"]))
+def test_nan_and_inf_propagate_as_in_reference(name, case, seed, layout):
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, case.x_shape).astype(np.float32)
+    w = rng.integers(1, 4, case.w_shape).astype(np.float32)  # positive: inf stays +inf
+    flat = x.reshape(-1)
+    for value in (np.nan, np.inf):
+        flat[rng.integers(0, flat.size, size=1 + flat.size // 50)] = value
+    expected = conv2d_reference(x, w, None, case.stride, case.padding, case.dilation, case.groups)
+    if layout == "NHWC":
+        x, expected = _nhwc(x), _nhwc(expected)
+    got = ln.conv2d(x, w, algorithm=name, layout=layout, **case.args)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[finite], expected[finite])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_shapes_full_tiles_and_threads(name):
+    # Big enough for full tiles, interior and border rectangles, several
+    # output-channel blocks and a split over two threads.
+    rng = np.random.default_rng(2)
+    for (c, hw, m, k, s, p) in ((48, 17, 70, 3, 1, 1), (40, 15, 64, 1, 2, 0), (16, 23, 33, 5, 2, 2)):
+        x = rng.integers(-3, 4, (2, c, hw, hw)).astype(np.float32)
+        w = rng.integers(-3, 4, (m, c, k, k)).astype(np.float32)
+        b = rng.integers(-3, 4, m).astype(np.float32)
+        if not ln.supports(name, x.shape, w.shape, stride=s, padding=p):
+            continue
+        expected = conv2d_reference(x, w, b, (s, s), ((p, p), (p, p)))
+        layer = ln.Conv2d(w, b, stride=s, padding=p, algorithm=name)
+        for threads in (1, 2):
+            np.testing.assert_array_equal(
+                ln.conv2d(x, w, b, stride=s, padding=p, algorithm=name, threads=threads), expected)
+            np.testing.assert_array_equal(layer(x), expected)
+
+
+def test_workspace_is_the_packed_weights_only():
+    g = make_geometry((1, 64, 28, 28), (70, 64, 3, 3), padding=1)
+    for name in NAMES[2:]:
+        elements = ukernel.packed_elements(g)
+        assert elements == -(-70 // mk.NR) * mk.NR * 64 * 9
+        nhwc = name.endswith("-nhwc")
+        shape = (1, 28, 28, 64) if nhwc else (1, 64, 28, 28)
+        assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=2,
+                                  layout="NHWC" if nhwc else "NCHW") == 4 * elements
+
+
+RUN_UKERNELS = """
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+    import lowmem_numba as ln
+    from lowmem_numba.algorithms import ukernel
+
+    x = np.ones((2, 4, 9, 9), np.float32)
+    for name in %r:
+        for k in (1, 3):
+            w = np.ones((6, 2, k, k), np.float32)
+            for layout in ("NCHW", "NHWC"):
+                xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                if ln.supports(name, xl.shape, w.shape, padding=k // 2, groups=2, layout=layout):
+                    ln.conv2d(xl, w, np.ones(6, np.float32), padding=k // 2, groups=2,
+                              algorithm=name, layout=layout, threads=2)
+    hits = misses = 0
+    for obj in vars(ukernel).values():
+        if isinstance(obj, Dispatcher) and obj.signatures:
+            hits += sum(obj.stats.cache_hits.values())
+            misses += sum(obj.stats.cache_misses.values())
+    print("hits", hits, "misses", misses)
+""" % (NAMES,)
+
+
+def test_cached_kernels_load_in_a_second_process_without_compiling(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    first = run_python(RUN_UKERNELS, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not first.stdout.strip().endswith("misses 0"), first.stdout  # it compiled
+    second = run_python(RUN_UKERNELS, env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    hits = int(second.stdout.split()[1])
+    assert hits > 0 and second.stdout.strip().endswith("misses 0"), second.stdout
