@@ -10,11 +10,11 @@ arXiv 1709.03395) as a Numba kernel calling scipy's BLAS.
 from . import _compile  # noqa: F401  (isort: skip)
 from ._version import __version__
 from . import registry
-from .api import algorithms, conv2d, supports, workspace_bytes
+from .api import AlgorithmInfo, algorithms, conv2d, describe, supports, workspace_bytes
 from .geometry import ConvGeometry, make_geometry
 from .layer import Conv2d
 from .networks import NETWORKS, Layer, layers
-from .scheduler import Plan, plan, plan_network
+from .scheduler import NetworkPlan, Plan, plan, plan_network
 from .timing import Timing, measure
 from .workspace import Workspace
 

@@ -22,9 +22,10 @@ from .geometry import (
     parse_params,
 )
 from .layout import check_layout, from_nchw_shape, to_nchw_shape
-from .registry import FLOAT32_BYTES
+from ._execute import execute
+from ._plan import FLOAT32_BYTES, CallPlan
 from .scheduler import plan_geometry
-from .threads import kernel_threads, max_threads
+from .threads import max_threads
 from .workspace import Workspace, check_workspace
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
@@ -38,6 +39,65 @@ def algorithms() -> tuple[str, ...]:
     tuple of str
     """
     return registry.names()
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmInfo:
+    """What :func:`describe` tells about an algorithm.
+
+    Attributes
+    ----------
+    name : str
+    family : str
+        The family module it comes from (``"im2col"``, ``"kn2row"``, ``"ukernel"``...).
+    summary : str
+        One line on what it does.
+    claims : str
+        The configurations it supports, in words (:func:`supports` decides
+        for a given shape).
+    input_layout, output_layout : {"NCHW", "NHWC"}
+        Its kernel's own layouts; calls in the other layout convert one image
+        at a time through buffers :func:`workspace_bytes` counts.
+    workspace_formula : str
+        Its workspace in float32 elements, as a formula.
+    """
+
+    name: str
+    family: str
+    summary: str
+    claims: str
+    input_layout: str
+    output_layout: str
+    workspace_formula: str
+
+    def __str__(self) -> str:
+        return (f"{self.name} ({self.family}): {self.summary}\n  supports: {self.claims}\n"
+                f"  layouts: {self.input_layout} -> {self.output_layout}\n"
+                f"  workspace (float32 elements): {self.workspace_formula}")
+
+
+def describe(name) -> AlgorithmInfo:
+    """Describe a registered algorithm.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`algorithms`.
+
+    Returns
+    -------
+    AlgorithmInfo
+        Family, summary, supported configurations, layouts and workspace
+        formula; ``print()`` it for a readable form.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``name`` is not a string or not a registered algorithm.
+    """
+    a = registry.get(name)
+    return AlgorithmInfo(a.name, a.family, a.summary, a.claims, a.input_layout, a.output_layout,
+                         a.workspace_formula)
 
 
 def resolve_algorithm(name, geometry):
@@ -62,7 +122,7 @@ def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=Fa
         return registry.get(chosen.algorithm), chosen.threads
     algorithm = resolve_algorithm(name, geometry)
     if memory_limit is not None:
-        needed = FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout, prepacked)
+        needed = algorithm.plan(geometry, threads, layout, prepacked).workspace_bytes
         if needed > memory_limit:
             raise ValueError(f"algorithm {name!r} needs {needed} bytes of workspace here, over "
                              f"memory_limit={memory_limit}; use algorithm=\"auto\" to pick one that fits")
@@ -141,7 +201,7 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
     algorithm, threads = choose_algorithm(name, geometry, threads, layout, check_memory_limit(memory_limit), False)
-    return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, layout)
+    return algorithm.plan(geometry, threads, layout).workspace_bytes
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -222,20 +282,21 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     call = prepare_call(x, params, bias, algorithm, threads, out, layout, workspace,
                         {"weight": weight}, memory_limit)
     weight_flat = np.ascontiguousarray(weight).reshape(-1)
-    return launch(call, x, weight_flat, bias, prepacked=False)
+    return launch(call, x, weight_flat, bias)
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
     """A validated convolution call, ready to launch."""
 
-    geometry: ConvGeometry
+    plan: CallPlan
     algorithm: registry.Algorithm
-    threads: int
-    layout: str
     out: np.ndarray
     workspace: Optional[Workspace]
-    workspace_elements: int = 0
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return self.plan.geometry
 
 
 def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, other_inputs,
@@ -256,9 +317,9 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     threads = check_threads(threads, max_threads())
     check_workspace(workspace)
     chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit), prepacked)
-    elements = chosen.workspace_elements(geometry, threads, layout, prepacked)
+    plan = chosen.plan(geometry, threads, layout, prepacked)
     if workspace is not None:
-        workspace.check_fits(elements)
+        workspace.check_fits(plan.workspace_elements)
     out_shape = from_nchw_shape(geometry.output_shape, layout)
     if x.ndim == 3:
         out_shape = out_shape[1:]
@@ -269,22 +330,16 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
         out = np.empty(out_shape, dtype=np.float32)
     else:
         check_out(out, out_shape, {"x": x, "bias": bias, **other_inputs})
-    return Call(geometry, chosen, threads, layout, out, workspace, elements)
+    return Call(plan, chosen, out, workspace)
 
 
-def launch(call: Call, x, weights_flat, bias, prepacked: bool) -> np.ndarray:
-    """Run a prepared call; ``weights_flat`` is packed when ``prepacked``."""
+def launch(call: Call, x, weights_flat, bias) -> np.ndarray:
+    """Run a prepared call as planned; ``weights_flat`` is packed when the plan
+    says the weights come prepacked."""
     out = call.out
     if out.size == 0:  # an empty batch: nothing to compute, nothing to allocate
         return out
     x_flat = np.ascontiguousarray(x).reshape(-1)
     bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
-    run = call.algorithm.run
-    args = (x_flat, weights_flat, bias_flat, out.reshape(-1), call.geometry, call.threads, call.layout)
-    if call.workspace is None:
-        with kernel_threads(call.threads):
-            run(*args, prepacked=prepacked)
-        return out
-    with call.workspace.lease(call.workspace_elements) as buffer, kernel_threads(call.threads):
-        run(*args, workspace=buffer, prepacked=prepacked)
+    execute(call.plan, x_flat, weights_flat, bias_flat, out.reshape(-1), call.workspace)
     return out

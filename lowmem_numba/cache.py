@@ -232,7 +232,8 @@ def clear_compiled() -> int:
 
     from numba.core.dispatcher import Dispatcher
 
-    from . import api  # noqa: F401  (imports every kernel module)
+    # Importing any submodule ran the package's __init__, which imports every
+    # kernel module: their dispatchers are all in sys.modules already.
 
     places = set()
     for name, module in list(sys.modules.items()):

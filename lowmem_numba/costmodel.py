@@ -23,8 +23,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numba import prange
 
+from . import algorithms  # noqa: F401  (registers every algorithm)
+from . import registry
 from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from ._execute import execute, prepare_weights
+from ._split import split_work
+from ._version import __version__
+from .algorithms._common import batched_gemm
 from .cache import cache_dir, machine_id, read_store, update_store
+from .geometry import make_geometry
+from .threads import kernel_threads, max_threads
 
 _CALIBRATION_VERSION = 1
 
@@ -43,86 +51,37 @@ class Calibration:
     launch_seconds: float     # fixed cost of one parallel kernel launch
 
 
-@dataclass(frozen=True)
-class Work:
-    """What one call does, for the whole batch."""
-
-    gemms: tuple  # ((count, m, n, k), ...)
-    moved: int = 0
-    direct_flops: int = 0
-    launches: int = 1
-
-
 def _efficiency(size, half):
     return size / (size + half)
 
 
-def predict_seconds(work: Work, threads: int, c: Calibration) -> float:
-    """Predicted wall time of ``work`` on ``threads`` threads."""
+def predict_seconds(plan, c: Calibration) -> float:
+    """Predicted wall time of a planned call.
+
+    Parameters
+    ----------
+    plan : CallPlan
+        What the call does (``registry.get(name).plan(...)``): its GEMMs as
+        issued, the elements it moves outside BLAS, its own loops' flops, its
+        parallel items and launches.  Nothing here depends on the family.
+    c : Calibration
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
     serial = 0.0
-    parallel_items = 0
-    for count, m, n, k in work.gemms:
+    for count, m, n, k in plan.gemms:
         if count == 0 or m == 0 or n == 0 or k == 0:
             continue
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
         serial += count * 2.0 * m * n * k / rate
-        parallel_items += count * max(1, n // 128) * max(1, m // 16)
-    serial += work.moved / c.copy_rate + work.direct_flops / c.direct_rate
-    usable = min(threads, max(1, parallel_items)) if work.gemms else threads
+    serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
+    threads = plan.threads
+    usable = min(threads, max(1, plan.parallel_items))
     speedup = 1.0 + (usable - 1) * c.thread_efficiency
-    return serial / speedup + work.launches * c.launch_seconds * (1 + 0.5 * (threads - 1))
-
-
-def describe_work(name: str, g, threads: int, layout: str) -> Work:
-    """The work of algorithm ``name`` on geometry ``g`` (see the module docstring)."""
-    from . import registry
-
-    algorithm = registry.get(name)
-    n_img, groups = g.batch, g.groups
-    c, m, taps = g.channels_per_group, g.out_channels_per_group, g.kernel_taps
-    hw, plane = g.height * g.width, g.out_height * g.out_width
-    patches = g.in_channels * taps * plane
-    packed = algorithm.packed_weight_elements(g)
-    into, back = algorithm.transform_elements(g, layout)
-    moved = packed + n_img * (into + back)
-    launches = 2 + (n_img if into or back else 0)
-    if name == "direct-sum2d":
-        return Work((), moved, g.flops, launches)
-    if name.startswith(("pointwise-ukernel", "direct-ukernel")):
-        from .algorithms.ukernel import micro_gemms
-
-        return Work(micro_gemms(g), moved, 0, launches)
-    if name == "conv-1x1-gemm":
-        return Work(((n_img * groups, m, hw, c),), moved, 0, launches)
-    if name.startswith(("im2col", "im2row")):
-        slow_gather = 2 if "-scan-" in name else 1
-        return Work(((n_img * groups, m, plane, c * taps),), moved + slow_gather * n_img * patches, 0,
-                    launches + n_img)
-    if name.startswith("mec"):
-        lowered = g.out_width * (g.height + g.pad_top + g.pad_bottom) * g.kernel_w * g.in_channels
-        return Work(((n_img * groups * g.out_height, m, g.out_width, c * taps),), moved + n_img * lowered,
-                    0, launches + n_img)
-    if name.startswith("kn2row-aa"):
-        # The kernel's own tiling plan decides its GEMM shapes.
-        from .algorithms.kn2row import _tiling
-
-        m_blocks, rows_per_band, _, _ = _tiling(g, threads)
-        bands = -(-g.out_height // rows_per_band)
-        m_block = max(1, m // m_blocks)
-        if g.out_width == g.width:
-            return Work(((n_img * groups * taps * bands * m_blocks, m_block, rows_per_band * g.width, c),),
-                        moved, 0, launches)
-        return Work(((n_img * groups * taps * g.out_height * m_blocks, m_block, g.out_width, c),), moved, 0,
-                    launches)
-    if name in ("kn2row", "kn2col"):
-        return Work(((n_img * groups, taps * m, hw, c),), moved + n_img * 2 * taps * m * hw, 0,
-                    launches + n_img)
-    if name in ("kn2row-as", "kn2col-as"):
-        return Work(((n_img * groups * taps, m, hw, c),), moved + n_img * 2 * taps * m * hw, 0,
-                    launches + n_img * taps)
-    # An algorithm this model does not know: price it as its arithmetic at
-    # large-GEMM speed plus a full copy of its workspace, a neutral guess.
-    return Work(((n_img * groups, m, plane, c * taps),), moved + n_img * patches, 0, launches)
+    return serial / speedup + plan.launches * c.launch_seconds * (1 + 0.5 * (threads - 1))
 
 
 # --------------------------------------------------------------- calibration
@@ -271,7 +230,6 @@ def _gemm_shapes():
 
 def _gemm_calls():
     """(m, n, k) -> (call, flops per call): single-threaded sgemm, batched."""
-    from .algorithms._common import batched_gemm
 
     rng = np.random.default_rng(0)
     size = _GEMM_CENTER * _GEMM_CENTER
@@ -291,8 +249,6 @@ def _gemm_calls():
 
 def _gemm_rate(m, n, k):
     """Single-thread flop/s of one (m, n, k) sgemm (best of a few calls)."""
-    from .algorithms._common import batched_gemm
-    from .threads import kernel_threads
 
     rng = np.random.default_rng(0)
     a = rng.random(m * k, dtype=np.float32)
@@ -364,7 +320,6 @@ def implausible(values: dict) -> list:
 
 
 def _measure_gemm(best):
-    from .threads import kernel_threads
 
     calls = _gemm_calls()
     with kernel_threads(1):
@@ -376,7 +331,6 @@ def _measure_gemm(best):
 
 
 def _measure_copy(best):
-    from .threads import kernel_threads
 
     src = np.ones(4 * 2**20, np.float32)  # 32 MiB of traffic: beyond the caches
     dst = np.empty_like(src)
@@ -386,23 +340,18 @@ def _measure_copy(best):
 
 
 def _direct_call(x_shape, w_shape, padding):
-    """A single-thread call of the loop-nest kernel, straight through the registry."""
-    from . import algorithms  # noqa: F401  (registers the algorithms)
-    from . import registry
-    from .geometry import make_geometry
-
+    """A single-thread call of the loop-nest kernel, through the execution layer."""
     g = make_geometry(x_shape, w_shape, 1, padding, 1, 1)
     direct = registry.get("direct-sum2d")
     x = np.ones(int(np.prod(x_shape)), np.float32)
-    w = direct.prepare_weights(np.ones(int(np.prod(w_shape)), np.float32), g)
+    w = prepare_weights(direct, np.ones(int(np.prod(w_shape)), np.float32), g)
     out = np.empty(int(np.prod(g.output_shape)), np.float32)
-    workspace = np.empty(direct.workspace_elements(g, 1, "NCHW", prepacked=True), np.float32)
+    plan = direct.plan(g, 1, "NCHW", prepacked=True)
     no_bias = np.empty(0, np.float32)
-    return g, lambda: direct.run(x, w, no_bias, out, g, 1, "NCHW", workspace=workspace, prepacked=True)
+    return g, lambda: execute(plan, x, w, no_bias, out)
 
 
 def _measure_direct(best):
-    from .threads import kernel_threads
 
     g, call = _direct_call((1, 16, 32, 32), (16, 16, 3, 3), 1)
     with kernel_threads(1):
@@ -411,21 +360,13 @@ def _measure_direct(best):
 
 
 def _measure_launch(best):
-    from .threads import kernel_threads
-
-    _, run = _direct_call((1, 1, 4, 4), (1, 1, 1, 1), 0)
-
-    def call():  # entering kernel_threads (BLAS and Numba thread limits) is part of every call
-        with kernel_threads(1):
-            run()
-
+    # execute() enters kernel_threads (BLAS and Numba thread limits), as every call does.
+    _, call = _direct_call((1, 1, 4, 4), (1, 1, 1, 1), 0)
     _interleaved_best({"launch": call}, best, repeats=5)
     return {"launch_seconds": best["launch"] / 2}
 
 
 def _measure_threads(best):
-    from .algorithms._common import batched_gemm, gemm_split
-    from .threads import kernel_threads, max_threads
 
     threads = max_threads()
     if threads <= 1:
@@ -439,7 +380,8 @@ def _measure_threads(best):
     no_bias = np.empty(0, np.float32)
 
     def call(t):
-        m_blocks, n_tiles = gemm_split(1, 256, n, t)
+        split = split_work(1, 256, n, t, min_rows=16, min_cols=128)
+        m_blocks, n_tiles = split.row_blocks, split.col_tiles
         return lambda: batched_gemm(1, 256, n, 256, a, 0, 0, 256, b, 0, 0, n, c, 0, 0, n, no_bias, 0,
                                     m_blocks, n_tiles)
 
@@ -504,7 +446,6 @@ def calibrate() -> Calibration:
 
 
 def _calibration_key():
-    from ._version import __version__
 
     return f"v{_CALIBRATION_VERSION} lowmem-numba {__version__} on {machine_id()}"
 
@@ -589,15 +530,11 @@ def recalibrate() -> "tuple[CalibrationRun, bool]":
         run = calibrate_run()
         stored = _store(run)
         _loaded[_calibration_key()] = run.calibration
-    from . import scheduler
-
-    scheduler.clear_memo()  # plans made with the previous constants
     return run, stored
 
 
 def describe(c: Calibration, threads=None) -> list:
     """What the constants mean, in plain words (one line each)."""
-    from .threads import max_threads
 
     threads = max_threads() if threads is None else threads
 
@@ -625,9 +562,7 @@ def describe(c: Calibration, threads=None) -> list:
 def calibrate_command(show=False) -> str:
     """The text of ``lowmem-numba calibrate`` (measure again and store) or
     ``lowmem-numba calibrate --show`` (the stored values, measuring nothing)."""
-    from .cache import cache_dir as where
-
-    path = where() / "calibration.json"
+    path = cache_dir() / "calibration.json"
     if show:
         found = stored_calibration()
         if found is None:

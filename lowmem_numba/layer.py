@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._execute import prepare_weights
 from .api import choose_algorithm, launch, prepare_call, resolve_algorithm
 from .geometry import (
     check_array,
@@ -16,7 +17,6 @@ from .geometry import (
     parse_params,
 )
 from .layout import check_layout, to_nchw_shape
-from .registry import FLOAT32_BYTES
 from .threads import max_threads
 from .workspace import Workspace, check_workspace
 
@@ -102,12 +102,13 @@ class Conv2d:
         if auto:
             self._raw = np.array(weight, dtype=np.float32, copy=True).reshape(-1)
         else:
-            self._prepared[chosen.name] = chosen.prepare_weights(np.ascontiguousarray(weight).reshape(-1), nominal)
+            self._prepared[chosen.name] = prepare_weights(chosen, np.ascontiguousarray(weight).reshape(-1),
+                                                          nominal)
         self._planned_bytes = None
         if planned is not None:
             planned_algorithm, planned_threads = planned
-            self._planned_bytes = FLOAT32_BYTES * planned_algorithm.workspace_elements(
-                geometry, planned_threads, layout, prepacked=True)
+            self._planned_bytes = planned_algorithm.plan(geometry, planned_threads, layout,
+                                                         prepacked=True).workspace_bytes
             if auto and geometry.batch:
                 self._weights_for(planned_algorithm, nominal)
 
@@ -117,7 +118,7 @@ class Conv2d:
     def _weights_for(self, algorithm, geometry):
         weights = self._prepared.get(algorithm.name)
         if weights is None:
-            weights = algorithm.prepare_weights(self._raw, geometry)
+            weights = prepare_weights(algorithm, self._raw, geometry)
             self._prepared[algorithm.name] = weights
         return weights
 
@@ -139,11 +140,11 @@ class Conv2d:
         """
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True)
-        self._planned_bytes = FLOAT32_BYTES * call.workspace_elements
+        self._planned_bytes = call.plan.workspace_bytes
         if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
             return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
-        return launch(call, x, weights, self.bias, prepacked=True)
+        return launch(call, x, weights, self.bias)
 
     def workspace_bytes_for(self, x_shape) -> int:
         """Temporary memory of a call on an input of ``x_shape`` (in the layer's layout).
@@ -153,7 +154,7 @@ class Conv2d:
         geometry = self._geometry(x_shape)
         algorithm, threads = choose_algorithm(self.algorithm, geometry, self.threads, self.layout,
                                               self.memory_limit, prepacked=True)
-        return FLOAT32_BYTES * algorithm.workspace_elements(geometry, threads, self.layout, prepacked=True)
+        return algorithm.plan(geometry, threads, self.layout, prepacked=True).workspace_bytes
 
     def plan_for(self, x_shape):
         """The scheduler's :class:`lowmem_numba.Plan` for a call on ``x_shape``.

@@ -9,10 +9,10 @@ from __future__ import annotations
 from numba import prange
 
 from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from ._tuning import TRANSPOSE_TILE
 
 LAYOUTS = ("NCHW", "NHWC")
 
-_TILE = 32
 
 
 def check_layout(layout) -> str:
@@ -52,13 +52,13 @@ def transpose_blocks(src, src_off, dst, dst_off, count, rows, cols):
     Tiled so that a tile's reads and writes both stay in L1.  CHW -> HWC of one
     image is ``rows=C, cols=H*W``; HWC -> CHW is ``rows=H*W, cols=C``.
     """
-    row_tiles = (rows + _TILE - 1) // _TILE
-    col_tiles = (cols + _TILE - 1) // _TILE
+    row_tiles = (rows + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
+    col_tiles = (cols + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
     size = rows * cols
     for tile in prange(count * row_tiles * col_tiles):
         block = (tile // (row_tiles * col_tiles)) * size
-        r0 = (tile // col_tiles) % row_tiles * _TILE
-        c0 = tile % col_tiles * _TILE
-        for c in range(c0, min(cols, c0 + _TILE)):
-            for r in range(r0, min(rows, r0 + _TILE)):
+        r0 = (tile // col_tiles) % row_tiles * TRANSPOSE_TILE
+        c0 = tile % col_tiles * TRANSPOSE_TILE
+        for c in range(c0, min(cols, c0 + TRANSPOSE_TILE)):
+            for r in range(r0, min(rows, r0 + TRANSPOSE_TILE)):
                 dst[dst_off + block + c * rows + r] = src[src_off + block + r * cols + c]

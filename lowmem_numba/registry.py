@@ -1,25 +1,28 @@
-"""The algorithm registry: what each algorithm is, supports, needs and runs.
+"""The algorithm registry: what each algorithm is, supports, and plans to do.
 
-An :class:`Algorithm` is an operator description; its ``compute`` calls the
-micro-kernels in its family module.  Workspace is split in two parts so that a
-layer object can keep packed weights across calls while the functional API
-repacks per call: ``packed_weight_elements`` (zero when the kernel reads the
-weights as given) and ``scratch_elements`` (per call, for a thread count).
+An :class:`Algorithm` describes an operator; its family module supplies the
+functions.  ``plan_kernel`` describes one run of the family's kernel as a
+:class:`~lowmem_numba._plan.KernelPlan` (tiling, scratch, GEMMs, elements moved),
+and :meth:`Algorithm.plan` wraps it into the :class:`~lowmem_numba._plan.CallPlan`
+of a whole call: the one the execution layer runs, ``workspace_bytes`` reads
+and the cost model prices.  Weights are split off so that a layer object can
+keep them packed across calls while the functional API packs them per call:
+``packed_weight_elements`` (zero when the kernel reads the weights as given).
+
+Adding a family is one module: define its kernels, its ``plan_kernel`` and its
+``compute``, call :func:`register`, and import the module in
+``lowmem_numba/algorithms/__init__.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
-
+from ._plan import CallPlan, KernelPlan
 from .geometry import ConvGeometry
-from .layout import transpose_blocks
-from .threads import kernel_threads
-
-FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,16 @@ class Algorithm:
         ``(geometry) -> int``: float32 elements of the repacked weights (0 if none).
     pack_weights : callable or None
         ``(weight_flat, geometry, dest_flat)``: write the packed weights.
-    scratch_elements : callable
-        ``(geometry, threads) -> int``: float32 scratch elements for one call.
+    plan_kernel : callable
+        ``(geometry, threads) -> KernelPlan``: what one run of the kernel on
+        ``geometry`` does with ``threads`` threads.
     compute : callable
-        ``(x_flat, weights_flat, bias, out_flat, scratch, geometry, threads)``:
-        run the convolution; ``weights_flat`` is packed when packing is used.
+        ``(x_flat, weights_flat, bias, out_flat, scratch, geometry, kernel_plan)``:
+        run the kernel as planned; ``weights_flat`` is packed when packing is used.
+    input_layout, output_layout : {"NCHW", "NHWC"}
+        The kernel's own layouts.
+    claims : str
+        The configurations it supports, in words (``unsupported`` decides).
     """
 
     name: str
@@ -57,110 +65,95 @@ class Algorithm:
     unsupported: Callable[[ConvGeometry], Optional[str]]
     packed_weight_elements: Callable[[ConvGeometry], int]
     pack_weights: Optional[Callable]
-    scratch_elements: Callable[[ConvGeometry, int], int]
+    plan_kernel: Callable[[ConvGeometry, int], KernelPlan]
     compute: Callable
     input_layout: str = "NCHW"
     output_layout: str = "NCHW"
+    claims: str = "any kernel, stride, padding, dilation and groups"
 
-    def transform_elements(self, geometry: ConvGeometry, layout: str) -> tuple[int, int]:
-        """Per-image buffers for converting input and output from/to ``layout``."""
-        g = geometry
-        into = g.in_channels * g.height * g.width if layout != self.input_layout else 0
-        back = g.out_channels * g.out_height * g.out_width if layout != self.output_layout else 0
-        return into, back
+    def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
+             prepacked: bool = False) -> CallPlan:
+        """The plan of one call (memoised: a warm call pays for no planning).
+
+        Parameters
+        ----------
+        geometry : ConvGeometry
+            Validated, and supported by this algorithm.
+        threads : int
+            Thread count of the call.
+        layout : {"NCHW", "NHWC"}
+            Layout of the call's input and output.
+        prepacked : bool
+            Whether the weights arrive packed (not counted as workspace).
+
+        Returns
+        -------
+        CallPlan
+        """
+        return _plan_call(self, geometry, threads, layout, bool(prepacked))
 
     def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
                            prepacked: bool = False) -> int:
-        """Temporary float32 elements of one call: scratch, layout buffers and,
-        unless the weights come prepacked, the packed weights.
+        """Temporary float32 elements of one call (see :meth:`plan`).
 
-        An empty batch (N = 0) needs none: such a call computes nothing, so it
-        neither packs weights nor touches scratch (see :meth:`run`).
+        An empty batch (N = 0) needs none: such a call computes nothing.
         """
-        if geometry.batch == 0:
-            return 0
-        into, back = self.transform_elements(geometry, layout)
-        packed = 0 if prepacked else self.packed_weight_elements(geometry)
-        return packed + self._scratch(geometry, threads, into or back) + into + back
-
-    def _scratch(self, geometry, threads, per_image):
-        # Converting layouts runs the kernel one image at a time.
-        if per_image:
-            geometry = dataclasses.replace(geometry, batch=1)
-        return self.scratch_elements(geometry, threads)
-
-    def prepare_weights(self, weight_flat, geometry: ConvGeometry):
-        """The weights as ``compute`` reads them: packed into a new array, or a
-        contiguous copy when the algorithm reads them as given."""
-        packed = self.packed_weight_elements(geometry)
-        if not packed:
-            return np.array(weight_flat, dtype=np.float32, copy=True)
-        dest = np.empty(packed, dtype=np.float32)
-        # Packing may run a parallel kernel, and callers (layers, the
-        # scheduler, calibration) are outside any kernel call.
-        with kernel_threads():
-            self.pack_weights(weight_flat, geometry, dest)
-        return dest
-
-    def run(self, x_flat, weight_flat, bias, out_flat, geometry, threads, layout="NCHW",
-            workspace=None, prepacked=False):
-        """Pack weights if needed and compute, carving every buffer from ``workspace``.
-
-        ``x_flat`` and ``out_flat`` are in ``layout``; when that differs from the
-        kernel's own layouts, images are converted one at a time through
-        per-image buffers.  With ``prepacked`` the weights are already what
-        :meth:`prepare_weights` returns.  An empty batch returns at once,
-        allocating nothing (its workspace is 0 elements).
-        """
-        g = geometry
-        if g.batch == 0:
-            return
-        packed = 0 if prepacked else self.packed_weight_elements(g)
-        into, back = self.transform_elements(g, layout)
-        scratch = self._scratch(g, threads, into or back)
-        if workspace is None:
-            workspace = np.empty(packed + scratch + into + back, dtype=np.float32)
-        weights = weight_flat
-        if packed:
-            weights = workspace[:packed]
-            self.pack_weights(weight_flat, g, weights)
-        scratch_buffer = workspace[packed:packed + scratch]
-        if not (into or back):
-            self.compute(x_flat, weights, bias, out_flat, scratch_buffer, g, threads)
-            return
-        x_image = workspace[packed + scratch:packed + scratch + into]
-        out_image = workspace[packed + scratch + into:packed + scratch + into + back]
-        image = dataclasses.replace(g, batch=1)
-        in_size = g.in_channels * g.height * g.width
-        out_size = g.out_channels * g.out_height * g.out_width
-        for n in range(g.batch):
-            x_n = x_flat[n * in_size:(n + 1) * in_size]
-            out_n = out_flat[n * out_size:(n + 1) * out_size]
-            if into:
-                _convert(x_n, x_image, layout, g.in_channels, g.height * g.width)
-            self.compute(x_image if into else x_n, weights, bias, out_image if back else out_n,
-                         scratch_buffer, image, threads)
-            if back:
-                _convert(out_image, out_n, self.output_layout, g.out_channels,
-                         g.out_height * g.out_width)
+        return self.plan(geometry, threads, layout, prepacked).workspace_elements
 
 
-def _convert(src, dst, src_layout, channels, pixels):
-    """Convert one image from ``src_layout`` to the other layout."""
-    if src_layout == "NCHW":
-        transpose_blocks(src, 0, dst, 0, 1, channels, pixels)
-    else:
-        transpose_blocks(src, 0, dst, 0, 1, pixels, channels)
+@functools.lru_cache(maxsize=4096)
+def _plan_call(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
+               prepacked: bool) -> CallPlan:
+    converting = layout != algorithm.input_layout or layout != algorithm.output_layout
+    into = g.in_channels * g.height * g.width if layout != algorithm.input_layout else 0
+    back = g.out_channels * g.out_height * g.out_width if layout != algorithm.output_layout else 0
+    # A call in the other layout converts and runs one image at a time.
+    run_geometry = dataclasses.replace(g, batch=1) if converting and g.batch else g
+    runs = 0 if g.batch == 0 else (g.batch if converting else 1)
+    kernel = algorithm.plan_kernel(run_geometry, threads)
+    if not isinstance(kernel, KernelPlan):
+        raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
+                        f"{type(kernel).__name__}")
+    packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
+    return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
+                    into, back)
 
 
 _REGISTRY: dict[str, Algorithm] = {}
+_generation = 0
 
 
 def register(algorithm: Algorithm) -> Algorithm:
+    """Add an algorithm (a family module calls this at import).
+
+    Raises
+    ------
+    TypeError
+        If ``algorithm`` is not an :class:`Algorithm`.
+    ValueError
+        If its name is taken.
+    """
+    global _generation
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"register takes an Algorithm; got {type(algorithm).__name__}")
     if algorithm.name in _REGISTRY:
         raise ValueError(f"algorithm {algorithm.name!r} is already registered")
     _REGISTRY[algorithm.name] = algorithm
+    _generation += 1
     return algorithm
+
+
+def unregister(name: str) -> None:
+    """Remove an algorithm (for tests and experiments with extra families)."""
+    global _generation
+    del _REGISTRY[get(name).name]
+    _generation += 1
+
+
+def generation() -> int:
+    """Changes whenever the set of algorithms does: plans memoised under
+    another generation considered other candidates."""
+    return _generation
 
 
 def names() -> tuple[str, ...]:

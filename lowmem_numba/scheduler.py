@@ -31,12 +31,13 @@ import numpy as np
 from . import registry
 from ._version import __version__
 from .cache import cache_dir, machine_id, read_store, update_store
-from .costmodel import calibration, describe_work, predict_seconds
+from ._execute import execute, prepare_weights
+from .costmodel import calibration, predict_seconds
 from .geometry import ConvGeometry, check_flag, check_memory_limit, check_threads, make_geometry
 from .layout import check_layout, to_nchw_shape
-from .registry import FLOAT32_BYTES
 from .threads import max_threads
 from .units import format_bytes
+from .workspace import Workspace
 
 MODES = ("model", "measure")
 
@@ -143,7 +144,7 @@ def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=F
             if reason is not None:
                 screened.append(Candidate(name, t, None, None, f"unsupported: {reason}"))
                 continue
-            space = FLOAT32_BYTES * algorithm.workspace_elements(g, t, layout, prepacked)
+            space = algorithm.plan(g, t, layout, prepacked).workspace_bytes
             if memory_limit is not None and space > memory_limit:
                 screened.append(Candidate(name, t, space, None,
                                           f"over budget: {format_bytes(space)} > {format_bytes(memory_limit)}"))
@@ -201,7 +202,7 @@ def _model_plan(g, budget, layout, memory_limit, prepacked=False):
     constants = calibration()
     screened = _screen(g, budget, layout, memory_limit, prepacked)
     best, explained = _rank(screened, lambda c: (
-        predict_seconds(describe_work(c.algorithm, g, c.threads, layout), c.threads, constants), ""))
+        predict_seconds(registry.get(c.algorithm).plan(g, c.threads, layout, prepacked), constants), ""))
     return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "model", memory_limit, explained)
 
 
@@ -246,23 +247,14 @@ def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat):
     """A call of ``name`` as it would run: functional (packing the weights and
     allocating its workspace each call) or as a layer (weights packed once,
     workspace reused)."""
-    from .threads import kernel_threads
-
     algorithm = registry.get(name)
+    plan = algorithm.plan(g, threads, layout, prepacked)
     no_bias = np.empty(0, np.float32)
     if not prepacked:
-        def call():
-            with kernel_threads(threads):
-                algorithm.run(x_flat, w_flat, no_bias, out_flat, g, threads, layout)
-        return call
-    weights = algorithm.prepare_weights(w_flat, g)
-    workspace = np.empty(algorithm.workspace_elements(g, threads, layout, prepacked=True), np.float32)
-
-    def call():
-        with kernel_threads(threads):
-            algorithm.run(x_flat, weights, no_bias, out_flat, g, threads, layout, workspace=workspace,
-                          prepacked=True)
-    return call
+        return lambda: execute(plan, x_flat, w_flat, no_bias, out_flat)
+    weights = prepare_weights(algorithm, w_flat, g)
+    workspace = Workspace(plan.workspace_bytes, fixed=True)
+    return lambda: execute(plan, x_flat, weights, no_bias, out_flat, workspace)
 
 
 def _measure_plan(g, budget, layout, memory_limit, prepacked=False):
@@ -326,7 +318,10 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
     layout = check_layout(layout)
     mode = _check_mode(mode)
     prepacked = check_flag(prepacked, "prepacked")
-    key = (g, budget, layout, memory_limit, mode, prepacked)
+    # The calibration in force and the registry's generation are part of the
+    # key: plans made before a recalibration, or before a family was
+    # registered, are not reused after it.
+    key = (g, budget, layout, memory_limit, mode, prepacked, calibration(), registry.generation())
     with _memo_lock:
         cached = _memo.get(key)
         if cached is not None:

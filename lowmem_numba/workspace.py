@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .geometry import check_flag
-from .registry import FLOAT32_BYTES
+from ._plan import FLOAT32_BYTES
 
 
 class Workspace:
@@ -108,13 +108,12 @@ class Workspace:
             If an argument is of the wrong kind, the counts differ, or a shape
             is invalid for its layer (as a call on it would raise).
         """
-        from .layer import Conv2d
-
         fixed = check_flag(fixed, "fixed")
         layers = _as_list(layers, "layers")
         input_shapes = _as_list(input_shapes, "input_shapes")
         for layer in layers:
-            if not isinstance(layer, Conv2d):
+            # Duck-typed: this module sits below the layer object's.
+            if not (hasattr(layer, "workspace_bytes_for") and hasattr(layer, "workspace")):
                 raise TypeError(f"layers must hold lowmem_numba.Conv2d objects; got {type(layer).__name__}")
         if len(layers) != len(input_shapes):
             raise ValueError(f"got {len(layers)} layers but {len(input_shapes)} input shapes")

@@ -16,7 +16,8 @@ import argparse
 import numpy as np
 
 import lowmem_numba as ln
-from lowmem_numba.algorithms._common import batched_gemm, gemm_split
+from lowmem_numba._split import split_work
+from lowmem_numba.algorithms._common import batched_gemm
 from lowmem_numba.baselines import torch_available, torch_runs
 from lowmem_numba.networks import layers
 from lowmem_numba.threads import kernel_threads
@@ -38,7 +39,8 @@ def sgemm_seconds(geometry, threads, repeats):
     b = rng.random(k * n, dtype=np.float32)
     c = np.empty(m * n, np.float32)
     no_bias = np.empty(0, np.float32)
-    m_blocks, n_tiles = gemm_split(1, m, n, threads)
+    split = split_work(1, m, n, threads, min_rows=16, min_cols=128)
+    m_blocks, n_tiles = split.row_blocks, split.col_tiles
 
     def call():
         with kernel_threads(threads):

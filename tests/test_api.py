@@ -187,30 +187,36 @@ def test_empty_batch_on_every_functional_path(layout):
                                   memory_limit=memory_limit) == 0
 
 
-def test_empty_batch_tiling_helpers_do_not_divide_by_it():
-    # The kernels' own tiling plans are total in the batch (the cost model
-    # and any direct caller use them, not only conv2d's early return).
-    from lowmem_numba.algorithms import _common, kn2row, kn2row_planes
+def test_empty_batch_plans_do_not_divide_by_it():
+    # The families' plans are total in the batch (the cost model and any
+    # direct caller use them, not only conv2d's early return).
+    from lowmem_numba._split import Split, split_work
 
     g = ln.make_geometry((0, 4, 9, 9), (6, 4, 3, 3), padding=1)
     for threads in (1, 2, 8):
-        assert kn2row._tiling(g, threads)[2] == 0  # no thread slot, no save buffer
-        assert _common.split_plan(0, 64, 4096, threads) == (1, 1)
-        assert _common.gemm_split(0, 64, 4096, threads) == (1, 1)
-        assert kn2row_planes._gemm_split(0, 64, 4096, threads) == (1, 1)
+        assert split_work(0, 64, 4096, threads, min_rows=16, min_cols=128) == Split(0, 1, 1)
+        for name in ALGORITHMS:
+            algorithm = ln.registry.get(name)
+            if algorithm.unsupported(g) is None:
+                kernel = algorithm.plan_kernel(g, threads)
+                assert kernel.scratch_elements == 0 or name.startswith(("im2", "mec", "kn2"))
+                assert algorithm.plan(g, threads).workspace_elements == 0
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_empty_batch_kernels_run_directly(name):
-    # Below conv2d's early return, each algorithm's run and compute accept an
-    # empty batch too and write nothing.
+    # Below conv2d's early return, each algorithm's execution and compute
+    # accept an empty batch too and write nothing.
+    from lowmem_numba._execute import execute, prepare_weights
+
     algorithm = ln.registry.get(name)
     k = 3 if ln.supports(name, (0, 4, 9, 9), (6, 4, 3, 3), padding=1) else 1
     g = ln.make_geometry((0, 4, 9, 9), (6, 4, k, k), padding=k // 2)
     empty = np.empty(0, np.float32)
     w = np.ones(6 * 4 * k * k, np.float32)
     for threads in range(1, ln.threads.max_threads() + 1):
-        algorithm.run(empty, w, empty, empty, g, threads)
-        packed = algorithm.prepare_weights(w, g)
-        scratch = np.empty(algorithm.scratch_elements(g, threads), np.float32)
-        algorithm.compute(empty, packed, empty, empty, scratch, g, threads)
+        execute(algorithm.plan(g, threads), empty, w, empty, empty)
+        packed = prepare_weights(algorithm, w, g)
+        kernel = algorithm.plan_kernel(g, threads)
+        scratch = np.empty(kernel.scratch_elements, np.float32)
+        algorithm.compute(empty, packed, empty, empty, scratch, g, kernel)

@@ -18,6 +18,7 @@ from lowmem_numba import cache, costmodel, scheduler
 from lowmem_numba.__main__ import main as cli_main
 from lowmem_numba.cache import cache_dir, read_store, update_store
 from lowmem_numba.costmodel import DEFAULTS, Calibration, CalibrationRun
+from lowmem_numba._plan import CallPlan, KernelPlan
 from lowmem_numba.geometry import make_geometry
 from lowmem_numba.timing import Timing
 from lowmem_numba.units import format_bytes
@@ -157,12 +158,19 @@ def test_gemm_fit_is_stable_under_timing_noise():
         fitted = Calibration(peak, hm, hn, hk, 1, 1, 1, 0)
 
         def relative(c, k):  # a k-deep GEMM against a 576-deep one (kn2row-aa against mec on 64 channels)
-            times = [costmodel.predict_seconds(costmodel.Work(((576 // depth, 64, 3136, depth),), 0, 0, 0), 1, c)
+            times = [costmodel.predict_seconds(_gemms_plan(576 // depth, 64, 3136, depth), c)
                      for depth in (k, 576)]
             return times[0] / times[1]
 
         for k in (16, 64):
             assert abs(math.log(relative(fitted, k) / relative(truth, k))) < 0.08, (seed, k)
+
+
+def _gemms_plan(count, m, n, k):
+    """A one-thread call plan that issues ``count`` m x n x k GEMMs and nothing else."""
+    g = make_geometry((1, 1, 1, 1), (1, 1, 1, 1))
+    kernel = KernelPlan(gemms=((count, m, n, k),), launches=0)
+    return CallPlan("toy", g, 1, "NCHW", True, g, 1, kernel, 0, 0, 0)
 
 
 def test_fit_recovers_exact_constants():

@@ -1,7 +1,9 @@
 """Micro-kernels shared by the algorithm families.
 
-Kernels take flat C-contiguous float32 arrays and the geometry as a tuple of
-ints (see :func:`dims`), so one compiled specialisation serves every shape.
+Kernels take flat C-contiguous float32 arrays and the geometry as a
+:class:`KernelGeometry` record (built by :func:`kernel_geometry`), whose fields
+they read by name; its one Numba type lets one compiled specialisation serve
+every shape.
 """
 
 from __future__ import annotations
@@ -10,20 +12,16 @@ import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._kernel_geometry import KernelGeometry, kernel_geometry  # noqa: F401  (re-exported)
+from .._plan import Gemms, KernelPlan
+from .._split import split_work
+from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS
 from ..blas import gemm
 from ..layout import transpose_blocks
 
-_F32_ONE = np.float32(1.0)
-_F32_ZERO = np.float32(0.0)
-
-
-def dims(g) -> tuple:
-    """The geometry as the int tuple kernels unpack."""
-    return (
-        g.batch, g.in_channels, g.height, g.width, g.out_channels, g.kernel_h,
-        g.kernel_w, g.groups, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w,
-        g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, g.out_height, g.out_width,
-    )
+#: The float32 constants kernels pass to gemm (alpha, beta) and store.
+F32_ONE = np.float32(1.0)
+F32_ZERO = np.float32(0.0)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -39,79 +37,89 @@ def valid_range(in_size, out_size, stride, offset):
 
 
 @njit(cache=True, nogil=True)
-def add_bias_rows(out, offset, rows, cols, ld, bias, bias_offset):
-    """out[offset + r*ld + j] += bias[bias_offset + r] for an rows x cols block."""
+def bias_rows(out, offset, rows, cols, ld, bias, bias_offset, add):
+    """Channel-per-row block: row r of the ``rows x cols`` block at ``out[offset]``
+    (leading dimension ``ld``) gets ``bias[bias_offset + r]``.
+
+    With ``add`` the bias is added (nothing happens without a bias); otherwise
+    the block is set to it (to zero without a bias).
+    """
+    if add and not bias.size:
+        return
     for r in range(rows):
-        b = bias[bias_offset + r]
+        b = bias[bias_offset + r] if bias.size else F32_ZERO
         base = offset + r * ld
-        for j in range(cols):
-            out[base + j] += b
+        if add:
+            for j in range(cols):
+                out[base + j] += b
+        else:
+            for j in range(cols):
+                out[base + j] = b
 
 
 @njit(cache=True, nogil=True)
-def add_bias_cols(out, offset, rows, cols, ld, bias, bias_offset):
-    """out[offset + r*ld + j] += bias[bias_offset + j]: a channels-last block."""
+def bias_cols(out, offset, rows, cols, ld, bias, bias_offset, add):
+    """Channels-last block: column j of the ``rows x cols`` block at
+    ``out[offset]`` (leading dimension ``ld``) gets ``bias[bias_offset + j]``.
+
+    With ``add`` the bias is added (nothing happens without a bias); otherwise
+    the block is set to it (to zero without a bias).
+    """
+    if add and not bias.size:
+        return
     for r in range(rows):
         base = offset + r * ld
-        for j in range(cols):
-            out[base + j] += bias[bias_offset + j]
+        if not bias.size:
+            for j in range(cols):
+                out[base + j] = F32_ZERO
+        elif add:
+            for j in range(cols):
+                out[base + j] += bias[bias_offset + j]
+        else:
+            for j in range(cols):
+                out[base + j] = bias[bias_offset + j]
 
 
-@njit(cache=True, nogil=True)
-def fill_rows(out, offset, rows, cols, ld, bias, bias_offset):
-    """Set an rows x cols block to the bias of each row (zero when bias is empty)."""
-    for r in range(rows):
-        b = bias[bias_offset + r] if bias.size else _F32_ZERO
-        base = offset + r * ld
-        for j in range(cols):
-            out[base + j] = b
+def split_gemms(count, m, n, k, threads, *, min_rows, min_cols, prefer="cols"):
+    """Cut ``count`` equal m x n x k GEMMs into parallel tiles (one
+    :func:`~lowmem_numba._split.split_work` rule) and describe the tiles.
 
-
-def gemm_split(count: int, m: int, n: int, threads: int, min_cols: int = 128):
-    """How to cut ``count`` independent m x n GEMM outputs into parallel items.
-
-    Returns (m_blocks, n_tiles).  One item per GEMM when there are enough; else
-    columns are cut first (each tile keeps >= ``min_cols`` columns, the width at
-    which a single-threaded sgemm stays efficient), then rows.
+    Returns
+    -------
+    split : Split
+        ``row_blocks x col_tiles`` per GEMM; the kernel decodes items with
+        :func:`tile_bounds`.
+    gemms : Gemms
+        The GEMMs as issued, for the plan (tile shapes rounded up).
     """
-    if count >= threads or count < 1:
-        return 1, 1  # one item per GEMM, or no GEMM at all (an empty batch)
-    want = ceil_div(threads, count)
-    n_tiles = max(1, min(want, n // min_cols))
-    m_blocks = max(1, min(ceil_div(want, n_tiles), m // 16))
-    return m_blocks, n_tiles
+    split = split_work(count, m, n, threads, min_rows=min_rows, min_cols=min_cols, prefer=prefer)
+    return split, Gemms(split.items, ceil_div(m, split.row_blocks), ceil_div(n, split.col_tiles), k)
 
 
-#: Narrowest column tile and smallest row block split_plan creates by default:
-#: below these a single-threaded sgemm loses efficiency faster than balance gains.
-_MIN_COLS = 256
-_MIN_ROWS = 16
+def patch_matrix_plan(g, threads, *, gathered, pixel_rows):
+    """The plan of the patch-matrix families (im2col, im2row).
 
+    Per image: one patch matrix of ``C·kh·kw x Ho·Wo`` elements (the scratch),
+    then per group a GEMM of ``M/g x Ho·Wo x C/g·kh·kw`` cut into tiles (issued
+    with pixels as rows when ``pixel_rows``).  Two parallel regions per image.
 
-def split_plan(count, rows, cols, threads, min_rows=_MIN_ROWS, min_cols=_MIN_COLS):
-    """How to cut ``count`` equal ``rows x cols`` GEMM outputs into parallel tiles.
-
-    Returns ``(row_blocks, col_tiles)``.  Numba's ``prange`` hands each thread
-    an equal contiguous share of the items, so the wall time follows
-    ``ceil(items / threads)``: the plan minimises that relative to the ideal
-    ``items / threads``, preferring the fewest tiles (each tile repacks its
-    operands) and column cuts over row cuts.  Also used by the MEC kernels.
+    Parameters
+    ----------
+    gathered : bool
+        Whether the builder gathers element by element with bounds checks,
+        which moves each patch element about twice as slowly as copying runs
+        (measured on the layer tables: scan against copy-short).
     """
-    if threads <= 1 or count < 1:
-        return 1, 1  # nothing to balance, or no GEMM at all (an empty batch)
-    max_cols = max(1, min(cols // min_cols, 4 * threads))
-    max_rows = max(1, min(rows // min_rows, 4 * threads))
-    best, best_cost = (1, 1), None
-    for col_tiles in range(1, max_cols + 1):
-        for row_blocks in range(1, max_rows + 1):
-            items = count * row_blocks * col_tiles
-            imbalance = ceil_div(items, threads) * threads / items
-            # A small price per extra tile, higher for row cuts (which make
-            # the thinner, less efficient GEMMs), breaks ties.
-            cost = imbalance * (1 + 0.01 * (col_tiles - 1) + 0.02 * (row_blocks - 1))
-            if best_cost is None or cost < best_cost - 1e-12:
-                best, best_cost = (row_blocks, col_tiles), cost
-    return best
+    patches = g.in_channels * g.kernel_taps * g.out_height * g.out_width
+    split, gemms = split_gemms(g.groups, g.out_channels_per_group, g.out_height * g.out_width,
+                               g.reduction_size, threads, min_rows=GEMM_MIN_ROWS,
+                               min_cols=PATCH_GEMM_MIN_COLS)
+    if pixel_rows:
+        gemms = gemms._replace(m=gemms.n, n=gemms.m)
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles), scratch_elements=patches,
+                      gemms=(gemms._replace(count=g.batch * gemms.count),),
+                      moved_elements=(2 if gathered else 1) * g.batch * patches,
+                      parallel_items=split.items, launches=2 * g.batch)
 
 
 @njit(cache=True, nogil=True)
@@ -137,12 +145,25 @@ def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
     for item in prange(count * m_blocks * n_tiles):
         i, m0, m1, n0, n1 = tile_bounds(item, m, n, m_blocks, n_tiles)
         c_at = c_off + i * c_step + m0 * ldc + n0
-        gemm(False, False, m1 - m0, n1 - n0, k, _F32_ONE,
+        gemm(False, False, m1 - m0, n1 - n0, k, F32_ONE,
              a, a_off + i * a_step + m0 * lda, lda,
              b, b_off + i * b_step + n0, ldb,
-             _F32_ZERO, c, c_at, ldc)
-        if bias.size:
-            add_bias_rows(c, c_at, m1 - m0, n1 - n0, ldc, bias, i * bias_step + m0)
+             F32_ZERO, c, c_at, ldc)
+        bias_rows(c, c_at, m1 - m0, n1 - n0, ldc, bias, i * bias_step + m0, add=True)
+
+
+@njit(parallel=True, cache=True)
+def pack_channels_last(w, packed, d):
+    """Weights (M, C/g, kh, kw) as (M, kh, kw, C/g): each output channel's
+    reduction reordered from (c, i, j) to (i, j, c), the order of im2row's patch
+    columns and of MEC's lowered rows.  Scattered writes stay in one row."""
+    cg_count = d.channels_per_group
+    taps = d.kernel_taps
+    kg = taps * cg_count
+    for m in prange(d.out_channels):
+        for c in range(cg_count):
+            for t in range(taps):
+                packed[m * kg + t * cg_count + c] = w[(m * cg_count + c) * taps + t]
 
 
 def pack_tap_major(weight, g, dest):
@@ -155,6 +176,10 @@ def pack_tap_major(weight, g, dest):
 def all_weights(g) -> int:
     """Elements of the whole weight tensor: the size of a full repacking."""
     return g.out_channels * g.reduction_size
+
+
+#: What the kn2row family supports, in words.
+KN2ROW_CLAIMS = "stride 1; any kernel, padding, dilation and groups"
 
 
 def kn2row_family_unsupported(g):

@@ -11,44 +11,42 @@ dilation has no effect on a single tap.
 
 Parallelism: the ``N*g`` GEMMs are cut into equal tiles (columns of H*W
 first, then blocks of output channels) so that the tiles spread evenly over
-the threads (:func:`._common.split_plan`); each tile is one single-threaded sgemm.
+the threads (:func:`._common.split_gemms`); each tile is one single-threaded sgemm.
 Many small images or groups give one tile per GEMM; one big plane gives
 column tiles.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
-from ._common import add_bias_rows, dims, split_plan, tile_bounds
+from .._plan import KernelPlan
+from .._tuning import GEMM_MIN_COLS, GEMM_MIN_ROWS
+from ._common import F32_ONE, F32_ZERO, bias_rows, kernel_geometry, split_gemms, tile_bounds
 
-_F32_ONE = np.float32(1.0)
-_F32_ZERO = np.float32(0.0)
 
 @njit(parallel=True, cache=True)
 def _conv1x1(x, w, bias, out, d, m_blocks, n_tiles):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    hw = H * W
-    cg = C // G
-    mg = M // G
+    C, M, G = d.in_channels, d.out_channels, d.groups
+    hw = d.height * d.width
+    cg = d.channels_per_group
+    mg = d.out_channels_per_group
     # Items run image-major, then group, so one thread's contiguous share of
     # items reads neighbouring planes.
-    for item in prange(N * G * m_blocks * n_tiles):
+    for item in prange(d.batch * G * m_blocks * n_tiles):
         ng, m0, m1, p0, p1 = tile_bounds(item, mg, hw, m_blocks, n_tiles)
         n = ng // G
         g = ng % G
         c_at = (n * M + g * mg + m0) * hw + p0
-        gemm(False, False, m1 - m0, p1 - p0, cg, _F32_ONE,
+        gemm(False, False, m1 - m0, p1 - p0, cg, F32_ONE,
              w, (g * mg + m0) * cg, cg,
              x, (n * C + g * cg) * hw + p0, hw,
-             _F32_ZERO, out, c_at, hw)
-        if bias.size:
-            add_bias_rows(out, c_at, m1 - m0, p1 - p0, hw, bias, g * mg + m0)
+             F32_ZERO, out, c_at, hw)
+        bias_rows(out, c_at, m1 - m0, p1 - p0, hw, bias, g * mg + m0, add=True)
 
 
 def _unsupported(g):
@@ -64,10 +62,16 @@ def _unsupported(g):
                               "k = lda = C/g": g.channels_per_group})
 
 
-def _compute(x, weights, bias, out, scratch, g, threads):
-    m_blocks, n_tiles = split_plan(g.batch * g.groups, g.out_channels_per_group,
-                                   g.height * g.width, threads)
-    _conv1x1(x, weights, bias, out, dims(g), m_blocks, n_tiles)
+def _plan(g, threads):
+    split, gemms = split_gemms(g.batch * g.groups, g.out_channels_per_group, g.height * g.width,
+                               g.channels_per_group, threads, min_rows=GEMM_MIN_ROWS,
+                               min_cols=GEMM_MIN_COLS)
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles), gemms=(gemms,),
+                      parallel_items=split.items)
+
+
+def _compute(x, weights, bias, out, scratch, g, kernel):
+    _conv1x1(x, weights, bias, out, kernel_geometry(g), *kernel.tiling)
 
 
 register(Algorithm(
@@ -79,6 +83,7 @@ register(Algorithm(
     unsupported=_unsupported,
     packed_weight_elements=lambda g: 0,
     pack_weights=None,
-    scratch_elements=lambda g, threads: 0,
+    plan_kernel=_plan,
     compute=_compute,
+    claims="1x1 kernel, stride 1, no padding; any groups",
 ))

@@ -60,17 +60,22 @@ output-channel block, pixel tile) items.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..geometry import blas_limit_reason
 from ..registry import Algorithm, register
-from ._common import add_bias_cols, add_bias_rows, dims, gemm_split, tile_bounds, valid_range
-
-_F32_ONE = np.float32(1.0)
-_F32_ZERO = np.float32(0.0)
+from ._common import (
+    F32_ONE,
+    F32_ZERO,
+    bias_cols,
+    bias_rows,
+    kernel_geometry,
+    patch_matrix_plan,
+    tile_bounds,
+    valid_range,
+)
 
 # Builders (the patch-building kernel's ``builder`` argument).
 SCAN = 0
@@ -86,7 +91,7 @@ ATBT_IK = 1   # out[Ho*Wo, M/g] = P_g^T @ W_g^T, HWC output
 @njit(cache=True, nogil=True)
 def _zero(patches, start, stop):
     for q in range(start, stop):
-        patches[q] = _F32_ZERO
+        patches[q] = F32_ZERO
 
 
 @njit(cache=True, nogil=True)
@@ -119,7 +124,7 @@ def _scan_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW):
             if inside_y and ix >= 0 and ix < W:
                 patches[dst + xo] = x[x_plane + iy * W + ix]
             else:
-                patches[dst + xo] = _F32_ZERO
+                patches[dst + xo] = F32_ZERO
 
 
 @njit(cache=True, nogil=True)
@@ -154,7 +159,9 @@ def _long_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW, lo, 
 @njit(parallel=True, cache=True)
 def _build_patches(x, n, patches, d, builder):
     """Patch matrix of image ``n`` of the NCHW batch ``x``, by ``builder``."""
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
+    C, H, W = d.in_channels, d.height, d.width
+    KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
+    SH, SW, DH, DW = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w
     plane = HO * WO
     # copy-self: row (c, i, j) at output row yo equals row (c, i - shift, j) at
     # yo + 1, so rows of one (c, j) are built in order by one item.
@@ -174,11 +181,11 @@ def _build_patches(x, n, patches, d, builder):
             i0 = 0
             j = r
         x_plane = (n * C + c) * H * W
-        dx = j * DW - PL
+        dx = j * DW - d.pad_left
         lo, hi = valid_range(W, WO, SW, dx)
         for i in range(i0, i0 + rows_per_item):
             row = ((c * KH + i) * KW + j) * plane
-            dy = i * DH - PT
+            dy = i * DH - d.pad_top
             if builder == SCAN:
                 _scan_patch_row(x, x_plane, patches, row, dy, dx, H, W, HO, WO, SH, SW)
             elif one_run:
@@ -201,38 +208,38 @@ def _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles):
 
     Items are (group, output-channel block, pixel tile); each is one GEMM.
     """
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    mg = M // G
-    k = (C // G) * KH * KW
-    plane = HO * WO
+    M = d.out_channels
+    mg = d.out_channels_per_group
+    k = d.channels_per_group * d.kernel_taps
+    plane = d.out_height * d.out_width
     out_img = n * M * plane
-    for item in prange(G * m_blocks * n_tiles):
+    for item in prange(d.groups * m_blocks * n_tiles):
         g, m0, m1, p0, p1 = tile_bounds(item, mg, plane, m_blocks, n_tiles)
         channel0 = g * mg + m0
         p_at = g * k * plane + p0
         if form == AB_KI:
             at = out_img + channel0 * plane + p0
-            gemm(False, False, m1 - m0, p1 - p0, k, _F32_ONE, w, channel0 * k, k,
-                 patches, p_at, plane, _F32_ZERO, out, at, plane)
-            if bias.size:
-                add_bias_rows(out, at, m1 - m0, p1 - p0, plane, bias, channel0)
+            gemm(False, False, m1 - m0, p1 - p0, k, F32_ONE, w, channel0 * k, k,
+                 patches, p_at, plane, F32_ZERO, out, at, plane)
+            bias_rows(out, at, m1 - m0, p1 - p0, plane, bias, channel0, add=True)
         else:
             at = out_img + p0 * M + channel0
-            gemm(True, True, p1 - p0, m1 - m0, k, _F32_ONE, patches, p_at, plane,
-                 w, channel0 * k, k, _F32_ZERO, out, at, M)
-            if bias.size:
-                add_bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0)
+            gemm(True, True, p1 - p0, m1 - m0, k, F32_ONE, patches, p_at, plane,
+                 w, channel0 * k, k, F32_ZERO, out, at, M)
+            bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0, add=True)
 
 
 @njit(cache=True)
 def _im2col_batch(x, w, bias, out, patches, d, builder, form, m_blocks, n_tiles):
-    for n in range(d[0]):
+    for n in range(d.batch):
         _build_patches(x, n, patches, d, builder)
         _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles)
 
 
-def _scratch(g, threads):
-    return g.in_channels * g.kernel_taps * g.out_height * g.out_width
+def _plan_with(builder, form):
+    def plan(g, threads):
+        return patch_matrix_plan(g, threads, gathered=builder == SCAN, pixel_rows=form == ATBT_IK)
+    return plan
 
 
 def _unsupported_with(form):
@@ -251,10 +258,8 @@ def _unsupported_with(form):
 
 
 def _register(builder_name, builder, builder_text, form_name, form, form_text, output_layout):
-    def compute(x, weights, bias, out, scratch, g, threads):
-        m_blocks, n_tiles = gemm_split(g.groups, g.out_channels_per_group,
-                                       g.out_height * g.out_width, threads)
-        _im2col_batch(x, weights, bias, out, scratch, dims(g), builder, form, m_blocks, n_tiles)
+    def compute(x, weights, bias, out, scratch, g, kernel):
+        _im2col_batch(x, weights, bias, out, scratch, kernel_geometry(g), builder, form, *kernel.tiling)
 
     register(Algorithm(
         name=f"im2col-{builder_name}-{form_name}",
@@ -264,7 +269,7 @@ def _register(builder_name, builder, builder_text, form_name, form, form_text, o
         unsupported=_unsupported_with(form),
         packed_weight_elements=lambda g: 0,
         pack_weights=None,
-        scratch_elements=_scratch,
+        plan_kernel=_plan_with(builder, form),
         compute=compute,
         output_layout=output_layout,
     ))

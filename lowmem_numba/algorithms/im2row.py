@@ -59,49 +59,51 @@ anyway.  So the registered form is the full matrix.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..geometry import blas_limit_reason
+from .._tuning import TRANSPOSE_TILE
 from ..registry import Algorithm, register
-from ._common import add_bias_cols, add_bias_rows, all_weights, dims, gemm_split, tile_bounds, valid_range
+from ._common import (
+    F32_ONE,
+    F32_ZERO,
+    all_weights,
+    bias_cols,
+    bias_rows,
+    kernel_geometry,
+    pack_channels_last,
+    patch_matrix_plan,
+    tile_bounds,
+    valid_range,
+)
 
-_F32_ONE = np.float32(1.0)
-_F32_ZERO = np.float32(0.0)
-
-#: Side of the square blocks the weight repacking transposes in.
-_PACK_TILE = 32
 
 
 @njit(parallel=True, cache=True)
 def _pack(w, packed, d, channels_out):
     # A row of w (one output channel) is (c, i, j); patch columns are (i, j, c).
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg_count = C // G
-    mg_count = M // G
-    taps = KH * KW
-    kg = taps * cg_count
     if not channels_out:
-        # Same rows, columns permuted: scattered writes stay in one row.
-        for m in prange(M):
-            for c in range(cg_count):
-                for t in range(taps):
-                    packed[m * kg + t * cg_count + c] = w[(m * cg_count + c) * taps + t]
+        pack_channels_last(w, packed, d)  # same rows, columns permuted
         return
+    G = d.groups
+    cg_count = d.channels_per_group
+    mg_count = d.out_channels_per_group
+    taps = d.kernel_taps
+    kg = taps * cg_count
     # Also transposed per group: square blocks of (channel, w column) keep the
     # block's reads and writes in cache.
-    m_tiles = (mg_count + _PACK_TILE - 1) // _PACK_TILE
-    k_tiles = (kg + _PACK_TILE - 1) // _PACK_TILE
+    m_tiles = (mg_count + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
+    k_tiles = (kg + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE
     for item in prange(G * m_tiles * k_tiles):
         g = item // (m_tiles * k_tiles)
-        m0 = (item // k_tiles) % m_tiles * _PACK_TILE
-        s0 = item % k_tiles * _PACK_TILE
-        for s in range(s0, min(kg, s0 + _PACK_TILE)):
+        m0 = (item // k_tiles) % m_tiles * TRANSPOSE_TILE
+        s0 = item % k_tiles * TRANSPOSE_TILE
+        for s in range(s0, min(kg, s0 + TRANSPOSE_TILE)):
             c = s // taps
             dst = (g * kg + (s - c * taps) * cg_count + c) * mg_count
-            for mg in range(m0, min(mg_count, m0 + _PACK_TILE)):
+            for mg in range(m0, min(mg_count, m0 + TRANSPOSE_TILE)):
                 packed[dst + mg] = w[(g * mg_count + mg) * kg + s]
 
 
@@ -112,7 +114,7 @@ def _zero_taps(p, dst, count, G, kg):
         for g in range(G):
             at = dst + g * kg
             for q in range(count):
-                p[at + q] = _F32_ZERO
+                p[at + q] = F32_ZERO
 
 
 @njit(cache=True, nogil=True)
@@ -141,7 +143,7 @@ def _copy_taps(x, src, p, dst, taps, DW, G, cg_count, kg, checked, iy, ix, H, W)
                     if not checked or (iy >= 0 and iy < H and x_t >= 0 and x_t < W):
                         p[o + c] = x[s + c]
                     else:
-                        p[o + c] = _F32_ZERO
+                        p[o + c] = F32_ZERO
     else:
         # Few channels per group (depthwise): make the long loop the one over
         # groups, or loop overhead dominates the copy of runs of 1-2 values.
@@ -154,17 +156,18 @@ def _copy_taps(x, src, p, dst, taps, DW, G, cg_count, kg, checked, iy, ix, H, W)
                     if not checked or (iy >= 0 and iy < H and x_t >= 0 and x_t < W):
                         p[o + g * kg] = x[s + g * cg_count]
                     else:
-                        p[o + g * kg] = _F32_ZERO
+                        p[o + g * kg] = F32_ZERO
 
 
 @njit(cache=True, nogil=True)
 def _build_row(x, x_img, p, row, yo, xo, d, scan):
     """Patch row of output pixel (yo, xo) at ``p[row:row + kh*kw*C]``."""
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg_count = C // G
-    kg = KH * KW * cg_count
-    y_off = yo * SH - PT
-    x_off = xo * SW - PL
+    C, H, W, G = d.in_channels, d.height, d.width, d.groups
+    KH, KW, DH, DW = d.kernel_h, d.kernel_w, d.dilation_h, d.dilation_w
+    cg_count = d.channels_per_group
+    kg = d.kernel_taps * cg_count
+    y_off = yo * d.stride_h - d.pad_top
+    x_off = xo * d.stride_w - d.pad_left
     if scan:
         for i in range(KH):
             iy = y_off + i * DH
@@ -187,48 +190,48 @@ def _build_row(x, x_img, p, row, yo, xo, d, scan):
 
 @njit(parallel=True, cache=True)
 def _build_patches(x, n, patches, d, scan):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    ldp = KH * KW * C
-    x_img = n * H * W * C
-    for pix in prange(HO * WO):
+    ldp = d.kernel_taps * d.in_channels
+    x_img = n * d.height * d.width * d.in_channels
+    WO = d.out_width
+    for pix in prange(d.out_height * WO):
         _build_row(x, x_img, patches, pix * ldp, pix // WO, pix % WO, d, scan)
 
 
 @njit(parallel=True, cache=True)
 def _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles):
     # Items are (group, output-channel block, pixel tile); each is one GEMM.
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    mg_count = M // G
-    kg = KH * KW * (C // G)
-    ldp = KH * KW * C
-    plane = HO * WO
+    M = d.out_channels
+    mg_count = d.out_channels_per_group
+    kg = d.kernel_taps * d.channels_per_group
+    ldp = d.kernel_taps * d.in_channels
+    plane = d.out_height * d.out_width
     out_img = n * M * plane
-    for item in prange(G * m_blocks * n_tiles):
+    for item in prange(d.groups * m_blocks * n_tiles):
         g, m0, m1, p0, p1 = tile_bounds(item, mg_count, plane, m_blocks, n_tiles)
         channel0 = g * mg_count + m0
         if channels_out:
             at = out_img + p0 * M + channel0
-            gemm(False, False, p1 - p0, m1 - m0, kg, _F32_ONE, patches, p0 * ldp + g * kg, ldp,
-                 w, g * kg * mg_count + m0, mg_count, _F32_ZERO, out, at, M)
-            if bias.size:
-                add_bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0)
+            gemm(False, False, p1 - p0, m1 - m0, kg, F32_ONE, patches, p0 * ldp + g * kg, ldp,
+                 w, g * kg * mg_count + m0, mg_count, F32_ZERO, out, at, M)
+            bias_cols(out, at, p1 - p0, m1 - m0, M, bias, channel0, add=True)
         else:
             at = out_img + channel0 * plane + p0
-            gemm(False, True, m1 - m0, p1 - p0, kg, _F32_ONE, w, channel0 * kg, kg,
-                 patches, p0 * ldp + g * kg, ldp, _F32_ZERO, out, at, plane)
-            if bias.size:
-                add_bias_rows(out, at, m1 - m0, p1 - p0, plane, bias, channel0)
+            gemm(False, True, m1 - m0, p1 - p0, kg, F32_ONE, w, channel0 * kg, kg,
+                 patches, p0 * ldp + g * kg, ldp, F32_ZERO, out, at, plane)
+            bias_rows(out, at, m1 - m0, p1 - p0, plane, bias, channel0, add=True)
 
 
 @njit(cache=True)
 def _im2row_batch(x, w, bias, out, patches, d, scan, channels_out, m_blocks, n_tiles):
-    for n in range(d[0]):
+    for n in range(d.batch):
         _build_patches(x, n, patches, d, scan)
         _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles)
 
 
-def _scratch(g, threads):
-    return g.kernel_taps * g.in_channels * g.out_height * g.out_width
+def _plan_with(scan, channels_out):
+    def plan(g, threads):
+        return patch_matrix_plan(g, threads, gathered=scan, pixel_rows=channels_out)
+    return plan
 
 
 def _unsupported_with(channels_out):
@@ -250,13 +253,11 @@ def _unsupported_with(channels_out):
 
 def _register(builder, scan, form, channels_out):
     def pack(weight, g, dest):
-        _pack(weight, dest, dims(g), channels_out)
+        _pack(weight, dest, kernel_geometry(g), channels_out)
 
-    def compute(x, packed, bias, out, scratch, g, threads):
-        m_blocks, n_tiles = gemm_split(g.groups, g.out_channels_per_group,
-                                       g.out_height * g.out_width, threads)
-        _im2row_batch(x, packed, bias, out, scratch, dims(g), scan, channels_out,
-                      m_blocks, n_tiles)
+    def compute(x, packed, bias, out, scratch, g, kernel):
+        _im2row_batch(x, packed, bias, out, scratch, kernel_geometry(g), scan, channels_out,
+                      *kernel.tiling)
 
     how = "element-wise bounds-checked gather" if scan else "runs of C/g channels"
     gemm_text = ("P @ W (HWC output)" if channels_out else "W @ P^T (CHW output)")
@@ -268,7 +269,7 @@ def _register(builder, scan, form, channels_out):
         unsupported=_unsupported_with(channels_out),
         packed_weight_elements=all_weights,
         pack_weights=pack,
-        scratch_elements=_scratch,
+        plan_kernel=_plan_with(scan, channels_out),
         compute=compute,
         input_layout="NHWC",
         output_layout="NHWC" if channels_out else "NCHW",

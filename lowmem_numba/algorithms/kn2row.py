@@ -33,31 +33,37 @@ kn2row-aa-atbt   (C/g x M/g), transposed     HWC, transposed     NHWC / NHWC
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..geometry import blas_limit_reason
+from .._plan import KernelPlan
+from .._split import split_work
+from .._tuning import GEMM_MIN_ROWS, KN2ROW_AA_BAND_COLUMNS
 from ..registry import Algorithm, register
-from ._common import all_weights, ceil_div, dims, kn2row_family_unsupported, pack_tap_major, valid_range
+from ._common import (
+    F32_ONE,
+    all_weights,
+    bias_cols,
+    bias_rows,
+    ceil_div,
+    kernel_geometry,
+    KN2ROW_CLAIMS,
+    kn2row_family_unsupported,
+    pack_tap_major,
+    valid_range,
+)
 
-_F32_ONE = np.float32(1.0)
-
-#: Output columns (of H*W) per band.  Wider bands make fewer, larger GEMMs
-#: (1024-4096 measured best on VGG-16 and AlexNet layers); the save buffer grows
-#: with the band's rows.
-_BAND_COLUMNS = 2048
 
 
 @njit(parallel=True, cache=True)
 def _pack_taps_transposed(w, packed, d):
     # (groups, taps, C/g, M/g) from (M, C/g, taps).
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg_count = C // G
-    mg_count = M // G
-    taps = KH * KW
-    for m in prange(M):
+    cg_count = d.channels_per_group
+    mg_count = d.out_channels_per_group
+    taps = d.kernel_taps
+    for m in prange(d.out_channels):
         g = m // mg_count
         mg = m % mg_count
         for cg in range(cg_count):
@@ -84,14 +90,6 @@ def _move_wrapped(out, block, m_stride, p_stride, buf, buf_at, buf_ld, rows_m,
 
 
 @njit(cache=True, nogil=True)
-def _fill_bias(out, block, m_stride, p_stride, rows_m, first_pixel, pixels, bias, bias_at):
-    for r in range(rows_m):
-        b = bias[bias_at + r] if bias.size else np.float32(0.0)
-        for p in range(first_pixel, first_pixel + pixels):
-            out[block + r * m_stride + p * p_stride] = b
-
-
-@njit(cache=True, nogil=True)
 def _tap_gemm(rows_m, pixels, cg_count, mg_count, C, M, hw, packed, tap_at, a_transposed,
               x, x_image, x_pixel, channels_last, out, out_block, out_pixel, plane):
     """Accumulate one tap over ``pixels`` consecutive output pixels.
@@ -103,29 +101,30 @@ def _tap_gemm(rows_m, pixels, cg_count, mg_count, C, M, hw, packed, tap_at, a_tr
     if channels_last:
         b_transposed = not a_transposed
         ldb = cg_count if not a_transposed else mg_count
-        gemm(False, b_transposed, pixels, rows_m, cg_count, _F32_ONE,
+        gemm(False, b_transposed, pixels, rows_m, cg_count, F32_ONE,
              x, x_image + x_pixel * C, C,
              packed, tap_at, ldb,
-             _F32_ONE, out, out_block + out_pixel * M, M)
+             F32_ONE, out, out_block + out_pixel * M, M)
     else:
         lda = mg_count if a_transposed else cg_count
-        gemm(a_transposed, False, rows_m, pixels, cg_count, _F32_ONE,
+        gemm(a_transposed, False, rows_m, pixels, cg_count, F32_ONE,
              packed, tap_at, lda,
              x, x_image + x_pixel, hw,
-             _F32_ONE, out, out_block + out_pixel, plane)
+             F32_ONE, out, out_block + out_pixel, plane)
 
 
 @njit(parallel=True, cache=True)
 def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots, save_cols,
                a_transposed, channels_last):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg_count = C // G
-    mg_count = M // G
-    taps = KH * KW
+    C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
+    KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
+    cg_count = d.channels_per_group
+    mg_count = d.out_channels_per_group
+    taps = d.kernel_taps
     hw = H * W
     plane = HO * WO
     bands = (HO + rows_per_band - 1) // rows_per_band
-    items = N * G * m_blocks * bands
+    items = d.batch * G * m_blocks * bands
     per_slot = ((mg_count + m_blocks - 1) // m_blocks) * save_cols
     flat = WO == W
     # Output element (m, pixel) of a block sits at block + m*m_stride + pixel*p_stride.
@@ -149,15 +148,20 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
             else:
                 out_block = (n * M + m_first) * plane
                 x_image = (n * C + g * cg_count) * hw
-            _fill_bias(out, out_block, m_stride, p_stride, rows_m, y0 * WO, (y1 - y0) * WO, bias, m_first)
+            if channels_last:
+                bias_cols(out, out_block + y0 * WO * M, (y1 - y0) * WO, rows_m, M, bias, m_first,
+                          add=False)
+            else:
+                bias_rows(out, out_block + y0 * WO, rows_m, (y1 - y0) * WO, plane, bias, m_first,
+                          add=False)
             for i in range(KH):
-                dy = i * DH - PT
+                dy = i * d.dilation_h - d.pad_top
                 r0 = max(y0, -dy)
                 r1 = min(y1, H - dy)
                 if r1 <= r0:
                     continue
                 for j in range(KW):
-                    dx = j * DW - PL
+                    dx = j * d.dilation_w - d.pad_left
                     tap_block = (g * taps + i * KW + j) * mg_count * cg_count
                     tap_at = tap_block + (m0 if a_transposed else m0 * cg_count)
                     if flat:
@@ -191,7 +195,7 @@ def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots,
 def _tiling(g, threads):
     """(m_blocks, rows_per_band, slots, save_cols) for a geometry and thread count."""
     width = g.out_width
-    bands = max(1, ceil_div(g.out_height * width, _BAND_COLUMNS))
+    bands = max(1, ceil_div(g.out_height * width, KN2ROW_AA_BAND_COLUMNS))
     if g.out_channels_per_group < 32 * threads:
         # Few output channels: feed the threads with more (narrower) bands.
         # Otherwise splitting channels keeps each tap's GEMM as wide as the
@@ -202,10 +206,11 @@ def _tiling(g, threads):
     rows_per_band = ceil_div(g.out_height, bands)
     bands = ceil_div(g.out_height, rows_per_band)
     independent = g.batch * g.groups * bands
-    m_blocks = 1
-    # An empty batch has no items: no blocks to cut, no slot, no scratch.
-    if 0 < independent < threads:
-        m_blocks = max(1, min(ceil_div(threads, independent), g.out_channels_per_group // 16))
+    # Bands of every image and group are independent; output channels are cut
+    # only to balance them over the threads (an empty batch has no items: no
+    # blocks, no slot, no scratch).
+    m_blocks = split_work(independent, g.out_channels_per_group, 1, threads, min_rows=GEMM_MIN_ROWS,
+                          min_cols=1, prefer="rows").row_blocks
     slots = min(threads, independent * m_blocks)
     save_cols = 0
     if g.out_width == g.width:
@@ -216,9 +221,28 @@ def _tiling(g, threads):
     return m_blocks, rows_per_band, slots, save_cols
 
 
-def _scratch(g, threads):
-    m_blocks, _, slots, save_cols = _tiling(g, threads)
-    return slots * ceil_div(g.out_channels_per_group, m_blocks) * save_cols
+def _plan_with(channels_last):
+    def plan(g, threads):
+        """Per (image, group, band, channel block): one GEMM per tap into the
+        output (per output row when the output is narrower than the input);
+        the save buffer is the scratch, one per thread slot."""
+        m_blocks, rows_per_band, slots, save_cols = _tiling(g, threads)
+        m_block = ceil_div(g.out_channels_per_group, m_blocks)
+        bands = ceil_div(g.out_height, rows_per_band)
+        items = g.batch * g.groups * bands * m_blocks
+        if g.out_width == g.width:
+            count, pixels = items * g.kernel_taps, rows_per_band * g.width
+        else:
+            count, pixels = items * g.kernel_taps * rows_per_band, g.out_width
+        m, n = (pixels, m_block) if channels_last else (m_block, pixels)
+        return KernelPlan(tiling=(m_blocks, rows_per_band, slots, save_cols),
+                          scratch_elements=slots * m_block * save_cols,
+                          gemms=((count, m, n, g.channels_per_group),),
+                          # each row's |dx| edge pixels saved and restored around a tap's GEMM
+                          moved_elements=2 * g.batch * g.kernel_taps * g.out_channels * g.out_height
+                          * (save_cols // max(1, rows_per_band - 1)),
+                          parallel_items=items)
+    return plan
 
 
 def _blas_sizes(g, a_transposed, channels_last):
@@ -249,14 +273,13 @@ def _unsupported_with(a_transposed, channels_last):
 def _register(suffix, a_transposed, channels_last):
     def pack(weight, g, dest):
         if a_transposed:
-            _pack_taps_transposed(weight, dest, dims(g))
+            _pack_taps_transposed(weight, dest, kernel_geometry(g))
         else:
             pack_tap_major(weight, g, dest)
 
-    def compute(x, packed, bias, out, scratch, g, threads):
-        m_blocks, rows_per_band, slots, save_cols = _tiling(g, threads)
-        _kn2row_aa(x, packed, bias, out, scratch, dims(g), m_blocks, rows_per_band, slots,
-                   save_cols, a_transposed, channels_last)
+    def compute(x, packed, bias, out, scratch, g, kernel):
+        _kn2row_aa(x, packed, bias, out, scratch, kernel_geometry(g), *kernel.tiling, a_transposed,
+                   channels_last)
 
     operands = ("A^T" if a_transposed else "A") + (" B^T (HWC input)" if channels_last else " B")
     register(Algorithm(
@@ -268,8 +291,9 @@ def _register(suffix, a_transposed, channels_last):
         unsupported=_unsupported_with(a_transposed, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
-        scratch_elements=_scratch,
+        plan_kernel=_plan_with(channels_last),
         compute=compute,
+        claims=KN2ROW_CLAIMS,
         input_layout="NHWC" if channels_last else "NCHW",
         output_layout="NHWC" if channels_last else "NCHW",
     ))

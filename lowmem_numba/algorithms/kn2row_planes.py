@@ -53,32 +53,26 @@ from numba import prange
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..geometry import blas_limit_reason
 from ..layout import transpose_blocks
+from .._plan import KernelPlan
+from .._tuning import (GEMM_MIN_ROWS, KN2ROW_MIN_COLS, KN2ROW_SHIFT_TILES_PER_THREAD,
+                       KN2ROW_SHORT_RUN)
 from ..registry import Algorithm, register
 from ._common import (
     all_weights,
     batched_gemm,
+    bias_cols,
+    bias_rows,
     ceil_div,
-    dims,
+    kernel_geometry,
+    split_gemms,
+    KN2ROW_CLAIMS,
     kn2row_family_unsupported,
     pack_tap_major,
     valid_range,
 )
 
-_F32_ZERO = np.float32(0.0)
 _EMPTY = np.empty(0, dtype=np.float32)
 
-#: A GEMM's columns are cut across threads only while each tile keeps this
-#: many; below it, cutting rows is faster (measured on 6400x729x96 and
-#: 729x256x96: 20-30 % more GFLOP/s at 2 threads than column tiles).
-_WIDE_COLUMNS = 1024
-
-
-#: Runs of channels shorter than this are added across groups with a stride.
-_SHORT_RUN = 8
-
-#: Shift-add tiles per thread: a few, so unequal tiles (border rows skip taps)
-#: still balance under a static schedule.
-_TILES_PER_THREAD = 4
 
 
 def _pack(weight, g, dest, columns):
@@ -108,20 +102,18 @@ def _shift_add_planes(partial, out, out_img, bias, d, t0, nt, init, m0, m1, y0, 
     # CHW: partial channel q is the plane partial[q*H*W:], output channel m the
     # plane out[out_img + m*Ho*Wo:].  One channel's output band stays in L1
     # while each tap's partial plane streams through once.
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    mg_count = M // G
+    H, W, KW = d.height, d.width, d.kernel_w
+    HO, WO = d.out_height, d.out_width
+    mg_count = d.out_channels_per_group
     hw = H * W
     for m in range(m0, m1):
         plane = out_img + m * HO * WO
         if init:
-            b = bias[m] if bias.size else _F32_ZERO
-            band = out[plane + y0 * WO:plane + y1 * WO]
-            for k in range(band.size):
-                band[k] = b
+            bias_rows(out, plane + y0 * WO, 1, (y1 - y0) * WO, WO, bias, m, add=False)
         q0 = (m // mg_count) * nt * mg_count + m % mg_count
         for t in range(t0, t0 + nt):
-            dy = (t // KW) * DH - PT
-            dx = (t % KW) * DW - PL
+            dy = (t // KW) * d.dilation_h - d.pad_top
+            dx = (t % KW) * d.dilation_w - d.pad_left
             r0, r1 = valid_range(H, HO, 1, dy)
             lo, hi = valid_range(W, WO, 1, dx)
             if hi <= lo:
@@ -145,35 +137,33 @@ def _add_strided(dst, dst_at, dst_step, src, src_at, src_step, count):
 def _shift_add_columns(partial, out, out_img, bias, d, t0, nt, init, m0, m1, y0, y1):
     # HWC: pixel p's partial results are the row partial[p*nt*M:], its output
     # channels out[out_img + p*M:].  Partial column q = (g*nt + t')*M/g + m'.
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    mg_count = M // G
+    H, W, M, KW = d.height, d.width, d.out_channels, d.kernel_w
+    WO = d.out_width
+    mg_count = d.out_channels_per_group
     ldp = nt * M
     # With one tap per GEMM (q == m) or one group, a pixel's channel block is
     # one contiguous run; otherwise [m0, m1) is whole groups (see _shift_add)
     # whose runs of M/g are nt*M/g apart, and short runs are added across
     # groups with a stride instead (depthwise: one long strided loop, not
     # M length-1 runs).
-    one_run = nt == 1 or G == 1
+    one_run = nt == 1 or d.groups == 1
     g0 = m0 // mg_count
     groups = (m1 - m0) // mg_count
     for yo in range(y0, y1):
         if init:
-            for xo in range(WO):
-                pix = out_img + (yo * WO + xo) * M
-                for m in range(m0, m1):
-                    out[pix + m] = bias[m] if bias.size else _F32_ZERO
+            bias_cols(out, out_img + yo * WO * M + m0, WO, m1 - m0, M, bias, m0, add=False)
         for t in range(t0, t0 + nt):
-            ys = yo + (t // KW) * DH - PT
+            ys = yo + (t // KW) * d.dilation_h - d.pad_top
             if ys < 0 or ys >= H:
                 continue
-            dx = (t % KW) * DW - PL
+            dx = (t % KW) * d.dilation_w - d.pad_left
             lo, hi = valid_range(W, WO, 1, dx)
             for xo in range(lo, hi):
                 pix = out_img + (yo * WO + xo) * M
                 src = (ys * W + xo + dx) * ldp + (t - t0) * mg_count
                 if one_run:
                     _add_run(out, pix + m0, partial, src + m0, m1 - m0)
-                elif mg_count >= _SHORT_RUN:
+                elif mg_count >= KN2ROW_SHORT_RUN:
                     for g in range(g0, g0 + groups):
                         _add_run(out, pix + g * mg_count, partial, src + g * nt * mg_count, mg_count)
                 else:
@@ -189,9 +179,7 @@ def _shift_add(partial, out, out_img, bias, d, t0, nt, init, channels_last, m_bl
     With ``init`` the output is first set to the bias (zero without one).  Tiles
     are (channel block, output row band) pairs and own their output elements.
     """
-    M = d[4]
-    G = d[7]
-    HO = d[16]
+    M, G, HO = d.out_channels, d.groups, d.out_height
     # Blocks of the column form hold whole groups when a group's channels are
     # not one run in the partial buffer (see _shift_add_columns).
     unit = M // G if channels_last and nt > 1 and G > 1 else 1
@@ -211,24 +199,24 @@ def _shift_add(partial, out, out_img, bias, d, t0, nt, init, channels_last, m_bl
 
 @njit(cache=True, nogil=True)
 def _tap_contributes(d, t):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    ylo, yhi = valid_range(H, HO, 1, (t // KW) * DH - PT)
-    xlo, xhi = valid_range(W, WO, 1, (t % KW) * DW - PL)
+    KW = d.kernel_w
+    ylo, yhi = valid_range(d.height, d.out_height, 1, (t // KW) * d.dilation_h - d.pad_top)
+    xlo, xhi = valid_range(d.width, d.out_width, 1, (t % KW) * d.dilation_w - d.pad_left)
     return yhi > ylo and xhi > xlo
 
 
 @njit(cache=True)
 def _kn2row_batch(x, packed, bias, out, partial, empty, d, one_gemm, channels_last,
                   m_blocks, n_tiles, s_blocks, s_bands):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg_count = C // G
-    mg_count = M // G
-    taps = KH * KW
-    hw = H * W
+    C, M, G = d.in_channels, d.out_channels, d.groups
+    cg_count = d.channels_per_group
+    mg_count = d.out_channels_per_group
+    taps = d.kernel_taps
+    hw = d.height * d.width
     nt = taps if one_gemm else 1
-    for n in range(N):
+    for n in range(d.batch):
         x_img = n * C * hw
-        out_img = n * M * HO * WO
+        out_img = n * M * d.out_height * d.out_width
         first = True
         for t0 in range(0, taps, nt):
             # A tap with no in-bounds pixel needs no GEMM (only the per-tap
@@ -260,45 +248,36 @@ def _taps_per_gemm(g, one_gemm):
     return g.kernel_taps if one_gemm else 1
 
 
-def _scratch_for(one_gemm):
-    def scratch(g, threads):
-        return _taps_per_gemm(g, one_gemm) * g.out_channels * g.height * g.width
-    return scratch
-
-
-def _gemm_split(count, m, n, threads):
-    """(m_blocks, n_tiles) cutting ``count`` m x n GEMM outputs into parallel tiles.
-
-    Like ``_common.gemm_split`` but prefers rows unless columns stay wide: the
-    partial-plane GEMMs have a short k (C/g) and are often short in one of m, n.
-    """
-    if count >= threads or count < 1:
-        return 1, 1
-    want = ceil_div(threads, count)
-    n_tiles = max(1, min(want, n // _WIDE_COLUMNS))
-    m_blocks = max(1, min(ceil_div(want, n_tiles), m // 16))
-    n_tiles = max(n_tiles, min(ceil_div(want, m_blocks), max(1, n // 128)))
-    return m_blocks, n_tiles
-
-
-def _plan(g, threads, one_gemm, channels_last):
-    """(m_blocks, n_tiles) of the GEMMs and (channel blocks, row bands) of the shift-add."""
-    nt = _taps_per_gemm(g, one_gemm)
-    hw = g.height * g.width
-    q = nt * g.out_channels_per_group
-    if channels_last:
-        m_blocks, n_tiles = _gemm_split(g.groups, hw, q, threads)
-    else:
-        m_blocks, n_tiles = _gemm_split(g.groups, q, hw, threads)
-    want = 1 if threads == 1 else _TILES_PER_THREAD * threads
-    if channels_last:
-        # Whole pixels' channel runs are the contiguous unit: bands first.
-        bands = min(g.out_height, want)
-        s_blocks = min(g.out_channels, ceil_div(want, bands))
-    else:
-        s_blocks = min(g.out_channels, want)
-        bands = min(g.out_height, ceil_div(want, s_blocks))
-    return m_blocks, n_tiles, s_blocks, bands
+def _plan_with(one_gemm, channels_last):
+    def plan(g, threads):
+        """Per image: the partial-plane GEMMs (one for all taps, or one per
+        tap), each cut into tiles (the partial GEMMs have a short k = C/g, so
+        columns are cut only while they stay wide), then shift-adds tiled over
+        channel blocks x row bands."""
+        nt = _taps_per_gemm(g, one_gemm)
+        hw = g.height * g.width
+        q = nt * g.out_channels_per_group
+        rows, cols = (hw, q) if channels_last else (q, hw)
+        split, gemms = split_gemms(g.groups, rows, cols, g.channels_per_group, threads,
+                                   min_rows=GEMM_MIN_ROWS, min_cols=KN2ROW_MIN_COLS)
+        want = 1 if threads == 1 else KN2ROW_SHIFT_TILES_PER_THREAD * threads
+        if channels_last:
+            # Whole pixels' channel runs are the contiguous unit: bands first.
+            bands = min(g.out_height, want)
+            s_blocks = min(g.out_channels, ceil_div(want, bands))
+        else:
+            s_blocks = min(g.out_channels, want)
+            bands = min(g.out_height, ceil_div(want, s_blocks))
+        gemms_per_image = g.kernel_taps // nt
+        return KernelPlan(
+            tiling=(split.row_blocks, split.col_tiles, s_blocks, bands),
+            scratch_elements=nt * g.out_channels * hw,
+            gemms=(gemms._replace(count=g.batch * gemms_per_image * gemms.count),),
+            # Each tap's partial plane is written by its GEMM and read by the
+            # shift-add, which reads and writes the output.
+            moved_elements=g.batch * 2 * g.kernel_taps * g.out_channels * hw,
+            parallel_items=split.items, launches=2 * g.batch * gemms_per_image)
+    return plan
 
 
 def _blas_sizes(g, one_gemm, channels_last):
@@ -330,9 +309,9 @@ def _register(name, one_gemm, channels_last, summary):
     def pack(weight, g, dest):
         _pack(weight, g, dest, channels_last)
 
-    def compute(x, packed, bias, out, scratch, g, threads):
-        _kn2row_batch(x, packed, bias, out, scratch, _EMPTY, dims(g), one_gemm, channels_last,
-                      *_plan(g, threads, one_gemm, channels_last))
+    def compute(x, packed, bias, out, scratch, g, kernel):
+        _kn2row_batch(x, packed, bias, out, scratch, _EMPTY, kernel_geometry(g), one_gemm, channels_last,
+                      *kernel.tiling)
 
     layout = "NHWC" if channels_last else "NCHW"
     register(Algorithm(
@@ -343,8 +322,9 @@ def _register(name, one_gemm, channels_last, summary):
         unsupported=_unsupported_with(one_gemm, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
-        scratch_elements=_scratch_for(one_gemm),
+        plan_kernel=_plan_with(one_gemm, channels_last),
         compute=compute,
+        claims=KN2ROW_CLAIMS,
         input_layout=layout,
         output_layout=layout,
     ))

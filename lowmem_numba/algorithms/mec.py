@@ -68,35 +68,32 @@ contiguous channels, and the GEMM writes output rows of M contiguous channels.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ..blas import gemm
 from ..geometry import blas_limit_reason
+from .._plan import KernelPlan
+from .._tuning import MEC_MIN_CHANNELS, MEC_MIN_PIXEL_ROWS
 from ..registry import Algorithm, register
-from ._common import add_bias_cols, all_weights, dims, split_plan, tile_bounds, valid_range
+from ._common import (
+    F32_ONE,
+    F32_ZERO,
+    all_weights,
+    bias_cols,
+    kernel_geometry,
+    pack_channels_last,
+    split_gemms,
+    tile_bounds,
+    valid_range,
+)
 
-_F32_ONE = np.float32(1.0)
-_F32_ZERO = np.float32(0.0)
-
-#: Smallest output-channel block and smallest row tile a parallel split may
-#: create (narrower GEMMs lose more in packing than balance gains).
-_MIN_CHANNELS = 32
-_MIN_ROWS = 64
 
 
-@njit(parallel=True, cache=True)
-def _pack_weights(w, packed, d):
-    # (M, C/g, kh, kw) -> (M, kh, kw, C/g): each output channel's reduction in
-    # L's (i, j, c) order, so a kernel-row range is a contiguous run of a row.
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg = C // G
-    for m in prange(M):
-        for c in range(cg):
-            for i in range(KH):
-                for j in range(KW):
-                    packed[((m * KH + i) * KW + j) * cg + c] = w[((m * cg + c) * KH + i) * KW + j]
+#: (M, C/g, kh, kw) -> (M, kh, kw, C/g): each output channel's reduction in L's
+#: (i, j, c) order, so a kernel-row range is a contiguous run of a row (the
+#: packing im2row's W @ P^T form uses too).
+_pack_weights = pack_channels_last
 
 
 @njit(cache=True, nogil=True)
@@ -112,15 +109,16 @@ def _phase_start(phase, H, DH):
 @njit(parallel=True, cache=True)
 def _lower(x, n0, nb, low, d):
     """L for images n0 .. n0+nb-1, laid out [g][image][xo][pos(y)][j][c]."""
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg = C // G
+    C, H, W, KW = d.in_channels, d.height, d.width, d.kernel_w
+    DH, DW, WO = d.dilation_h, d.dilation_w, d.out_width
+    cg = d.channels_per_group
     run = KW * cg
     lda = H * run
-    for item in prange(G * nb * WO):
+    for item in prange(d.groups * nb * WO):
         g = item // (nb * WO)
         b = (item // WO) % nb
         xo = item % WO
-        x_first = xo * SW - PL
+        x_first = xo * d.stride_w - d.pad_left
         j0, j1 = valid_range(W, KW, DW, x_first)
         dst = item * lda
         image = (n0 + b) * H * W * C + g * cg
@@ -131,21 +129,12 @@ def _lower(x, n0, nb, low, d):
                     at = dst + j * cg
                     if j < j0 or j >= j1:
                         for c in range(cg):
-                            low[at + c] = _F32_ZERO
+                            low[at + c] = F32_ZERO
                     else:
                         src = x_row + (x_first + j * DW) * C
                         for c in range(cg):
                             low[at + c] = x[src + c]
                 dst += run
-
-
-@njit(cache=True, nogil=True)
-def _fill_bias_cols(out, offset, rows, cols, ld, bias, bias_offset):
-    """NHWC block: out[offset + r*ld + m] = bias[bias_offset + m] (0 if no bias)."""
-    for r in range(rows):
-        base = offset + r * ld
-        for m in range(cols):
-            out[base + m] = bias[bias_offset + m] if bias.size else _F32_ZERO
 
 
 @njit(parallel=True, cache=True)
@@ -155,34 +144,33 @@ def _row_gemms(low, packed, bias, out, n0, nb, d, m_blocks, row_tiles):
     Results go to ``out`` at image n0 in (Ho, nb, Wo, M) order, which for
     nb = 1 is the NHWC image itself.
     """
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg = C // G
-    mg = M // G
-    run = KW * cg
+    H, M, KH, DH = d.height, d.out_channels, d.kernel_h, d.dilation_h
+    HO, WO = d.out_height, d.out_width
+    mg = d.out_channels_per_group
+    run = d.kernel_w * d.channels_per_group
     lda = H * run
     rows = nb * WO
     # Group-major, then output row: one thread's share of items walks down
     # the image, so consecutive GEMMs reuse most of the previous L window.
-    for item in prange(G * HO * m_blocks * row_tiles):
+    for item in prange(d.groups * HO * m_blocks * row_tiles):
         gy, m0, m1, r0, r1 = tile_bounds(item, mg, rows, m_blocks, row_tiles)
         g = gy // HO
         yo = gy % HO
         c_at = n0 * HO * WO * M + (yo * rows + r0) * M + g * mg + m0
-        y_first = yo * SH - PT
+        y_first = yo * d.stride_h - d.pad_top
         i0, i1 = valid_range(H, KH, DH, y_first)
         if i1 <= i0:
-            _fill_bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0)
+            bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0, add=False)
             continue
         y = y_first + i0 * DH
         pos = _phase_start(y % DH, H, DH) + y // DH
         # B is the packed weights read transposed (M/g rows of kh*kw*C/g):
         # measured 10-20 % faster than a (k x M/g) operand for these shapes.
-        gemm(False, True, r1 - r0, m1 - m0, (i1 - i0) * run, _F32_ONE,
+        gemm(False, True, r1 - r0, m1 - m0, (i1 - i0) * run, F32_ONE,
              low, (g * rows + r0) * lda + pos * run, lda,
              packed, (g * mg + m0) * KH * run + i0 * run, KH * run,
-             _F32_ZERO, out, c_at, M)
-        if bias.size:
-            add_bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0)
+             F32_ZERO, out, c_at, M)
+        bias_cols(out, c_at, r1 - r0, m1 - m0, M, bias, g * mg + m0, add=True)
 
 
 @njit(parallel=True, cache=True)
@@ -203,38 +191,43 @@ def _to_image_major(out, tmp, N, HO, block):
 
 @njit(cache=True)
 def _mec_batch(x, packed, bias, out, scratch, d, whole_batch, m_blocks, row_tiles):
-    N = d[0]
-    M = d[4]
-    HO = d[16]
-    WO = d[17]
+    N = d.batch
     nb = max(1, N) if whole_batch else 1
     for n0 in range(0, N, nb):
         _lower(x, n0, nb, scratch, d)
         _row_gemms(scratch, packed, bias, out, n0, nb, d, m_blocks, row_tiles)
     if nb > 1:
-        _to_image_major(out, scratch, N, HO, WO * M)
+        _to_image_major(out, scratch, N, d.out_height, d.out_width * d.out_channels)
 
 
 def _images_per_lowering(g, whole_batch):
     return g.batch if whole_batch else 1
 
 
-def _plan(g, threads, whole_batch):
-    """(m_blocks, row_tiles) of the per-row GEMMs."""
-    rows = _images_per_lowering(g, whole_batch) * g.out_width
-    return split_plan(g.groups * g.out_height, g.out_channels_per_group, rows, threads,
-                      min_rows=_MIN_CHANNELS, min_cols=_MIN_ROWS)
-
-
-def _scratch_with(whole_batch):
-    def scratch(g, threads):
+def _plan_with(whole_batch):
+    def plan(g, threads):
+        """Lower (H rows, unpadded) per lowering, then one GEMM per (group,
+        output row) of ``images·Wo x M/g x kh·kw·C/g``, cut into channel
+        blocks x pixel-row tiles; Solution B transposes its result after."""
         images = _images_per_lowering(g, whole_batch)
+        lowerings = g.batch // images if images else 0
+        rows = images * g.out_width
+        # Split rows are the output channels (>= MEC_MIN_CHANNELS each), split
+        # columns the lowered pixel rows (>= MEC_MIN_PIXEL_ROWS each); the GEMM
+        # is issued with the pixel rows as its m.
+        split, gemms = split_gemms(g.groups * g.out_height, g.out_channels_per_group, rows,
+                                   g.kernel_h * g.kernel_w * g.channels_per_group, threads,
+                                   min_rows=MEC_MIN_CHANNELS, min_cols=MEC_MIN_PIXEL_ROWS)
         lowered = images * g.out_width * g.height * g.kernel_w * g.in_channels
-        if images > 1:
+        transposed = g.batch * g.out_height * g.out_width * g.out_channels if images > 1 else 0
+        return KernelPlan(
+            tiling=(split.row_blocks, split.col_tiles),
             # The (Ho, N, Wo, M) result is transposed through L's memory.
-            return max(lowered, g.batch * g.out_height * g.out_width * g.out_channels)
-        return lowered
-    return scratch
+            scratch_elements=max(lowered, transposed),
+            gemms=(gemms._replace(count=lowerings * gemms.count, m=gemms.n, n=gemms.m),),
+            moved_elements=lowerings * lowered + 2 * transposed,
+            parallel_items=split.items, launches=2 * lowerings + (images > 1))
+    return plan
 
 
 def _unsupported_with(whole_batch):
@@ -255,13 +248,12 @@ def _unsupported_with(whole_batch):
 
 
 def _pack(weight, g, dest):
-    _pack_weights(weight, dest, dims(g))
+    _pack_weights(weight, dest, kernel_geometry(g))
 
 
 def _compute_with(whole_batch):
-    def compute(x, packed, bias, out, scratch, g, threads):
-        m_blocks, row_tiles = _plan(g, threads, whole_batch)
-        _mec_batch(x, packed, bias, out, scratch, dims(g), whole_batch, m_blocks, row_tiles)
+    def compute(x, packed, bias, out, scratch, g, kernel):
+        _mec_batch(x, packed, bias, out, scratch, kernel_geometry(g), whole_batch, *kernel.tiling)
     return compute
 
 
@@ -283,7 +275,7 @@ for _name, _whole_batch, _summary, _formula in (
         unsupported=_unsupported_with(_whole_batch),
         packed_weight_elements=all_weights,
         pack_weights=_pack,
-        scratch_elements=_scratch_with(_whole_batch),
+        plan_kernel=_plan_with(_whole_batch),
         compute=_compute_with(_whole_batch),
         input_layout="NHWC",
         output_layout="NHWC",

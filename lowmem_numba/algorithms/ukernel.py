@@ -45,30 +45,25 @@ is registered under its own name (``-nhwc`` suffix) so neither converts.
 Threads
 -------
 Items of ``prange`` are (image x group) x output-channel blocks x runs of
-tiles, cut by :func:`._common.split_plan`; inside an item, blocks of
-``TILE_BLOCK`` tiles are swept once per output-channel block, so a tile's input
+tiles, cut by :func:`lowmem_numba._split.split_work`; inside an item, blocks of
+``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a tile's input
 stays in cache while every weight block passes over it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half
+from .._plan import KernelPlan
+from .._split import split_work
+from .._tuning import UKERNEL_TILE_BLOCK
 from ..registry import Algorithm, register
-from ._common import ceil_div, dims, split_plan
+from ._common import ceil_div, kernel_geometry
 
 # ----------------------------------------------------------------- tuning
 
-#: Tiles swept per output-channel block before moving to the next block: 16
-#: tiles of 12 pixels read at most 192 pixels' input (192*C/g*kh*kw*4 bytes) for
-#: every weight block.  Measured 2, 4, 8, 16, 32, 64 and unblocked on VGG-16 /
-#: ResNet-50 3x3 and 1x1 layers (one thread, batch 1): no value was better than
-#: the noise of the shared machine (about 10 %); 16 is kept as a middle value.
-TILE_BLOCK = 16
 
 
 # ----------------------------------------------------------------- geometry of borders
@@ -125,9 +120,9 @@ def _plane_tiles(d):
     rectangles; counting them one by one took seconds for paddings of a few
     thousand (and forever for 2**31) while only planning.
     """
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    ylo, yhi = _interior(HO, H, SH, DH, PT, KH)
-    xlo, xhi = _interior(WO, W, SW, DW, PL, KW)
+    HO, WO = d.out_height, d.out_width
+    ylo, yhi = _interior(HO, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
+    xlo, xhi = _interior(WO, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
     ny, nx = yhi - ylo, xhi - xlo  # interior run lengths (0: no interior)
     by, bx = HO - ny, WO - nx      # border indices, one run each
     # border x border: one pixel each; border x interior runs; interior x interior
@@ -162,11 +157,14 @@ def _tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_x
 
 @njit(parallel=True, cache=True)
 def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg = C // G
-    mg = M // G
+    C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
+    KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
+    SH, SW, DH, DW = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w
+    PT, PL = d.pad_top, d.pad_left
+    cg = d.channels_per_group
+    mg = d.out_channels_per_group
     blocks = (mg + NR - 1) // NR
-    taps = KH * KW
+    taps = d.kernel_taps
     has_bias = 1 if bias.size else 0
     pix = C if nhwc else 1                   # input elements per pixel step
     x_cstep = 1 if nhwc else H * W
@@ -182,7 +180,7 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
     y_classes = _class_count(HO, ylo, yhi)
     x_classes = _class_count(WO, xlo, xhi)
     per_image = m_chunks * t_chunks
-    for item in prange(N * G * per_image):
+    for item in prange(d.batch * G * per_image):
         ng = item // per_image
         n = ng // G
         g = ng % G
@@ -242,12 +240,11 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
 
 @njit(cache=True, nogil=True)
 def _pack(weight, dest, d):
-    N, C, H, W, M, KH, KW, G, SH, SW, DH, DW, PT, PB, PL, PR, HO, WO = d
-    cg = C // G
-    mg = M // G
+    cg = d.channels_per_group
+    mg = d.out_channels_per_group
     blocks = (mg + NR - 1) // NR
-    taps = KH * KW
-    for g in range(G):
+    taps = d.kernel_taps
+    for g in range(d.groups):
         for mb in range(blocks):
             for t in range(taps):
                 for c in range(cg):
@@ -265,42 +262,40 @@ def packed_elements(g) -> int:
     return g.groups * ceil_div(g.out_channels_per_group, NR) * NR * g.reduction_size
 
 
-@lru_cache(maxsize=256)
-def work_split(g, threads: int) -> tuple[int, int, int]:
-    """``(m_chunks, t_chunks, plane_tiles)``: how the kernel cuts one call
-    (cached per geometry: a layer's warm call should cost its kernel only)."""
-    plane_tiles = int(_plane_tiles(dims(g)))
-    blocks = ceil_div(g.out_channels_per_group, NR)
-    m_chunks, t_chunks = split_plan(g.batch * g.groups, blocks, max(1, plane_tiles), threads,
-                                    min_rows=1, min_cols=1)
-    return m_chunks, t_chunks, plane_tiles
+def _plan(g, threads):
+    """How the kernel cuts one call, and its work for the cost model.
 
-
-def micro_gemms(g) -> tuple:
-    """The kernel's work as GEMMs for the cost model: per image and group, one
-    ``pixels x channels x reduction`` product in the kernel's own orientation
-    (``MR`` pixels by ``NR`` channels per tile), with the pixels rounded up to
-    whole tiles and the channels to whole ``NR`` blocks (``VL`` for a last
-    block of at most ``VL`` channels, which runs on the half-width tile), since padded lanes and
+    Work items are (image x group) x channel-block chunks x tile-range chunks.
+    The work is priced as one ``pixels x channels x reduction`` product per
+    image and group in the kernel's own orientation (``MR`` pixels by ``NR``
+    channels per tile), with the pixels rounded up to whole tiles and the
+    channels to whole ``NR`` blocks (``VL`` for a last block of at most ``VL``
+    channels, which runs on the half-width tile), since padded lanes and
     clamped rows cost full FMAs.  Border tiles reduce over fewer taps; they are
-    priced as full ones, which is within a few per cent on the layer tables."""
-    tiles = int(_plane_tiles(dims(g))) if g.out_height > 0 and g.out_width > 0 else 0
+    priced as full ones, which is within a few per cent on the layer tables.
+    """
+    plane_tiles = int(_plane_tiles(kernel_geometry(g))) if g.out_height > 0 and g.out_width > 0 else 0
     mg = g.out_channels_per_group
-    last = mg - (ceil_div(mg, NR) - 1) * NR  # channels of the last block
-    channels = (ceil_div(mg, NR) - 1) * NR + (VL if last <= VL else NR)
-    return ((g.batch * g.groups, tiles * MR, channels, g.reduction_size),)
+    blocks = ceil_div(mg, NR)
+    split = split_work(g.batch * g.groups, blocks, max(1, plane_tiles), threads, min_rows=1, min_cols=1)
+    last = mg - (blocks - 1) * NR  # channels of the last block
+    channels = (blocks - 1) * NR + (VL if last <= VL else NR)
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK),
+                      gemms=((g.batch * g.groups, plane_tiles * MR, channels, g.reduction_size),),
+                      parallel_items=split.items)
 
 
 def _pack_weights(weight, g, dest):
-    _pack(weight, dest, dims(g))
+    _pack(weight, dest, kernel_geometry(g))
 
 
 def _make_compute(nhwc):
-    def compute(x, packed, bias, out, scratch, g, threads):
-        m_chunks, t_chunks, plane_tiles = work_split(g, threads)
+    def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        _ukernel_conv(x, packed, bias, out, dims(g), nhwc, m_chunks, t_chunks, plane_tiles, TILE_BLOCK)
+        m_chunks, t_chunks, plane_tiles, tile_block = kernel.tiling
+        _ukernel_conv(x, packed, bias, out, kernel_geometry(g), nhwc, m_chunks, t_chunks, plane_tiles,
+                      tile_block)
     return compute
 
 
@@ -311,11 +306,12 @@ def _pointwise_unsupported(g):
 
 
 _TILE_TEXT = f"{MR}x{NR} register tile"
-for _name, _unsupported, _what in (
+for _name, _unsupported, _what, _claims in (
     ("pointwise-ukernel", _pointwise_unsupported,
-     "1x1 convolution (any stride, padding, groups)"),
+     "1x1 convolution (any stride, padding, groups)", "1x1 kernel; any stride, padding and groups"),
     ("direct-ukernel", lambda g: None,
-     "direct convolution (any kernel, stride, padding, dilation, groups)"),
+     "direct convolution (any kernel, stride, padding, dilation, groups)",
+     "any kernel, stride, padding, dilation and groups"),
 ):
     for _nhwc in (False, True):
         register(Algorithm(
@@ -327,7 +323,8 @@ for _name, _unsupported, _what in (
             unsupported=_unsupported,
             packed_weight_elements=packed_elements,
             pack_weights=_pack_weights,
-            scratch_elements=lambda g, threads: 0,
+            plan_kernel=_plan,
+            claims=_claims,
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",
             output_layout="NHWC" if _nhwc else "NCHW",

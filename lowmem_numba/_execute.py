@@ -1,0 +1,96 @@
+"""The execution layer: run a call exactly as its plan says.
+
+Below the scheduler and the public API, above the kernels: it carves the plan's
+buffers (packed weights, scratch, per-image layout buffers) from a workspace or
+one fresh array, packs the weights when the call brings them unpacked, converts
+images when the call's layout is not the kernel's, and launches the kernel
+with Numba owning the cores and BLAS held at one thread.  Everything that runs
+a kernel (the API, layer objects, measure-mode planning, calibration) comes
+through here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import registry
+from ._plan import CallPlan
+from .layout import transpose_blocks
+from .threads import kernel_threads
+
+
+def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.ndarray:
+    """The weights as ``algorithm``'s kernel reads them: packed into a new array,
+    or a contiguous copy when the kernel reads them as given."""
+    packed = algorithm.packed_weight_elements(geometry)
+    if not packed:
+        return np.array(weight_flat, dtype=np.float32, copy=True)
+    dest = np.empty(packed, dtype=np.float32)
+    with kernel_threads():  # packing may run a parallel kernel
+        algorithm.pack_weights(weight_flat, geometry, dest)
+    return dest
+
+
+def execute(plan: CallPlan, x_flat, weight_flat, bias, out_flat, workspace=None) -> None:
+    """Run one planned call.
+
+    Parameters
+    ----------
+    plan : CallPlan
+        From ``registry.get(name).plan(...)``.
+    x_flat, out_flat : numpy.ndarray, float32, 1-D
+        Input and output in ``plan.layout``, C order.
+    weight_flat : numpy.ndarray, float32, 1-D
+        The weights as given, or as :func:`prepare_weights` returns them when
+        ``plan.prepacked``.
+    bias : numpy.ndarray, float32
+        Shape (M,), or empty for no bias.
+    workspace : Workspace, optional
+        Arena the plan's buffers are carved from; default one fresh array.
+    """
+    if plan.runs == 0:
+        return
+    elements = plan.workspace_elements
+    if workspace is None:
+        _execute_in(plan, x_flat, weight_flat, bias, out_flat, np.empty(elements, dtype=np.float32))
+        return
+    with workspace.lease(elements) as buffer:
+        _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer)
+
+
+def _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer):
+    algorithm = registry.get(plan.algorithm)
+    g, kernel = plan.geometry, plan.kernel
+    packed, scratch = plan.packed_weight_elements, kernel.scratch_elements
+    into, back = plan.convert_in_elements, plan.convert_out_elements
+    with kernel_threads(plan.threads):
+        weights = weight_flat
+        if packed:
+            weights = buffer[:packed]
+            algorithm.pack_weights(weight_flat, g, weights)
+        scratch_buffer = buffer[packed:packed + scratch]
+        if plan.runs == 1 and not (into or back):
+            algorithm.compute(x_flat, weights, bias, out_flat, scratch_buffer, plan.run_geometry, kernel)
+            return
+        x_image = buffer[packed + scratch:packed + scratch + into]
+        out_image = buffer[packed + scratch + into:packed + scratch + into + back]
+        in_size = g.in_channels * g.height * g.width
+        out_size = g.out_channels * g.out_height * g.out_width
+        for n in range(plan.runs):
+            x_n = x_flat[n * in_size:(n + 1) * in_size]
+            out_n = out_flat[n * out_size:(n + 1) * out_size]
+            if into:
+                _convert(x_n, x_image, plan.layout, g.in_channels, g.height * g.width)
+            algorithm.compute(x_image if into else x_n, weights, bias, out_image if back else out_n,
+                              scratch_buffer, plan.run_geometry, kernel)
+            if back:
+                _convert(out_image, out_n, algorithm.output_layout, g.out_channels,
+                         g.out_height * g.out_width)
+
+
+def _convert(src, dst, src_layout, channels, pixels):
+    """Convert one image from ``src_layout`` to the other layout."""
+    if src_layout == "NCHW":
+        transpose_blocks(src, 0, dst, 0, 1, channels, pixels)
+    else:
+        transpose_blocks(src, 0, dst, 0, 1, pixels, channels)

@@ -1,0 +1,157 @@
+"""What one call of an algorithm will do: the plan that sizes it, runs it and prices it.
+
+A family describes one run of its kernel, on a geometry and a thread count, as
+a :class:`KernelPlan`: the tiling its kernel is handed, its scratch, the GEMMs
+it issues and the elements it moves outside BLAS.  :class:`CallPlan` adds what
+a call does around the kernel (weights packed per call, images converted one at
+a time when the call's layout is not the kernel's).  The execution layer runs a
+call from its plan, ``workspace_bytes`` reads the same plan, and the cost model
+prices it without knowing any family (as in XNNPACK, where the reshape step
+that sizes the workspace stores the parallel plan that setup then runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+#: Bytes of one float32 element.
+FLOAT32_BYTES = 4
+
+
+class Gemms(NamedTuple):
+    """``count`` GEMMs of (m x k) @ (k x n), as issued (after tiling)."""
+
+    count: int
+    m: int
+    n: int
+    k: int
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two flops."""
+        return 2 * self.count * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """One run of a family's kernel.
+
+    Attributes
+    ----------
+    tiling : tuple
+        The family's own decisions (thread split, band sizes...), handed to its
+        kernel as they are.
+    scratch_elements : int
+        float32 scratch the run needs, all threads together.
+    gemms : tuple of Gemms
+        Every GEMM the run issues, grouped by shape.
+    moved_elements : int
+        float32 elements read and written outside BLAS (patch building,
+        lowering, shift-adds).
+    direct_flops : int
+        Arithmetic done by the family's own loops rather than a GEMM engine.
+    parallel_items : int
+        Independent items the run hands to ``prange``: more threads than
+        items cannot help.
+    launches : int
+        Parallel regions the run starts (each has a fixed cost).
+    """
+
+    tiling: tuple = ()
+    scratch_elements: int = 0
+    gemms: tuple = ()
+    moved_elements: int = 0
+    direct_flops: int = 0
+    parallel_items: int = 1
+    launches: int = 1
+
+    def __post_init__(self):
+        for name in ("scratch_elements", "moved_elements", "direct_flops", "parallel_items", "launches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
+        object.__setattr__(self, "gemms", tuple(Gemms(*(int(v) for v in shape)) for shape in self.gemms))
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """Everything one call of an algorithm will do.
+
+    Attributes
+    ----------
+    algorithm : str
+        Registered name.
+    geometry : ConvGeometry
+        The call's geometry (its whole batch).
+    threads : int
+    layout : {"NCHW", "NHWC"}
+        Layout of the call's input and output.
+    prepacked : bool
+        Whether the weights arrive packed (a layer) or are packed per call.
+    run_geometry : ConvGeometry
+        Geometry of each kernel run: the call's, or one image of it when the
+        call's layout differs from the kernel's and images are converted one
+        at a time.
+    runs : int
+        Kernel runs (1, the batch size when converting, 0 for an empty batch).
+    kernel : KernelPlan
+        What each run does.
+    packed_weight_elements : int
+        float32 elements of weights packed per call (0 if none or prepacked).
+    convert_in_elements, convert_out_elements : int
+        Per-image layout buffers (0 when the layouts match).
+    """
+
+    algorithm: str
+    geometry: object
+    threads: int
+    layout: str
+    prepacked: bool
+    run_geometry: object
+    runs: int
+    kernel: KernelPlan
+    packed_weight_elements: int
+    convert_in_elements: int
+    convert_out_elements: int
+
+    @property
+    def workspace_elements(self) -> int:
+        """float32 elements of temporary memory: packed weights, scratch, layout buffers."""
+        if self.runs == 0:
+            return 0
+        return (self.packed_weight_elements + self.kernel.scratch_elements
+                + self.convert_in_elements + self.convert_out_elements)
+
+    @property
+    def workspace_bytes(self) -> int:
+        return FLOAT32_BYTES * self.workspace_elements
+
+    @property
+    def gemms(self) -> tuple:
+        """Every GEMM of the call."""
+        return tuple(Gemms(g.count * self.runs, g.m, g.n, g.k) for g in self.kernel.gemms)
+
+    @property
+    def moved_elements(self) -> int:
+        """Elements moved outside BLAS by the call: the kernel's, packing and conversion."""
+        if self.runs == 0:
+            return 0
+        convert = self.convert_in_elements + self.convert_out_elements
+        return self.packed_weight_elements + self.runs * (self.kernel.moved_elements + convert)
+
+    @property
+    def direct_flops(self) -> int:
+        return self.runs * self.kernel.direct_flops
+
+    @property
+    def launches(self) -> int:
+        """Parallel regions of the call: packing, each run, each conversion."""
+        if self.runs == 0:
+            return 0
+        converts = (self.convert_in_elements > 0) + (self.convert_out_elements > 0)
+        return (self.packed_weight_elements > 0) + self.runs * (self.kernel.launches + converts)
+
+    @property
+    def parallel_items(self) -> int:
+        return self.kernel.parallel_items
