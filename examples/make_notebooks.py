@@ -55,6 +55,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 import lowmem_numba as ln
+import lowmem_numba.bench
 
 C, H, W = 2, 5, 6  # input channels, height, width (H != W keeps the pictures unambiguous)
 M, K = 3, 3        # output channels, kernel size
@@ -202,7 +203,7 @@ y_hwc_ref = y_ref.transpose(1, 2, 0)
 assert np.array_equal(rows @ w.transpose(2, 3, 1, 0).reshape(-1, M), y_hwc_ref.reshape(Ho * Wo, M))
 
 for name in ln.algorithms():
-    if ln.registry.get(name).family == "im2row":
+    if ln.describe(name).family == "im2row":
         y = ln.conv2d(x_hwc, w, padding=PAD, algorithm=name, layout="NHWC")
         assert np.allclose(y, y_hwc_ref), name
         print(f"{name}: OK")
@@ -274,7 +275,7 @@ The library's MEC algorithms read and write channels-last data, so they are call
 here (any algorithm accepts either layout; the other one costs a conversion buffer):
 '''),
 code(r'''
-mec_names = [name for name in ln.algorithms() if ln.registry.get(name).family == "mec"]
+mec_names = [name for name in ln.algorithms() if ln.describe(name).family == "mec"]
 for name in mec_names:
     y = ln.conv2d(x_hwc, w, padding=PAD, algorithm=name, layout="NHWC")
     assert np.allclose(y, y_hwc_ref), name
@@ -488,7 +489,7 @@ for name in ln.algorithms():
             assert np.allclose(y, reference_conv2d(x, w_config, stride, pad)), (name, label)
             checked.append(label)
     assert checked, f"{name} supports none of the configurations"
-    algorithm = ln.registry.get(name)
+    algorithm = ln.describe(name)
     space = ln.workspace_bytes(name, x.shape, (M, C, 3, 3), padding=1) if "3x3" in checked else "-"
     print(f"{name:<26} {algorithm.family:<14} {space:>9}  {', '.join(checked):<28} {algorithm.workspace_formula}")
 '''),
@@ -501,7 +502,7 @@ markdown(r'''
 
 For a few layers of a real network, every algorithm's time per call against its workspace, and how each
 scales with threads. The GoogLeNet layers below are small so that the notebook runs in seconds; edit
-`LAYER_NAMES` (any names from `ln.layers(NETWORK)`, or another network) and `REPEATS` for a fuller picture.
+`LAYER_NAMES` (any names from `ln.bench.layers(NETWORK)`, or another network) and `REPEATS` for a fuller picture.
 
 **How it is timed.** Each algorithm runs in its own input layout (so no layout conversion is timed or
 counted, as in `perf/family_speed.py`), into a preallocated output, after one untimed call (which also
@@ -517,6 +518,7 @@ import numba
 import numpy as np
 
 import lowmem_numba as ln
+import lowmem_numba.bench
 
 NETWORK = "googlenet"
 LAYER_NAMES = ("inception3a_5x5", "inception4a_1x1", "inception4a_3x3", "inception5a_3x3")
@@ -524,17 +526,17 @@ SCALING_LAYER = "inception4a_3x3"  # the layer of the thread-scaling curves
 REPEATS = 3                        # timed calls per point; the best is kept
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
-chosen = [layer for layer in ln.layers(NETWORK) if layer.name in LAYER_NAMES]
+chosen = [layer for layer in ln.bench.layers(NETWORK) if layer.name in LAYER_NAMES]
 NAMES = ln.algorithms()
 
 
 def algorithm_styles(names):
     """Marker style per algorithm: one colour per family, one marker per variant within it."""
-    families = list(dict.fromkeys(ln.registry.get(name).family for name in names))
+    families = list(dict.fromkeys(ln.describe(name).family for name in names))
     seen = {family: 0 for family in families}
     styles = {}
     for name in names:
-        family = ln.registry.get(name).family
+        family = ln.describe(name).family
         styles[name] = dict(color=plt.get_cmap("tab10")(families.index(family) % 10),
                             marker="osD^vP*Xhp<>"[seen[family] % 12])
         seen[family] += 1
@@ -554,16 +556,16 @@ def make_inputs(layer):
 
 def best_seconds(layer, name, threads, inputs, w):
     """Best time of one call of an algorithm in its own input layout."""
-    layout = ln.registry.get(name).input_layout
+    layout = ln.describe(name).input_layout
     x = inputs[layout]
     args = dict(algorithm=name, threads=threads, layout=layout, **layer.conv_args)
     out = ln.conv2d(x, w, **args)  # also the warm-up
-    return ln.measure(lambda: ln.conv2d(x, w, out=out, **args), repeats=REPEATS, warmup=0).best
+    return ln.bench.measure(lambda: ln.conv2d(x, w, out=out, **args), repeats=REPEATS, warmup=0).best
 
 
 def workspaces(layer, name, threads, inputs, w):
     """(conv2d workspace, Conv2d layer workspace) in bytes: the layer packs its weights once, up front."""
-    layout = ln.registry.get(name).input_layout
+    layout = ln.describe(name).input_layout
     shape = inputs[layout].shape
     args = dict(threads=threads, layout=layout, **layer.conv_args)
     layer_call = ln.Conv2d(w, algorithm=name, **args)
@@ -573,7 +575,7 @@ def workspaces(layer, name, threads, inputs, w):
 results = []
 for layer in chosen:
     inputs, w = make_inputs(layer)
-    flops = ln.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args).flops
+    flops = layer.flops()
     for name in NAMES:
         if ln.supports(name, layer.x_shape(), layer.w_shape, **layer.conv_args):
             seconds = best_seconds(layer, name, MAX_THREADS, inputs, w)
@@ -656,14 +658,14 @@ fig.tight_layout(rect=(0, 0, 0.8, 1))
 markdown(r'''
 ### Is the workspace real?
 
-`workspace_bytes` is a statement; `lowmem_numba.memory.peak_added_bytes` checks it against the operating
+`workspace_bytes` is a statement; `lowmem_numba.bench.memory.peak_added_bytes` checks it against the operating
 system: it runs one warm call in a fresh process and reports how much the peak resident memory grew.
 The OS counts whole pages (4 KiB), and a buffer of a few KiB can land in pages that are already resident,
 so small workspaces may show as 0. One layer, three ways of running it (`"layer:<name>"` measures an
 `ln.Conv2d` call, with its weights packed beforehand):
 '''),
 code(r'''
-from lowmem_numba.memory import peak_added_bytes
+from lowmem_numba.bench.memory import peak_added_bytes
 
 layer = next(layer for layer in chosen if layer.name == SCALING_LAYER)
 for target, name in (("im2col-copy-short-ab-ki",) * 2, ("kn2row-aa-ab",) * 2, ("layer:kn2row-aa-ab", "kn2row-aa-ab")):
@@ -684,7 +686,7 @@ speed-up over one thread against the ideal (dotted).
 code(r'''
 layer = next(layer for layer in chosen if layer.name == SCALING_LAYER)
 inputs, w = make_inputs(layer)
-flops = ln.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args).flops
+flops = layer.flops()
 thread_counts = list(range(1, MAX_THREADS + 1))
 scaling = {name: [best_seconds(layer, name, t, inputs, w) for t in thread_counts]
            for name in NAMES if ln.supports(name, layer.x_shape(), layer.w_shape, **layer.conv_args)}
@@ -728,9 +730,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import lowmem_numba as ln
+import lowmem_numba.bench
 
 LAYERS = [("alexnet", "conv2"), ("vgg16", "conv1_2"), ("googlenet", "inception3a_3x3"), ("mobilenet", "dw3")]
-chosen = [next(layer for layer in ln.layers(network) if layer.name == name) for network, name in LAYERS]
+chosen = [next(layer for layer in ln.bench.layers(network) if layer.name == name) for network, name in LAYERS]
 
 
 def plan_for(layer, memory_limit=None):
@@ -842,7 +845,7 @@ markdown(r'''
 ...)` states what that will use. Checked here against a numpy reference on a small layer, at a few budgets:
 '''),
 code(r'''
-layer = next(layer for layer in ln.layers("googlenet") if layer.name == "inception5a_5x5")
+layer = next(layer for layer in ln.bench.layers("googlenet") if layer.name == "inception5a_5x5")
 rng = np.random.default_rng(0)
 x = rng.standard_normal(layer.x_shape(), dtype=np.float32)
 w = rng.standard_normal(layer.w_shape, dtype=np.float32)
@@ -881,8 +884,8 @@ print(f"{'budget':>10}  {'conv2d workspace':>16} {'ms':>7}   {'Conv2d workspace'
 for budget in (None, 64 << 10, 0):
     conv = ln.Conv2d(w, memory_limit=budget, input_shape=x.shape, **layer.conv_args)
     assert np.allclose(conv(x), expected, rtol=1e-4, atol=1e-3)
-    functional_ms = ln.measure(lambda: ln.conv2d(x, w, memory_limit=budget, **layer.conv_args), repeats=3).best * 1e3
-    layer_ms = ln.measure(lambda: conv(x), repeats=3).best * 1e3
+    functional_ms = ln.bench.measure(lambda: ln.conv2d(x, w, memory_limit=budget, **layer.conv_args), repeats=3).best * 1e3
+    layer_ms = ln.bench.measure(lambda: conv(x), repeats=3).best * 1e3
     functional_bytes = ln.workspace_bytes("auto", x.shape, w.shape, memory_limit=budget, **layer.conv_args)
     print(f"{'none' if budget is None else size(budget):>10}  {size(functional_bytes):>16} {functional_ms:7.2f}   "
           f"{size(conv.workspace_bytes):>16} {layer_ms:7.2f}  {size(conv.persistent_bytes):>12}")
@@ -896,7 +899,7 @@ not their sum:
 '''),
 code(r'''
 for budget in (None, 1 << 20, 0):
-    print(ln.plan_network(ln.layers("alexnet"), memory_limit=budget).explain(), end="\n\n")
+    print(ln.plan_network(ln.bench.layers("alexnet"), memory_limit=budget).explain(), end="\n\n")
 '''),
 markdown(r'''
 ### Measured instead of predicted

@@ -28,14 +28,14 @@ import sys
 import textwrap
 import time
 
-from . import registry
+from . import _registry as registry
 from ._version import __version__
-from .cli_bench import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench, write_json,
+from .bench._suite import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench, write_json,
                         select_layers)
-from .networks import NETWORKS
-from .scheduler import MODES, plan, plan_network
-from .units import format_bytes, parse_size
-from .threads import max_threads
+from .bench._networks import NETWORKS
+from ._scheduler import MODES, plan, plan_network
+from ._units import format_bytes, parse_size
+from ._threads import max_threads
 
 PROG = "lowmem-numba"
 
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_bench(args):
-    from .cli_report import layer_table, legend
+    from .bench._report import layer_table, legend
 
     threads = args.threads or tuple(dict.fromkeys((1, max_threads())))
     config = BenchConfig(network=args.network, threads=threads, algorithms=args.algorithms or registry.names(),
@@ -303,14 +303,14 @@ def _run_plan(args):
 
 
 def _run_calibrate(args):
-    from .costmodel import calibrate_command
+    from ._costmodel import calibrate_command
 
     print(calibrate_command(show=args.show))
     return 0
 
 
 def _run_report(args):
-    from .cli_report import BENCH_EXTRA_HINT, write_report
+    from .bench._report import BENCH_EXTRA_HINT, write_report
 
     try:
         md_path, png_path = write_report(args.file, args.out_dir)

@@ -94,7 +94,7 @@ def _private_directory(path: str, strict: bool) -> Optional[str]:
 
 
 def _user_cache_directory() -> str:
-    # The same rule as lowmem_numba.cache.cache_dir (repeated so that this
+    # The same rule as lowmem_numba._cache.cache_dir (repeated so that this
     # module stays a leaf imported before everything else).
     override = os.environ.get("LOWMEM_NUMBA_CACHE_DIR")
     if override:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import registry
+from . import _registry as registry
 from ._plan import CallPlan
-from .layout import transpose_blocks
-from .threads import kernel_threads
+from ._layout import transpose_blocks
+from ._threads import kernel_threads
 
 
 def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.ndarray:

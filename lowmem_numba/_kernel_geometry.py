@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 class KernelGeometry(NamedTuple):
     """Sizes of one convolution, in NCHW terms, as plain ints (see
-    :class:`lowmem_numba.geometry.ConvGeometry`, whose names it keeps)."""
+    :class:`lowmem_numba._geometry.ConvGeometry`, whose names it keeps)."""
 
     batch: int
     in_channels: int
@@ -43,7 +43,7 @@ class KernelGeometry(NamedTuple):
 
 
 def kernel_geometry(g) -> KernelGeometry:
-    """The record of a :class:`~lowmem_numba.geometry.ConvGeometry` ``g``.
+    """The record of a :class:`~lowmem_numba._geometry.ConvGeometry` ``g``.
 
     Each field is taken by name and converted with ``int()``, so that a NumPy
     integer (or a bool) never gives the record another Numba type, which

@@ -10,7 +10,7 @@ tile loses more efficiency than balance gains: each family states its own
 minimums), and among equally balanced cuts prefers the fewest tiles, cutting
 the dimension the family says is cheaper to cut first.
 
-The kernels decode item ``i`` with :func:`lowmem_numba.algorithms._common.tile_bounds`.
+The kernels decode item ``i`` with :func:`lowmem_numba._algorithms._common.tile_bounds`.
 """
 
 from __future__ import annotations

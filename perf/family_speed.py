@@ -16,12 +16,8 @@ import argparse
 import numpy as np
 
 import lowmem_numba as ln
-from lowmem_numba._split import split_work
-from lowmem_numba.algorithms._common import batched_gemm
-from lowmem_numba.baselines import torch_available, torch_runs
-from lowmem_numba.networks import layers
-from lowmem_numba.threads import kernel_threads
-from lowmem_numba.timing import measure
+from lowmem_numba import bench
+from lowmem_numba.bench import layers, measure, torch_available, torch_runs
 
 LAYERS = [("vgg16", n) for n in ("conv2_2", "conv3_2", "conv4_2")] + \
          [("alexnet", n) for n in ("conv2", "conv3", "conv4", "conv5")] + \
@@ -31,22 +27,12 @@ def find_layer(network, name):
     return next(layer for layer in layers(network) if layer.name == name)
 
 
-def sgemm_seconds(geometry, threads, repeats):
-    """One GEMM of the convolution's total shape, parallel as the kernels do it."""
-    m, k, n = geometry.out_channels, geometry.reduction_size, geometry.out_height * geometry.out_width
-    rng = np.random.default_rng(0)
-    a = rng.random(m * k, dtype=np.float32)
-    b = rng.random(k * n, dtype=np.float32)
-    c = np.empty(m * n, np.float32)
-    no_bias = np.empty(0, np.float32)
-    split = split_work(1, m, n, threads, min_rows=16, min_cols=128)
-    m_blocks, n_tiles = split.row_blocks, split.col_tiles
-
-    def call():
-        with kernel_threads(threads):
-            batched_gemm(1, m, n, k, a, 0, 0, k, b, 0, 0, n, c, 0, 0, n, no_bias, 0, m_blocks, n_tiles)
-
-    return measure(call, repeats=repeats).best
+def sgemm_seconds(layer, threads, repeats):
+    """One GEMM of the convolution's total shape (M x Ho·Wo x C/g·kh·kw), parallel as the kernels do it."""
+    plane = layer.flops() // (2 * layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel_h
+                               * layer.kernel_w)
+    return bench.sgemm_seconds(layer.out_channels, plane, layer.in_channels // layer.groups * layer.kernel_h
+                               * layer.kernel_w, threads, repeats)
 
 
 def torch_seconds(chosen, threads, repeats):
@@ -83,7 +69,7 @@ def main(argv=None):
              "| fastest GEMM-based / sgemm | torch |")
         emit("|---" * (len(columns) + 6) + "|")
         for layer in chosen:
-            g = ln.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
+            flops = layer.flops()
             rng = np.random.default_rng(0)
             x = rng.random(layer.x_shape(), dtype=np.float32)
             x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -93,20 +79,20 @@ def main(argv=None):
                 if not ln.supports(name, x.shape, w.shape, **layer.conv_args):
                     continue
                 # Each algorithm in its native input layout, so no conversion is timed.
-                layout = ln.registry.get(name).input_layout
+                layout = ln.describe(name).input_layout
                 xin = x if layout == "NCHW" else x_nhwc
                 out = ln.conv2d(xin, w, algorithm=name, threads=threads, layout=layout, **layer.conv_args)
                 repeats = 2 if name == "direct-sum2d" else args.repeats
                 t = measure(lambda: ln.conv2d(xin, w, algorithm=name, threads=threads, layout=layout,
                                               out=out, **layer.conv_args), repeats=repeats).best
-                speeds[name] = g.flops / t / 1e9
-            sgemm = g.flops / sgemm_seconds(g, threads, args.repeats) / 1e9
+                speeds[name] = flops / t / 1e9
+            sgemm = flops / sgemm_seconds(layer, threads, args.repeats) / 1e9
             patch = {n: v for n, v in speeds.items() if n.startswith(("im2col", "im2row"))}
             best_patch = max(patch, key=patch.get)
             gemm_based = {n: v for n, v in speeds.items() if n != "direct-sum2d"}
             fastest = max(gemm_based, key=gemm_based.get)
             aa = speeds.get("kn2row-aa-ab")
-            torch_cell = f"{g.flops / torch_times[layer.label] / 1e9:.1f}" if layer.label in torch_times else "-"
+            torch_cell = f"{flops / torch_times[layer.label] / 1e9:.1f}" if layer.label in torch_times else "-"
             cells = [f"{speeds[n]:.1f}" if n in speeds else "-" for n in columns]
             emit(f"| {layer.label} | {sgemm:.1f} | " + " | ".join(cells)
                  + f" | {best_patch} | " + (f"{aa / patch[best_patch]:.2f}x" if aa else "-")

@@ -1,6 +1,6 @@
 """Declared workspace against OS-measured peak memory, every algorithm, one layer.
 
-Each measurement is one warm call in a fresh process (lowmem_numba.memory).  The
+Each measurement is one warm call in a fresh process (lowmem_numba.bench.memory).  The
 functional conv2d counts per-call weight repacking; the Conv2d layer (prepacked
 weights) column shows what a network layer needs per call.  torch and the
 numpy im2col baseline are measured the same way, when available.
@@ -15,9 +15,10 @@ import argparse
 import numpy as np
 
 import lowmem_numba as ln
-from lowmem_numba.baselines import torch_available
-from lowmem_numba.memory import peak_added_bytes
-from lowmem_numba.units import format_bytes
+import lowmem_numba.bench  # noqa: F401  (ln.bench)
+from lowmem_numba.bench._baselines import torch_available
+from lowmem_numba.bench.memory import peak_added_bytes
+from lowmem_numba.bench import format_bytes
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    layer = next(l for l in ln.layers(args.network) if l.name == args.layer)
+    layer = next(l for l in ln.bench.layers(args.network) if l.name == args.layer)
     lines = [f"Peak memory added by one warm call, {layer.label} (x {layer.x_shape()}, w {layer.w_shape}), "
              f"measured as VmHWM growth in a fresh process.", "",
              "| algorithm | native layout | declared (conv2d) | measured (conv2d) | declared (Conv2d layer) "
@@ -36,7 +37,7 @@ def main(argv=None):
     for name in ln.algorithms():
         if not ln.supports(name, layer.x_shape(), layer.w_shape, **layer.conv_args):
             continue
-        algorithm = ln.registry.get(name)
+        algorithm = ln.describe(name)
         layout = algorithm.input_layout if algorithm.input_layout == algorithm.output_layout else "NCHW"
         shape = layer.x_shape() if layout == "NCHW" else (1, layer.height, layer.width, layer.in_channels)
         declared = ln.workspace_bytes(name, shape, layer.w_shape, threads=args.threads, layout=layout,

@@ -76,10 +76,10 @@ def selection(args):
     Every process (parent and workers) computes the same list: pyperf runs the
     n-th benchmark of it in the n-th worker task.
     """
-    from lowmem_numba import NETWORKS, algorithms, registry
-    from lowmem_numba.cli_bench import select_layers
-    from lowmem_numba.geometry import make_geometry
-    from lowmem_numba.threads import max_threads
+    from lowmem_numba import algorithms, describe, supports
+    from lowmem_numba.bench import NETWORKS
+    from lowmem_numba.bench._suite import select_layers
+    from lowmem_numba.bench import max_threads
 
     if args.network not in NETWORKS:
         raise ValueError(f"unknown network {args.network!r}; choose from {', '.join(NETWORKS)}")
@@ -87,7 +87,7 @@ def selection(args):
     if args.algorithms:
         names = args.algorithms.split(",")
         for name in names:
-            registry.get(name)
+            describe(name)
     else:
         names = [name for name in algorithms() if name not in SLOW_BY_DEFAULT]
     try:
@@ -99,9 +99,8 @@ def selection(args):
             raise ValueError(f"thread count {count} is out of range 1..{max_threads()} (NUMBA_NUM_THREADS)")
     jobs = []
     for layer in chosen:
-        g = make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
         for name in names:
-            if registry.get(name).unsupported(g) is None:
+            if supports(name, layer.x_shape(), layer.w_shape, **layer.conv_args):
                 jobs.extend((layer, name, threads) for threads in counts)
     return jobs
 
@@ -142,14 +141,12 @@ def metadata_of(layer, name, threads, layout):
     import numba
 
     from lowmem_numba import workspace_bytes
-    from lowmem_numba.geometry import make_geometry
 
     x_shape = layer.x_shape()
     if layout == "NHWC":
         x_shape = (x_shape[0],) + x_shape[2:] + (x_shape[1],)
-    g = make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
     metadata = {"network": layer.network, "layer": layer.name, "algorithm": name, "threads": threads,
-                "layout": layout, "flops": g.flops,
+                "layout": layout, "flops": layer.flops(),
                 "workspace_bytes": workspace_bytes(name, x_shape, layer.w_shape, threads=threads, layout=layout,
                                                    **layer.conv_args),
                 "numba_num_threads": numba.config.NUMBA_NUM_THREADS}

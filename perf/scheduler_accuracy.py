@@ -31,14 +31,14 @@ import tempfile
 import numpy as np
 
 import lowmem_numba as ln
-from lowmem_numba import scheduler
-from lowmem_numba.timing import measure
+import lowmem_numba.bench  # noqa: F401  (ln.bench)
+from lowmem_numba.bench import forget_plans, measure
 
 MiB = 2**20
 
 
 def sample(network, every):
-    table = ln.layers(network)
+    table = ln.bench.layers(network)
     return table if every <= 1 else table[::every]
 
 
@@ -78,7 +78,7 @@ def geomean(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--networks", default=",".join(ln.NETWORKS))
+    parser.add_argument("--networks", default=",".join(ln.bench.NETWORKS))
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--every", type=int, default=0,
@@ -121,7 +121,7 @@ def main(argv=None):
                 if ratio > overall_worst[0]:
                     overall_worst = (ratio, f"{network}/{worst[1]}")
                 overall[budget] = (ratios, overall_worst)
-                scheduler._memo.clear()
+                forget_plans()
             emit(f"| {network} | {budget} | {len(model_r)} | {geomean(model_r):.3f} | {geomean(measure_r):.3f} "
                  f"| {geomean(budget_r):.3f} | {worst[1]} ({worst[0]:.2f}x) |")
     emit()

@@ -32,14 +32,12 @@ def child(networks, budgets):
     import dataclasses
 
     import lowmem_numba as ln
-    from lowmem_numba import costmodel
+    import lowmem_numba.bench
 
-    run = costmodel.calibrate_run()
-    costmodel._store(run)
-    costmodel._loaded[costmodel._calibration_key()] = run.calibration
+    run, _ = lowmem_numba.bench.recalibrate()
     picks = {}
     for network in networks:
-        for layer in ln.layers(network):
+        for layer in ln.bench.layers(network):
             for budget in budgets:
                 p = ln.plan(layer.x_shape(), layer.w_shape, threads=budget, **layer.conv_args)
                 picks[f"{layer.label}@{budget}"] = f"{p.algorithm}/{p.threads}"

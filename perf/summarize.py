@@ -21,6 +21,8 @@ import json
 import math
 import sys
 
+import numpy as np
+
 import lowmem_numba as ln
 
 
@@ -57,10 +59,12 @@ def summarise(path):
                 aa_patch.append(min(patch) / ours["kn2row-aa-ab"])
             im2col = timed.get((label, "im2col-copy-self-ab-ki", budget))
             if im2col and im2col["workspace_bytes"]:
-                g = ln.make_geometry(layer["x_shape"], layer["w_shape"], stride=layer["stride"],
-                                     padding=layer["padding"], groups=layer["groups"])
-                held = 4 * ln.registry.get(plan["algorithm"]).workspace_elements(
-                    g, plan["threads"], plan["layout"], prepacked=True)
+                x_shape = layer["x_shape"]
+                if plan["layout"] == "NHWC":
+                    x_shape = (x_shape[0], *x_shape[2:], x_shape[1])
+                held = ln.Conv2d(np.ones(layer["w_shape"], np.float32), stride=layer["stride"],
+                                 padding=layer["padding"], groups=layer["groups"], algorithm=plan["algorithm"],
+                                 threads=plan["threads"], layout=plan["layout"]).workspace_bytes_for(x_shape)
                 ratio = held / im2col["workspace_bytes"]
                 ws_ratio.append(max(ratio, 1e-4))
                 ws_functional.append(max(plan["workspace_bytes"] / im2col["workspace_bytes"], 1e-4))

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import lowmem_numba as ln
-from lowmem_numba.baselines import torch_available, torch_runs
-from lowmem_numba.threads import single_threaded_blas
+import lowmem_numba.bench  # noqa: F401  (ln.bench)
+from lowmem_numba.bench._baselines import torch_available, torch_runs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ukernel_speed.md"
 
@@ -41,15 +41,15 @@ def select_layers():
     """(label, layer, algorithm) for every layer the benchmark covers, shapes deduplicated."""
     chosen, seen = [], {}
     for net in ("resnet50", "mobilenet", "googlenet"):
-        for layer in ln.layers(net):
+        for layer in ln.bench.layers(net):
             if (layer.kernel_h, layer.kernel_w) == (1, 1) and layer.groups == 1:
                 chosen.append((layer, "pointwise-ukernel"))
     for net in ("vgg16", "resnet50", "googlenet"):
-        for layer in ln.layers(net):
+        for layer in ln.bench.layers(net):
             if (layer.kernel_h, layer.kernel_w) in ((3, 3), (5, 5)) and layer.groups == 1 \
                     and min(layer.height, layer.width) >= 14:
                 chosen.append((layer, "direct-ukernel"))
-    chosen += [(layer, "direct-ukernel") for layer in ln.layers("alexnet") if layer.name == "conv1"]
+    chosen += [(layer, "direct-ukernel") for layer in ln.bench.layers("alexnet") if layer.name == "conv1"]
     result = []
     for layer, algorithm in chosen:
         key = (layer.x_shape(1), layer.w_shape, layer.stride, layer.padding)
@@ -73,8 +73,7 @@ def best_seconds(call, repeats, min_seconds=0.2):
 
 
 def flops(layer, batch):
-    g = ln.geometry.make_geometry(layer.x_shape(batch), layer.w_shape, **layer.conv_args)
-    return g.flops
+    return layer.flops(batch)
 
 
 def time_ours(layer, algorithm, batch, threads, repeats):
@@ -96,14 +95,9 @@ def torch_seconds(selected, batch, threads, repeats):
 
 
 def sgemm_peak(repeats):
-    """Single-thread GFLOP/s of a 2048^3 sgemm through scipy."""
-    from scipy.linalg.blas import sgemm
-
+    """Single-thread GFLOP/s of a 2048^3 sgemm through the engine's scipy binding."""
     n = 2048
-    a = np.asfortranarray(np.random.default_rng(0).random((n, n), dtype=np.float32))
-    with single_threaded_blas():
-        seconds = best_seconds(lambda: sgemm(1.0, a, a), repeats)
-    return 2 * n**3 / seconds / 1e9
+    return 2 * n**3 / ln.bench.sgemm_seconds(n, n, n, 1, repeats) / 1e9
 
 
 LARGE_1X1 = (  # (C, H, W, M): large single-image pointwise shapes
@@ -126,13 +120,13 @@ def main(argv=None):
         selected = [s for s in selected if any(q in s[0].split(" = ") for q in QUICK)]
     batches = args.batches or ([1] if args.quick else [1, 8])
     repeats = args.repeats or (3 if args.quick else 7)
-    threads_list = [t for t in args.threads if t <= ln.threads.max_threads()]
+    threads_list = [t for t in args.threads if t <= ln.bench.max_threads()]
     have_torch = torch_available()
 
     lines = ["# Micro-kernel algorithms against torch", "",
              f"`python perf/ukernel_speed.py{' --quick' if args.quick else ''}` on "
              f"{platform.processor() or platform.machine()}, "
-             f"tile {ln._microkernel.MR}x{ln._microkernel.NR} ({ln._microkernel.ISA}); "
+             "tile {}x{} ({}); ".format(*ln.bench.microkernel_tile()) +
              "best of N calls; torch in a separate process right before and after ours (best kept). "
              "Machines are shared and noisy (5-10 %).", ""]
     peak = sgemm_peak(repeats)
@@ -140,7 +134,7 @@ def main(argv=None):
     lines.append("")
     lines.append("| large 1x1 shape (C, HxW, M), batch 1, 1 thread | GFLOP/s | fraction of sgemm peak |")
     lines.append("|---|---|---|")
-    from lowmem_numba.networks import Layer
+    from lowmem_numba.bench._networks import Layer
 
     for c, h, w, m in LARGE_1X1 if not args.quick else LARGE_1X1[:1]:
         layer = Layer("large", f"{c}x{h}x{w}->{m}", c, h, w, m, 1, 1, 1, 0, 1)

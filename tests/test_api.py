@@ -83,10 +83,10 @@ def test_empty_batch(name):
 )
 def test_same_padding_follows_torch(kernel, dilation, expected):
     # torch puts the odd extra pixel of "same" padding at the bottom/right.
-    g = ln.make_geometry((1, 2, 9, 10), (3, 2, kernel, kernel), padding="same", dilation=dilation)
+    g = ln._geometry.make_geometry((1, 2, 9, 10), (3, 2, kernel, kernel), padding="same", dilation=dilation)
     assert g.padding == expected
     assert (g.out_height, g.out_width) == (9, 10)
-    assert ln.make_geometry((1, 2, 9, 10), (3, 2, 3, 3), padding="valid").padding == ((0, 0), (0, 0))
+    assert ln._geometry.make_geometry((1, 2, 9, 10), (3, 2, 3, 3), padding="valid").padding == ((0, 0), (0, 0))
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -130,7 +130,7 @@ def test_nhwc_shapes_out_and_workspace(name):
     assert conv_or_skip(name, x, w, padding=1, layout="NHWC", out=out) is out
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(ln.conv2d(x[0], w, padding=1, algorithm=name, layout="NHWC"), expected[0])
-    native = ln.registry.get(name)
+    native = ln._registry.get(name)
     converted_in = native.input_layout != "NHWC"
     converted_out = native.output_layout != "NHWC"
     nchw = ln.workspace_bytes(name, (2, 3, 7, 6), w.shape, padding=1, threads=1)
@@ -149,7 +149,7 @@ def test_layout_conversion_sizes_scratch_for_one_image():
     # Converted calls run one image at a time, so the workspace must not grow
     # with the batch beyond what the native-layout kernel itself needs.
     for name in ALGORITHMS:
-        algorithm = ln.registry.get(name)
+        algorithm = ln._registry.get(name)
         if algorithm.input_layout == algorithm.output_layout == "NCHW":
             continue
         one = ln.workspace_bytes(name, (1, 8, 12, 12), (8, 8, 1, 1), threads=1)
@@ -176,7 +176,7 @@ def test_empty_batch_on_every_functional_path(layout):
         got = ln.conv2d(x, np.ones(kernel, np.float32), padding=padding, algorithm=name, layout=layout,
                         memory_limit=0)
         assert got.shape == expected and got.dtype == np.float32
-        for threads in range(1, ln.threads.max_threads() + 1):
+        for threads in range(1, ln._threads.max_threads() + 1):
             # An empty call computes nothing, so it needs no workspace at all.
             assert ln.workspace_bytes(name, x.shape, kernel, padding=padding, threads=threads,
                                       layout=layout) == 0
@@ -192,11 +192,11 @@ def test_empty_batch_plans_do_not_divide_by_it():
     # direct caller use them, not only conv2d's early return).
     from lowmem_numba._split import Split, split_work
 
-    g = ln.make_geometry((0, 4, 9, 9), (6, 4, 3, 3), padding=1)
+    g = ln._geometry.make_geometry((0, 4, 9, 9), (6, 4, 3, 3), padding=1)
     for threads in (1, 2, 8):
         assert split_work(0, 64, 4096, threads, min_rows=16, min_cols=128) == Split(0, 1, 1)
         for name in ALGORITHMS:
-            algorithm = ln.registry.get(name)
+            algorithm = ln._registry.get(name)
             if algorithm.unsupported(g) is None:
                 kernel = algorithm.plan_kernel(g, threads)
                 assert kernel.scratch_elements == 0 or name.startswith(("im2", "mec", "kn2"))
@@ -209,12 +209,12 @@ def test_empty_batch_kernels_run_directly(name):
     # accept an empty batch too and write nothing.
     from lowmem_numba._execute import execute, prepare_weights
 
-    algorithm = ln.registry.get(name)
+    algorithm = ln._registry.get(name)
     k = 3 if ln.supports(name, (0, 4, 9, 9), (6, 4, 3, 3), padding=1) else 1
-    g = ln.make_geometry((0, 4, 9, 9), (6, 4, k, k), padding=k // 2)
+    g = ln._geometry.make_geometry((0, 4, 9, 9), (6, 4, k, k), padding=k // 2)
     empty = np.empty(0, np.float32)
     w = np.ones(6 * 4 * k * k, np.float32)
-    for threads in range(1, ln.threads.max_threads() + 1):
+    for threads in range(1, ln._threads.max_threads() + 1):
         execute(algorithm.plan(g, threads), empty, w, empty, empty)
         packed = prepare_weights(algorithm, w, g)
         kernel = algorithm.plan_kernel(g, threads)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lowmem_numba.blas import gemm
+from lowmem_numba._blas import gemm
 
 F1 = np.float32(1.0)
 

@@ -56,7 +56,7 @@ RUN_TWO = """
     w = np.ones((4, 4, 3, 3), np.float32)
     for name in ("direct-sum2d", "kn2row-aa-ab"):
         ln.conv2d(x, w, padding=1, algorithm=name)
-    from lowmem_numba.algorithms import direct
+    from lowmem_numba._algorithms import direct
     print("hits", sum(direct._direct_sum2d.stats.cache_hits.values()))
 """
 
@@ -67,7 +67,7 @@ def test_clear_compiled_removes_only_our_kernels(tmp_path):
     (tmp_path / "someone_else.f-1.py311.nbi").write_text("not ours")
     ours = [p for p in tmp_path.rglob("*.nb[ic]") if p.name != "someone_else.f-1.py311.nbi"]
     assert ours
-    cleared = run_python("from lowmem_numba.cache import clear_compiled; print(clear_compiled())", env)
+    cleared = run_python("from lowmem_numba._cache import clear_compiled; print(clear_compiled())", env)
     assert cleared.returncode == 0, cleared.stderr[-2000:]
     assert int(cleared.stdout.split()[-1]) == len(ours)
     assert [p.name for p in tmp_path.rglob("*.nb[ic]")] == ["someone_else.f-1.py311.nbi"]

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import lowmem_numba as ln
+import lowmem_numba.bench  # noqa: F401  (ln.bench)
 from lowmem_numba import __main__ as cli
-from lowmem_numba import cli_bench
-from lowmem_numba.baselines import numpy_im2col_conv2d, numpy_im2col_workspace_bytes
-from lowmem_numba.threads import max_threads
+from lowmem_numba.bench import _suite as cli_bench
+from lowmem_numba.bench._baselines import numpy_im2col_conv2d, numpy_im2col_workspace_bytes
+from lowmem_numba._threads import max_threads
 
 TINY = ["--network", "alexnet", "--layers", "conv3", "--algorithms", "im2col-copy-self-ab-ki,kn2row-aa-ab",
         "--threads", "1", "--quick"]
@@ -193,7 +194,7 @@ def test_report_rejects_other_json(tmp_path, capsys):
 def test_plan_names_algorithms_and_reasons(capsys):
     assert cli.main(["plan", "--network", "alexnet", "--memory-limit", "1MiB", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    expected = ln.plan_network(ln.layers("alexnet"), memory_limit=2**20, threads=1)
+    expected = ln.plan_network(ln.bench.layers("alexnet"), memory_limit=2**20, threads=1)
     assert expected.explain() in out
     for name, p in expected.plans:
         assert f"{name}: {p.algorithm} on {p.threads} thread(s)" in out
@@ -216,7 +217,7 @@ def test_numpy_baseline_matches_conv2d():
     args = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
     np.testing.assert_allclose(numpy_im2col_conv2d(x, w, **args), ln.conv2d(x, w, algorithm="direct-sum2d",
                                                                             **args), rtol=1e-4, atol=1e-4)
-    g = ln.make_geometry(x.shape, w.shape, **args)
+    g = ln._geometry.make_geometry(x.shape, w.shape, **args)
     padded = 2 * 6 * 12 * 16
     assert numpy_im2col_workspace_bytes(g) == 4 * (padded + 3 * 3 * 2 * g.out_height * g.out_width)
 

@@ -1,6 +1,6 @@
 """Every command-line error is one line on stderr and a non-zero exit: no traceback, no hang.
 
-Covers ``lowmem-numba`` (bench, plan, report) and ``python -m lowmem_numba.memory``:
+Covers ``lowmem-numba`` (bench, plan, report) and ``python -m lowmem_numba.bench.memory``:
 sizes too large to compute, damaged result files, unwritable outputs, reports
 that must not truncate an earlier one, interrupts, closed pipes, and a fuzz of
 the argument parsing.
@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowmem_numba import __main__ as cli
-from lowmem_numba import cli_bench, cli_report, costmodel, memory
-from lowmem_numba.units import MAX_SIZE, parse_size
+from lowmem_numba import _costmodel as costmodel
+from lowmem_numba.bench import _suite as cli_bench, _report as cli_report, memory as memory
+from lowmem_numba._units import MAX_SIZE, parse_size
 
 
 def one_line_error(err, prefix="lowmem-numba"):
@@ -363,7 +364,7 @@ def test_closed_stdout_stops_quietly(args, tmp_path):
     assert status == (141 if args[0] == "plan" else 0)  # argparse ignores an OSError printing help
 
 
-# -- python -m lowmem_numba.memory --------------------------------------------------------------------------
+# -- python -m lowmem_numba.bench.memory --------------------------------------------------------------------------
 
 SMALL = ["--x-shape", "1,4,8,8", "--w-shape", "4,4,3,3"]
 
@@ -371,7 +372,7 @@ SMALL = ["--x-shape", "1,4,8,8", "--w-shape", "4,4,3,3"]
 def run_memory(*args, env=None):
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("LOWMEM_NUMBA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "lowmem_numba.memory", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lowmem_numba.bench.memory", *args], capture_output=True, text=True,
                           env=full_env, timeout=300)
 
 
@@ -389,7 +390,7 @@ def run_memory(*args, env=None):
 def test_memory_cli_errors_are_one_line(args, status, words):
     process = run_memory(*args)
     assert process.returncode == status
-    err = one_line_error(process.stderr, prefix="python -m lowmem_numba.memory")
+    err = one_line_error(process.stderr, prefix="python -m lowmem_numba.bench.memory")
     for word in words:
         assert word in err
 
@@ -398,7 +399,7 @@ def test_memory_cli_without_torch_is_one_line(tmp_path):
     (tmp_path / "torch.py").write_text("raise ImportError('torch is missing (test shim)')\n")
     process = run_memory("torch", *SMALL, env={"PYTHONPATH": str(tmp_path)})
     assert process.returncode == 1
-    err = one_line_error(process.stderr, prefix="python -m lowmem_numba.memory")
+    err = one_line_error(process.stderr, prefix="python -m lowmem_numba.bench.memory")
     assert "torch is missing (test shim)" in err and "measuring torch failed" in err
 
 
@@ -420,7 +421,7 @@ def test_memory_cli_interrupt_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
     monkeypatch.setattr(memory, "peak_added_bytes", interrupted)
     assert memory.main(["kn2row"] + SMALL) == 130
-    one_line_error(capsys.readouterr().err, prefix="python -m lowmem_numba.memory")
+    one_line_error(capsys.readouterr().err, prefix="python -m lowmem_numba.bench.memory")
 
 
 # -- fuzz of the argument parsing ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
-from lowmem_numba.geometry import make_geometry
+from lowmem_numba._geometry import make_geometry
 from naive import conv2d_reference, conv2d_reference_loops
 from strategies import cases
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import lowmem_numba as ln
-from lowmem_numba import registry
+from lowmem_numba import _registry as registry
 from lowmem_numba._plan import CallPlan, KernelPlan
-from lowmem_numba.costmodel import calibration, predict_seconds
-from lowmem_numba.geometry import make_geometry
+from lowmem_numba._costmodel import calibration, predict_seconds
+from lowmem_numba._geometry import make_geometry
 
 from naive import conv2d_reference
 
@@ -85,7 +85,7 @@ def toy_family():
 
 
 def test_a_toy_family_is_seen_by_every_layer(toy_family):
-    from lowmem_numba import scheduler
+    from lowmem_numba import _scheduler as scheduler
 
     scheduler.clear_memo()
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)

@@ -26,7 +26,7 @@ import lowmem_numba as ln
 from naive import conv2d_reference
 
 ALGORITHMS = ln.algorithms()
-MAX_THREADS = ln.threads.max_threads()
+MAX_THREADS = ln._threads.max_threads()
 
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 
@@ -223,7 +223,7 @@ def expected_geometry(args):
         shape = x.shape
         if is_nhwc(args["layout"]) and len(shape) in (3, 4):
             shape = shape[:-3] + (shape[-1],) + shape[-3:-1]
-        return ln.make_geometry(shape, weight.shape, args["stride"], args["padding"], args["dilation"],
+        return ln._geometry.make_geometry(shape, weight.shape, args["stride"], args["padding"], args["dilation"],
                                 args["groups"])
     except (TypeError, ValueError):
         return None

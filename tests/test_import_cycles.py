@@ -28,12 +28,12 @@ PACKAGE = Path(lowmem_numba.__file__).parent
 
 LAYERS = {
     0: ["_version", "_compile", "_tuning", "_plan", "_split", "_kernel_geometry", "_microkernel",
-        "units", "geometry", "layout", "blas", "threads", "cache", "timing", "networks"],
-    1: ["registry", "workspace", "algorithms"],
+        "_units", "_geometry", "_layout", "_blas", "_threads", "_cache", "_timing"],
+    1: ["_registry", "_workspace", "_algorithms"],
     2: ["_execute"],
-    3: ["costmodel", "scheduler"],
-    4: ["api", "layer"],
-    5: ["__init__", "__main__", "cli_bench", "cli_report", "memory", "baselines", "bench", "dask"],
+    3: ["_costmodel", "_scheduler"],
+    4: ["_api", "_layer"],
+    5: ["__init__", "__main__", "bench", "dask"],
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
 

@@ -111,7 +111,7 @@ def test_warm_layer_call_allocates_nothing_in_numba():
         name, *counts = line.split()
         single, batch_of_3, larger = map(int, counts)
         assert single == larger and single <= 12, line
-        native = ln.registry.get(name).input_layout == ln.registry.get(name).output_layout == "NCHW"
+        native = ln._registry.get(name).input_layout == ln._registry.get(name).output_layout == "NCHW"
         assert batch_of_3 == single if native else batch_of_3 == 3 * single, line
 
 

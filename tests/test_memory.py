@@ -18,7 +18,7 @@ NRT_COUNTS = """
 
     def allocations(name, n, size):
         k = 3 if ln.supports(name, (1, 8, 9, 9), (8, 8, 3, 3), padding=1) else 1
-        layout = ln.registry.get(name).input_layout  # native: nothing converted per image
+        layout = ln._registry.get(name).input_layout  # native: nothing converted per image
         x = np.ones((n, 8, size, size) if layout == "NCHW" else (n, size, size, 8), np.float32)
         w = np.ones((8, 8, k, k), np.float32)
         out = ln.conv2d(x, w, padding=k // 2, algorithm=name, layout=layout)
@@ -44,7 +44,7 @@ def test_kernel_allocations_do_not_grow_with_the_work():
         [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
         single, batch_of_3, larger = map(int, counts)
         assert single == larger and single <= 16, (name, counts)
-        algorithm = ln.registry.get(name)
+        algorithm = ln._registry.get(name)
         same_layouts = algorithm.input_layout == algorithm.output_layout
         assert batch_of_3 == single if same_layouts else batch_of_3 <= 3 * single, (name, counts)
 

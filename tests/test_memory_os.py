@@ -1,6 +1,6 @@
 """Workspace claims against the operating system's peak resident memory.
 
-Each measurement runs in a fresh process (see lowmem_numba.memory), so machine
+Each measurement runs in a fresh process (see lowmem_numba.bench.memory), so machine
 load does not affect it: only the pages a call touches count.
 """
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import lowmem_numba as ln
-from lowmem_numba.memory import peak_added_bytes
+from lowmem_numba.bench.memory import peak_added_bytes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
 
@@ -25,7 +25,7 @@ def shapes_for(name):
 
 
 def native_layout(name):
-    algorithm = ln.registry.get(name)
+    algorithm = ln._registry.get(name)
     return algorithm.input_layout if algorithm.input_layout == algorithm.output_layout else "NCHW"
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 import lowmem_numba as ln
-from lowmem_numba.networks import NETWORKS, layers
+from lowmem_numba.bench._networks import NETWORKS, layers
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -11,7 +11,7 @@ def test_every_layer_is_a_valid_convolution(network):
     table = layers(network)
     assert table and len({layer.name for layer in table}) == len(table)
     for layer in table:
-        g = ln.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
+        g = ln._geometry.make_geometry(layer.x_shape(), layer.w_shape, **layer.conv_args)
         assert g.out_height >= 1 and g.out_width >= 1
 
 

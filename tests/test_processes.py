@@ -62,7 +62,7 @@ FORK_WHILE_ANOTHER_THREAD_RUNS = """
     import time
     import numpy as np
     import lowmem_numba as ln
-    from lowmem_numba import threads
+    from lowmem_numba import _threads as threads
 
     x = np.ones((1, 4, 9, 9), np.float32)
     w = np.ones((4, 4, 3, 3), np.float32)

@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
-from lowmem_numba import scheduler
-from lowmem_numba.cache import read_store, update_store
-from lowmem_numba.costmodel import Calibration
-from lowmem_numba.networks import NETWORKS, layers
+from lowmem_numba import _scheduler as scheduler
+from lowmem_numba._cache import read_store, update_store
+from lowmem_numba._costmodel import Calibration
+from lowmem_numba.bench._networks import NETWORKS, layers
 from strategies import cases
 
 FIXED = Calibration(gemm_peak=1.5e11, half_m=30.0, half_n=15.0, half_k=12.0, copy_rate=3e9,
@@ -33,7 +33,7 @@ def assert_feasible(plan, x_shape, w_shape, limit, **kwargs):
     declared = ln.workspace_bytes(plan.algorithm, x_shape, w_shape, threads=plan.threads, **kwargs)
     assert declared == plan.workspace_bytes
     assert limit is None or declared <= limit
-    assert 1 <= plan.threads <= ln.threads.max_threads()
+    assert 1 <= plan.threads <= ln._threads.max_threads()
 
 
 @pytest.mark.parametrize("limit", [None, 2**20, 0])
@@ -113,7 +113,7 @@ def test_measure_mode_caches_its_winner(tmp_path, monkeypatch):
     assert len(stored) == 1
     # A second process-level lookup reads the file instead of timing again.
     scheduler._memo.clear()
-    monkeypatch.setattr(ln.timing, "measure", lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(ln._timing, "measure", lambda *a, **k: pytest.fail("timed again"))
     assert ln.plan(**shape, mode="measure") == plan
 
 

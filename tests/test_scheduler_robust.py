@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 
 import lowmem_numba as ln
-from lowmem_numba import cache, costmodel, scheduler
+import lowmem_numba.bench  # noqa: F401  (ln.bench)
+from lowmem_numba import _cache as cache, _costmodel as costmodel, _scheduler as scheduler
 from lowmem_numba.__main__ import main as cli_main
-from lowmem_numba.cache import cache_dir, read_store, update_store
-from lowmem_numba.costmodel import DEFAULTS, Calibration, CalibrationRun
+from lowmem_numba._cache import cache_dir, read_store, update_store
+from lowmem_numba._costmodel import DEFAULTS, Calibration, CalibrationRun
 from lowmem_numba._plan import CallPlan, KernelPlan
-from lowmem_numba.geometry import make_geometry
-from lowmem_numba.timing import Timing
-from lowmem_numba.units import format_bytes
+from lowmem_numba._geometry import make_geometry
+from lowmem_numba._timing import Timing
+from lowmem_numba._units import format_bytes
 from subprocess_helper import run_python
 
 FIXED = Calibration(gemm_peak=1.5e11, half_m=30.0, half_n=15.0, half_k=12.0, copy_rate=3e9,
@@ -52,7 +53,7 @@ def instant_timing(monkeypatch):
         calls.append(call)
         return Timing((1e-3,))
 
-    monkeypatch.setattr(ln.timing, "measure", fake)
+    monkeypatch.setattr(ln._timing, "measure", fake)
     return calls
 
 
@@ -182,15 +183,15 @@ def test_fit_recovers_exact_constants():
 
 def _large_layer_threads():
     picks = {}
-    for network in ln.NETWORKS:
-        for layer in ln.layers(network):
+    for network in ln.bench.NETWORKS:
+        for layer in ln.bench.layers(network):
             g = make_geometry(layer.x_shape(), layer.w_shape, layer.stride, layer.padding, 1, layer.groups)
             if g.flops >= 4e6:  # below this the launch cost, not the efficiency, decides
                 picks[layer.label] = ln.plan(layer.x_shape(), layer.w_shape, threads=2, **layer.conv_args).threads
     return picks
 
 
-@pytest.mark.skipif(ln.threads.max_threads() < 2, reason="needs two Numba threads")
+@pytest.mark.skipif(ln._threads.max_threads() < 2, reason="needs two Numba threads")
 def test_a_busy_core_during_calibration_does_not_move_layers_to_one_thread(tmp_path, monkeypatch):
     def calibrate_in(directory, hogs):
         monkeypatch.setenv("LOWMEM_NUMBA_CACHE_DIR", str(directory))
@@ -267,7 +268,7 @@ SMALL = dict(x_shape=(1, 8, 10, 10), w_shape=(8, 8, 3, 3), padding=1)
 
 def _stored_key(limit=None, threads=None, prepacked=False):
     g = make_geometry(SMALL["x_shape"], SMALL["w_shape"], 1, 1, 1, 1)
-    budget = threads or ln.threads.max_threads()
+    budget = threads or ln._threads.max_threads()
     return scheduler._plan_key(g, budget, "NCHW", limit, prepacked)
 
 
@@ -297,12 +298,12 @@ def test_invalid_stored_plan_is_measured_again(fresh_cache, fixed_model, instant
     again = ln.plan(**SMALL, memory_limit=limit, mode="measure")
     assert len(instant_timing) > timed_before  # measured again, not trusted
     assert again == good
-    assert again.workspace_bytes <= limit and 1 <= again.threads <= ln.threads.max_threads()
+    assert again.workspace_bytes <= limit and 1 <= again.threads <= ln._threads.max_threads()
 
 
 def test_stored_plan_within_a_smaller_budget_is_not_reused_beyond_it(fresh_cache, fixed_model, instant_timing):
     # An entry naming 2 threads, planted under the key of a 1-thread budget.
-    if ln.threads.max_threads() < 2:
+    if ln._threads.max_threads() < 2:
         pytest.skip("needs two Numba threads")
     ln.plan(**SMALL, mode="measure", threads=2)
     path = fresh_cache / "plans.json"
@@ -343,7 +344,7 @@ def test_prepacked_must_be_a_bool(fixed_model, value):
     with pytest.raises(TypeError, match="prepacked"):
         ln.plan((1, 4, 6, 6), (4, 4, 3, 3), prepacked=value)
     with pytest.raises(TypeError, match="prepacked"):
-        ln.plan_network(ln.layers("alexnet")[:1], prepacked=value)
+        ln.plan_network(ln.bench.layers("alexnet")[:1], prepacked=value)
 
 
 def test_huge_memory_limit_explains(fixed_model):
@@ -379,7 +380,7 @@ FIFO_SCRIPT = """
     import os, sys
     from pathlib import Path
     import lowmem_numba as ln
-    from lowmem_numba.cache import cache_dir, read_store, update_store
+    from lowmem_numba._cache import cache_dir, read_store, update_store
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
     for name in sys.argv[1:] if len(sys.argv) > 1 else ["calibration.json", "plans.json.lock"]:

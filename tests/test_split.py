@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lowmem_numba._split import Split, split_work
-from lowmem_numba.algorithms._common import tile_bounds
+from lowmem_numba._algorithms._common import tile_bounds
 
 
 def _tiles(split, rows, cols):

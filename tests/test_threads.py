@@ -8,8 +8,8 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import lowmem_numba as ln
-from lowmem_numba import threads as threads_module
-from lowmem_numba.threads import single_threaded_blas
+from lowmem_numba import _threads as threads_module
+from lowmem_numba._threads import single_threaded_blas
 from subprocess_helper import run_python
 
 
@@ -112,7 +112,7 @@ EVERY_LAUNCH = """
     import numpy as np
     from numba.core.dispatcher import Dispatcher
     import lowmem_numba as ln
-    from lowmem_numba import costmodel, threads
+    from lowmem_numba import _costmodel as costmodel, _threads as threads
 
     def exercise():
         rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 import pytest
 
-from lowmem_numba.timing import Timing, measure
+from lowmem_numba._timing import Timing, measure
 
 
 def test_measure_counts_warmup_and_repeats():

@@ -19,8 +19,8 @@ from numba import njit
 
 import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
-from lowmem_numba.algorithms import ukernel
-from lowmem_numba.geometry import make_geometry
+from lowmem_numba._algorithms import ukernel
+from lowmem_numba._geometry import make_geometry
 from naive import conv2d_reference
 from strategies import cases
 from subprocess_helper import run_python
@@ -315,7 +315,7 @@ RUN_UKERNELS = """
     import numpy as np
     from numba.core.dispatcher import Dispatcher
     import lowmem_numba as ln
-    from lowmem_numba.algorithms import ukernel
+    from lowmem_numba._algorithms import ukernel
 
     x = np.ones((2, 4, 9, 9), np.float32)
     for name in %r:

@@ -127,7 +127,7 @@ BLAS_CASES = [
     pytest.param((2**12, 1, 1, 2**20), (1, 1, 1, 1), {}, {"mec-row-partition": "m = N*Wo"},
                  id="mec-whole-batch-rows"),
     pytest.param((1, 1, 50000, 50000), (1, 1, 1, 1), {},
-                 {name: "" for name in ln.algorithms() if ln.registry.get(name).family in
+                 {name: "" for name in ln.algorithms() if ln._registry.get(name).family in
                   ("im2col", "im2row", "kn2row", "conv-1x1-gemm")},
                  id="plane-beyond-all-but-mec"),  # MEC's GEMMs see one row of the plane at a time
 ]
@@ -140,10 +140,10 @@ def test_every_gemm_dimension_is_checked_against_32_bit_blas(x_shape, w_shape, k
     # configuration (supports() False, "auto" skips it) and a named call
     # raises ValueError naming the dimension, before any allocation.
     for name in ln.algorithms():
-        if ln.registry.get(name).family not in _AUDITED:
+        if ln._registry.get(name).family not in _AUDITED:
             continue
         claimed = ln.supports(name, x_shape, w_shape, **kwargs)
-        other_reason = ln.registry.get(name).unsupported(ln.make_geometry(x_shape, w_shape, **kwargs))
+        other_reason = ln._registry.get(name).unsupported(ln._geometry.make_geometry(x_shape, w_shape, **kwargs))
         if name in refused:
             assert not claimed, name
             with pytest.raises(ValueError) as info:
@@ -224,7 +224,7 @@ def test_workspace_flags_must_be_real_booleans():
     with pytest.raises(TypeError, match="layers must hold lowmem_numba.Conv2d"):
         ln.Workspace.shared_by(["conv"], [(1, 4, 8, 8)])
     with pytest.raises(TypeError, match="prepacked must be True or False"):
-        ln.api.choose_algorithm("direct-sum2d", ln.make_geometry(X.shape, W.shape), 1, "NCHW", None,
+        ln._api.choose_algorithm("direct-sum2d", ln._geometry.make_geometry(X.shape, W.shape), 1, "NCHW", None,
                                 prepacked="no")
 
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .geometry import ConvGeometry, make_geometry
+from .._geometry import ConvGeometry, make_geometry
 
 FLOAT32_BYTES = 4
 

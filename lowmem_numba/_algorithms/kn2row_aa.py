@@ -36,12 +36,12 @@ from __future__ import annotations
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from ..blas import gemm
-from ..geometry import blas_limit_reason
+from .._blas import gemm
+from .._geometry import blas_limit_reason
 from .._plan import KernelPlan
 from .._split import split_work
 from .._tuning import GEMM_MIN_ROWS, KN2ROW_AA_BAND_COLUMNS
-from ..registry import Algorithm, register
+from .._registry import Algorithm, register
 from ._common import (
     F32_ONE,
     all_weights,

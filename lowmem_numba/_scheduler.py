@@ -28,16 +28,16 @@ from typing import Optional
 
 import numpy as np
 
-from . import registry
+from . import _registry as registry
 from ._version import __version__
-from .cache import cache_dir, machine_id, read_store, update_store
+from ._cache import cache_dir, machine_id, read_store, update_store
 from ._execute import execute, prepare_weights
-from .costmodel import calibration, predict_seconds
-from .geometry import ConvGeometry, check_flag, check_memory_limit, check_threads, make_geometry
-from .layout import check_layout, to_nchw_shape
-from .threads import max_threads
-from .units import format_bytes
-from .workspace import Workspace
+from ._costmodel import calibration, predict_seconds
+from ._geometry import ConvGeometry, check_flag, check_memory_limit, check_threads, make_geometry
+from ._layout import check_layout, to_nchw_shape
+from ._threads import max_threads
+from ._units import format_bytes
+from ._workspace import Workspace
 
 MODES = ("model", "measure")
 
@@ -258,7 +258,7 @@ def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat):
 
 
 def _measure_plan(g, budget, layout, memory_limit, prepacked=False):
-    from .timing import measure
+    from ._timing import measure
 
     path = cache_dir() / "plans.json"
     key = _plan_key(g, budget, layout, memory_limit, prepacked)
@@ -312,7 +312,7 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
     """:func:`plan` for an already validated geometry (memoised per process,
     at most :data:`MEMO_SIZE` plans, least recently used dropped)."""
     if not isinstance(g, ConvGeometry):
-        raise TypeError(f"g must be a ConvGeometry (see lowmem_numba.geometry.make_geometry); got {g!r}")
+        raise TypeError(f"g must be a ConvGeometry (see lowmem_numba._geometry.make_geometry); got {g!r}")
     budget = check_threads(threads, max_threads())
     memory_limit = check_memory_limit(memory_limit)
     layout = check_layout(layout)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ._plan import CallPlan, KernelPlan
-from .geometry import ConvGeometry
+from ._geometry import ConvGeometry
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from .._kernel_geometry import KernelGeometry, kernel_geometry  # noqa: F401  (r
 from .._plan import Gemms, KernelPlan
 from .._split import split_work
 from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS
-from ..blas import gemm
-from ..layout import transpose_blocks
+from .._blas import gemm
+from .._layout import transpose_blocks
 
 #: The float32 constants kernels pass to gemm (alpha, beta) and store.
 F32_ONE = np.float32(1.0)

@@ -23,16 +23,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numba import prange
 
-from . import algorithms  # noqa: F401  (registers every algorithm)
-from . import registry
+from . import _algorithms  # noqa: F401  (registers every algorithm)
+from . import _registry as registry
 from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from ._execute import execute, prepare_weights
 from ._split import split_work
 from ._version import __version__
-from .algorithms._common import batched_gemm
-from .cache import cache_dir, machine_id, read_store, update_store
-from .geometry import make_geometry
-from .threads import kernel_threads, max_threads
+from ._algorithms._common import batched_gemm
+from ._cache import cache_dir, machine_id, read_store, update_store
+from ._geometry import make_geometry
+from ._threads import kernel_threads, max_threads
 
 _CALIBRATION_VERSION = 1
 

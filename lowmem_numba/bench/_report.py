@@ -1,4 +1,4 @@
-"""Tables and plots of a benchmark result (the dict of :func:`lowmem_numba.cli_bench.run_bench`).
+"""Tables and plots of a benchmark result (the dict of :func:`lowmem_numba.bench._suite.run_bench`).
 
 The terminal table puts thread counts side by side; the markdown report has one
 table per layer and a PNG of time against workspace (``lowmem-numba report``).
@@ -10,9 +10,9 @@ import json
 import math
 import os
 
-from . import registry
-from .cli_bench import SCHEMA, check_writable, replacing
-from .units import format_bytes
+from .. import _registry as registry
+from ._suite import SCHEMA, check_writable, replacing
+from .._units import format_bytes
 
 #: What a report needs beyond the library's own dependencies.
 BENCH_EXTRA_HINT = "pip install 'lowmem-numba[bench]'"

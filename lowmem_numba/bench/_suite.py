@@ -1,10 +1,10 @@
 """The measurements behind ``lowmem-numba`` and ``lowmem-numba bench``.
 
 For every layer of a network table, every thread count and every algorithm:
-the best of a few in-process timings (:func:`lowmem_numba.timing.measure`),
+the best of a few in-process timings (:func:`lowmem_numba._timing.measure`),
 the declared workspace, the cost model's prediction and the scheduler's pick;
-optionally the baselines of :mod:`lowmem_numba.baselines` and the OS-measured
-peak memory of :func:`lowmem_numba.memory.peak_added_bytes`.  The result is a
+optionally the baselines of :mod:`lowmem_numba.bench._baselines` and the OS-measured
+peak memory of :func:`lowmem_numba.bench.memory.peak_added_bytes`.  The result is a
 JSON-ready dict that ``lowmem-numba report`` turns into a table and a plot.
 """
 
@@ -24,17 +24,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import registry
-from ._version import __version__
-from .api import conv2d, workspace_bytes
-from .baselines import (NUMPY_IM2COL, TORCH, numpy_im2col_conv2d, numpy_im2col_workspace_bytes,
+from .. import _registry as registry
+from .._version import __version__
+from .._api import conv2d, workspace_bytes
+from ._baselines import (NUMPY_IM2COL, TORCH, numpy_im2col_conv2d, numpy_im2col_workspace_bytes,
                         torch_available, torch_runs)
-from .cache import machine_id
-from .geometry import make_geometry
-from .networks import Layer, layers
-from .scheduler import plan
-from .threads import max_threads
-from .timing import measure
+from .._cache import machine_id
+from .._geometry import make_geometry
+from ._networks import Layer, layers
+from .._scheduler import plan
+from .._threads import max_threads
+from .._timing import measure
 
 SCHEMA = "lowmem-numba-bench/1"
 

@@ -24,7 +24,7 @@ from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
 from ._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from .geometry import BLAS_INT_MAX
+from ._geometry import BLAS_INT_MAX
 
 SGEMM_SYMBOL = "lowmem_numba_scipy_sgemm_lp64_v1"
 

@@ -15,7 +15,7 @@ resident: its workspace, as the operating system sees it.  Where the peak
 cannot be reset (not Linux, or ``clear_refs`` not writable) the result says
 so (``method="unavailable"``) instead of guessing.
 
-Run ``python -m lowmem_numba.memory --help`` for the command-line form.
+Run ``python -m lowmem_numba.bench.memory --help`` for the command-line form.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .baselines import NUMPY_IM2COL, torch_available
+from ._baselines import NUMPY_IM2COL, torch_available
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ def _measure_in_this_process(spec):
     elif target == NUMPY_IM2COL:
         from threadpoolctl import threadpool_limits
 
-        from lowmem_numba.baselines import numpy_im2col_conv2d
-        from lowmem_numba.geometry import make_geometry
+        from lowmem_numba.bench._baselines import numpy_im2col_conv2d
+        from lowmem_numba._geometry import make_geometry
 
         if spec["threads"]:
             # Held for the life of this process, which exists only to measure.
@@ -192,7 +192,7 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
         An algorithm name for :func:`lowmem_numba.conv2d` (weights packed per
         call), ``"layer:<name>"`` for a :class:`lowmem_numba.Conv2d` with
         prepacked weights, ``"torch"`` for ``torch.nn.functional.conv2d``, or
-        ``"numpy-im2col"`` for :func:`lowmem_numba.baselines.numpy_im2col_conv2d`
+        ``"numpy-im2col"`` for :func:`lowmem_numba.bench._baselines.numpy_im2col_conv2d`
         (the naive numpy baseline; NCHW only).
     x_shape : tuple of int
         NCHW input shape (the measuring process converts it to ``layout``).
@@ -224,7 +224,7 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
             "args": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
             "threads": threads, "layout": layout, "repeats": int(repeats)}
     try:
-        process = subprocess.run([sys.executable, "-m", "lowmem_numba.memory", "--spec", json.dumps(spec)],
+        process = subprocess.run([sys.executable, "-m", "lowmem_numba.bench.memory", "--spec", json.dumps(spec)],
                                  capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"measuring {target} took more than {timeout:g} s; abandoned") from None
@@ -242,7 +242,7 @@ def peak_added_bytes(target, x_shape, w_shape, stride=1, padding=0, dilation=1, 
 #: How the measuring process starts its one-line error on stderr.
 _CHILD_ERROR = "measuring process error: "
 
-PROG = "python -m lowmem_numba.memory"
+PROG = "python -m lowmem_numba.bench.memory"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,9 +284,9 @@ def check_target(target, x_shape, w_shape, padding=0, threads=None) -> None:
         For an unknown target, inconsistent shapes, a convolution the
         algorithm does not support, or a thread count out of range.
     """
-    from . import registry
-    from .geometry import make_geometry
-    from .threads import max_threads
+    from .. import _registry as registry
+    from .._geometry import make_geometry
+    from .._threads import max_threads
 
     if threads is not None and not 1 <= threads <= max_threads():
         raise ValueError(f"thread count {threads} is out of range: Numba has {max_threads()} thread(s) "

@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import algorithms as _algorithms  # noqa: F401  (registers every algorithm)
-from . import registry
-from .geometry import (
+from . import _algorithms as _algorithms  # noqa: F401  (registers every algorithm)
+from . import _registry as registry
+from ._geometry import (
     ConvGeometry,
     check_array,
     check_bias,
@@ -21,12 +21,12 @@ from .geometry import (
     make_geometry,
     parse_params,
 )
-from .layout import check_layout, from_nchw_shape, to_nchw_shape
+from ._layout import check_layout, from_nchw_shape, to_nchw_shape
 from ._execute import execute
 from ._plan import FLOAT32_BYTES, CallPlan
-from .scheduler import plan_geometry
-from .threads import max_threads
-from .workspace import Workspace, check_workspace
+from ._scheduler import plan_geometry
+from ._threads import max_threads
+from ._workspace import Workspace, check_workspace
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
 

@@ -6,7 +6,7 @@ from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .._plan import KernelPlan
-from ..registry import Algorithm, register
+from .._registry import Algorithm, register
 from ._common import bias_rows, kernel_geometry, valid_range
 
 

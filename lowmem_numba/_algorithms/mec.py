@@ -71,11 +71,11 @@ from __future__ import annotations
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from ..blas import gemm
-from ..geometry import blas_limit_reason
+from .._blas import gemm
+from .._geometry import blas_limit_reason
 from .._plan import KernelPlan
 from .._tuning import MEC_MIN_CHANNELS, MEC_MIN_PIXEL_ROWS
-from ..registry import Algorithm, register
+from .._registry import Algorithm, register
 from ._common import (
     F32_ONE,
     F32_ZERO,

@@ -59,7 +59,7 @@ from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_smal
 from .._plan import KernelPlan
 from .._split import split_work
 from .._tuning import UKERNEL_TILE_BLOCK
-from ..registry import Algorithm, register
+from .._registry import Algorithm, register
 from ._common import ceil_div, kernel_geometry
 
 # ----------------------------------------------------------------- tuning

@@ -7,8 +7,8 @@ from typing import Optional
 import numpy as np
 
 from ._execute import prepare_weights
-from .api import choose_algorithm, launch, prepare_call, resolve_algorithm
-from .geometry import (
+from ._api import choose_algorithm, launch, prepare_call, resolve_algorithm
+from ._geometry import (
     check_array,
     check_bias,
     check_memory_limit,
@@ -16,9 +16,9 @@ from .geometry import (
     geometry_for,
     parse_params,
 )
-from .layout import check_layout, to_nchw_shape
-from .threads import max_threads
-from .workspace import Workspace, check_workspace
+from ._layout import check_layout, to_nchw_shape
+from ._threads import max_threads
+from ._workspace import Workspace, check_workspace
 
 
 class Conv2d:
@@ -164,7 +164,7 @@ class Conv2d:
         ValueError
             If the layer runs a named algorithm (there is nothing to plan).
         """
-        from .scheduler import plan
+        from ._scheduler import plan
 
         if not (isinstance(self.algorithm, str) and self.algorithm == "auto"):
             raise ValueError(f"this layer always runs {self.algorithm!r}; plan_for is for algorithm=\"auto\"")

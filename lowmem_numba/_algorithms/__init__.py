@@ -1,5 +1,5 @@
 """Algorithm families.  Importing this package registers every algorithm, in the
-order :func:`lowmem_numba.algorithms` lists them."""
+order :func:`lowmem_numba._algorithms` lists them."""
 
-from . import direct, conv1x1, im2col, im2row, mec, kn2row_planes, kn2row  # noqa: F401
+from . import direct, conv1x1, im2col, im2row, mec, kn2row, kn2row_aa  # noqa: F401
 from . import ukernel  # noqa: F401  (own register-tiled micro-kernel)

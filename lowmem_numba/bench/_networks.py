@@ -1,6 +1,6 @@
 """Convolution layer tables of well-known networks (batch 1, ImageNet input).
 
-Each table is package data (``lowmem_numba/data/<network>.csv``) with one row
+Each table is package data (``lowmem_numba/bench/data/<network>.csv``) with one row
 per convolution: name, C, H, W, M, kh, kw, stride, padding, groups.  Shapes are
 the standard architecture facts; ResNet-50 lists each distinct shape once.
 """
@@ -48,6 +48,13 @@ class Layer:
     def label(self) -> str:
         return f"{self.network}/{self.name}"
 
+    def flops(self, batch: int = 1) -> int:
+        """Multiply-adds of the layer counted as two flops, for ``batch`` images."""
+        out_h = (self.height + 2 * self.padding - self.kernel_h) // self.stride + 1
+        out_w = (self.width + 2 * self.padding - self.kernel_w) // self.stride + 1
+        return (2 * batch * self.out_channels * (self.in_channels // self.groups) * self.kernel_h
+                * self.kernel_w * out_h * out_w)
+
 
 def check_network(name) -> str:
     if name not in NETWORKS:
@@ -65,7 +72,7 @@ def layers(network: str) -> tuple[Layer, ...]:
         For an unknown network name.
     """
     check_network(network)
-    text = resources.files("lowmem_numba").joinpath("data", f"{network}.csv").read_text()
+    text = resources.files("lowmem_numba.bench").joinpath("data", f"{network}.csv").read_text()
     rows = csv.DictReader(text.splitlines())
     return tuple(
         Layer(network, row["name"], *(int(row[key]) for key in

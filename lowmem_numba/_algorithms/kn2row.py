@@ -51,12 +51,12 @@ import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from ..geometry import blas_limit_reason
-from ..layout import transpose_blocks
+from .._geometry import blas_limit_reason
+from .._layout import transpose_blocks
 from .._plan import KernelPlan
 from .._tuning import (GEMM_MIN_ROWS, KN2ROW_MIN_COLS, KN2ROW_SHIFT_TILES_PER_THREAD,
                        KN2ROW_SHORT_RUN)
-from ..registry import Algorithm, register
+from .._registry import Algorithm, register
 from ._common import (
     all_weights,
     batched_gemm,

@@ -63,9 +63,9 @@ from __future__ import annotations
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from ..blas import gemm
-from ..geometry import blas_limit_reason
-from ..registry import Algorithm, register
+from .._blas import gemm
+from .._geometry import blas_limit_reason
+from .._registry import Algorithm, register
 from ._common import (
     F32_ONE,
     F32_ZERO,

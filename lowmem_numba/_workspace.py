@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .geometry import check_flag
+from ._geometry import check_flag
 from ._plan import FLOAT32_BYTES
 
 
