@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _algorithms as _algorithms  # noqa: F401  (registers every algorithm)
+from . import _algorithms  # noqa: F401  (registers every algorithm)
 from . import _registry as registry
 from ._geometry import (
     ConvGeometry,

@@ -2,7 +2,6 @@
 checks and cache hygiene (issue 10)."""
 
 import dataclasses
-import json
 import math
 import os
 import subprocess

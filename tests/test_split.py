@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lowmem_numba._split import Split, split_work
+from lowmem_numba._tuning import SPLIT_COL_PRICE, SPLIT_ROW_PRICE
 from lowmem_numba._algorithms._common import tile_bounds
 
 
@@ -40,11 +41,19 @@ def test_tiles_respect_the_minimums(count, rows, cols, threads, min_rows, min_co
 
 @given(count=st.integers(1, 6), rows=st.integers(1, 300), cols=st.integers(1, 3000),
        threads=st.integers(2, 8))
-def test_no_allowed_cut_balances_better(count, rows, cols, threads):
+def test_the_cut_balances_best_for_its_tiles(count, rows, cols, threads):
+    # No allowed cut balances better at its price per extra tile (the rule),
+    # and cutting never balances worse than not cutting.
     split = split_work(count, rows, cols, threads, min_rows=16, min_cols=128)
+
+    def cost(s):
+        return s.imbalance(threads) * (1 + SPLIT_ROW_PRICE * (s.row_blocks - 1)
+                                       + SPLIT_COL_PRICE * (s.col_tiles - 1))
+
     allowed = [Split(count, r, c) for r in range(1, max(1, min(rows // 16, 4 * threads)) + 1)
                for c in range(1, max(1, min(cols // 128, 4 * threads)) + 1)]
-    assert split.imbalance(threads) <= min(s.imbalance(threads) for s in allowed) * 1.05
+    assert cost(split) <= min(cost(s) for s in allowed) + 1e-9
+    assert split.imbalance(threads) <= Split(count, 1, 1).imbalance(threads)
 
 
 def test_examples():
