@@ -17,6 +17,7 @@ a shared cache directory (``0o644`` less the umask), and a file larger than
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -60,8 +61,10 @@ def cache_dir() -> Path:
     return Path(base) / "lowmem_numba"
 
 
+@functools.lru_cache(maxsize=1)
 def machine_id() -> str:
-    """What a calibration or a measured plan is only valid for."""
+    """What a calibration or a measured plan is only valid for (read once per
+    process: every "auto" call's plan key holds it)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:

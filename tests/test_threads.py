@@ -229,7 +229,7 @@ def test_blas_limit_is_held_until_the_last_concurrent_holder_leaves():
             second_in.set()
             first_out.wait(10)
             seen["holders"] = threads_module._blas_depth
-            seen["limited"] = threads_module._blas_limiter is not None
+            seen["limited"] = threads_module._blas_restore is not None
 
     workers = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in workers:
@@ -237,4 +237,4 @@ def test_blas_limit_is_held_until_the_last_concurrent_holder_leaves():
     for t in workers:
         t.join()
     assert seen == {"holders": 1, "limited": True}
-    assert threads_module._blas_depth == 0 and threads_module._blas_limiter is None
+    assert threads_module._blas_depth == 0 and threads_module._blas_restore is None
