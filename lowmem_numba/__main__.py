@@ -30,6 +30,7 @@ import time
 
 from . import _registry as registry
 from ._version import __version__
+from .bench._cli import OneLineParser, debug, printable
 from .bench._suite import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench, write_json,
                         select_layers)
 from .bench._networks import NETWORKS
@@ -128,21 +129,9 @@ def _positive_int(text):
     return int(text)
 
 
-def _printable(text):
-    """``text`` with line breaks and other control characters escaped, so it stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (no usage dump), exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lowmem-numba`` and its subcommands."""
-    parser = _Parser(prog=PROG, description="\n\n".join(__doc__.split("\n\n")[1:3]),
+    parser = OneLineParser(prog=PROG, description="\n\n".join(__doc__.split("\n\n")[1:3]),
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Without a command: the AlexNet table (lowmem-numba bench with its defaults).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -330,12 +319,7 @@ def _one_line(error):
     if isinstance(error, MemoryError):
         return f"out of memory{': ' + str(error) if str(error) else ''}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
-    return _printable(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
-
-
-def _debug() -> bool:
-    """Whether ``LOWMEM_NUMBA_DEBUG`` asks for full tracebacks."""
-    return os.environ.get("LOWMEM_NUMBA_DEBUG", "").strip().lower() not in ("", "0", "no", "false")
+    return printable(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
 
 
 def _silence_stdout():
@@ -378,17 +362,17 @@ def main(argv=None) -> int:
         except BrokenPipeError:
             raise
         except EXPECTED_ERRORS as error:
-            if _debug():
+            if debug():
                 raise
             print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
             return 1
     except BrokenPipeError:  # the reader went away (lowmem-numba plan | head -1): nothing to say
-        if _debug():
+        if debug():
             raise
         _silence_stdout()
         return 141
     except KeyboardInterrupt:
-        if _debug():
+        if debug():
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

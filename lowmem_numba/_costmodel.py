@@ -40,7 +40,6 @@ _CALIBRATION_VERSION = 1
 @dataclass(frozen=True)
 class Calibration:
     """Machine constants of the cost model (single-thread unless stated)."""
-
     gemm_peak: float          # flop/s of a large sgemm
     half_m: float             # sizes at which each GEMM dimension halves efficiency
     half_n: float
@@ -230,7 +229,6 @@ def _gemm_shapes():
 
 def _gemm_calls():
     """(m, n, k) -> (call, flops per call): single-threaded sgemm, batched."""
-
     rng = np.random.default_rng(0)
     size = _GEMM_CENTER * _GEMM_CENTER
     a = rng.random(size, dtype=np.float32)
@@ -249,7 +247,6 @@ def _gemm_calls():
 
 def _gemm_rate(m, n, k):
     """Single-thread flop/s of one (m, n, k) sgemm (best of a few calls)."""
-
     rng = np.random.default_rng(0)
     a = rng.random(m * k, dtype=np.float32)
     b = rng.random(k * n, dtype=np.float32)
@@ -535,7 +532,6 @@ def recalibrate() -> "tuple[CalibrationRun, bool]":
 
 def describe(c: Calibration, threads=None) -> list:
     """What the constants mean, in plain words (one line each)."""
-
     threads = max_threads() if threads is None else threads
 
     def eff(size, half):

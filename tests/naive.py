@@ -63,3 +63,17 @@ def conv2d_reference_loops(x, weight, stride, padding, dilation, groups):
                                     total += float(x[b, group * c_per_group + ci, y, xx]) * float(weight[oc, ci, i, j])
                     out[b, oc, yo, xo] = total
     return out
+
+
+def assert_close_to_reference(got, x, weight, bias, case):
+    """Float32 output ``got`` against the float64 reference for a ``strategies.Case``.
+
+    The bound for a float32 sum of n products: a few ulps of the sum of
+    |terms|, growing like sqrt(n) (n = C/g * kh * kw + 1 with the bias).
+    """
+    expected = conv2d_reference(x, weight, bias, case.stride, case.padding, case.dilation, case.groups)
+    magnitude = conv2d_reference(np.abs(x), np.abs(weight), np.abs(bias), case.stride, case.padding,
+                                 case.dilation, case.groups)
+    n = case.w_shape[1] * case.w_shape[2] * case.w_shape[3] + 1
+    tolerance = 2.0**-23 * (4 + 2 * np.sqrt(n)) * magnitude + 1e-30
+    assert np.all(np.abs(got - expected) <= tolerance)

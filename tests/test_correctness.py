@@ -6,8 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
-from lowmem_numba._geometry import make_geometry
-from naive import conv2d_reference, conv2d_reference_loops
+from naive import assert_close_to_reference, conv2d_reference, conv2d_reference_loops
 from strategies import cases
 
 ALGORITHMS = ln.algorithms()
@@ -74,14 +73,8 @@ def test_close_on_real_data(name, data, seed, threads):
     x = rng.standard_normal(case.x_shape).astype(np.float32)
     w = rng.standard_normal(case.w_shape).astype(np.float32)
     bias = rng.standard_normal(case.out_channels).astype(np.float32)
-    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
-    # Error bound for float32 sums of n products: a few ulps of the sum of |terms|.
-    magnitude = conv2d_reference(np.abs(x), np.abs(w), np.abs(bias), case.stride, case.padding,
-                                 case.dilation, case.groups)
-    n = make_geometry(case.x_shape, case.w_shape, **case.args).reduction_size + 1
-    tolerance = 2.0**-23 * (4 + 2 * np.sqrt(n)) * magnitude + 1e-30
     got = ln.conv2d(x, w, bias, algorithm=name, threads=threads, **case.args)
-    assert np.all(np.abs(got - expected) <= tolerance)
+    assert_close_to_reference(got, x, w, bias, case)
 
 
 LAYERS = {

@@ -21,7 +21,7 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import ukernel
 from lowmem_numba._geometry import make_geometry
-from naive import conv2d_reference
+from naive import assert_close_to_reference, conv2d_reference
 from strategies import cases
 from subprocess_helper import run_python
 
@@ -249,13 +249,8 @@ def test_close_on_real_data(name, case, seed):
     x = rng.standard_normal(case.x_shape).astype(np.float32)
     w = rng.standard_normal(case.w_shape).astype(np.float32)
     bias = rng.standard_normal(case.out_channels).astype(np.float32)
-    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
-    magnitude = conv2d_reference(np.abs(x), np.abs(w), np.abs(bias), case.stride, case.padding,
-                                 case.dilation, case.groups)
-    n = make_geometry(case.x_shape, case.w_shape, **case.args).reduction_size + 1
-    tolerance = 2.0**-23 * (4 + 2 * np.sqrt(n)) * magnitude + 1e-30
     got = ln.conv2d(x, w, bias, algorithm=name, **case.args)
-    assert np.all(np.abs(got - expected) <= tolerance)
+    assert_close_to_reference(got, x, w, bias, case)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from ._baselines import NUMPY_IM2COL, torch_available
+from ._cli import OneLineParser, debug
 
 
 @dataclass(frozen=True)
@@ -245,13 +246,6 @@ _CHILD_ERROR = "measuring process error: "
 PROG = "python -m lowmem_numba.bench.memory"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (no usage dump), exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _argument(parse, what):
     def convert(text):
         try:
@@ -300,10 +294,6 @@ def check_target(target, x_shape, w_shape, padding=0, threads=None) -> None:
         raise ValueError(f"{name} does not support this convolution: {reason}")
 
 
-def _debug():
-    return os.environ.get("LOWMEM_NUMBA_DEBUG", "").strip().lower() not in ("", "0", "no", "false")
-
-
 def main(argv=None):
     """Measure one call from the command line; returns the exit status.
 
@@ -312,7 +302,7 @@ def main(argv=None):
     measuring process's own error, in one line), 130 after Ctrl-C.
     ``LOWMEM_NUMBA_DEBUG=1`` shows full tracebacks instead.
     """
-    parser = _Parser(prog=PROG, description="Peak memory one convolution call adds (fresh process).")
+    parser = OneLineParser(prog=PROG, description="Peak memory one convolution call adds (fresh process).")
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("target", nargs="?", help='algorithm name, "layer:<name>", "torch" or "numpy-im2col"')
     parser.add_argument("--x-shape", type=_argument(_shape, "shape"), default=(1, 64, 224, 224),
@@ -329,7 +319,7 @@ def main(argv=None):
             try:
                 result = _measure_in_this_process(json.loads(args.spec))
             except (OSError, ValueError, TypeError, RuntimeError, MemoryError) as error:
-                if _debug():
+                if debug():
                     raise
                 message = " ".join(str(error).split()) or type(error).__name__
                 print(f"{_CHILD_ERROR}{message}", file=sys.stderr)
@@ -341,7 +331,7 @@ def main(argv=None):
         try:
             check_target(args.target, args.x_shape, args.w_shape, args.padding, args.threads)
         except (ValueError, TypeError) as error:  # bad arguments: a usage error
-            if _debug():
+            if debug():
                 raise
             parser.error(" ".join(str(error).split()))
         try:
@@ -350,14 +340,14 @@ def main(argv=None):
             result = peak_added_bytes(args.target, args.x_shape, args.w_shape, padding=args.padding,
                                       threads=args.threads)
         except (OSError, ValueError, RuntimeError, MemoryError) as error:
-            if _debug():
+            if debug():
                 raise
             print(f"{PROG}: error: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
             return 1
         print(json.dumps(asdict(result)))
         return 0
     except KeyboardInterrupt:
-        if _debug():
+        if debug():
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
