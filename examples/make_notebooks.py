@@ -475,18 +475,25 @@ convert through a buffer), and is compared with the reference:
 '''),
 code(r'''
 CONFIGS = {"3x3": ((M, C, 3, 3), 1, 1), "1x1": ((M, C, 1, 1), 1, 0),  # (w shape, stride, padding)
-           "3x3/s2": ((M, C, 3, 3), 2, 1), "5x5 valid": ((M, C, 5, 5), 1, 0)}
-print("checked on: 3x3 = 3x3 pad 1; 1x1; 3x3/s2 = 3x3 stride 2 pad 1; 5x5 valid = 5x5 no padding")
+           "3x3/s2": ((M, C, 3, 3), 2, 1), "5x5 valid": ((M, C, 5, 5), 1, 0),
+           "3x3 dw": ((C, 1, 3, 3), 1, 1)}  # depthwise: groups = C, one channel each
+print("checked on: 3x3 = 3x3 pad 1; 1x1; 3x3/s2 = 3x3 stride 2 pad 1; 5x5 valid = 5x5 no padding;")
+print("            3x3 dw = depthwise 3x3 pad 1 (groups = C)")
+print("(Winograd rounds differently: compared to within 1e-4 on these integers)")
 print("workspace: bytes, for the 3x3 pad 1 example above called in NCHW (channels-last algorithms")
 print("include the buffers that convert the input and output)\n")
 print(f"{'algorithm':<26} {'family':<14} {'workspace':>9}  {'checked on':<28} workspace formula (elements)")
 for name in ln.algorithms():
     checked = []
     for label, (w_shape, stride, pad) in CONFIGS.items():
-        if ln.supports(name, x.shape, w_shape, stride=stride, padding=pad):
+        groups = C // w_shape[1]
+        if ln.supports(name, x.shape, w_shape, stride=stride, padding=pad, groups=groups):
             w_config = rng.integers(-2, 3, size=w_shape).astype(np.float32)
-            y = ln.conv2d(x, w_config, stride=stride, padding=pad, algorithm=name)
-            assert np.allclose(y, reference_conv2d(x, w_config, stride, pad)), (name, label)
+            y = ln.conv2d(x, w_config, stride=stride, padding=pad, groups=groups, algorithm=name)
+            expected = (np.concatenate([reference_conv2d(x[g:g + 1], w_config[g:g + 1], stride, pad)
+                                        for g in range(C)]) if groups > 1
+                        else reference_conv2d(x, w_config, stride, pad))
+            assert np.allclose(y, expected, rtol=0, atol=1e-4), (name, label)
             checked.append(label)
     assert checked, f"{name} supports none of the configurations"
     algorithm = ln.describe(name)

@@ -9,6 +9,7 @@ under a memory limit, and turn saved results into a report.
     lowmem-numba bench --network vgg16 --threads 1,2 --quick --json vgg16.json
     lowmem-numba plan --network mobilenet --memory-limit 1MiB
     lowmem-numba report vgg16.json --out-dir reports/
+    lowmem-numba scale --network vgg16 --images 64 --workers 2 --threads-per-worker 1
 
 Errors are one line on stderr and a non-zero exit status: 2 for a usage error
 (bad arguments), 1 for a failure while running (a file that cannot be read or
@@ -34,6 +35,7 @@ from .bench._cli import OneLineParser, debug, printable
 from .bench._suite import (LAYOUTS, BenchConfig, Progress, check_writable, count_steps, run_bench, write_json,
                         select_layers)
 from .bench._networks import NETWORKS
+from .bench._scale import DASK_EXTRA_HINT, SCALE_NETWORKS
 from ._scheduler import MODES, plan, plan_network
 from ._units import format_bytes, parse_size
 from ._threads import max_threads
@@ -129,13 +131,32 @@ def _positive_int(text):
     return int(text)
 
 
+def _non_negative_int(text):
+    if not text.strip().isdecimal() or len(text.strip()) > 9:
+        raise ValueError(f"expected a whole number from 0 to 999999999; got {text!r}")
+    return int(text)
+
+
+def _worker_count(text):
+    count = _non_negative_int(text)
+    most = 4 * (os.cpu_count() or 1)
+    if count > most:
+        raise ValueError(f"{count} workers is more than 4 per core ({os.cpu_count()} cores); give 0 to {most}")
+    return count
+
+
+def _algorithm_or_auto(text):
+    text = text.strip()
+    return "auto" if text.lower() == "auto" else registry.get(text).name
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lowmem-numba`` and its subcommands."""
     parser = OneLineParser(prog=PROG, description="\n\n".join(__doc__.split("\n\n")[1:3]),
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Without a command: the AlexNet table (lowmem-numba bench with its defaults).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,plan,report,calibrate}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,plan,report,calibrate,scale}")
 
     bench = commands.add_parser("bench", help="time every algorithm on a network's layers",
                                 description="Time every algorithm on a network's layers, in this process "
@@ -194,6 +215,39 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "they imply; --show prints the stored ones without measuring.")
     calibrate.add_argument("--show", action="store_true", help="print the stored calibration, measure nothing")
     calibrate.set_defaults(run=_run_calibrate)
+
+    scale = commands.add_parser(
+        "scale", help="a network's convolution stack over an image set, on Dask workers",
+        description="Run a network's convolution stack (ReLU and max-pools between) over a synthetic image "
+                    "set on a local Dask cluster (or an existing one, --scheduler), one task per chunk of "
+                    "images, and print images/s, each worker's peak memory as the OS measured it and the "
+                    "plan each worker used.  Needs the dask extra: " + DASK_EXTRA_HINT + ".")
+    scale.add_argument("--network", choices=SCALE_NETWORKS, default="vgg16",
+                       help="a network whose table is a chain (default vgg16)")
+    scale.add_argument("--images", type=_argument_type(_positive_int, "count"), default=64,
+                       help="images in the set (default 64)")
+    scale.add_argument("--chunk", type=_argument_type(_positive_int, "count"), default=4, metavar="N",
+                       help="images per task (default 4)")
+    scale.add_argument("--workers", type=_argument_type(_worker_count, "worker count"), default=None,
+                       metavar="N", help="worker processes of the local cluster (default 1); 0: no Dask, "
+                                         "this process on all threads (the baseline)")
+    scale.add_argument("--threads-per-worker", type=_argument_type(_positive_int, "count"), default=None,
+                       metavar="N", help="tasks each worker runs at once (default 1)")
+    scale.add_argument("--threads", type=_argument_type(_thread_budget, "thread count"), default=None,
+                       metavar="N", help="kernel threads per task (default: cores / tasks that run at once "
+                                         "on the machine)")
+    scale.add_argument("--algorithm", type=_argument_type(_algorithm_or_auto, "algorithm"), default="auto",
+                       metavar="NAME", help="an algorithm name, or auto (default): planned per layer")
+    scale.add_argument("--memory-limit", type=_argument_type(parse_size, "size"), default=None, metavar="SIZE",
+                       help="largest workspace per task, e.g. 1MiB (default: none)")
+    scale.add_argument("--image-size", type=_argument_type(_positive_int, "pixels"), default=None,
+                       metavar="PIXELS", help="square images of this size instead of the network's own")
+    scale.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster")
+    scale.add_argument("--seed", type=_argument_type(_non_negative_int, "seed"), default=0,
+                       help="seed of the images and weights (default 0)")
+    scale.add_argument("--json", metavar="FILE", help="write the result to FILE")
+    scale.set_defaults(run=_run_scale, parser=scale)
     return parser
 
 
@@ -295,6 +349,34 @@ def _run_calibrate(args):
     from ._costmodel import calibrate_command
 
     print(calibrate_command(show=args.show))
+    return 0
+
+
+def _run_scale(args):
+    from .bench._scale import ScaleConfig, describe_run, format_result, run_scale
+
+    if args.scheduler is not None and (args.workers is not None or args.threads_per_worker is not None):
+        args.parser.error("--scheduler uses the cluster's own workers: drop --workers and --threads-per-worker")
+    if args.workers == 0 and args.threads_per_worker is not None:
+        args.parser.error("--threads-per-worker needs Dask workers (--workers 0 runs in this process)")
+    config = ScaleConfig(network=args.network, images=args.images, chunk=args.chunk,
+                         workers=None if args.scheduler else (1 if args.workers is None else args.workers),
+                         threads_per_worker=None if args.scheduler else (args.threads_per_worker or 1),
+                         threads=args.threads, algorithm=args.algorithm, memory_limit=args.memory_limit,
+                         scheduler=args.scheduler, image_size=args.image_size, seed=args.seed)
+    if args.json is not None:
+        check_writable(args.json)
+    print(describe_run(config), flush=True)
+    chunks = -(-config.images // config.chunk)
+    progress = Progress(chunks, sys.stderr)
+    try:
+        result = run_scale(config, progress=progress)
+    finally:
+        progress.clear()
+    print(format_result(result))
+    if args.json is not None:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
     return 0
 
 

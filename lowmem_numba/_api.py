@@ -24,7 +24,7 @@ from ._geometry import (
 from ._layout import check_layout, from_nchw_shape, to_nchw_shape
 from ._execute import execute
 from ._plan import FLOAT32_BYTES, CallPlan
-from ._scheduler import plan_geometry
+from ._scheduler import WINOGRAD_FAMILY, plan_geometry
 from ._threads import max_threads
 from ._workspace import Workspace, check_workspace
 
@@ -113,14 +113,17 @@ def resolve_algorithm(name, geometry):
     return algorithm
 
 
-def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=False):
+def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=False, winograd=True):
     """(Algorithm, threads) for a call: planned for "auto", else as asked."""
     prepacked = check_flag(prepacked, "prepacked")
+    winograd = check_flag(winograd, "winograd")
     if isinstance(name, str) and name == "auto":
         chosen = plan_geometry(geometry, memory_limit=memory_limit, threads=threads, layout=layout,
-                               prepacked=prepacked)
+                               prepacked=prepacked, winograd=winograd)
         return registry.get(chosen.algorithm), chosen.threads
     algorithm = resolve_algorithm(name, geometry)
+    if not winograd and algorithm.family == WINOGRAD_FAMILY:
+        raise ValueError(f"algorithm {name!r} is a Winograd algorithm, which winograd=False excludes")
     if memory_limit is not None:
         needed = algorithm.plan(geometry, threads, layout, prepacked).workspace_bytes
         if needed > memory_limit:
@@ -165,7 +168,7 @@ def supports(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
-                    *, threads=None, layout="NCHW", memory_limit=None) -> int:
+                    *, threads=None, layout="NCHW", memory_limit=None, winograd=True) -> int:
     """Temporary memory one :func:`conv2d` call with this algorithm uses.
 
     That is everything beyond x, weight, bias and the output: scratch buffers
@@ -186,6 +189,8 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
         Layout of the call's input and output.
     memory_limit : int, optional
         For "auto": the budget the choice is made under.
+    winograd : bool, default True
+        For "auto": whether Winograd algorithms may be chosen.
 
     Returns
     -------
@@ -200,13 +205,14 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     layout = check_layout(layout)
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
-    algorithm, threads = choose_algorithm(name, geometry, threads, layout, check_memory_limit(memory_limit), False)
+    algorithm, threads = choose_algorithm(name, geometry, threads, layout, check_memory_limit(memory_limit), False,
+                                          winograd)
     return algorithm.plan(geometry, threads, layout).workspace_bytes
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algorithm="auto", threads=None, out=None, layout="NCHW", workspace=None,
-           memory_limit=None) -> np.ndarray:
+           memory_limit=None, winograd=True) -> np.ndarray:
     """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
 
     Parameters
@@ -251,6 +257,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         Largest workspace in bytes the call may use: None for no limit, 0 for
         zero-workspace algorithms only.  A named algorithm over the limit is
         an error.
+    winograd : bool, default True
+        Whether "auto" may choose a Winograd algorithm (3x3 and 5x5, stride
+        1): fewer multiplications, but rounding errors up to several times
+        those of direct summation (measured in the README).  False keeps to
+        algorithms that sum every product; naming a Winograd algorithm then
+        is an error.
 
     Returns
     -------
@@ -280,7 +292,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     check_array(weight, "weight")
     params = parse_params(weight.shape, stride, padding, dilation, groups)
     call = prepare_call(x, params, bias, algorithm, threads, out, layout, workspace,
-                        {"weight": weight}, memory_limit)
+                        {"weight": weight}, memory_limit, winograd=winograd)
     weight_flat = np.ascontiguousarray(weight).reshape(-1)
     return launch(call, x, weight_flat, bias)
 
@@ -300,7 +312,7 @@ class Call:
 
 
 def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, other_inputs,
-                 memory_limit=None, prepacked=False) -> Call:
+                 memory_limit=None, prepacked=False, winograd=True) -> Call:
     """Validate everything about a call and provide its output array.
 
     ``params`` are the call's parsed hyper-parameters (:func:`parse_params`,
@@ -316,7 +328,8 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
     check_workspace(workspace)
-    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit), prepacked)
+    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit),
+                                       prepacked, winograd)
     plan = chosen.plan(geometry, threads, layout, prepacked)
     if workspace is not None:
         workspace.check_fits(plan.workspace_elements)

@@ -34,8 +34,6 @@ from ._cache import cache_dir, machine_id, read_store, update_store
 from ._geometry import make_geometry
 from ._threads import kernel_threads, max_threads
 
-_CALIBRATION_VERSION = 1
-
 
 @dataclass(frozen=True)
 class Calibration:
@@ -48,6 +46,7 @@ class Calibration:
     direct_rate: float        # flop/s of the direct loop nest
     thread_efficiency: float  # speed-up per added thread, as a fraction of ideal
     launch_seconds: float     # fixed cost of one parallel kernel launch
+    vector_rate: float = 3.6e10  # flop/s of a family's own vectorised loops (DEFAULTS.vector_rate)
 
 
 def _efficiency(size, half):
@@ -63,6 +62,8 @@ def predict_seconds(plan, c: Calibration) -> float:
         What the call does (``registry.get(name).plan(...)``): its GEMMs as
         issued, the elements it moves outside BLAS, its own loops' flops, its
         parallel items and launches.  Nothing here depends on the family.
+        Own flops are priced at the loop nest's rate (``direct_flops``) or
+        at the rate of vectorised loops (``vector_flops``).
     c : Calibration
 
     Returns
@@ -77,6 +78,7 @@ def predict_seconds(plan, c: Calibration) -> float:
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
         serial += count * 2.0 * m * n * k / rate
     serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
+    serial += plan.vector_flops / c.vector_rate
     threads = plan.threads
     usable = min(threads, max(1, plan.parallel_items))
     speedup = 1.0 + (usable - 1) * c.thread_efficiency
@@ -96,7 +98,7 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 2
+_CALIBRATION_VERSION = 3  # 3: vector_rate
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -139,6 +141,9 @@ PLAUSIBLE = {
     # float32 elements per second: 0.4 GB/s to 8 TB/s of read + write traffic
     "copy_rate": (5e7, 1e12),
     "direct_rate": (5e7, 1e12),
+    # flop/s of vectorised own loops: 0.5 GFLOP/s (vectorisation lost
+    # entirely on a slow core) to 1 TFLOP/s (4x a 4 GHz AVX-512 core's peak)
+    "vector_rate": (5e8, 1e12),
     # 2 threads on a clean 2-core machine: 0.90-1.0; a busy loop on the other
     # core gave 0.1 or less.  2-way SMT at all logical CPUs gives about 0.5, so
     # 0.4 accepts it while rejecting a core taken by another process.
@@ -157,10 +162,11 @@ _MAX_FIT_RMS = 0.1
 #: a value puts large layers on one thread (1.1-2x slower), too high a value
 #: only spreads small layers, whose launch cost the model prices anyway.
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
-                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=1.2e-5)
+                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=1.2e-5, vector_rate=3.6e10)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
-           "direct": ("direct_rate",), "threads": ("thread_efficiency",), "launch": ("launch_seconds",)}
+           "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
+           "launch": ("launch_seconds",)}
 
 
 @dataclass(frozen=True)
@@ -356,6 +362,28 @@ def _measure_direct(best):
     return {"direct_rate": g.flops / best["direct"]}
 
 
+#: The vectorised-loop rate is measured on the depthwise kernel: 64 planes of
+#: 64 x 64, 3x3, padded left and right only, so every band is read in place
+#: (no copies, which the copy rate prices) and every flop is a run's; about
+#: 0.1 ms, so that the launch (priced apart) is a few percent of it.
+_VECTOR_SHAPE = ((1, 64, 64, 64), (64, 1, 3, 3), ((0, 0), (1, 1)), 64)
+
+
+def _measure_vector(best):
+
+    x_shape, w_shape, padding, groups = _VECTOR_SHAPE
+    g = make_geometry(x_shape, w_shape, 1, padding, 1, groups)
+    depthwise = registry.get("depthwise")
+    x = np.ones(int(np.prod(x_shape)), np.float32)
+    w = prepare_weights(depthwise, np.ones(int(np.prod(w_shape)), np.float32), g)
+    out = np.empty(int(np.prod(g.output_shape)), np.float32)
+    plan = depthwise.plan(g, 1, "NCHW", prepacked=True)
+    no_bias = np.empty(0, np.float32)
+    with kernel_threads(1):
+        _interleaved_best({"vector": lambda: execute(plan, x, w, no_bias, out)}, best)
+    return {"vector_rate": plan.vector_flops / best["vector"]}
+
+
 def _measure_launch(best):
     # execute() enters kernel_threads (BLAS and Numba thread limits), as every call does.
     _, call = _direct_call((1, 1, 4, 4), (1, 1, 1, 1), 0)
@@ -390,14 +418,14 @@ def _measure_threads(best):
 
 
 _MEASURE = {"gemm": _measure_gemm, "copy": _measure_copy, "direct": _measure_direct,
-            "threads": _measure_threads, "launch": _measure_launch}
+            "vector": _measure_vector, "threads": _measure_threads, "launch": _measure_launch}
 
 
 def calibrate_run(*, attempts=None, pause=None) -> CalibrationRun:
     """Measure the machine constants robustly (about a second).
 
-    Each group of constants (GEMM, copy, loop nest, threads, launch) is timed
-    as the best over interleaved rounds; a group with a constant outside
+    Each group of constants (GEMM, copy, loop nest, vectorised loops, threads,
+    launch) is timed as the best over interleaved rounds; a group with a constant outside
     :data:`PLAUSIBLE` (or a GEMM fit whose residual exceeds ``_MAX_FIT_RMS``) is
     measured again after ``pause`` seconds (default ``_PAUSE_SECONDS``), keeping
     the best timings of all attempts, up to ``attempts`` times (default
@@ -546,6 +574,7 @@ def describe(c: Calibration, threads=None) -> list:
         f"copies: {c.copy_rate / 1e9:.2f} G float32/s ({c.copy_rate * 8 / 1e9:.1f} GB/s read + write)",
         f"direct loop nest: {c.direct_rate / 1e9:.2f} GFLOP/s "
         f"({c.gemm_peak / c.direct_rate:.0f}x slower than the GEMM peak)",
+        f"vectorised loops (depthwise runs): {c.vector_rate / 1e9:.1f} GFLOP/s",
     ]
     for t in sorted({2, threads}):
         if t <= threads and t > 1:

@@ -16,7 +16,7 @@ import numpy as np
 from . import _registry as registry
 from ._plan import CallPlan
 from ._layout import transpose_blocks
-from ._threads import kernel_threads
+from ._threads import kernel_threads, max_threads
 
 
 def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.ndarray:
@@ -27,8 +27,19 @@ def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.
         return np.array(weight_flat, dtype=np.float32, copy=True)
     dest = np.empty(packed, dtype=np.float32)
     with kernel_threads():  # packing may run a parallel kernel
-        algorithm.pack_weights(weight_flat, geometry, dest)
+        _pack(algorithm, weight_flat, geometry, dest, max_threads(), None)
     return dest
+
+
+def _pack(algorithm, weight_flat, geometry, dest, threads, scratch):
+    """Pack with ``threads`` threads, giving the packing its scratch if it
+    needs some (a fresh buffer when ``scratch`` is None)."""
+    if algorithm.pack_scratch_elements is None:
+        algorithm.pack_weights(weight_flat, geometry, dest)
+        return
+    if scratch is None:
+        scratch = np.empty(algorithm.pack_scratch_elements(geometry, threads), dtype=np.float32)
+    algorithm.pack_weights(weight_flat, geometry, dest, scratch)
 
 
 def execute(plan: CallPlan, x_flat, weight_flat, bias, out_flat, workspace=None) -> None:
@@ -61,13 +72,13 @@ def execute(plan: CallPlan, x_flat, weight_flat, bias, out_flat, workspace=None)
 def _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer):
     algorithm = registry.get(plan.algorithm)
     g, kernel = plan.geometry, plan.kernel
-    packed, scratch = plan.packed_weight_elements, kernel.scratch_elements
+    packed, scratch = plan.packed_weight_elements + plan.packing_scratch_elements, kernel.scratch_elements
     into, back = plan.convert_in_elements, plan.convert_out_elements
     with kernel_threads(plan.threads):
         weights = weight_flat
         if packed:
-            weights = buffer[:packed]
-            algorithm.pack_weights(weight_flat, g, weights)
+            weights = buffer[:plan.packed_weight_elements]
+            _pack(algorithm, weight_flat, g, weights, plan.threads, buffer[plan.packed_weight_elements:packed])
         scratch_buffer = buffer[packed:packed + scratch]
         if plan.runs == 1 and not (into or back):
             algorithm.compute(x_flat, weights, bias, out_flat, scratch_buffer, plan.run_geometry, kernel)

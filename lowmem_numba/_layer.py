@@ -8,8 +8,10 @@ import numpy as np
 
 from ._execute import prepare_weights
 from ._api import choose_algorithm, launch, prepare_call, resolve_algorithm
+from ._scheduler import WINOGRAD_FAMILY
 from ._geometry import (
     check_array,
+    check_flag,
     check_bias,
     check_memory_limit,
     check_threads,
@@ -53,6 +55,9 @@ class Conv2d:
     memory_limit : int, optional
         Workspace budget in bytes for "auto" (packed weights are persistent
         and not counted); a named algorithm over it is an error.
+    winograd : bool, default True
+        Whether "auto" may choose a Winograd algorithm (see
+        :func:`lowmem_numba.conv2d`).
 
     Raises
     ------
@@ -68,7 +73,8 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  algorithm="auto", threads=None, layout="NCHW",
-                 workspace: Optional[Workspace] = None, input_shape=None, memory_limit=None):
+                 workspace: Optional[Workspace] = None, input_shape=None, memory_limit=None,
+                 winograd=True):
         # Every argument is validated, by the same code as conv2d's, before
         # anything is copied or packed.
         check_array(weight, "weight")
@@ -76,6 +82,7 @@ class Conv2d:
         layout = check_layout(layout)
         threads = check_threads(threads, max_threads())
         memory_limit = check_memory_limit(memory_limit)
+        winograd = check_flag(winograd, "winograd")
         check_workspace(workspace)
         # Support (stride, kernel size, and the GEMM sizes that depend on the
         # weights alone) is decided on the smallest input the kernel fits; each
@@ -84,16 +91,20 @@ class Conv2d:
         check_bias(bias, nominal)
         auto = isinstance(algorithm, str) and algorithm == "auto"
         chosen = None if auto else resolve_algorithm(algorithm, nominal)
+        if chosen is not None and not winograd and chosen.family == WINOGRAD_FAMILY:
+            raise ValueError(f"algorithm {algorithm!r} is a Winograd algorithm, which winograd=False excludes")
         self._params = params
         self.weight_shape = params.weight_shape
         self.stride, self.dilation, self.groups = params.stride, params.dilation, params.groups
         self.padding = params.padding_pairs
         self.layout, self.threads, self.memory_limit = layout, threads, memory_limit
+        self.winograd = winograd
         self.algorithm = algorithm
         planned = None
         if input_shape is not None:
             geometry = self._geometry(input_shape)
-            planned = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked=True)
+            planned = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked=True,
+                                       winograd=winograd)
 
         self.workspace = workspace if workspace is not None else Workspace()
         self.bias = None if bias is None else np.array(bias, dtype=np.float32, copy=True)
@@ -139,7 +150,8 @@ class Conv2d:
             ``out`` if given.
         """
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
-                            self.layout, self.workspace, {}, self.memory_limit, prepacked=True)
+                            self.layout, self.workspace, {}, self.memory_limit, prepacked=True,
+                            winograd=self.winograd)
         self._planned_bytes = call.plan.workspace_bytes
         if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
             return call.out
@@ -153,7 +165,7 @@ class Conv2d:
         """
         geometry = self._geometry(x_shape)
         algorithm, threads = choose_algorithm(self.algorithm, geometry, self.threads, self.layout,
-                                              self.memory_limit, prepacked=True)
+                                              self.memory_limit, prepacked=True, winograd=self.winograd)
         return algorithm.plan(geometry, threads, self.layout, prepacked=True).workspace_bytes
 
     def plan_for(self, x_shape):
@@ -169,7 +181,8 @@ class Conv2d:
         if not (isinstance(self.algorithm, str) and self.algorithm == "auto"):
             raise ValueError(f"this layer always runs {self.algorithm!r}; plan_for is for algorithm=\"auto\"")
         return plan(x_shape, self.weight_shape, self.stride, self.padding, self.dilation, self.groups,
-                    memory_limit=self.memory_limit, threads=self.threads, layout=self.layout, prepacked=True)
+                    memory_limit=self.memory_limit, threads=self.threads, layout=self.layout, prepacked=True,
+                    winograd=self.winograd)
 
     @property
     def workspace_bytes(self) -> Optional[int]:

@@ -28,6 +28,10 @@ rectangle ``nx`` pixels wide, so a tile may wrap onto the next row::
     (y, x) = divmod(p0 + r, nx)
     x(r) = x_off + y*x_ystep + x*x_xstep        o(r) = o_off + y*o_ystep + x*o_xstep
 
+With ``has_bias = ACCUMULATE`` the bias is not added and the tile is added to
+the output instead (``out[...] += sum``), so a long reduction can run in
+blocks whose sums add up in the output.
+
 Rows ``r >= mr`` of a partial tile re-read pixel ``mr - 1`` (always in bounds)
 and are never stored; lanes ``l >= nr`` are never stored either, and the bias
 is only read at lanes ``l < nr``.  Nothing outside the given blocks is read or
@@ -103,6 +107,12 @@ NR = VL * NV
 SMALL_MR = {"avx512": SMALL_MR_AVX512, "avx2": SMALL_MR_AVX2}.get(ISA, SMALL_MR_GENERIC)
 TILE = (MR, NR)
 
+
+#: Values of the tile kernel's ``has_bias`` argument: store the sums as they
+#: are (0), plus ``bias[b_off + l]`` (HAS_BIAS), or added to what the output
+#: already holds (ACCUMULATE: a reduction split into blocks, as Winograd's).
+HAS_BIAS = 1
+ACCUMULATE = 2
 
 # ----------------------------------------------------------------- IR emission
 
@@ -219,7 +229,8 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
     # one being mr_max - 1 past the first means every step is 1.
     pixels_contiguous = builder.icmp_signed(
         "==", builder.sub(o_rows[-1], o_rows[0]), _const(mr_max - 1))
-    bias_on = builder.icmp_signed("!=", has_bias, _const(0))
+    bias_on = builder.icmp_signed("==", has_bias, _const(HAS_BIAS))
+    accumulate = builder.icmp_signed("==", has_bias, _const(ACCUMULATE))
 
     def add_bias_vectors():
         with builder.if_then(bias_on):
@@ -229,10 +240,17 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                     builder.store(builder.fadd(builder.load(accs[r][v]), b), accs[r][v])
 
     fast_nhwc = builder.and_(full, lanes_contiguous)
-    fast_nchw = builder.and_(builder.and_(full, builder.not_(lanes_contiguous)), pixels_contiguous)
+    # Accumulating into strided channels goes through the general store.
+    fast_nchw = builder.and_(builder.and_(builder.and_(full, builder.not_(lanes_contiguous)), pixels_contiguous),
+                             builder.not_(accumulate))
     with builder.if_else(fast_nhwc) as (then_nhwc, otherwise):
         with then_nhwc:
             add_bias_vectors()
+            with builder.if_then(accumulate):
+                for r in range(mr_max):
+                    for v in range(nv):
+                        old = _load_vector(builder, o_ptr, builder.add(o_rows[r], _const(v * vl)), vty)
+                        builder.store(builder.fadd(old, builder.load(accs[r][v])), accs[r][v])
             for r in range(mr_max):
                 for v in range(nv):
                     _store_vector(builder, builder.load(accs[r][v]), o_ptr,
@@ -253,12 +271,12 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                             _store_vector(builder, pixels, o_ptr, at)
                 with general:
                     _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_off,
-                                        bias_on, mr_max, nv, vl)
+                                        bias_on, accumulate, mr_max, nv, vl)
     return context.get_dummy_value()
 
 
 def _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_off, bias_on,
-                        mr_max, nv, vl):
+                        accumulate, mr_max, nv, vl):
     """Edge tiles: spill the tile to a stack buffer, store r < mr, l < nr."""
     nr_max = nv * vl
     buffer = cgutils.alloca_once(builder, _F32, size=mr_max * nr_max)
@@ -277,8 +295,10 @@ def _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_
                 biased = builder.fadd(builder.load(value_ptr),
                                       builder.load(_element_ptr(builder, b_ptr, builder.add(b_off, lane))))
                 builder.store(biased, value_ptr)
-            value = builder.load(value_ptr)
-            builder.store(value, _element_ptr(builder, o_ptr, builder.add(row, builder.mul(lane, o_lstep))))
+            target = _element_ptr(builder, o_ptr, builder.add(row, builder.mul(lane, o_lstep)))
+            with builder.if_then(accumulate):
+                builder.store(builder.fadd(builder.load(target), builder.load(value_ptr)), value_ptr)
+            builder.store(builder.load(value_ptr), target)
 
 
 def _is_f32_array(t):

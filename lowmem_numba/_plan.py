@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ._tuning import LAYOUT_CONVERSION_COST
+
 #: Bytes of one float32 element.
 FLOAT32_BYTES = 4
 
@@ -50,7 +52,13 @@ class KernelPlan:
         float32 elements read and written outside BLAS (patch building,
         lowering, shift-adds).
     direct_flops : int
-        Arithmetic done by the family's own loops rather than a GEMM engine.
+        Arithmetic done by the family's own scalar loops rather than a GEMM
+        engine (priced at the rate of the plain loop nest).
+    vector_flops : int
+        Arithmetic done by the family's own vectorised loops (loops LLVM
+        vectorises along a unit-stride dimension, e.g. the depthwise runs),
+        counted as computed: padded lanes and zero taps included.  Priced at
+        the calibrated rate of such loops, several times the loop nest's.
     parallel_items : int
         Independent items the run hands to ``prange``: more threads than
         items cannot help.
@@ -63,11 +71,13 @@ class KernelPlan:
     gemms: tuple = ()
     moved_elements: int = 0
     direct_flops: int = 0
+    vector_flops: int = 0
     parallel_items: int = 1
     launches: int = 1
 
     def __post_init__(self):
-        for name in ("scratch_elements", "moved_elements", "direct_flops", "parallel_items", "launches"):
+        for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "parallel_items",
+                     "launches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
@@ -101,6 +111,11 @@ class CallPlan:
         float32 elements of weights packed per call (0 if none or prepacked).
     convert_in_elements, convert_out_elements : int
         Per-image layout buffers (0 when the layouts match).
+    packing_flops : int
+        Arithmetic of packing the weights per call (a transform, as
+        Winograd's), beyond moving them; 0 when prepacked.
+    packing_scratch_elements : int
+        float32 scratch the per-call packing works in (0 if none).
     """
 
     algorithm: str
@@ -114,13 +129,16 @@ class CallPlan:
     packed_weight_elements: int
     convert_in_elements: int
     convert_out_elements: int
+    packing_flops: int = 0
+    packing_scratch_elements: int = 0
 
     @property
     def workspace_elements(self) -> int:
-        """float32 elements of temporary memory: packed weights, scratch, layout buffers."""
+        """float32 elements of temporary memory: packed weights (and their
+        packing's scratch), scratch, layout buffers."""
         if self.runs == 0:
             return 0
-        return (self.packed_weight_elements + self.kernel.scratch_elements
+        return (self.packed_weight_elements + self.packing_scratch_elements + self.kernel.scratch_elements
                 + self.convert_in_elements + self.convert_out_elements)
 
     @property
@@ -137,12 +155,18 @@ class CallPlan:
         """Elements moved outside BLAS by the call: the kernel's, packing and conversion."""
         if self.runs == 0:
             return 0
-        convert = self.convert_in_elements + self.convert_out_elements
+        convert = (self.convert_in_elements + self.convert_out_elements) * LAYOUT_CONVERSION_COST
         return self.packed_weight_elements + self.runs * (self.kernel.moved_elements + convert)
 
     @property
     def direct_flops(self) -> int:
-        return self.runs * self.kernel.direct_flops
+        """Arithmetic outside any GEMM: the kernel's own loops and weight packing."""
+        return self.runs * self.kernel.direct_flops + (self.packing_flops if self.runs else 0)
+
+    @property
+    def vector_flops(self) -> int:
+        """Arithmetic of the kernel's own vectorised loops, all runs."""
+        return self.runs * self.kernel.vector_flops
 
     @property
     def launches(self) -> int:

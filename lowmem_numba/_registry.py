@@ -56,6 +56,13 @@ class Algorithm:
         The kernel's own layouts.
     claims : str
         The configurations it supports, in words (``unsupported`` decides).
+    pack_flops : callable or None
+        ``(geometry) -> int``: arithmetic of ``pack_weights`` beyond moving
+        the weights (a transform), priced like the direct loop nest; None for
+        a plain repacking.
+    pack_scratch_elements : callable or None
+        ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
+        it then takes it as a fourth argument (None: it needs none).
     """
 
     name: str
@@ -70,6 +77,8 @@ class Algorithm:
     input_layout: str = "NCHW"
     output_layout: str = "NCHW"
     claims: str = "any kernel, stride, padding, dilation and groups"
+    pack_flops: Optional[Callable[[ConvGeometry], int]] = None
+    pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
 
     def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
              prepacked: bool = False) -> CallPlan:
@@ -115,8 +124,11 @@ def _plan_call(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")
     packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
+    packing_flops = algorithm.pack_flops(g) if packed and algorithm.pack_flops else 0
+    packing_scratch = (algorithm.pack_scratch_elements(g, threads)
+                       if packed and algorithm.pack_scratch_elements else 0)
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
-                    into, back)
+                    into, back, packing_flops, packing_scratch)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

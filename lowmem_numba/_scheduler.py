@@ -120,6 +120,11 @@ class Plan:
         return self.explain()
 
 
+#: The family ``winograd=False`` excludes, and the verdict ``explain()`` gives it.
+WINOGRAD_FAMILY = "winograd"
+EXCLUDED_WINOGRAD = "excluded: winograd=False (Winograd rounds differently from direct summation)"
+
+
 def _thread_options(budget):
     options, t = [], 1
     while t < budget:
@@ -134,12 +139,15 @@ def _check_mode(mode):
     return mode
 
 
-def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=False):
+def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=False, winograd=True):
     """Candidates with workspace, and the rejection reason of the infeasible ones."""
     screened = []
     for name in registry.names():
         algorithm = registry.get(name)
         reason = algorithm.unsupported(g)
+        if reason is None and not winograd and algorithm.family == WINOGRAD_FAMILY:
+            screened.extend(Candidate(name, t, None, None, EXCLUDED_WINOGRAD) for t in _thread_options(budget))
+            continue
         for t in _thread_options(budget):
             if reason is not None:
                 screened.append(Candidate(name, t, None, None, f"unsupported: {reason}"))
@@ -198,18 +206,19 @@ def _explain(timed, best):
     return tuple(explained)
 
 
-def _model_plan(g, budget, layout, memory_limit, prepacked=False):
+def _model_plan(g, budget, layout, memory_limit, prepacked=False, winograd=True):
     constants = calibration()
-    screened = _screen(g, budget, layout, memory_limit, prepacked)
+    screened = _screen(g, budget, layout, memory_limit, prepacked, winograd)
     best, explained = _rank(screened, lambda c: (
         predict_seconds(registry.get(c.algorithm).plan(g, c.threads, layout, prepacked), constants), ""))
     return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "model", memory_limit, explained)
 
 
-def _plan_key(g, budget, layout, memory_limit, prepacked):
+def _plan_key(g, budget, layout, memory_limit, prepacked, winograd=True):
     weights = "prepacked" if prepacked else "packed per call"
+    excluded = "" if winograd else "no Winograd "
     return (f"{g.input_shape} {g.weight_shape} s{g.stride} p{g.padding} d{g.dilation} g{g.groups} "
-            f"threads<={budget} {layout} limit={memory_limit} {weights} "
+            f"threads<={budget} {layout} limit={memory_limit} {weights} {excluded}"
             f"lowmem-numba {__version__} on {machine_id()}")
 
 
@@ -257,17 +266,17 @@ def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat):
     return lambda: execute(plan, x_flat, weights, no_bias, out_flat, workspace)
 
 
-def _measure_plan(g, budget, layout, memory_limit, prepacked=False):
+def _measure_plan(g, budget, layout, memory_limit, prepacked=False, winograd=True):
     from ._timing import measure
 
     path = cache_dir() / "plans.json"
-    key = _plan_key(g, budget, layout, memory_limit, prepacked)
-    screened = _screen(g, budget, layout, memory_limit, prepacked)
+    key = _plan_key(g, budget, layout, memory_limit, prepacked, winograd)
+    screened = _screen(g, budget, layout, memory_limit, prepacked, winograd)
     stored = _stored_plan(read_store(path).get(key), screened, memory_limit)
     if stored is not None:
         return stored
     model = {(c.algorithm, c.threads): c.seconds
-             for c in _model_plan(g, budget, layout, memory_limit, prepacked).candidates
+             for c in _model_plan(g, budget, layout, memory_limit, prepacked, winograd).candidates
              if c.seconds is not None}
     fastest_predicted = min(model.values())
     rng = np.random.default_rng(0)
@@ -308,7 +317,7 @@ def clear_memo() -> None:
 
 
 def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="NCHW", mode="model",
-                  prepacked=False) -> Plan:
+                  prepacked=False, winograd=True) -> Plan:
     """:func:`plan` for an already validated geometry (memoised per process,
     at most :data:`MEMO_SIZE` plans, least recently used dropped)."""
     if not isinstance(g, ConvGeometry):
@@ -318,19 +327,20 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
     layout = check_layout(layout)
     mode = _check_mode(mode)
     prepacked = check_flag(prepacked, "prepacked")
+    winograd = check_flag(winograd, "winograd")
     # The calibration in force and the registry's generation are part of the
     # key: plans made before a recalibration, or before a family was
     # registered, are not reused after it.
-    key = (g, budget, layout, memory_limit, mode, prepacked, calibration(), registry.generation())
+    key = (g, budget, layout, memory_limit, mode, prepacked, winograd, calibration(), registry.generation())
     with _memo_lock:
         cached = _memo.get(key)
         if cached is not None:
             _memo.move_to_end(key)
             return cached
     if mode == "model":
-        result = _model_plan(g, budget, layout, memory_limit, prepacked)
+        result = _model_plan(g, budget, layout, memory_limit, prepacked, winograd)
     else:
-        result = _measure_plan(g, budget, layout, memory_limit, prepacked)
+        result = _measure_plan(g, budget, layout, memory_limit, prepacked, winograd)
     with _memo_lock:
         _memo[key] = result
         _memo.move_to_end(key)
@@ -354,7 +364,7 @@ def _check_shape(shape, name, ndims, example):
 
 
 def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_limit=None,
-         threads=None, layout="NCHW", mode="model", prepacked=False) -> Plan:
+         threads=None, layout="NCHW", mode="model", prepacked=False, winograd=True) -> Plan:
     """Choose the algorithm and thread count for a convolution.
 
     Parameters
@@ -380,6 +390,12 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_
         Plan for a :class:`lowmem_numba.Conv2d` layer, whose packed weights are
         persistent: they then do not count as workspace.  The default plans a
         functional :func:`lowmem_numba.conv2d` call, which repacks per call.
+    winograd : bool, default True
+        Whether the Winograd algorithms may be chosen.  They do fewer
+        multiplications but round differently from direct summation (errors
+        up to several times larger, see the README); False keeps to
+        algorithms that sum the products themselves.  ``explain()`` lists
+        them as excluded.
 
     Returns
     -------
@@ -398,7 +414,7 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, memory_
     w_shape = _check_shape(w_shape, "w_shape", (4,), "(128, 64, 3, 3)")
     g = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     return plan_geometry(g, memory_limit=memory_limit, threads=threads, layout=layout, mode=mode,
-                         prepacked=prepacked)
+                         prepacked=prepacked, winograd=winograd)
 
 
 @dataclass(frozen=True)
@@ -420,7 +436,7 @@ class NetworkPlan:
 
 
 def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layout="NCHW",
-                 prepacked=True) -> NetworkPlan:
+                 prepacked=True, winograd=True) -> NetworkPlan:
     """Plan each layer of a network run one layer after another.
 
     The layers share one arena as large as the largest workspace, so the limit
@@ -433,7 +449,7 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
     layers : iterable
         :class:`lowmem_numba.Layer` rows (e.g. ``lowmem_numba.layers("vgg16")``)
         or ``(name, x_shape, w_shape, conv_kwargs)`` tuples.
-    memory_limit, threads, mode, layout
+    memory_limit, threads, mode, layout, winograd
         As for :func:`plan`.
     prepacked : bool, default True
         As for :func:`plan`; False plans functional calls that repack weights.
@@ -459,6 +475,7 @@ def plan_network(layers, *, memory_limit=None, threads=None, mode="model", layou
             raise TypeError(f"layers[{i}] must be a lowmem_numba.Layer or a (name, x_shape, w_shape, "
                             f"conv_kwargs) tuple with a str name and a dict of conv2d keywords; got {layer!r}")
         plans.append((name, plan(x_shape, w_shape, memory_limit=memory_limit, threads=threads,
-                                 layout=layout, mode=mode, prepacked=prepacked, **kwargs)))
+                                 layout=layout, mode=mode, prepacked=prepacked, winograd=winograd,
+                                 **kwargs)))
     arena = max((p.workspace_bytes for _, p in plans), default=0)
     return NetworkPlan(tuple(plans), arena, check_memory_limit(memory_limit))

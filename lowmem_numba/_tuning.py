@@ -58,6 +58,65 @@ KN2ROW_SHORT_RUN = 8
 #: ResNet-50 3x3 and 1x1 layers (one thread, batch 1): no value was better than
 #: the noise of the shared machine (about 10 %); 16 is kept as a middle value.
 UKERNEL_TILE_BLOCK = 16
+#: Depthwise (NCHW): output elements per band of rows.  A band's input rows,
+#: copied (top and bottom bands, stride 2) or read in place, and its column
+#: masks stay in L1/L2 while every tap passes over them.  1024, 2048, 4096 and
+#: 8192 measured on MobileNet's 112x112 ... 28x28 layers (one thread, batch 1
+#: and 8): 2048 best or within noise everywhere; 4096 and up 5-25 % slower at
+#: batch 8, 1024 3-10 % slower.
+DEPTHWISE_BAND_OUTPUTS = 2048
+#: Depthwise: fixed cost of one run (a vectorised loop over a band or a row,
+#: with its setup and runtime overlap checks) and of one copy loop, as flops
+#: at the calibrated vectorised rate (36 GFLOP/s here): about 40 ns and 4 ns.
+#: Fitted to the time MobileNet's 7x7 and 14x14 layers took beyond their
+#: arithmetic (NCHW, one thread, batch 1 and 8).
+DEPTHWISE_RUN_FLOPS = 1500
+DEPTHWISE_ROW_FLOPS = 150
+#: Depthwise (NHWC): output elements (pixels x channels) per band of rows:
+#: 128 KiB of output, whose input rows fit in one core's L2 (not swept; bands
+#: mainly give the second thread work on batch 1).
+DEPTHWISE_NHWC_BAND_ELEMENTS = 32768
+#: Depthwise (NHWC): channels per block (each block's weights and input
+#: columns pass over a whole output row).  Blocks of 64, 128 and 256 channels
+#: ran MobileNet's depthwise layers 5-45 % slower than unblocked rows (one
+#: thread, batch 1 and 8): a run's fixed cost per pixel pair outweighs the
+#: L1 reuse.  4096 leaves every layer of the tables unblocked.
+DEPTHWISE_NHWC_CHANNEL_BLOCK = 4096
+#: Depthwise (NHWC): elements (pixels x channels) per row run when a layer has
+#: few channels (a run repeats the weights for each of its pixels; layers with
+#: more than half this many channels take pixel pairs).  512, 1024, 2048 and
+#: 4096 measured on MobileNet's 32- to 256-channel layers (one thread): 512
+#: best or within noise; larger runs' repeated weights spill out of L1.
+DEPTHWISE_NHWC_RUN = 512
+#: Price of one element of a layout conversion (NCHW <-> NHWC, per image)
+#: in plain-copy elements: ``transpose_blocks`` moves about 1.1 G elements/s
+#: where a copy moves about 5.6 G (the calibrated rate); priced as a copy,
+#: "auto" sent an NCHW call of MobileNet's dw12 to depthwise-nhwc with two
+#: conversions, 1.8x slower than the NCHW kernel.
+LAYOUT_CONVERSION_COST = 5
 #: Side of the square blocks layout transposes and weight repacking work in
 #: (a 32x32 float32 tile's reads and writes both stay in L1).
 TRANSPOSE_TILE = 32
+#: Winograd: share of one core's L2 that one thread's transformed input tiles
+#: and products (``V`` and ``Z``) may fill; the rest holds the panel of
+#: transformed weights being multiplied and the output tile.
+WINOGRAD_SLOT_CACHE_FRACTION = 0.5
+#: Winograd: input channels of a tile staged and transformed at once.  Bounds
+#: the staging buffers (2 a^2 x this) so that VGG-16's 512-channel layers stay
+#: under 2 MiB of scratch at two threads; 64 channels are four AVX-512 vectors
+#: per transform row, enough that the loops run at full width.
+WINOGRAD_STAGE_CHANNELS = 64
+#: Winograd: input channels per block of the element-wise products' reduction,
+#: the micro-kernel adding each block's sums into Z.  Error grows with the
+#: length of a float32 sum, and OpenBLAS sums in K blocks too: F(2x2,3x3)'s
+#: worst mean error over the layer tables was 6.4x im2col's unblocked, 3.5x
+#: in blocks of 256, 1.7x of 128, 1.3x of 64 (perf/winograd_accuracy.py).
+#: Each block stores and reloads the register tile: against unblocked, 128
+#: cost 2 % on VGG-16 conv3_2 and 8-10 % on 512-channel layers (F(4x4,3x3),
+#: one thread), 64 twice that.  128 keeps F(2x2,3x3) within the 2x bound.
+WINOGRAD_REDUCTION_BLOCK = 128
+#: Winograd weight transform: input channels transformed at once, so that each
+#: loop runs over 16 x 32 contiguous float64 values: VGG-16 conv5's 512x512
+#: kernels (F(4x4,3x3)) took 22 ms with one channel at a time (loop overhead),
+#: 14.5 ms with 16 (12 ms once its buffers stopped aliasing at 4 KiB).
+WINOGRAD_PACK_CHANNELS = 16

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from lowmem_numba import __main__ as cli
 from lowmem_numba import _costmodel as costmodel
-from lowmem_numba.bench import _suite as cli_bench, _report as cli_report, memory as memory
+from lowmem_numba.bench import _suite as cli_bench, _report as cli_report, _scale as cli_scale, memory as memory
 from lowmem_numba._units import MAX_SIZE, parse_size
 
 
@@ -440,7 +440,9 @@ TOKENS = ["bench", "plan", "report", "calibrate", "--show", "--network", "alexne
           "--max-seconds", "inf", "nan", "-0.5", "--layout", "NCHW", "NHWC", "native", "--no-baselines",
           "--memory", "--json", "/nonexistent-dir/x.json", ".", "", "--memory-limit", "1MiB", "1e400",
           "1e999999999", "none", "-1", "--mode", "model", "measure", "-v", "--verbose", "--out-dir",
-          "result.json", "--", "-", "-h", "--version", "--help", "\n", "²", "٣", "1" * 30]
+          "result.json", "--", "-", "-h", "--version", "--help", "\n", "²", "٣", "1" * 30,
+          "scale", "--workers", "--threads-per-worker", "--images", "--chunk", "--image-size", "--scheduler",
+          "--algorithm", "--seed", "tcp://127.0.0.1:1"]
 
 
 @settings(max_examples=150, deadline=None)
@@ -453,6 +455,7 @@ def test_fuzz_argument_parsing(argv):
         for name in ("run_bench", "plan", "plan_network"):
             patch.setattr(cli, name, _reached)
         patch.setattr(cli_report, "write_report", _reached)
+        patch.setattr(cli_scale, "run_scale", _reached)
         patch.setattr(costmodel, "calibrate_command", _reached)
         patch.setattr(cli, "_one_line", lambda error, real=cli._one_line: caught.append(error) or real(error))
         patch.delenv("LOWMEM_NUMBA_DEBUG", raising=False)

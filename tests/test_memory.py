@@ -1,29 +1,36 @@
 """Memory: kernels allocate nothing per item of work, and a call's Python-side
 allocations stay within the declared workspace."""
 
+import os
 import tracemalloc
 
 import numpy as np
 import pytest
 
 import lowmem_numba as ln
+from naive import supported_configuration  # noqa: F401  (in NRT_COUNTS)
 from subprocess_helper import run_python
 
 ALGORITHMS = ln.algorithms()
 
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
 NRT_COUNTS = """
     import numpy as np
     from numba.core.runtime import rtsys
+    import sys
     import lowmem_numba as ln
+    sys.path.insert(0, TESTS_DIR)
+    from naive import supported_configuration
 
     def allocations(name, n, size):
-        k = 3 if ln.supports(name, (1, 8, 9, 9), (8, 8, 3, 3), padding=1) else 1
+        w_shape, padding, groups = supported_configuration(name, (1, 8, 9, 9), 8)
         layout = ln._registry.get(name).input_layout  # native: nothing converted per image
         x = np.ones((n, 8, size, size) if layout == "NCHW" else (n, size, size, 8), np.float32)
-        w = np.ones((8, 8, k, k), np.float32)
-        out = ln.conv2d(x, w, padding=k // 2, algorithm=name, layout=layout)
+        w = np.ones(w_shape, np.float32)
+        out = ln.conv2d(x, w, padding=padding, groups=groups, algorithm=name, layout=layout)
         before = rtsys.get_allocation_stats().alloc
-        ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out, layout=layout)
+        ln.conv2d(x, w, padding=padding, groups=groups, algorithm=name, out=out, layout=layout)
         return rtsys.get_allocation_stats().alloc - before
 
     for name in ln.algorithms():
@@ -37,13 +44,15 @@ def test_kernel_allocations_do_not_grow_with_the_work():
     # the count grow with image size, and per image with the batch.  The one
     # exception is an algorithm whose input and output layouts differ: its
     # call converts (and launches) one image at a time.
-    result = run_python(NRT_COUNTS, {"NUMBA_NRT_STATS": "1"})
+    result = run_python(NRT_COUNTS.replace("TESTS_DIR", repr(TESTS_DIR)), {"NUMBA_NRT_STATS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.split("\n")
     for name in ALGORITHMS:
         [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
         single, batch_of_3, larger = map(int, counts)
-        assert single == larger and single <= 16, (name, counts)
+        # <= 24: the array arguments, plus the depthwise kernels' few small
+        # index tables per thread (tens of bytes, not per tile).
+        assert single == larger and single <= 24, (name, counts)
         algorithm = ln._registry.get(name)
         same_layouts = algorithm.input_layout == algorithm.output_layout
         assert batch_of_3 == single if same_layouts else batch_of_3 <= 3 * single, (name, counts)
@@ -52,15 +61,16 @@ def test_kernel_allocations_do_not_grow_with_the_work():
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_python_allocations_stay_within_declared_workspace(name, layout):
-    k = 3 if ln.supports(name, (1, 16, 40, 40), (32, 16, 3, 3), padding=1) else 1
+    w_shape, padding, groups = supported_configuration(name, (1, 16, 40, 40), 32)
+    m = w_shape[0]
     x = np.ones((1, 16, 40, 40) if layout == "NCHW" else (1, 40, 40, 16), np.float32)
-    w = np.ones((32, 16, k, k), np.float32)
-    out = np.empty((1, 32, 40, 40) if layout == "NCHW" else (1, 40, 40, 32), np.float32)
-    ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out, layout=layout)
-    declared = ln.workspace_bytes(name, x.shape, w.shape, padding=k // 2, layout=layout)
+    w = np.ones(w_shape, np.float32)
+    out = np.empty((1, m, 40, 40) if layout == "NCHW" else (1, 40, 40, m), np.float32)
+    ln.conv2d(x, w, padding=padding, groups=groups, algorithm=name, out=out, layout=layout)
+    declared = ln.workspace_bytes(name, x.shape, w.shape, padding=padding, groups=groups, layout=layout)
     tracemalloc.start()
     try:
-        ln.conv2d(x, w, padding=k // 2, algorithm=name, out=out, layout=layout)
+        ln.conv2d(x, w, padding=padding, groups=groups, algorithm=name, out=out, layout=layout)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -10,6 +10,7 @@ import pytest
 
 import lowmem_numba as ln
 from lowmem_numba.bench.memory import peak_added_bytes
+from naive import supported_configuration
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
 
@@ -19,9 +20,10 @@ MiB = 2**20
 
 
 def shapes_for(name):
-    if ln.supports(name, X_SHAPE, W_SHAPE, padding=PADDING):
-        return X_SHAPE, W_SHAPE, PADDING
-    return X_SHAPE, (64, 64, 1, 1), 0  # conv-1x1-gemm
+    """(x_shape, w_shape, padding, groups): VGG-16 conv1_2 or the nearest
+    configuration the algorithm claims (5x5, 1x1 or depthwise)."""
+    w_shape, padding, groups = supported_configuration(name, X_SHAPE, 64)
+    return X_SHAPE, w_shape, padding, groups
 
 
 def native_layout(name):
@@ -30,10 +32,11 @@ def native_layout(name):
 
 
 def declared_and_measured(name, layout):
-    x_shape, w_shape, padding = shapes_for(name)
+    x_shape, w_shape, padding, groups = shapes_for(name)
     call_shape = x_shape if layout == "NCHW" else (x_shape[0],) + x_shape[2:] + (x_shape[1],)
-    declared = ln.workspace_bytes(name, call_shape, w_shape, padding=padding, layout=layout)
-    measured = peak_added_bytes(name, x_shape, w_shape, padding=padding, layout=layout, repeats=2)
+    declared = ln.workspace_bytes(name, call_shape, w_shape, padding=padding, groups=groups, layout=layout)
+    measured = peak_added_bytes(name, x_shape, w_shape, padding=padding, groups=groups, layout=layout,
+                                repeats=2)
     assert measured.method == "VmHWM", measured.reason
     return declared, measured.peak_added_bytes
 

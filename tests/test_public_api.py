@@ -3,8 +3,11 @@
 import importlib
 import pkgutil
 
+import pytest
+
 import lowmem_numba
 import lowmem_numba.bench
+from subprocess_helper import run_python
 
 PUBLIC = {
     "AlgorithmInfo", "Conv2d", "NetworkPlan", "Plan", "Workspace", "__version__", "algorithms", "conv2d",
@@ -13,9 +16,12 @@ PUBLIC = {
 BENCH = {"Layer", "NETWORKS", "Timing", "forget_plans", "recalibrate", "format_bytes", "layers", "max_threads", "measure", "microkernel_tile",
          "numpy_im2col_conv2d", "parse_size", "peak_added_bytes", "sgemm_seconds", "torch_available",
          "torch_runs"}
-#: Public modules: the package, the benchmark subpackage, the command line and
-#: the memory tool (run with ``python -m``); every other module is private.
-PUBLIC_MODULES = {"lowmem_numba", "lowmem_numba.bench", "lowmem_numba.__main__", "lowmem_numba.bench.memory"}
+DASK = {"conv2d", "map_layers", "task_threads"}
+#: Public modules: the package, the benchmark subpackage, the command line,
+#: the memory tool (run with ``python -m``) and the Dask front end (optional
+#: extra, never imported by the package); every other module is private.
+PUBLIC_MODULES = {"lowmem_numba", "lowmem_numba.bench", "lowmem_numba.__main__", "lowmem_numba.bench.memory",
+                  "lowmem_numba.dask"}
 
 
 def test_top_level_namespace():
@@ -51,3 +57,27 @@ def test_describe_names_every_algorithm():
 
 def test_the_memory_tool_runs_as_a_module():
     assert importlib.util.find_spec("lowmem_numba.bench.memory") is not None
+
+
+def test_the_dask_module_namespace():
+    pytest.importorskip("dask.array")
+    import lowmem_numba.dask as lnd
+
+    assert set(lnd.__all__) == DASK
+    for name in DASK:
+        doc = getattr(lnd, name).__doc__
+        assert doc and "Parameters" in doc and "Returns" in doc, name
+    assert "Raises" in lnd.conv2d.__doc__ and "Raises" in lnd.map_layers.__doc__
+
+
+def test_importing_the_package_never_imports_dask():
+    code = """
+        import sys
+        import lowmem_numba, lowmem_numba.bench, lowmem_numba.__main__
+        import lowmem_numba.bench.memory
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")
+                     or m == "lowmem_numba.dask"))
+    """
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

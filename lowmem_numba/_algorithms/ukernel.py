@@ -62,10 +62,6 @@ from .._tuning import UKERNEL_TILE_BLOCK
 from .._registry import Algorithm, register
 from ._common import ceil_div, kernel_geometry
 
-# ----------------------------------------------------------------- tuning
-
-
-
 # ----------------------------------------------------------------- geometry of borders
 
 @njit(cache=True, nogil=True)
@@ -133,9 +129,12 @@ def _plane_tiles(d):
 # ----------------------------------------------------------------- the kernel
 
 @njit(cache=True, nogil=True)
-def _tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
           x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias):
-    """One tile on the kernel that fits it: full or small rows, full or half width."""
+    """One micro-kernel tile on the variant that fits it: ``small`` rows
+    (``SMALL_MR``) or full (``MR``), ``half`` width (``VL`` channels) or full
+    (``NR``); the other arguments are the tile kernel's (see
+    :func:`lowmem_numba._microkernel.make_tile_kernel`)."""
     if small:
         if half:
             tile_small_half(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
@@ -230,7 +229,7 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
                             # than a full tile's cost runs on them.
                             step = SMALL_MR if mr <= MR - SMALL_MR else MR
                             for s in range(p0, p0 + mr, step):
-                                _tile(step == SMALL_MR, nr <= VL,
+                                run_tile(step == SMALL_MR, nr <= VL,
                                       w, w_at, w_cstep, w_jstep, w_istep,
                                       x, x_at, SH * x_row, SW * pix, x_cstep, DW * pix, DH * x_row,
                                       s, nx, min(step, p0 + mr - s), cg, nj, ni,

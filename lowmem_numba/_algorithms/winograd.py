@@ -1,0 +1,579 @@
+"""winograd-2x2-3x3, winograd-4x4-3x3, winograd-2x2-5x5: fused, tile-blocked Winograd.
+
+Winograd's minimal filtering F(m x m, r x r) computes an ``m x m`` block of a
+stride-1 ``r x r`` convolution from an ``a x a`` input tile (``a = m + r - 1``)
+as ``Y = A^T [ sum_c (G w_c G^T) * (B^T d_c B) ] A``: the reduction over input
+channels becomes ``a^2`` independent products of (tiles x C) by (C x M), one per
+transform point, with ``a^2 / (m^2 r^2)`` of the direct convolution's
+multiplications (1/2.25 for F(2x2,3x3), 1/4 for F(4x4,3x3), 1/2.78 for
+F(2x2,5x5)).  torch on x86 has no Winograd, so these run 3x3 and 5x5 stride-1
+layers with fewer multiplications than any direct or GEMM method can.
+
+Transform points
+----------------
+The matrices come from the Toom-Cook construction (:func:`toom_cook`) at the
+points named in :data:`VARIANTS`: 0, 1, -1 and infinity for F(2x2,3x3); 0, +-1,
++-2 and infinity for F(4x4,3x3) and F(2x2,5x5).  Small integers keep every
+input and output coefficient an integer (exact in float32, products by +-1 are
+free) and the condition number low: measured float32 error against float64 is
+that of direct summation for F(2x2,3x3) and 3-4.5x it for F(4x4,3x3)
+(``/work/shared/notes/microkernel.md``); points +-1/2 (for a = 8) would add
+another factor of 2-3, so F(6x6,3x3) is not offered.
+
+Fused and tile-blocked
+----------------------
+Nothing holds the transform of a whole image.  Each thread takes whole blocks
+of ``tile_block`` tiles of one image and group, in turn:
+
+1. transforms the block's input tiles into ``V[point][tile][c]`` (the tile is
+   staged with its zero padding first unless it lies inside an NHWC image);
+2. for each block of ``NR`` output channels and each point, runs the
+   micro-kernel of :mod:`lowmem_numba._microkernel` over the block's tiles
+   (``MR`` tiles by ``NR`` channels in registers, reducing over C/g) into
+   ``Z[point][tile][lane]``;
+3. inverse-transforms each tile of ``Z`` and stores it into the output with
+   the bias, clipping the partial tiles at the right and bottom edges.
+
+The transforms are separable (rows, then columns) and vectorised along the
+channels; they apply only the non-zero coefficients, so a NaN or infinity in
+the input reaches exactly the transform points whose coefficient on it is not
+zero, and through them every output of its tile (see the README).
+
+Workspace
+---------
+Per thread: ``V`` (a^2 * tile_block * C/g), ``Z`` (a^2 * tile_block * NR),
+the staging of one tile's channels, at most ``WINOGRAD_STAGE_CHANNELS`` at a
+time (2 a^2 min(C/g, 64)), and the inverse transform's passes (a m + m^2)
+tile_block NR, plus the transformed
+weights ``a^2 * M * C/g`` (rounded up to NR channels per group), which a
+:class:`~lowmem_numba.Conv2d` keeps and the functional API builds per call.
+``tile_block`` is chosen so that one thread's ``V`` and ``Z`` fill half of L2
+(:func:`tile_block`), at least one micro-kernel tile (``MR`` tiles).
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import numpy as np
+from numba import prange
+
+from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL
+from .._plan import KernelPlan
+from .._registry import Algorithm, register
+from .._split import split_work
+from .._tuning import WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
+from ._common import ceil_div, kernel_geometry
+from .ukernel import run_tile
+
+# ----------------------------------------------------------------- transforms
+
+
+def toom_cook(m: int, r: int, points) -> tuple:
+    """Winograd matrices of F(m, r) from its finite interpolation points.
+
+    Parameters
+    ----------
+    m, r : int
+        Outputs per tile and kernel size (one dimension).
+    points : sequence of int or Fraction
+        The ``m + r - 2`` distinct finite points; infinity is the last one.
+
+    Returns
+    -------
+    AT, G, BT : tuple of list of list of Fraction
+        ``AT`` (m x a), ``G`` (a x r), ``BT`` (a x a) with ``a = m + r - 1``,
+        such that ``y = AT @ ((G @ w) * (BT @ d))`` is the correlation
+        ``y[i] = sum_k w[k] d[i + k]``, exactly.
+
+    Notes
+    -----
+    ``AT`` evaluates at the points, ``G`` holds the Lagrange scaling
+    ``1 / prod_{l != j} (p_j - p_l)``, and ``BT`` is solved exactly (in
+    rationals) from the identity, which determines it uniquely.
+    """
+    alpha = m + r - 1
+    p = [Fraction(v) for v in points]
+    if len(p) != alpha - 1 or len(set(p)) != len(p):
+        raise ValueError(f"F({m},{r}) needs {alpha - 1} distinct finite points; got {points!r}")
+    f = [_product(p[j] - p[l] for l in range(alpha - 1) if l != j) for j in range(alpha - 1)]
+    at = [[p[j] ** i for j in range(alpha - 1)] + [Fraction(i == m - 1)] for i in range(m)]
+    g = [[p[j] ** k / f[j] for k in range(r)] for j in range(alpha - 1)]
+    g.append([Fraction(k == r - 1) for k in range(r)])
+    # sum_t AT[i,t] G[t,k] BT[t,j] = [j == i + k] for all i, k, j: one linear
+    # system per column j of BT, with rows (i, k).
+    system = [[at[i][t] * g[t][k] for t in range(alpha)] for i in range(m) for k in range(r)]
+    targets = [[Fraction(j == i + k) for j in range(alpha)] for i in range(m) for k in range(r)]
+    bt = _solve(system, targets)  # alpha x alpha: rows t, columns j
+    for j in range(alpha - 1):
+        if f[j] < 0:  # same identity with a positive scaling (as usually printed)
+            g[j] = [-v for v in g[j]]
+            bt[j] = [-v for v in bt[j]]
+    return at, g, bt
+
+
+def _product(values):
+    out = Fraction(1)
+    for v in values:
+        out *= v
+    return out
+
+
+def _solve(a, b):
+    """Exact solution ``x`` of the consistent system ``a @ x = b`` (full column rank)."""
+    rows, cols = len(a), len(a[0])
+    aug = [list(a[i]) + list(b[i]) for i in range(rows)]
+    pivot_rows = []
+    row = 0
+    for col in range(cols):
+        pivot = next((i for i in range(row, rows) if aug[i][col] != 0), None)
+        if pivot is None:
+            raise ValueError("Winograd points give a singular system")
+        aug[row], aug[pivot] = aug[pivot], aug[row]
+        lead = aug[row][col]
+        aug[row] = [v / lead for v in aug[row]]
+        for i in range(rows):
+            if i != row and aug[i][col] != 0:
+                factor = aug[i][col]
+                aug[i] = [v - factor * w for v, w in zip(aug[i], aug[row])]
+        pivot_rows.append(row)
+        row += 1
+    if any(v != 0 for i in range(row, rows) for v in aug[i]):
+        raise ValueError("Winograd identity has no exact solution at these points")
+    return [aug[i][cols:] for i in range(cols)]
+
+
+#: name -> (m, r, finite points).  Small integer points: every coefficient of
+#: AT and BT is an integer, and the error stays near direct summation's.
+VARIANTS = {
+    "winograd-2x2-3x3": (2, 3, (0, 1, -1)),
+    "winograd-4x4-3x3": (4, 3, (0, 1, -1, 2, -2)),
+    "winograd-2x2-5x5": (2, 5, (0, 1, -1, 2, -2)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def matrices(name: str) -> tuple:
+    """``(AT, G, BT)`` of a variant as read-only arrays: AT and BT float32
+    (small integers, exact), G float64 (the weights are transformed in float64
+    and rounded once)."""
+    m, r, points = VARIANTS[name]
+    at, g, bt = toom_cook(m, r, points)
+    arrays = (np.array(at, dtype=np.float32), np.array(g, dtype=np.float64), np.array(bt, dtype=np.float32))
+    for array, exact in zip(arrays, (at, g, bt)):
+        if array.dtype == np.float32 and any(Fraction(float(v)) != v for row in exact for v in row):
+            raise ValueError(f"{name}: a transform coefficient is not exact in float32")
+        array.flags.writeable = False
+    return arrays
+
+
+@njit(cache=True, nogil=True)
+def _transform(mat, src, s_off, s_step, dst, d_off, d_step, n):
+    """``dst[d_off + k*d_step + c] = sum_l mat[k, l] * src[s_off + l*s_step + c]``
+    for ``c < n``, applying only the non-zero coefficients (so 0 * inf never
+    makes a NaN).
+
+    Every inner loop runs over a slice: indexing ``dst[d_off + c]`` with a
+    signed offset makes Numba check for negative indices, which keeps LLVM from
+    vectorising (1.2 G terms/s against 22 with slices, 256 channels).
+    """
+    for k in range(mat.shape[0]):
+        d = dst[d_off + k * d_step:d_off + k * d_step + n]
+        first = True
+        for l in range(mat.shape[1]):
+            coef = mat[k, l]
+            if coef == 0:
+                continue
+            s = src[s_off + l * s_step:s_off + l * s_step + n]
+            if first:
+                for c in range(n):
+                    d[c] = coef * s[c]
+                first = False
+            else:
+                for c in range(n):
+                    d[c] += coef * s[c]
+
+
+# ----------------------------------------------------------------- the kernel
+
+
+@njit(cache=True, nogil=True)
+def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v_step, chunk):
+    """``B^T d B`` of the ``alpha x alpha`` input tile at (y0, x0) (may reach
+    into the padding) for every channel of group ``g``, into
+    ``buf[v_off + point * v_step + c]``, ``chunk`` channels at a time."""
+    C, H, W, cg = d.in_channels, d.height, d.width, d.channels_per_group
+    in_place = nhwc and y0 >= 0 and x0 >= 0 and y0 + alpha <= H and x0 + alpha <= W
+    for c0 in range(0, cg, chunk):
+        cs = min(chunk, cg - c0)
+        # Rows: T[i][k] = sum_j BT[k, j] d[i][j]; columns: V[l][k] = sum_i BT[l, i] T[i][k].
+        if in_place:  # inside an NHWC image: channels are contiguous
+            base = ((n * H + y0) * W + x0) * C + g * cg + c0
+            for i in range(alpha):
+                _transform(bt, x, base + i * W * C, C, buf, t_off + i * alpha * cs, cs, cs)
+        else:
+            # Stage the tile as [i][j][c] with its zeros.
+            for i in range(alpha):
+                for j in range(alpha):
+                    staged = buf[p_off + (i * alpha + j) * cs:p_off + (i * alpha + j + 1) * cs]
+                    iy, ix = y0 + i, x0 + j
+                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                        staged[:] = 0.0
+                    elif nhwc:
+                        pixel = ((n * H + iy) * W + ix) * C + g * cg + c0
+                        staged[:] = x[pixel:pixel + cs]
+                    else:
+                        plane = (n * C + g * cg + c0) * H * W + iy * W + ix
+                        staged[:] = x[plane:plane + cs * H * W:H * W]
+            for i in range(alpha):
+                _transform(bt, buf, p_off + i * alpha * cs, cs, buf, t_off + i * alpha * cs, cs, cs)
+        for k in range(alpha):
+            _transform(bt, buf, t_off + k * cs, alpha * cs, buf, v_off + c0 + k * v_step, alpha * v_step, cs)
+
+
+@njit(cache=True, nogil=True)
+def _output_block(out, d, nhwc, n, m0, nr, t0, count, tiles_x, at, alpha, tile, buf, z_off, r_off, y_off,
+                  block, bias):
+    """``A^T Z A`` of ``count`` tiles' ``Z[point][tile][lane]`` (channels m0 ..
+    m0+nr), plus the bias, stored at each tile's place in the output, clipped
+    to the output plane.  Both passes run over all tiles' lanes at once."""
+    M, HO, WO = d.out_channels, d.out_height, d.out_width
+    plane = block * NR  # one (point, tile-block) plane of Z, R or Y
+    length = count * NR
+    # Rows: R[l][b] = sum_k AT[b, k] Z[l][k]; columns: Y[a][b] = sum_l AT[a, l] R[l][b].
+    for l in range(alpha):
+        _transform(at, buf, z_off + l * alpha * plane, plane, buf, r_off + l * tile * plane, plane, length)
+    for b in range(tile):
+        _transform(at, buf, r_off + b * plane, tile * plane, buf, y_off + b * plane, tile * plane, length)
+    for k in range(count):
+        ty, tx = divmod(t0 + k, tiles_x)
+        y0, x0 = ty * tile, tx * tile
+        for a in range(min(tile, HO - y0)):
+            for b in range(min(tile, WO - x0)):
+                at_y = y_off + (a * tile + b) * plane + k * NR
+                values = buf[at_y:at_y + nr]
+                if nhwc:
+                    pixel = ((n * HO + y0 + a) * WO + x0 + b) * M + m0
+                    dest = out[pixel:pixel + nr]
+                else:
+                    pixel = (n * M + m0) * HO * WO + (y0 + a) * WO + x0 + b
+                    dest = out[pixel:pixel + nr * HO * WO:HO * WO]
+                if bias.size:
+                    lanes = bias[m0:m0 + nr]
+                    for lane in range(nr):
+                        dest[lane] = values[lane] + lanes[lane]
+                else:
+                    for lane in range(nr):
+                        dest[lane] = values[lane]
+
+
+@njit(parallel=True, cache=True)
+def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
+                   slots, slot_elements):
+    alpha = at.shape[1]
+    points = alpha * alpha
+    cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
+    m_blocks = (mg + NR - 1) // NR
+    half = mg <= VL  # one vector of channels: the half-width micro-kernel
+    width = VL if half else NR
+    tiles_x = (d.out_width + tile - 1) // tile
+    tiles = ((d.out_height + tile - 1) // tile) * tiles_x
+    blocks = (tiles + tile_block - 1) // tile_block
+    units = d.batch * G * blocks * m_chunks
+    # Scratch of one slot (see _slot_elements): V | Z | staged tile |
+    # row-transformed tile | R | Y.
+    for slot in prange(slots):
+        v_base = slot * slot_elements
+        z_base = v_base + points * tile_block * cg
+        p_off = z_base + points * tile_block * NR
+        t_off = p_off + points * chunk
+        r_off = t_off + points * chunk
+        y_off = r_off + alpha * tile * tile_block * NR
+        transformed = -1  # the (image, group, tile block) whose input V holds
+        for unit in range(slot * units // slots, (slot + 1) * units // slots):
+            mc = unit % m_chunks
+            block = unit // m_chunks % blocks
+            ng = unit // (m_chunks * blocks)
+            n, g = ng // G, ng % G
+            t0 = block * tile_block
+            count = min(tile_block, tiles - t0)
+            if unit // m_chunks != transformed:
+                for k in range(count):
+                    ty, tx = divmod(t0 + k, tiles_x)
+                    _input_tile(x, d, nhwc, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, bt, alpha,
+                                scratch, p_off, t_off, v_base + k * cg, tile_block * cg, chunk)
+                transformed = unit // m_chunks
+            for mb in range(mc * m_blocks // m_chunks, (mc + 1) * m_blocks // m_chunks):
+                nr = min(NR, mg - mb * NR)
+                for t in range(points):
+                    w_at = ((g * points + t) * m_blocks + mb) * cg * NR
+                    x_at = v_base + t * tile_block * cg
+                    z_at = z_base + t * tile_block * NR
+                    # The reduction over C/g runs in blocks of `depth`
+                    # channels, each block's sums added into Z by the
+                    # micro-kernel: blocked summation, as BLAS does (see
+                    # WINOGRAD_REDUCTION_BLOCK).
+                    for c0 in range(0, cg, depth):
+                        mode = 0 if c0 == 0 else ACCUMULATE
+                        for p0 in range(0, count, MR):
+                            mr = min(MR, count - p0)
+                            # A remainder that fits in small tiles at less than a
+                            # full tile's cost runs on them.
+                            step = SMALL_MR if mr <= MR - SMALL_MR else MR
+                            for s in range(p0, p0 + mr, step):
+                                run_tile(step == SMALL_MR, half, u, w_at + c0 * NR, NR, 0, 0,
+                                         scratch, x_at + c0, 0, cg, 1, 0, 0, s, tile_block,
+                                         min(step, p0 + mr - s), min(depth, cg - c0), 1, 1,
+                                         scratch, z_at, 0, NR, 1, width, bias, 0, mode)
+                _output_block(out, d, nhwc, n, g * mg + mb * NR, nr, t0, count, tiles_x, at, alpha, tile,
+                              scratch, z_base, r_off, y_off, tile_block, bias)
+
+
+@njit(cache=True, nogil=True)
+def _combine(coefs, rows, first, step, dest, n):
+    """``dest[:n] = sum_k coefs[k] * rows[first + k*step][:n]`` over the
+    non-zero ``coefs``, in float64."""
+    for e in range(n):
+        dest[e] = 0.0
+    for k in range(coefs.shape[0]):
+        coef = coefs[k]
+        if coef != 0:
+            src = rows[first + k * step]
+            for e in range(n):
+                dest[e] += coef * src[e]
+
+
+@njit(parallel=True, cache=True)
+def _pack(weight, dest, d, gm, alpha, channel_block, buffers, slots):
+    """``U = G w G^T`` per (output, input) channel, in float64, rounded once,
+    as ``[group][point][channel block][C/g][NR]`` (lanes past M/g zero).
+
+    Items are (group, block of ``NR`` output channels), in ``slots`` equal
+    runs, each slot working in its own part of ``buffers`` (float64, see
+    :func:`_pack_slot`).  An item walks the input channels ``channel_block``
+    at a time, so that every loop runs over ``channel_block * NR`` contiguous
+    values (with 32-value loops, loop overhead made packing VGG-16 conv5 take
+    22 ms; see WINOGRAD_PACK_CHANNELS).
+    """
+    cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
+    r = d.kernel_h
+    taps = r * r
+    points = alpha * alpha
+    m_blocks = (mg + NR - 1) // NR
+    items = G * m_blocks
+    # Rows padded by one cache line: rows of exactly 4 KiB (16 x 32 float64)
+    # made every scattered store of the gather alias the one before it (4K
+    # aliasing), 14.5 ms instead of 11.5 on VGG-16 conv5.
+    row = channel_block * NR + 8
+    per_slot = (taps + alpha * r) * row + channel_block * NR
+    for slot in prange(slots):
+        base = slot * per_slot
+        w = buffers[base:base + taps * row].reshape((taps, row))                   # w[k*r + j][c][lane]
+        gw = buffers[base + taps * row:base + (taps + alpha * r) * row].reshape((alpha * r, row))
+        acc = buffers[base + (taps + alpha * r) * row:base + per_slot]
+        for item in range(slot * items // slots, (slot + 1) * items // slots):
+            g, mb = item // m_blocks, item % m_blocks
+            lanes = min(NR, mg - mb * NR)
+            w[:, :] = 0.0  # lanes past M/g stay zero
+            for c0 in range(0, cg, channel_block):
+                cs = min(channel_block, cg - c0)
+                n = cs * NR
+                for c in range(cs):
+                    for lane in range(lanes):
+                        at = ((g * mg + mb * NR + lane) * cg + c0 + c) * taps
+                        for tap in range(taps):
+                            w[tap, c * NR + lane] = weight[at + tap]
+                for i in range(alpha):  # (G w)[i][j] = sum_k G[i, k] w[k][j]
+                    for j in range(r):
+                        _combine(gm[i], w, j, r, gw[i * r + j], n)
+                for i in range(alpha):
+                    for j in range(alpha):  # U[i][j] = sum_k (G w)[i][k] G[j, k]
+                        _combine(gm[j], gw, i * r, 1, acc, n)
+                        at = (((g * points + i * alpha + j) * m_blocks + mb) * cg + c0) * NR
+                        out = dest[at:at + n]
+                        for e in range(n):
+                            out[e] = acc[e]
+
+
+def _pack_slot(g, name) -> int:
+    """float64 elements one packing thread works in: the gathered weights
+    (r^2 rows), G w (a r rows), one point's products, ``WINOGRAD_PACK_CHANNELS``
+    input channels of NR lanes at a time (rows padded by 8)."""
+    _, alpha, _ = _sizes(g, name)
+    r = g.kernel_h
+    channels = min(WINOGRAD_PACK_CHANNELS, g.channels_per_group)
+    return (r * r + alpha * r) * (channels * NR + 8) + channels * NR
+
+
+def pack_scratch_elements(g, threads, name) -> int:
+    """float32 scratch of the weight transform: a float64 slot per thread."""
+    items = g.groups * ceil_div(g.out_channels_per_group, NR)
+    return 2 * min(threads, items) * _pack_slot(g, name)
+
+
+# ----------------------------------------------------------------- plans
+
+
+@functools.lru_cache(maxsize=None)
+def l2_bytes() -> int:
+    """Bytes of one core's L2 cache, from sysfs (1 MiB when unknown)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+        value = int(text.rstrip("KM")) * scale
+        return value if value >= 64 * 2**10 else 2**20
+    except (OSError, ValueError):
+        return 2**20
+
+
+def _sizes(g, name):
+    m, r, _ = VARIANTS[name]
+    alpha = m + r - 1
+    tiles = ceil_div(g.out_height, m) * ceil_div(g.out_width, m)
+    return m, alpha, tiles
+
+
+def tile_block(g, name) -> int:
+    """Tiles each thread transforms and multiplies at once: as many whole
+    micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z`` fill
+    ``WINOGRAD_SLOT_CACHE_FRACTION`` of L2, at least one, and no more than one
+    image-group has."""
+    _, alpha, tiles = _sizes(g, name)
+    per_tile = 4 * alpha * alpha * (g.channels_per_group + NR)
+    fit = int(l2_bytes() * WINOGRAD_SLOT_CACHE_FRACTION) // (per_tile * MR)
+    return MR * max(1, min(fit, ceil_div(max(tiles, 1), MR)))
+
+
+def _stage_channels(g):
+    """Channels of an input tile staged and transformed at once."""
+    return min(g.channels_per_group, WINOGRAD_STAGE_CHANNELS)
+
+
+def _slot_elements(g, name, block):
+    m, alpha, _ = _sizes(g, name)
+    cg = g.channels_per_group
+    # V and Z, the staged and row-transformed channels of a tile, R and Y.
+    return (alpha * alpha * (block * (cg + NR) + 2 * _stage_channels(g))
+            + (alpha + m) * m * block * NR)
+
+
+def packed_elements(g, name) -> int:
+    _, alpha, _ = _sizes(g, name)
+    return g.groups * alpha * alpha * ceil_div(g.out_channels_per_group, NR) * NR * g.channels_per_group
+
+
+def pack_flops(g, name) -> int:
+    """Multiply-adds of the weight transform ``G w G^T`` (a r^2 + a^2 r per
+    kernel), counted once each and priced at the loop nest's rate
+    (``direct_flops``, about 2 G/s): packing VGG-16 conv5's 512x512 kernels
+    for F(4x4,3x3) (42 M multiply-adds) takes 12 ms on one thread, 3.5 G/s,
+    the gather of the weights, the float64 arithmetic and the stores costing
+    about a third each."""
+    m, alpha, _ = _sizes(g, name)
+    r = g.kernel_h
+    return g.out_channels * g.channels_per_group * (alpha * r * r + alpha * alpha * r)
+
+
+def _plan(g, threads, name):
+    """Blocks of ``tile_block`` tiles of one image and group, times chunks of
+    their output-channel blocks, are the units; ``slots = min(threads,
+    units)`` threads take equal runs of them, each with its own scratch.  The
+    channel blocks are cut (by the one splitter) only where tile blocks alone
+    balance badly, as on 7x7 and 14x14 images at batch 1: each chunk
+    transforms its tiles' input again unless the same thread ran the previous
+    chunk.  Priced as ``a^2`` products per image and group of (channels
+    rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
+    them) x C/g, plus the transforms as elements moved."""
+    m, alpha, tiles = _sizes(g, name)
+    points = alpha * alpha
+    block = tile_block(g, name)
+    cg, mg = g.channels_per_group, g.out_channels_per_group
+    blocks_m = ceil_div(mg, NR)
+    tile_blocks = g.batch * g.groups * ceil_div(tiles, block)
+    m_chunks = split_work(tile_blocks, blocks_m, 1, threads, min_rows=1, min_cols=1).row_blocks
+    units = tile_blocks * m_chunks
+    slots = min(threads, units)  # 0 for an empty batch: no scratch
+    per_slot = _slot_elements(g, name, block)
+    last = mg - (blocks_m - 1) * NR
+    channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
+    images = g.batch * g.groups
+    # Transforms: each input tile staged and written as V; Z read and each
+    # output written once (the separable passes run in L1).
+    moved = images * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels)
+    # The products as the micro-kernel runs them: per tile block, full MR-row
+    # tiles and a remainder on SMALL_MR-row tiles.  Oriented channels x tiles
+    # so that a small tile count costs only its rounding: the micro-kernel's
+    # cost per tile does not depend on how many tiles there are.
+    full, rest = divmod(tiles, block)
+    rows = full * block + ceil_div(rest, MR) * MR - (rest % MR and rest % MR <= MR - SMALL_MR) * (
+        MR - ceil_div(rest % MR, SMALL_MR) * SMALL_MR)
+    return KernelPlan(tiling=(name, block, _stage_channels(g), WINOGRAD_REDUCTION_BLOCK, m_chunks, slots,
+                              per_slot),
+                      scratch_elements=slots * per_slot,
+                      gemms=((images * points, channels, rows, cg),),
+                      moved_elements=moved, parallel_items=max(1, units))
+
+
+def _unsupported(name):
+    m, r, _ = VARIANTS[name]
+
+    def why(g):
+        if (g.kernel_h, g.kernel_w) != (r, r):
+            return f"kernel {g.kernel_h}x{g.kernel_w} ({name} needs {r}x{r})"
+        if (g.stride_h, g.stride_w) != (1, 1):
+            return f"stride {g.stride_h}x{g.stride_w} ({name} needs stride 1)"
+        if (g.dilation_h, g.dilation_w) != (1, 1):
+            return f"dilation {g.dilation_h}x{g.dilation_w} ({name} needs dilation 1)"
+        return None
+    return why
+
+
+def _pack_weights(name):
+    def pack(weight, g, dest, scratch):
+        at, gm, bt = matrices(name)
+        per_slot = _pack_slot(g, name)
+        slots = max(1, min(scratch.size // (2 * per_slot), g.groups * ceil_div(g.out_channels_per_group, NR)))
+        buffers = scratch[:2 * slots * per_slot].view(np.float64)  # float32 scratch, 8-byte aligned
+        _pack(weight, dest, kernel_geometry(g), gm, at.shape[1], min(WINOGRAD_PACK_CHANNELS, g.channels_per_group),
+              buffers, slots)
+    return pack
+
+
+def _make_compute(nhwc):
+    def compute(x, packed, bias, out, scratch, g, kernel):
+        if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
+            return
+        name, block, chunk, depth, m_chunks, slots, per_slot = kernel.tiling
+        at, _, bt = matrices(name)
+        m = VARIANTS[name][0]
+        _winograd_conv(x, packed, bias, out, scratch, kernel_geometry(g), nhwc, at, bt, m, block, chunk,
+                       depth, m_chunks, slots, per_slot)
+    return compute
+
+
+for _name, (_m, _r, _points) in VARIANTS.items():
+    _alpha = _m + _r - 1
+    _point_text = ", ".join(str(p) for p in _points) + " and infinity"
+    for _nhwc in (False, True):
+        register(Algorithm(
+            name=_name + ("-nhwc" if _nhwc else ""),
+            family="winograd",
+            summary=f"Winograd F({_m}x{_m},{_r}x{_r}) at points {_point_text}: {_alpha * _alpha} "
+                    f"products per tile block on the micro-kernel, transforms fused per thread, "
+                    f"{'NHWC' if _nhwc else 'NCHW'}.",
+            workspace_formula=f"{_alpha * _alpha}·M·C/g (transformed weights) + "
+                              f"threads·{_alpha * _alpha}·tile_block·(C/g + NR)",
+            unsupported=_unsupported(_name),
+            packed_weight_elements=functools.partial(packed_elements, name=_name),
+            pack_flops=functools.partial(pack_flops, name=_name),
+            pack_scratch_elements=functools.partial(pack_scratch_elements, name=_name),
+            pack_weights=_pack_weights(_name),
+            plan_kernel=functools.partial(_plan, name=_name),
+            claims=f"{_r}x{_r} kernel, stride 1, dilation 1; any padding, groups and batch",
+            compute=_make_compute(_nhwc),
+            input_layout="NHWC" if _nhwc else "NCHW",
+            output_layout="NHWC" if _nhwc else "NCHW",
+        ))

@@ -1,0 +1,252 @@
+"""The Winograd family: transforms, every claimed configuration, rounding, NaN spread, workspace."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowmem_numba as ln
+from lowmem_numba import _registry as registry
+from lowmem_numba._algorithms import winograd
+from lowmem_numba._geometry import make_geometry
+from naive import assert_close_to_reference, conv2d_reference
+from strategies import Case
+
+VARIANTS = sorted(winograd.VARIANTS)
+#: Error allowed against the direct-summation bound (see test_correctness.ROUNDING_FACTOR).
+FACTOR = {"winograd-2x2-3x3": 2.0, "winograd-4x4-3x3": 16.0, "winograd-2x2-5x5": 16.0}
+
+
+def channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_transforms_satisfy_the_identity_exactly(name):
+    m, r, points = winograd.VARIANTS[name]
+    at, g, bt = winograd.toom_cook(m, r, points)
+    alpha = m + r - 1
+    # AT ((G w) * (BT d)) = correlation, for every basis w, d: in rationals.
+    for k in range(r):
+        for j in range(alpha):
+            for i in range(m):
+                total = sum(at[i][t] * g[t][k] * bt[t][j] for t in range(alpha))
+                assert total == Fraction(j == i + k)
+    at32, g64, bt32 = winograd.matrices(name)
+    assert at32.shape == (m, alpha) and g64.shape == (alpha, r) and bt32.shape == (alpha, alpha)
+    assert not at32.flags.writeable
+
+
+def test_bad_points_are_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        winograd.toom_cook(2, 3, (0, 1, 1))
+    with pytest.raises(ValueError, match="points"):
+        winograd.toom_cook(2, 3, (0, 1))
+
+
+@st.composite
+def winograd_cases(draw, r):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    padding = ((draw(st.integers(0, r)), draw(st.integers(0, r))),
+               (draw(st.integers(0, r)), draw(st.integers(0, r))))
+    # H or W may be smaller than the kernel when the padding makes up for it.
+    height = draw(st.integers(max(1, r - padding[0][0] - padding[0][1]), 13))
+    width = draw(st.integers(max(1, r - padding[1][0] - padding[1][1]), 13))
+    return Case(batch=draw(st.integers(1, 3)), channels=groups * draw(st.integers(1, 5)),
+                height=height, width=width, out_channels=groups * draw(st.sampled_from([1, 2, 5, 17, 33])),
+                kernel=(r, r), stride=(1, 1), padding=padding, dilation=(1, 1), groups=groups)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
+       threads=st.sampled_from([1, 2]), with_bias=st.booleans())
+def test_every_claimed_configuration_against_reference(name, data, seed, layout, threads, with_bias):
+    case = data.draw(winograd_cases(winograd.VARIANTS[name][1]))
+    assert ln.supports(name, case.x_shape, case.w_shape, **case.args)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32) if with_bias else None
+    x_before, w_before = x.copy(), w.copy()
+    if layout == "NHWC":
+        got = ln.conv2d(channels_last(x), w, bias, algorithm=name + "-nhwc", layout="NHWC", threads=threads,
+                        **case.args).transpose(0, 3, 1, 2)
+    else:
+        got = ln.conv2d(x, w, bias, algorithm=name, threads=threads, **case.args)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(w, w_before)
+    zero = np.zeros(case.out_channels, np.float32)
+    assert_close_to_reference(got, x, w, zero if bias is None else bias, case, FACTOR[name])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_layer_matches_functional_and_other_layout(name):
+    r = winograd.VARIANTS[name][1]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((40, 12, r, r)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    functional = ln.conv2d(x, w, b, padding="same", algorithm=name)
+    layer = ln.Conv2d(w, b, padding="same", algorithm=name)
+    np.testing.assert_array_equal(layer(x), functional)
+    np.testing.assert_array_equal(layer(x), functional)  # packed weights reused
+    # The other layout through the NCHW kernel (converting) and the NHWC kernel.
+    nhwc = ln.conv2d(channels_last(x), w, b, padding="same", algorithm=name + "-nhwc", layout="NHWC")
+    np.testing.assert_allclose(nhwc, channels_last(functional), rtol=0, atol=1e-5)
+
+
+def relative_errors(got, x, w, padding):
+    expected = conv2d_reference(x.astype(np.float64), w.astype(np.float64), None, (1, 1), padding, (1, 1), 1)
+    error = np.abs(got - expected) / np.abs(expected).max()
+    return error.max(), error.mean()
+
+
+@pytest.mark.parametrize("data", ["random", "ones-and-ramps"])
+@pytest.mark.parametrize("name, shape, mean_bound, max_bound", [
+    # The issue's bounds on the mean error; the max error of F(4x4,3x3) and
+    # F(2x2,5x5) reaches 14x and 9x im2col's (perf/results/winograd_accuracy.md).
+    ("winograd-2x2-3x3", (256, 14, 14, 64, 3), 2.0, 2.0),
+    ("winograd-4x4-3x3", (256, 14, 14, 64, 3), 10.0, 20.0),
+    ("winograd-2x2-5x5", (96, 14, 14, 64, 5), 10.0, 20.0),
+])
+def test_error_within_a_factor_of_im2col(name, shape, mean_bound, max_bound, data):
+    """F(2x2,3x3) no worse than 2x the im2col error, F(4x4,3x3) (and
+    F(2x2,5x5)) no worse than 10x, in the mean over the outputs."""
+    c, h, w_, m, r = shape
+    rng = np.random.default_rng(5)
+    if data == "random":
+        x = rng.standard_normal((1, c, h, w_)).astype(np.float32)
+        w = rng.standard_normal((m, c, r, r)).astype(np.float32)
+    else:
+        ramp = np.linspace(-1, 1, h * w_, dtype=np.float32).reshape(h, w_)
+        x = np.broadcast_to(ramp, (1, c, h, w_)).copy()
+        x[:, ::2] = 1.0
+        w = np.full((m, c, r, r), 1.0 / (c * r * r), np.float32)
+        w[::3] = np.linspace(0.1, 1.3, r * r, dtype=np.float32).reshape(r, r)
+    padding = ((r // 2, r // 2), (r // 2, r // 2))
+    got = ln.conv2d(x, w, padding=r // 2, algorithm=name)
+    reference = ln.conv2d(x, w, padding=r // 2, algorithm="im2col-copy-self-ab-ki")
+    got_max, got_mean = relative_errors(got, x, w, padding)
+    ref_max, ref_mean = relative_errors(reference, x, w, padding)
+    assert got_mean <= mean_bound * max(ref_mean, 2.0**-24)
+    assert got_max <= max_bound * max(ref_max, 2.0**-24)
+
+
+def reach(name):
+    """reach[a, i]: whether input row i of a tile reaches output row a of it:
+    some transform point l has BT[l, i] != 0 and AT[a, l] != 0."""
+    at, _, bt = winograd.matrices(name)
+    return (at != 0).astype(int) @ (bt != 0).astype(int) > 0
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_nan_and_inf_reach_exactly_the_documented_outputs(name, value, layout):
+    """A non-finite input reaches the outputs of every tile whose input window
+    holds it, at the rows and columns ``reach`` gives; nothing else."""
+    m, r, _ = winograd.VARIANTS[name]
+    alpha = m + r - 1
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 11, 10)).astype(np.float32)
+    w = rng.standard_normal((3, 2, r, r)).astype(np.float32)
+    pad = (1, 2)
+    x[0, 1, 5, 4] = value
+    x[0, 0, 0, 9] = value
+    expected = np.zeros(conv2d_reference(x, w, None, (1, 1), ((1, 1), (2, 2)), (1, 1), 1).shape, bool)
+    ho, wo = expected.shape[2:]
+    rows = reach(name)
+    for iy, ix in ((5, 4), (0, 9)):
+        for ty in range(-(-ho // m)):
+            for tx in range(-(-wo // m)):
+                i, j = iy + pad[0] - ty * m, ix + pad[1] - tx * m
+                if 0 <= i < alpha and 0 <= j < alpha:
+                    for a in range(m):
+                        for b in range(m):
+                            if rows[a, i] and rows[b, j] and ty * m + a < ho and tx * m + b < wo:
+                                expected[0, :, ty * m + a, tx * m + b] = True
+    if layout == "NHWC":
+        got = ln.conv2d(channels_last(x), w, padding=pad, algorithm=name + "-nhwc",
+                        layout="NHWC").transpose(0, 3, 1, 2)
+    else:
+        got = ln.conv2d(x, w, padding=pad, algorithm=name)
+    np.testing.assert_array_equal(~np.isfinite(got), expected)
+    # Every output whose receptive field holds the value is among them.
+    receptive = ~np.isfinite(conv2d_reference(np.where(np.isfinite(x), 0, np.inf), np.abs(w) + 1, None, (1, 1),
+                                              ((1, 1), (2, 2)), (1, 1), 1))
+    assert np.all(expected[receptive])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_workspace_follows_the_formula_and_stays_small(name):
+    m, r, _ = winograd.VARIANTS[name]
+    alpha = m + r - 1
+    for c, hw, mm in ((256, 56, 256), (512, 14, 512), (64, 112, 128), (3, 7, 5)):
+        x_shape, w_shape = (1, c, hw, hw), (mm, c, r, r)
+        g = make_geometry(x_shape, w_shape, 1, r // 2, 1, 1)
+        for threads in (1, 2):
+            plan = registry.get(name).plan(g, threads, prepacked=True)
+            block, slots = plan.kernel.tiling[1], plan.kernel.tiling[5]
+            assert block % winograd.MR == 0
+            assert plan.workspace_elements == slots * (
+                alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64)) + (alpha + m) * m * block * winograd.NR)
+            assert plan.workspace_bytes <= 2 * 2**20  # the default tile block's target
+            # Per call: the transformed weights and the transform's scratch.
+            per_call = registry.get(name).plan(g, threads).workspace_elements - plan.workspace_elements
+            transformed = alpha * alpha * -(-mm // winograd.NR) * winograd.NR * c
+            assert per_call == transformed + winograd.pack_scratch_elements(g, threads, name)
+            assert ln.workspace_bytes(name, x_shape, w_shape, padding=r // 2, threads=threads) == \
+                plan.workspace_bytes + 4 * per_call
+
+
+def test_unsupported_configurations_are_named():
+    assert not ln.supports("winograd-4x4-3x3", (1, 4, 9, 9), (4, 4, 3, 3), stride=2)
+    assert not ln.supports("winograd-4x4-3x3", (1, 4, 9, 9), (4, 4, 3, 3), dilation=2)
+    assert not ln.supports("winograd-4x4-3x3", (1, 4, 9, 9), (4, 4, 5, 5))
+    assert not ln.supports("winograd-2x2-5x5", (1, 4, 9, 9), (4, 4, 3, 3))
+    with pytest.raises(ValueError, match="needs stride 1"):
+        ln.conv2d(np.zeros((1, 4, 9, 9), np.float32), np.zeros((4, 4, 3, 3), np.float32), stride=2,
+                  algorithm="winograd-2x2-3x3")
+
+
+def test_winograd_false_excludes_the_family():
+    x_shape, w_shape = (1, 256, 56, 56), (256, 256, 3, 3)
+    chosen = ln.plan(x_shape, w_shape, padding=1, threads=1, prepacked=True)
+    assert chosen.algorithm.startswith("winograd-")  # it wins here: ~2.5x the direct kernel
+    plain = ln.plan(x_shape, w_shape, padding=1, threads=1, prepacked=True, winograd=False)
+    assert not plain.algorithm.startswith("winograd-")
+    assert "excluded: winograd=False" in plain.explain()
+    x = np.ones((1, 4, 6, 6), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="winograd=False"):
+        ln.conv2d(x, w, algorithm="winograd-2x2-3x3", winograd=False)
+    with pytest.raises(ValueError, match="winograd=False"):
+        ln.Conv2d(w, algorithm="winograd-2x2-3x3", winograd=False)
+    with pytest.raises(TypeError, match="winograd"):
+        ln.conv2d(x, w, winograd="no")
+    layer = ln.Conv2d(w, padding=1, winograd=False)
+    assert not layer.plan_for((1, 4, 6, 6)).algorithm.startswith("winograd-")
+    assert not ln.plan_network([("a", x_shape, w_shape, {"padding": 1})], winograd=False,
+                               threads=1).plans[0][1].algorithm.startswith("winograd-")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_many_channels_are_staged_in_chunks(name, layout):
+    """More input channels than one staging chunk (64), with a remainder,
+    through border tiles (staged) and interior ones (NHWC: read in place)."""
+    r = winograd.VARIANTS[name][1]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 150, 13, 12)).astype(np.float32)
+    w = rng.standard_normal((36, 150, r, r)).astype(np.float32)
+    b = rng.standard_normal(36).astype(np.float32)
+    case = Case(1, 150, 13, 12, 36, (r, r), (1, 1), ((1, 2), (2, 0)), (1, 1), 1)
+    if layout == "NHWC":
+        got = ln.conv2d(channels_last(x), w, b, padding=case.padding, algorithm=name + "-nhwc",
+                        layout="NHWC").transpose(0, 3, 1, 2)
+    else:
+        got = ln.conv2d(x, w, b, padding=case.padding, algorithm=name)
+    assert_close_to_reference(got, x, w, b, case, FACTOR[name])
