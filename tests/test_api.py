@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lowmem_numba as ln
-from naive import assert_matches_integer_reference, conv2d_reference
+from naive import assert_matches_integer_reference, conv2d_reference, supported_configuration
 
 ALGORITHMS = ln.algorithms()
 RNG = np.random.default_rng(7)
@@ -226,10 +226,11 @@ def test_empty_batch_kernels_run_directly(name):
     from lowmem_numba._execute import execute, prepare_weights
 
     algorithm = ln._registry.get(name)
-    k = 3 if ln.supports(name, (0, 4, 9, 9), (6, 4, 3, 3), padding=1) else 1
-    g = ln._geometry.make_geometry((0, 4, 9, 9), (6, 4, k, k), padding=k // 2)
+    w_shape, padding, groups = supported_configuration(name, (0, 4, 9, 9), 6)
+    g = ln._geometry.make_geometry((0, 4, 9, 9), w_shape, padding=padding, groups=groups)
+    assert algorithm.unsupported(g) is None
     empty = np.empty(0, np.float32)
-    w = np.ones(6 * 4 * k * k, np.float32)
+    w = np.ones(int(np.prod(w_shape)), np.float32)
     for threads in range(1, ln._threads.max_threads() + 1):
         execute(algorithm.plan(g, threads), empty, w, empty, empty)
         packed = prepare_weights(algorithm, w, g)
