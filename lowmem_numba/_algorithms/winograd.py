@@ -29,24 +29,26 @@ of ``tile_block`` tiles of one image and group, in turn:
    staged with its zero padding first unless it lies inside an NHWC image);
 2. for each block of ``NR`` output channels and each point, runs the
    micro-kernel of :mod:`lowmem_numba._microkernel` over the block's tiles
-   (``MR`` tiles by ``NR`` channels in registers, reducing over C/g) into
-   ``Z[point][tile][lane]``;
+   (``MR`` tiles by ``NR`` channels in registers, reducing over C/g in blocks
+   of ``WINOGRAD_REDUCTION_BLOCK`` channels whose sums it adds up in place)
+   into ``Z[point][tile][lane]``;
 3. inverse-transforms each tile of ``Z`` and stores it into the output with
    the bias, clipping the partial tiles at the right and bottom edges.
 
 The transforms are separable (rows, then columns) and vectorised along the
 channels; they apply only the non-zero coefficients, so a NaN or infinity in
 the input reaches exactly the transform points whose coefficient on it is not
-zero, and through them every output of its tile (see the README).
+zero, and through them the outputs of its tile that the README lists.
 
 Workspace
 ---------
 Per thread: ``V`` (a^2 * tile_block * C/g), ``Z`` (a^2 * tile_block * NR),
 the staging of one tile's channels, at most ``WINOGRAD_STAGE_CHANNELS`` at a
 time (2 a^2 min(C/g, 64)), and the inverse transform's passes (a m + m^2)
-tile_block NR, plus the transformed
-weights ``a^2 * M * C/g`` (rounded up to NR channels per group), which a
-:class:`~lowmem_numba.Conv2d` keeps and the functional API builds per call.
+tile_block NR; plus the transformed weights ``a^2 * M * C/g`` (rounded up to
+NR channels per group), which a :class:`~lowmem_numba.Conv2d` keeps and the
+functional API builds per call, in float64 scratch of its own
+(:func:`pack_scratch_elements`).
 ``tile_block`` is chosen so that one thread's ``V`` and ``Z`` fill half of L2
 (:func:`tile_block`), at least one micro-kernel tile (``MR`` tiles).
 """
