@@ -125,7 +125,7 @@ def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=Fa
     if not winograd and algorithm.family == WINOGRAD_FAMILY:
         raise ValueError(f"algorithm {name!r} is a Winograd algorithm, which winograd=False excludes")
     if memory_limit is not None:
-        needed = algorithm.plan(geometry, threads, layout, prepacked).workspace_bytes
+        needed = algorithm.plan(geometry, threads, layout, prepacked, memory_limit).workspace_bytes
         if needed > memory_limit:
             raise ValueError(f"algorithm {name!r} needs {needed} bytes of workspace here, over "
                              f"memory_limit={memory_limit}; use algorithm=\"auto\" to pick one that fits")
@@ -205,9 +205,9 @@ def workspace_bytes(name, x_shape, w_shape, stride=1, padding=0, dilation=1, gro
     layout = check_layout(layout)
     geometry = make_geometry(to_nchw_shape(x_shape, layout), w_shape, stride, padding, dilation, groups)
     threads = check_threads(threads, max_threads())
-    algorithm, threads = choose_algorithm(name, geometry, threads, layout, check_memory_limit(memory_limit), False,
-                                          winograd)
-    return algorithm.plan(geometry, threads, layout).workspace_bytes
+    memory_limit = check_memory_limit(memory_limit)
+    algorithm, threads = choose_algorithm(name, geometry, threads, layout, memory_limit, False, winograd)
+    return algorithm.plan(geometry, threads, layout, memory_limit=memory_limit).workspace_bytes
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -328,9 +328,9 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     check_bias(bias, geometry)
     threads = check_threads(threads, max_threads())
     check_workspace(workspace)
-    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, check_memory_limit(memory_limit),
-                                       prepacked, winograd)
-    plan = chosen.plan(geometry, threads, layout, prepacked)
+    memory_limit = check_memory_limit(memory_limit)
+    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked, winograd)
+    plan = chosen.plan(geometry, threads, layout, prepacked, memory_limit)
     if workspace is not None:
         workspace.check_fits(plan.workspace_elements)
     out_shape = from_nchw_shape(geometry.output_shape, layout)

@@ -118,8 +118,8 @@ class Conv2d:
         self._planned_bytes = None
         if planned is not None:
             planned_algorithm, planned_threads = planned
-            self._planned_bytes = planned_algorithm.plan(geometry, planned_threads, layout,
-                                                         prepacked=True).workspace_bytes
+            self._planned_bytes = planned_algorithm.plan(geometry, planned_threads, layout, prepacked=True,
+                                                         memory_limit=memory_limit).workspace_bytes
             if auto and geometry.batch:
                 self._weights_for(planned_algorithm, nominal)
 
@@ -166,7 +166,8 @@ class Conv2d:
         geometry = self._geometry(x_shape)
         algorithm, threads = choose_algorithm(self.algorithm, geometry, self.threads, self.layout,
                                               self.memory_limit, prepacked=True, winograd=self.winograd)
-        return algorithm.plan(geometry, threads, self.layout, prepacked=True).workspace_bytes
+        return algorithm.plan(geometry, threads, self.layout, prepacked=True,
+                              memory_limit=self.memory_limit).workspace_bytes
 
     def plan_for(self, x_shape):
         """The scheduler's :class:`lowmem_numba.Plan` for a call on ``x_shape``.

@@ -21,7 +21,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ._plan import CallPlan, KernelPlan
+from ._plan import FLOAT32_BYTES, CallPlan, KernelPlan
 from ._geometry import ConvGeometry
 
 
@@ -63,6 +63,11 @@ class Algorithm:
     pack_scratch_elements : callable or None
         ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
         it then takes it as a fourth argument (None: it needs none).
+    plan_kernel_within : callable or None
+        ``(geometry, threads, scratch_elements) -> KernelPlan``: for a family
+        whose tiling can shrink, the plan whose scratch fits that many
+        elements (its smallest if none does).  Used for calls under a
+        ``memory_limit``; None: the tiling does not depend on it.
     """
 
     name: str
@@ -79,9 +84,10 @@ class Algorithm:
     claims: str = "any kernel, stride, padding, dilation and groups"
     pack_flops: Optional[Callable[[ConvGeometry], int]] = None
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
+    plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
 
     def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
-             prepacked: bool = False) -> CallPlan:
+             prepacked: bool = False, memory_limit: Optional[int] = None) -> CallPlan:
         """The plan of one call (memoised: a warm call pays for no planning).
 
         Parameters
@@ -94,12 +100,16 @@ class Algorithm:
             Layout of the call's input and output.
         prepacked : bool
             Whether the weights arrive packed (not counted as workspace).
+        memory_limit : int, optional
+            Workspace budget of the call in bytes: a family with
+            ``plan_kernel_within`` shrinks its tiling to fit it.
 
         Returns
         -------
         CallPlan
         """
-        return _plan_call(self, geometry, threads, layout, bool(prepacked))
+        limit = memory_limit if self.plan_kernel_within is not None else None
+        return _plan_call(self, geometry, threads, layout, bool(prepacked), limit)
 
     def workspace_elements(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
                            prepacked: bool = False) -> int:
@@ -112,21 +122,25 @@ class Algorithm:
 
 @functools.lru_cache(maxsize=4096)
 def _plan_call(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
-               prepacked: bool) -> CallPlan:
+               prepacked: bool, memory_limit: Optional[int] = None) -> CallPlan:
     converting = layout != algorithm.input_layout or layout != algorithm.output_layout
     into = g.in_channels * g.height * g.width if layout != algorithm.input_layout else 0
     back = g.out_channels * g.out_height * g.out_width if layout != algorithm.output_layout else 0
     # A call in the other layout converts and runs one image at a time.
     run_geometry = dataclasses.replace(g, batch=1) if converting and g.batch else g
     runs = 0 if g.batch == 0 else (g.batch if converting else 1)
-    kernel = algorithm.plan_kernel(run_geometry, threads)
-    if not isinstance(kernel, KernelPlan):
-        raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
-                        f"{type(kernel).__name__}")
     packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
     packing_flops = algorithm.pack_flops(g) if packed and algorithm.pack_flops else 0
     packing_scratch = (algorithm.pack_scratch_elements(g, threads)
                        if packed and algorithm.pack_scratch_elements else 0)
+    if memory_limit is None:
+        kernel = algorithm.plan_kernel(run_geometry, threads)
+    else:
+        budget = memory_limit // FLOAT32_BYTES - (packed + packing_scratch + into + back)
+        kernel = algorithm.plan_kernel_within(run_geometry, threads, max(0, budget))
+    if not isinstance(kernel, KernelPlan):
+        raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
+                        f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
                     into, back, packing_flops, packing_scratch)
 

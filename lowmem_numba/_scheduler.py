@@ -152,7 +152,7 @@ def _screen(g: ConvGeometry, budget: int, layout: str, memory_limit, prepacked=F
             if reason is not None:
                 screened.append(Candidate(name, t, None, None, f"unsupported: {reason}"))
                 continue
-            space = algorithm.plan(g, t, layout, prepacked).workspace_bytes
+            space = algorithm.plan(g, t, layout, prepacked, memory_limit).workspace_bytes
             if memory_limit is not None and space > memory_limit:
                 screened.append(Candidate(name, t, space, None,
                                           f"over budget: {format_bytes(space)} > {format_bytes(memory_limit)}"))
@@ -210,7 +210,8 @@ def _model_plan(g, budget, layout, memory_limit, prepacked=False, winograd=True)
     constants = calibration()
     screened = _screen(g, budget, layout, memory_limit, prepacked, winograd)
     best, explained = _rank(screened, lambda c: (
-        predict_seconds(registry.get(c.algorithm).plan(g, c.threads, layout, prepacked), constants), ""))
+        predict_seconds(registry.get(c.algorithm).plan(g, c.threads, layout, prepacked, memory_limit), constants),
+        ""))
     return Plan(best.algorithm, best.threads, best.workspace_bytes, best.seconds, "model", memory_limit, explained)
 
 
@@ -252,12 +253,12 @@ def _stored_plan(stored, screened, memory_limit) -> Optional[Plan]:
                 _explain(timed, best))
 
 
-def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat):
+def _timed_call(name, g, threads, layout, prepacked, x_flat, w_flat, out_flat, memory_limit=None):
     """A call of ``name`` as it would run: functional (packing the weights and
     allocating its workspace each call) or as a layer (weights packed once,
     workspace reused)."""
     algorithm = registry.get(name)
-    plan = algorithm.plan(g, threads, layout, prepacked)
+    plan = algorithm.plan(g, threads, layout, prepacked, memory_limit)
     no_bias = np.empty(0, np.float32)
     if not prepacked:
         return lambda: execute(plan, x_flat, w_flat, no_bias, out_flat)
@@ -288,7 +289,7 @@ def _measure_plan(g, budget, layout, memory_limit, prepacked=False, winograd=Tru
         predicted = model[(c.algorithm, c.threads)]
         if predicted > _MEASURE_PRUNE_FACTOR * fastest_predicted:
             return None, _NOT_TIMED
-        call = _timed_call(c.algorithm, g, c.threads, layout, prepacked, x_flat, w_flat, out_flat)
+        call = _timed_call(c.algorithm, g, c.threads, layout, prepacked, x_flat, w_flat, out_flat, memory_limit)
         return measure(call, repeats=3, warmup=1, min_seconds=0.02).best, ""
 
     best, explained = _rank(screened, seconds_of)

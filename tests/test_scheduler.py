@@ -30,7 +30,10 @@ def fixed_calibration(monkeypatch):
 
 def assert_feasible(plan, x_shape, w_shape, limit, **kwargs):
     assert ln.supports(plan.algorithm, x_shape, w_shape, **kwargs)
-    declared = ln.workspace_bytes(plan.algorithm, x_shape, w_shape, threads=plan.threads, **kwargs)
+    # Under a limit a family may shrink its tiling: the call's workspace is
+    # the one planned under the same limit.
+    declared = ln.workspace_bytes(plan.algorithm, x_shape, w_shape, threads=plan.threads, memory_limit=limit,
+                                  **kwargs)
     assert declared == plan.workspace_bytes
     assert limit is None or declared <= limit
     assert 1 <= plan.threads <= ln._threads.max_threads()

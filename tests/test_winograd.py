@@ -250,3 +250,29 @@ def test_many_channels_are_staged_in_chunks(name, layout):
     else:
         got = ln.conv2d(x, w, b, padding=case.padding, algorithm=name)
     assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+
+
+def test_tile_block_shrinks_to_fit_memory_limit():
+    """Under a memory_limit the tile block shrinks (whole micro-kernel tiles)
+    until the scratch fits, and the plan that is checked is the one that runs."""
+    x_shape, w_shape = (1, 64, 56, 56), (64, 64, 3, 3)
+    g = make_geometry(x_shape, w_shape, 1, 1, 1, 1)
+    algorithm = registry.get("winograd-4x4-3x3")
+    free = algorithm.plan(g, 2, prepacked=True)
+    limit = free.workspace_bytes // 2
+    fitted = algorithm.plan(g, 2, prepacked=True, memory_limit=limit)
+    assert fitted.kernel.tiling[1] < free.kernel.tiling[1]
+    assert fitted.kernel.tiling[1] % winograd.MR == 0
+    assert fitted.workspace_bytes <= limit
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    layer = ln.Conv2d(w, padding=1, algorithm="winograd-4x4-3x3", threads=2, memory_limit=limit,
+                      workspace=ln.Workspace(limit, fixed=True))
+    np.testing.assert_allclose(layer(x), ln.conv2d(x, w, padding=1, algorithm="winograd-4x4-3x3", threads=2),
+                               rtol=0, atol=1e-4)
+    assert layer.workspace_bytes == fitted.workspace_bytes
+    # Too small even for one micro-kernel tile per thread: refused before running.
+    with pytest.raises(ValueError, match="memory_limit"):
+        ln.Conv2d(w, padding=1, algorithm="winograd-4x4-3x3", threads=2, memory_limit=4096,
+                  input_shape=x_shape)

@@ -439,10 +439,11 @@ def _sizes(g, name):
 
 
 def tile_block(g, name) -> int:
-    """Tiles each thread transforms and multiplies at once: as many whole
-    micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z`` fill
-    ``WINOGRAD_SLOT_CACHE_FRACTION`` of L2, at least one, and no more than one
-    image-group has."""
+    """Tiles each thread transforms and multiplies at once, by default: as
+    many whole micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z``
+    fill ``WINOGRAD_SLOT_CACHE_FRACTION`` of L2, at least one, and no more
+    than one image-group has (:func:`_plan_within` shrinks it to fit a
+    ``memory_limit``)."""
     _, alpha, tiles = _sizes(g, name)
     per_tile = 4 * alpha * alpha * (g.channels_per_group + NR)
     fit = int(l2_bytes() * WINOGRAD_SLOT_CACHE_FRACTION) // (per_tile * MR)
@@ -479,7 +480,19 @@ def pack_flops(g, name) -> int:
     return g.out_channels * g.channels_per_group * (alpha * r * r + alpha * alpha * r)
 
 
-def _plan(g, threads, name):
+def _plan_within(g, threads, scratch_elements, name):
+    """The plan with the largest tile block, at most the default, whose
+    scratch fits ``scratch_elements`` (one micro-kernel tile's if none does:
+    the caller then finds it over its limit)."""
+    block = tile_block(g, name)
+    while True:
+        plan = _plan(g, threads, name, block)
+        if plan.scratch_elements <= scratch_elements or block <= MR:
+            return plan
+        block -= MR
+
+
+def _plan(g, threads, name, block=None):
     """Blocks of ``tile_block`` tiles of one image and group, times chunks of
     their output-channel blocks, are the units; ``slots = min(threads,
     units)`` threads take equal runs of them, each with its own scratch.  The
@@ -491,7 +504,7 @@ def _plan(g, threads, name):
     them) x C/g, plus the transforms as elements moved."""
     m, alpha, tiles = _sizes(g, name)
     points = alpha * alpha
-    block = tile_block(g, name)
+    block = tile_block(g, name) if block is None else block
     cg, mg = g.channels_per_group, g.out_channels_per_group
     blocks_m = ceil_div(mg, NR)
     tile_blocks = g.batch * g.groups * ceil_div(tiles, block)
@@ -574,6 +587,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
             pack_scratch_elements=functools.partial(pack_scratch_elements, name=_name),
             pack_weights=_pack_weights(_name),
             plan_kernel=functools.partial(_plan, name=_name),
+            plan_kernel_within=functools.partial(_plan_within, name=_name),
             claims=f"{_r}x{_r} kernel, stride 1, dilation 1; any padding, groups and batch",
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",
