@@ -342,24 +342,25 @@ def _measure_copy(best):
     return {"copy_rate": src.size / best["copy"]}
 
 
-def _direct_call(x_shape, w_shape, padding):
-    """A single-thread call of the loop-nest kernel, through the execution layer."""
-    g = make_geometry(x_shape, w_shape, 1, padding, 1, 1)
-    direct = registry.get("direct-sum2d")
+def _prepacked_call(name, x_shape, w_shape, padding, groups=1):
+    """The plan and a call of algorithm ``name`` with weights packed once, on
+    one thread, through the execution layer."""
+    g = make_geometry(x_shape, w_shape, 1, padding, 1, groups)
+    algorithm = registry.get(name)
     x = np.ones(int(np.prod(x_shape)), np.float32)
-    w = prepare_weights(direct, np.ones(int(np.prod(w_shape)), np.float32), g)
+    w = prepare_weights(algorithm, np.ones(int(np.prod(w_shape)), np.float32), g)
     out = np.empty(int(np.prod(g.output_shape)), np.float32)
-    plan = direct.plan(g, 1, "NCHW", prepacked=True)
+    plan = algorithm.plan(g, 1, "NCHW", prepacked=True)
     no_bias = np.empty(0, np.float32)
-    return g, lambda: execute(plan, x, w, no_bias, out)
+    return plan, lambda: execute(plan, x, w, no_bias, out)
 
 
 def _measure_direct(best):
 
-    g, call = _direct_call((1, 16, 32, 32), (16, 16, 3, 3), 1)
+    plan, call = _prepacked_call("direct-sum2d", (1, 16, 32, 32), (16, 16, 3, 3), 1)
     with kernel_threads(1):
         _interleaved_best({"direct": call}, best, rounds=2)
-    return {"direct_rate": g.flops / best["direct"]}
+    return {"direct_rate": plan.geometry.flops / best["direct"]}
 
 
 #: The vectorised-loop rate is measured on the depthwise kernel: 64 planes of
@@ -371,22 +372,15 @@ _VECTOR_SHAPE = ((1, 64, 64, 64), (64, 1, 3, 3), ((0, 0), (1, 1)), 64)
 
 def _measure_vector(best):
 
-    x_shape, w_shape, padding, groups = _VECTOR_SHAPE
-    g = make_geometry(x_shape, w_shape, 1, padding, 1, groups)
-    depthwise = registry.get("depthwise")
-    x = np.ones(int(np.prod(x_shape)), np.float32)
-    w = prepare_weights(depthwise, np.ones(int(np.prod(w_shape)), np.float32), g)
-    out = np.empty(int(np.prod(g.output_shape)), np.float32)
-    plan = depthwise.plan(g, 1, "NCHW", prepacked=True)
-    no_bias = np.empty(0, np.float32)
+    plan, call = _prepacked_call("depthwise", *_VECTOR_SHAPE)
     with kernel_threads(1):
-        _interleaved_best({"vector": lambda: execute(plan, x, w, no_bias, out)}, best)
+        _interleaved_best({"vector": call}, best)
     return {"vector_rate": plan.vector_flops / best["vector"]}
 
 
 def _measure_launch(best):
     # execute() enters kernel_threads (BLAS and Numba thread limits), as every call does.
-    _, call = _direct_call((1, 1, 4, 4), (1, 1, 1, 1), 0)
+    _, call = _prepacked_call("direct-sum2d", (1, 1, 4, 4), (1, 1, 1, 1), 0)
     _interleaved_best({"launch": call}, best, repeats=5)
     return {"launch_seconds": best["launch"] / 2}
 

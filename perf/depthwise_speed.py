@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +48,6 @@ def select_layers(quick=False):
     return [(" = ".join(names), layer) for names, layer in chosen]
 
 
-def best_seconds(call, repeats, min_seconds=0.2):
-    call()
-    best, spent, runs = float("inf"), 0.0, 0
-    while runs < repeats or spent < min_seconds:
-        start = time.perf_counter()
-        call()
-        elapsed = time.perf_counter() - start
-        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
-    return best
-
-
 def time_ours(layer, batch, threads, layout, repeats):
     rng = np.random.default_rng(0)
     x = rng.random(layer.x_shape(batch), dtype=np.float32)
@@ -70,7 +58,7 @@ def time_ours(layer, batch, threads, layout, repeats):
     conv = ln.Conv2d(w, np.zeros(layer.out_channels, np.float32), algorithm=name, threads=threads,
                      layout=layout, **layer.conv_args)
     out = conv(x)
-    return best_seconds(lambda: conv(x, out=out), repeats)
+    return ln.bench.measure(lambda: conv(x, out=out), repeats=repeats, min_seconds=0.2).best
 
 
 def torch_seconds(selected, batch, threads, repeats):
