@@ -24,7 +24,9 @@ from ._geometry import (
 from ._layout import check_layout, from_nchw_shape, to_nchw_shape
 from ._execute import execute
 from ._plan import FLOAT32_BYTES, CallPlan
-from ._scheduler import WINOGRAD_FAMILY, plan_geometry
+from ._scheduler import MEMO_SIZE, WINOGRAD_FAMILY, plan_geometry
+from ._costmodel import calibration
+from ._memo import Memo, Uncacheable, array_signature, frozen
 from ._threads import max_threads
 from ._workspace import Workspace, check_workspace
 
@@ -320,30 +322,58 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     names further arrays ``out`` must not overlap.  Every check runs before
     anything is allocated, including whether a fixed ``workspace`` is large
     enough.
+
+    What depends only on the shapes and arguments (the geometry, the choice of
+    algorithm and its plan) is memoised per process, keyed on the arguments as
+    given; the arrays themselves (``x``'s type and dtype, ``out``, the
+    workspace) are checked on every call.
     """
-    prepacked = check_flag(prepacked, "prepacked")
     check_array(x, "x")
-    layout = check_layout(layout)
-    geometry = geometry_for(to_nchw_shape(x.shape, layout), params)
-    check_bias(bias, geometry)
-    threads = check_threads(threads, max_threads())
     check_workspace(workspace)
-    memory_limit = check_memory_limit(memory_limit)
-    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked, winograd)
-    plan = chosen.plan(geometry, threads, layout, prepacked, memory_limit)
+    try:
+        key = (x.shape, params, array_signature(bias), frozen(algorithm), frozen(threads), frozen(layout),
+               frozen(memory_limit), frozen(prepacked), frozen(winograd), max_threads(), calibration(),
+               registry.generation())
+    except Uncacheable:
+        key = None
+    planned = None if key is None else _planned_calls.get(key)
+    if planned is None:
+        planned = _plan_call(x.shape, params, bias, algorithm, threads, layout, memory_limit, prepacked,
+                             winograd)
+        if key is not None:
+            _planned_calls.put(key, planned)
+    plan, chosen, out_shape = planned
     if workspace is not None:
         workspace.check_fits(plan.workspace_elements)
-    out_shape = from_nchw_shape(geometry.output_shape, layout)
-    if x.ndim == 3:
-        out_shape = out_shape[1:]
     if out is None:
-        # numpy refuses such a shape even with a zero in it (an empty batch).
-        if FLOAT32_BYTES * int(np.prod([max(1, s) for s in out_shape], dtype=object)) > np.iinfo(np.intp).max:
-            raise ValueError(f"the output, of shape {out_shape}, would be too large to allocate")
         out = np.empty(out_shape, dtype=np.float32)
     else:
         check_out(out, out_shape, {"x": x, "bias": bias, **other_inputs})
     return Call(plan, chosen, out, workspace)
+
+
+#: Validated calls: (plan, algorithm, output shape) per shapes and arguments.
+_planned_calls = Memo(MEMO_SIZE)
+
+
+def _plan_call(x_shape, params, bias, algorithm, threads, layout, memory_limit, prepacked, winograd):
+    """Validate the shape-dependent arguments of a call and plan it:
+    (CallPlan, Algorithm, output shape in the call's layout)."""
+    prepacked = check_flag(prepacked, "prepacked")
+    layout = check_layout(layout)
+    geometry = geometry_for(to_nchw_shape(x_shape, layout), params)
+    check_bias(bias, geometry)
+    threads = check_threads(threads, max_threads())
+    memory_limit = check_memory_limit(memory_limit)
+    chosen, threads = choose_algorithm(algorithm, geometry, threads, layout, memory_limit, prepacked, winograd)
+    plan = chosen.plan(geometry, threads, layout, prepacked, memory_limit)
+    out_shape = from_nchw_shape(geometry.output_shape, layout)
+    if len(x_shape) == 3:
+        out_shape = out_shape[1:]
+    # numpy refuses such a shape even with a zero in it (an empty batch).
+    if FLOAT32_BYTES * int(np.prod([max(1, s) for s in out_shape], dtype=object)) > np.iinfo(np.intp).max:
+        raise ValueError(f"the output, of shape {out_shape}, would be too large to allocate")
+    return plan, chosen, out_shape
 
 
 def launch(call: Call, x, weights_flat, bias) -> np.ndarray:

@@ -74,7 +74,7 @@ def _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer):
     g, kernel = plan.geometry, plan.kernel
     packed, scratch = plan.packed_weight_elements + plan.packing_scratch_elements, kernel.scratch_elements
     into, back = plan.convert_in_elements, plan.convert_out_elements
-    with kernel_threads(plan.threads):
+    with kernel_threads(plan.threads, blas=algorithm.calls_blas):
         weights = weight_flat
         if packed:
             weights = buffer[:plan.packed_weight_elements]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._memo import Memo, Uncacheable, frozen
+
 #: Largest dimension the 32-bit (LP64) BLAS interface accepts.
 BLAS_INT_MAX = 2**31 - 1
 
@@ -245,6 +247,9 @@ class ConvParams:
 def parse_params(w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvParams:
     """Validate the weight shape and hyper-parameters of a convolution.
 
+    Memoised on the arguments as given (types included), so that a repeated
+    functional call does not parse them again.
+
     Parameters
     ----------
     w_shape : tuple of int
@@ -263,6 +268,21 @@ def parse_params(w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvPara
     ValueError
         If a value is out of range or ``groups`` does not divide M.
     """
+    try:
+        key = (frozen(w_shape), frozen(stride), frozen(padding), frozen(dilation), frozen(groups))
+    except Uncacheable:
+        return _parse_params(w_shape, stride, padding, dilation, groups)
+    params = _parsed.get(key)
+    if params is None:
+        params = _parse_params(w_shape, stride, padding, dilation, groups)
+        _parsed.put(key, params)
+    return params
+
+
+_parsed = Memo(512)
+
+
+def _parse_params(w_shape, stride, padding, dilation, groups) -> ConvParams:
     w_shape = _shape(w_shape, "weight", (4,))
     m, c_per_group, kh, kw = w_shape
     if not _is_int(groups):

@@ -68,6 +68,10 @@ class Algorithm:
         whose tiling can shrink, the plan whose scratch fits that many
         elements (its smallest if none does).  Used for calls under a
         ``memory_limit``; None: the tiling does not depend on it.
+    calls_blas : bool
+        Whether its kernel calls BLAS (sgemm), which the execution layer then
+        holds at one thread; kernels on the library's own micro-kernel or
+        loops skip that (a few microseconds per call).
     """
 
     name: str
@@ -85,6 +89,7 @@ class Algorithm:
     pack_flops: Optional[Callable[[ConvGeometry], int]] = None
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
+    calls_blas: bool = True
 
     def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
              prepacked: bool = False, memory_limit: Optional[int] = None) -> CallPlan:

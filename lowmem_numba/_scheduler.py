@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,6 +33,7 @@ from ._execute import execute, prepare_weights
 from ._costmodel import calibration, predict_seconds
 from ._geometry import ConvGeometry, check_flag, check_memory_limit, check_threads, make_geometry
 from ._layout import check_layout, to_nchw_shape
+from ._memo import Memo, clear_all
 from ._threads import max_threads
 from ._units import format_bytes
 from ._workspace import Workspace
@@ -307,14 +306,13 @@ def _measure_plan(g, budget, layout, memory_limit, prepacked=False, winograd=Tru
     return plan
 
 
-_memo: "OrderedDict" = OrderedDict()
-_memo_lock = threading.Lock()
+_memo = Memo(MEMO_SIZE)
 
 
 def clear_memo() -> None:
-    """Forget the plans memoised in this process (e.g. after recalibrating)."""
-    with _memo_lock:
-        _memo.clear()
+    """Forget the plans (and the API's validated calls) memoised in this
+    process, e.g. after recalibrating."""
+    clear_all()
 
 
 def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="NCHW", mode="model",
@@ -333,20 +331,14 @@ def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="N
     # key: plans made before a recalibration, or before a family was
     # registered, are not reused after it.
     key = (g, budget, layout, memory_limit, mode, prepacked, winograd, calibration(), registry.generation())
-    with _memo_lock:
-        cached = _memo.get(key)
-        if cached is not None:
-            _memo.move_to_end(key)
-            return cached
+    cached = _memo.get(key)
+    if cached is not None:
+        return cached
     if mode == "model":
         result = _model_plan(g, budget, layout, memory_limit, prepacked, winograd)
     else:
         result = _measure_plan(g, budget, layout, memory_limit, prepacked, winograd)
-    with _memo_lock:
-        _memo[key] = result
-        _memo.move_to_end(key)
-        while len(_memo) > MEMO_SIZE:
-            _memo.popitem(last=False)
+    _memo.put(key, result)
     return result
 
 

@@ -4,7 +4,8 @@ Layers, bottom to top (a module may import its own layer or lower ones, at
 module level or inside a function alike):
 
 0. leaves: geometry and validation, layouts, the BLAS binding and the
-   micro-kernel, threads, caches, units, tuning constants, plans, the splitter;
+   micro-kernel, threads, caches and memos, units, tuning constants, plans,
+   the splitter;
 1. kernels (``algorithms``), the registry, the workspace arena;
 2. the execution layer, which prepares and launches a call from its plan;
 3. the cost model and the scheduler;
@@ -29,7 +30,7 @@ PACKAGE = Path(lowmem_numba.__file__).parent
 
 LAYERS = {
     0: ["_version", "_compile", "_tuning", "_plan", "_split", "_kernel_geometry", "_microkernel",
-        "_units", "_geometry", "_layout", "_blas", "_threads", "_cache", "_timing"],
+        "_units", "_geometry", "_layout", "_blas", "_threads", "_cache", "_memo", "_timing"],
     1: ["_registry", "_workspace", "_algorithms"],
     2: ["_execute"],
     3: ["_costmodel", "_scheduler"],

@@ -458,7 +458,7 @@ def test_store_keeps_the_newest_entries(tmp_path):
 
 
 def test_plan_memo_is_bounded_lru(fixed_model, monkeypatch):
-    monkeypatch.setattr(scheduler, "MEMO_SIZE", 3)
+    monkeypatch.setattr(scheduler._memo, "size", 3)
     scheduler.clear_memo()
     shapes = [(1, 4, 6 + i, 6) for i in range(5)]
     ln.plan(shapes[0], (4, 4, 3, 3))

@@ -238,3 +238,44 @@ def test_blas_limit_is_held_until_the_last_concurrent_holder_leaves():
         t.join()
     assert seen == {"holders": 1, "limited": True}
     assert threads_module._blas_depth == 0 and threads_module._blas_restore is None
+
+
+def test_kernel_threads_holds_blas_only_when_asked():
+    before = blas_threads()
+    with threads_module.kernel_threads(1, blas=False):
+        assert blas_threads() == before
+        assert threads_module.inside_kernel_threads()
+    with threads_module.kernel_threads(1):
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+    assert not threads_module.inside_kernel_threads()
+
+
+def test_kernel_threads_restores_after_an_exception():
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    before = blas_threads()
+    with pytest.raises(KeyError):
+        with threads_module.kernel_threads(1):
+            assert numba.get_num_threads() == 1
+            raise KeyError("inside")
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert blas_threads() == before
+    assert not threads_module.inside_kernel_threads()
+    assert threads_module._blas_depth == 0
+
+
+def test_calls_blas_says_which_kernels_call_blas():
+    """An algorithm may skip the BLAS hold only if its module reaches no
+    sgemm: neither the binding nor the batched helper is among its names."""
+    import sys
+
+    from lowmem_numba import _blas
+    from lowmem_numba._algorithms import _common
+    from lowmem_numba import _registry as registry
+
+    engines = {id(_blas.gemm), id(_common.batched_gemm)}
+    for name in ln.algorithms():
+        algorithm = registry.get(name)
+        module = sys.modules[algorithm.plan_kernel.__module__]
+        reaches_blas = any(id(value) in engines for value in vars(module).values())
+        assert algorithm.calls_blas == reaches_blas, name

@@ -969,6 +969,7 @@ _CLAIMS = "groups == C (one input channel per group), any channel multiplier, ke
 register(Algorithm(
     name="depthwise",
     family="depthwise",
+    calls_blas=False,
     summary="Depthwise convolution vectorised along the output width, whole bands of rows per loop "
             "(masked borders, strides split into phase planes); NCHW.",
     workspace_formula="(1 + kw)·band + threads·sh·sw·(band rows + kernel span)·Wo (band ≈ 2048 outputs)",
@@ -983,6 +984,7 @@ register(Algorithm(
 register(Algorithm(
     name="depthwise-nhwc",
     family="depthwise",
+    calls_blas=False,
     summary="Depthwise convolution vectorised along the channels, two output pixels per weight load "
             "(several pixels per loop when channels are few), input rows zero-padded per thread; NHWC.",
     workspace_formula="(M·kh·kw + C) (packed weights) + (1 + threads·band rows)·(W + padding + 1)·C",

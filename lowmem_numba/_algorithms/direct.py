@@ -53,6 +53,7 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
 register(Algorithm(
     name="direct-sum2d",
     family="direct",
+    calls_blas=False,
     summary="Plain loop nest over output rows; no GEMM (baseline).",
     workspace_formula="0",
     unsupported=lambda g: None,

@@ -324,6 +324,7 @@ for _name, _unsupported, _what, _claims in (
         register(Algorithm(
             name=_name + ("-nhwc" if _nhwc else ""),
             family="ukernel",
+            calls_blas=False,
             summary=f"{_what} on an own {_TILE_TEXT} reducing over channels and taps in registers; "
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights)",

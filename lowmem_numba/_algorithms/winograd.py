@@ -576,6 +576,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
         register(Algorithm(
             name=_name + ("-nhwc" if _nhwc else ""),
             family="winograd",
+            calls_blas=False,
             summary=f"Winograd F({_m}x{_m},{_r}x{_r}) at points {_point_text}: {_alpha * _alpha} "
                     f"products per tile block on the micro-kernel, transforms fused per thread, "
                     f"{'NHWC' if _nhwc else 'NCHW'}.",

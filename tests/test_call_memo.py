@@ -1,0 +1,136 @@
+"""Repeated calls reuse their validated plan, and still validate everything per call.
+
+The API memoises what depends only on shapes and arguments (``_memo``); these
+tests make sure a memoised call never lets through what a first call would
+refuse, and that anything that changes planning is part of the key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowmem_numba as ln
+from lowmem_numba import _api, _memo
+from lowmem_numba import _registry as registry
+
+X = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def warm():
+    """Every test starts with this call memoised."""
+    ln.conv2d(X, W, padding=1)
+    yield
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None, [1.5, 1], np.float32(1), np.bool_(True)])
+def test_a_bad_stride_is_refused_after_a_good_one(value):
+    ln.conv2d(X, W, stride=1, padding=1)
+    with pytest.raises((TypeError, ValueError), match="stride"):
+        ln.conv2d(X, W, stride=value, padding=1)
+
+
+def test_equal_arguments_of_other_types_are_keyed_apart():
+    reference = ln.conv2d(X, W, stride=1, padding=1)
+    for stride in (np.int64(1), (1, 1), [1, 1], (np.int32(1), 1)):
+        np.testing.assert_array_equal(ln.conv2d(X, W, stride=stride, padding=1), reference)
+    with pytest.raises(TypeError, match="winograd"):
+        ln.conv2d(X, W, padding=1, winograd=1)
+    with pytest.raises(TypeError, match="threads"):
+        ln.conv2d(X, W, padding=1, threads=True)
+    with pytest.raises(TypeError, match="groups"):
+        ln.conv2d(X, W, padding=1, groups=True)
+
+
+def test_arrays_are_checked_on_every_call():
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        ln.conv2d(X.astype(np.float64), W, padding=1)
+    with pytest.raises(TypeError, match="weight"):
+        ln.conv2d(X, W.astype(np.float64), padding=1)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        ln.conv2d(np.ma.masked_array(X), W, padding=1)
+    ln.conv2d(X, W, np.zeros(4, np.float32), padding=1)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ln.conv2d(X, W, np.zeros(5, np.float32), padding=1)
+    with pytest.raises(TypeError, match="bias"):
+        ln.conv2d(X, W, np.zeros(4, np.float64), padding=1)
+    with pytest.raises(TypeError, match="bias"):
+        ln.conv2d(X, W, [0.0] * 4, padding=1)
+
+
+def test_out_and_workspace_are_checked_on_every_call():
+    out = ln.conv2d(X, W, padding=1)
+    ln.conv2d(X, W, padding=1, out=out)
+    with pytest.raises(ValueError, match="out must have shape"):
+        ln.conv2d(X, W, padding=1, out=out[:, :2])
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        ln.conv2d(X, W, padding=1, out=np.empty((1, 4, 6, 12), np.float32)[..., ::2])
+    shared = np.zeros(X.size + out.size, np.float32)
+    x_in_shared = shared[:X.size].reshape(X.shape)
+    with pytest.raises(ValueError, match="overlap"):
+        ln.conv2d(x_in_shared, W, padding=1, out=shared[X.size - 1:-1].reshape(out.shape))
+    needed = ln.workspace_bytes("im2col-copy-long-ab-ki", X.shape, W.shape, padding=1)
+    ln.conv2d(X, W, padding=1, algorithm="im2col-copy-long-ab-ki")
+    with pytest.raises(ValueError, match="workspace is fixed"):
+        ln.conv2d(X, W, padding=1, algorithm="im2col-copy-long-ab-ki",
+                  workspace=ln.Workspace(needed - 4, fixed=True))
+    with pytest.raises(TypeError, match="workspace"):
+        ln.conv2d(X, W, padding=1, workspace=bytearray(10))
+
+
+def test_a_layout_or_shape_change_is_planned_again():
+    nhwc = np.ascontiguousarray(X.transpose(0, 2, 3, 1))
+    got = ln.conv2d(nhwc, W, padding=1, layout="NHWC")
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), ln.conv2d(X, W, padding=1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="channels"):
+        ln.conv2d(X[:, :2], W, padding=1)
+    with pytest.raises(ValueError, match="layout"):
+        ln.conv2d(X, W, padding=1, layout="nchw ")
+
+
+def test_registering_an_algorithm_replans():
+    """The registry's generation is part of the key: a plan memoised before
+    an algorithm was registered does not hide it."""
+    base = registry.get("direct-sum2d")
+    extra = registry.Algorithm(**{**base.__dict__, "name": "test-memo-extra"})
+    before = len(_api._planned_calls)
+    registry.register(extra)
+    try:
+        ln.conv2d(X, W, padding=1)
+        assert len(_api._planned_calls) == min(before + 1, _api._planned_calls.size)
+        np.testing.assert_array_equal(ln.conv2d(X, W, padding=1, algorithm="test-memo-extra"),
+                                      ln.conv2d(X, W, padding=1, algorithm="direct-sum2d"))
+    finally:
+        registry.unregister("test-memo-extra")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        ln.conv2d(X, W, padding=1, algorithm="test-memo-extra")
+
+
+def test_memo_is_bounded_and_cleared(monkeypatch):
+    monkeypatch.setattr(_api._planned_calls, "size", 2)
+    for width in (3, 4, 5):
+        ln.conv2d(X[..., :width], W, padding=1)
+    assert len(_api._planned_calls) == 2
+    assert {key[0] for key in _api._planned_calls} == {(1, 3, 6, 4), (1, 3, 6, 5)}
+    _memo.clear_all()
+    assert len(_api._planned_calls) == 0
+
+
+def test_frozen_keys():
+    assert _memo.frozen(1) != _memo.frozen(True)
+    assert _memo.frozen(1) != _memo.frozen(1.0)
+    assert _memo.frozen(1) != _memo.frozen(np.int64(1))
+    assert _memo.frozen((1, 1)) != _memo.frozen([1, 1])
+    assert _memo.frozen(((0, 1), (1, 0))) == _memo.frozen(((0, 1), (1, 0)))
+    for value in (np.ones(2), {1: 2}, object(), {1}):
+        with pytest.raises(_memo.Uncacheable):
+            _memo.frozen(value)
+
+
+def test_uncacheable_arguments_take_the_validating_path():
+    with pytest.raises(TypeError, match="stride"):
+        ln.conv2d(X, W, stride={1: 1}, padding=1)
+    with pytest.raises(TypeError, match="stride"):
+        ln.conv2d(X, W, stride=np.ones(2, np.int64), padding=1)
