@@ -331,8 +331,11 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     check_array(x, "x")
     check_workspace(workspace)
     try:
+        # The calibration steers only "auto" (and a named algorithm must not
+        # make a fresh process calibrate).
+        steering = calibration() if isinstance(algorithm, str) and algorithm == "auto" else None
         key = (x.shape, params, array_signature(bias), frozen(algorithm), frozen(threads), frozen(layout),
-               frozen(memory_limit), frozen(prepacked), frozen(winograd), max_threads(), calibration(),
+               frozen(memory_limit), frozen(prepacked), frozen(winograd), max_threads(), steering,
                registry.generation())
     except Uncacheable:
         key = None

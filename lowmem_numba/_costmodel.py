@@ -77,6 +77,13 @@ def predict_seconds(plan, c: Calibration) -> float:
             continue
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
         serial += count * 2.0 * m * n * k / rate
+        if plan.gemms_on_blas:
+            # BLAS copies A and B into its panels on every call, at about the
+            # rate of a copy from memory: negligible for square GEMMs, but on
+            # 7x7-14x14 images (n = 49-196) it is the 20-40 % by which the
+            # efficiency curve alone underpredicted im2col (512 x 49 x 4608
+            # sgemm: 2.32 ms predicted without it, 2.77 with it, 2.84 measured).
+            serial += count * (m * k + k * n) / c.copy_rate
     serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
     serial += plan.vector_flops / c.vector_rate
     threads = plan.threads

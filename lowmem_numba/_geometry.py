@@ -279,6 +279,7 @@ def parse_params(w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvPara
     return params
 
 
+#: Parsed parameters per distinct argument tuple (each a few hundred bytes).
 _parsed = Memo(512)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._tuning import LAYOUT_CONVERSION_COST
+from ._tuning import TRANSPOSE_COST
 
 #: Bytes of one float32 element.
 FLOAT32_BYTES = 4
@@ -116,6 +116,10 @@ class CallPlan:
         Winograd's), beyond moving them; 0 when prepacked.
     packing_scratch_elements : int
         float32 scratch the per-call packing works in (0 if none).
+    gemms_on_blas : bool
+        Whether the GEMMs run on BLAS, which copies both operands into its
+        own panels on every call (the cost model prices that traffic); False
+        for the library's micro-kernel, whose weights come packed.
     """
 
     algorithm: str
@@ -131,6 +135,7 @@ class CallPlan:
     convert_out_elements: int
     packing_flops: int = 0
     packing_scratch_elements: int = 0
+    gemms_on_blas: bool = True
 
     @property
     def workspace_elements(self) -> int:
@@ -155,8 +160,8 @@ class CallPlan:
         """Elements moved outside BLAS by the call: the kernel's, packing and conversion."""
         if self.runs == 0:
             return 0
-        convert = (self.convert_in_elements + self.convert_out_elements) * LAYOUT_CONVERSION_COST
-        return self.packed_weight_elements + self.runs * (self.kernel.moved_elements + convert)
+        convert = (self.convert_in_elements + self.convert_out_elements) * TRANSPOSE_COST
+        return self.packed_weight_elements * TRANSPOSE_COST + self.runs * (self.kernel.moved_elements + convert)
 
     @property
     def direct_flops(self) -> int:

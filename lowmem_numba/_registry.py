@@ -17,12 +17,12 @@ Adding a family is one module: define its kernels, its ``plan_kernel`` and its
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ._plan import FLOAT32_BYTES, CallPlan, KernelPlan
 from ._geometry import ConvGeometry
+from ._memo import Memo
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,23 @@ class Algorithm:
         return self.plan(geometry, threads, layout, prepacked).workspace_elements
 
 
-@functools.lru_cache(maxsize=4096)
 def _plan_call(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
                prepacked: bool, memory_limit: Optional[int] = None) -> CallPlan:
+    """:meth:`Algorithm.plan`, memoised (``_memo.clear_all`` forgets it too)."""
+    key = (algorithm, g, threads, layout, prepacked, memory_limit)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _make_plan(algorithm, g, threads, layout, prepacked, memory_limit)
+        _plans.put(key, plan)
+    return plan
+
+
+#: Call plans per algorithm and call (each a few hundred bytes).
+_plans = Memo(4096)
+
+
+def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
+               prepacked: bool, memory_limit: Optional[int]) -> CallPlan:
     converting = layout != algorithm.input_layout or layout != algorithm.output_layout
     into = g.in_channels * g.height * g.width if layout != algorithm.input_layout else 0
     back = g.out_channels * g.out_height * g.out_width if layout != algorithm.output_layout else 0
@@ -147,7 +161,7 @@ def _plan_call(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
-                    into, back, packing_flops, packing_scratch)
+                    into, back, packing_flops, packing_scratch, algorithm.calls_blas)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -134,3 +134,17 @@ def test_uncacheable_arguments_take_the_validating_path():
         ln.conv2d(X, W, stride={1: 1}, padding=1)
     with pytest.raises(TypeError, match="stride"):
         ln.conv2d(X, W, stride=np.ones(2, np.int64), padding=1)
+
+
+def test_a_named_algorithm_never_asks_for_the_calibration(monkeypatch):
+    """Only "auto" depends on the calibration; a named call in a fresh process
+    must not measure one (about a second)."""
+    def refuse():
+        raise AssertionError("calibration requested")
+
+    monkeypatch.setattr(_api, "calibration", refuse)
+    _memo.clear_all()
+    ln.conv2d(X, W, padding=1, algorithm="direct-sum2d")
+    ln.conv2d(X, W, padding=1, algorithm="direct-sum2d")
+    with pytest.raises(AssertionError, match="calibration requested"):
+        ln.conv2d(X, W, padding=1)

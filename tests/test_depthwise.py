@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import lowmem_numba as ln
 import lowmem_numba.bench  # noqa: F401  (ln.bench)
+from lowmem_numba import _memo
 from lowmem_numba import _registry as registry
 from lowmem_numba._algorithms import depthwise
 from lowmem_numba._geometry import make_geometry
@@ -198,7 +199,7 @@ def test_bands_down_to_single_rows(name, band, monkeypatch):
     # bands, and per-row runs whose rounding must stay inside their band.
     monkeypatch.setattr(depthwise, "DEPTHWISE_BAND_OUTPUTS", band)
     monkeypatch.setattr(depthwise, "DEPTHWISE_NHWC_BAND_ELEMENTS", band)
-    registry._plan_call.cache_clear()
+    _memo.clear_all()
     try:
         rng = np.random.default_rng(band)
         for shape, k, args in (((2, 3, 17, 9), 3, dict(padding=1)),
@@ -218,7 +219,7 @@ def test_bands_down_to_single_rows(name, band, monkeypatch):
                                 **args)
                 np.testing.assert_array_equal(got, ex)
     finally:
-        registry._plan_call.cache_clear()
+        _memo.clear_all()
 
 
 @contextlib.contextmanager
@@ -230,12 +231,12 @@ def _nhwc_path(run=None, pixel_pad=None):
         depthwise.DEPTHWISE_NHWC_RUN = run
     if pixel_pad is not None:
         depthwise.pixel_stride = lambda channels: channels + pixel_pad
-    registry._plan_call.cache_clear()
+    _memo.clear_all()
     try:
         yield
     finally:
         depthwise.DEPTHWISE_NHWC_RUN, depthwise.pixel_stride = saved
-        registry._plan_call.cache_clear()
+        _memo.clear_all()
 
 
 @pytest.mark.parametrize("run, pixel_pad", [(1, None), (1, 16), (4096, 16)],

@@ -155,7 +155,8 @@ def test_gemm_fit_is_stable_under_timing_noise():
         for fitted, true in ((hm, 15.0), (hn, 3.6), (hk, 4.3)):
             assert abs(math.log(fitted / true)) < math.log(2), (seed, hm, hn, hk)
         assert rms < costmodel._MAX_FIT_RMS
-        fitted = Calibration(peak, hm, hn, hk, 1, 1, 1, 0)
+        # The other constants as the truth's: BLAS calls are priced with the copy rate too.
+        fitted = dataclasses.replace(truth, gemm_peak=peak, half_m=hm, half_n=hn, half_k=hk)
 
         def relative(c, k):  # a k-deep GEMM against a 576-deep one (kn2row-aa against mec on 64 channels)
             times = [costmodel.predict_seconds(_gemms_plan(576 // depth, 64, 3136, depth), c)

@@ -66,7 +66,7 @@ from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL
 from .._plan import KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
+from .._tuning import WINOGRAD_TRANSFORM_COST, WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
 from ._common import ceil_div, kernel_geometry
 from .ukernel import run_tile
 
@@ -469,15 +469,16 @@ def packed_elements(g, name) -> int:
 
 
 def pack_flops(g, name) -> int:
-    """Multiply-adds of the weight transform ``G w G^T`` (a r^2 + a^2 r per
-    kernel), counted once each and priced at the loop nest's rate
-    (``direct_flops``, about 2 G/s): packing VGG-16 conv5's 512x512 kernels
-    for F(4x4,3x3) (42 M multiply-adds) takes 12 ms on one thread, 3.5 G/s,
-    the gather of the weights, the float64 arithmetic and the stores costing
-    about a third each."""
+    """The weight transform ``G w G^T`` (a r^2 + a^2 r multiply-adds per
+    kernel) in loop-nest flops: its multiply-adds times
+    ``WINOGRAD_TRANSFORM_COST``, the packed elements it writes being priced
+    as a transposition (see :data:`lowmem_numba._tuning.WINOGRAD_TRANSFORM_COST`).
+    Packing VGG-16 conv5's 512x512 kernels for F(4x4,3x3) (42 M multiply-adds)
+    takes 17 ms on one thread, the gather of the weights, the float64
+    arithmetic and the stores costing about a third each."""
     m, alpha, _ = _sizes(g, name)
     r = g.kernel_h
-    return g.out_channels * g.channels_per_group * (alpha * r * r + alpha * alpha * r)
+    return int(WINOGRAD_TRANSFORM_COST * g.out_channels * g.channels_per_group * (alpha * r * r + alpha * alpha * r))
 
 
 def _plan_within(g, threads, scratch_elements, name):
