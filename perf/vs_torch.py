@@ -13,9 +13,9 @@ Two tables:
   process per layer, batch 1).
 
 Each engine runs in its own fresh process (ours as this script's ``--worker``,
-torch through :func:`lowmem_numba.bench.torch_runs`), twice, interleaved
-(torch, ours, torch, ours), and each layer keeps its best call of both
-processes, so that a burst of load on the shared machine is less likely to
+torch through :func:`lowmem_numba.bench.torch_runs`), ``--rounds`` times (2), interleaved
+(torch, ours, torch, ours...), and each layer keeps its best call of all
+the processes, so that a burst of load on the shared machine is less likely to
 land on one side only.  Ratios are torch's time over ours (> 1: we are
 faster); a network's ratio is that of its summed times; the geometric means
 are over networks and over layers.
@@ -167,15 +167,16 @@ def summarize(results, networks, layers_of):
     return summary
 
 
-def write_report(results, summary, networks, layers_of, path, command, memory):
+def write_report(results, summary, networks, layers_of, path, command, memory, rounds):
     from lowmem_numba.bench import format_bytes
 
     version = next((r["version"] for r in results.values() if r["version"]), None)
     lines = ["# lowmem-numba against torch, layer by layer and network by network", "",
              f"`{command}` on {platform.processor() or platform.machine()}, torch {version}. "
              "Ratio = torch's time / ours (> 1: we are faster); a network's ratio is that of its summed "
-             "times. Each engine in its own processes, two interleaved rounds, best call kept. The machine "
-             "is shared and noisy (5-10 %).", ""]
+             f"times. Each engine in its own processes, {rounds} interleaved rounds, best call kept. The "
+             "machine is shared and noisy (single layers vary by up to 1.5x between runs, networks by "
+             "about 10 %).", ""]
     keys = list(results)
     for mode in dict.fromkeys(k.split("|")[0] for k in keys):
         mode_keys = [k for k in keys if k.startswith(mode + "|")]
@@ -253,6 +254,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.05)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved processes per engine; each layer keeps its best call")
     parser.add_argument("--torch-memory", action="store_true", help="measure torch's transient memory")
     parser.add_argument("--output", type=Path, default=RESULTS / "vs_torch.md")
     args = parser.parse_args(argv)
@@ -270,7 +273,7 @@ def main(argv=None):
         for batch in args.batches:
             for threads in args.threads:
                 jobs, label_of = unique_jobs(every, batch, args.repeats, args.min_seconds)
-                run = side_by_side(jobs, threads, mode)
+                run = side_by_side(jobs, threads, mode, rounds=args.rounds)
                 run["label_of"] = label_of
                 key = f"{mode}|{batch}|{threads}"
                 results[key] = run
@@ -284,7 +287,7 @@ def main(argv=None):
     command = "python perf/vs_torch.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_report(results, summary, args.networks, layers_of, args.output, command, memory)
+    write_report(results, summary, args.networks, layers_of, args.output, command, memory, args.rounds)
     args.output.with_suffix(".json").write_text(json.dumps(
         {"command": command, "results": results, "torch_memory": memory}, indent=1))
     plot(summary, args.networks, layers_of, args.output.with_suffix(".png"))
