@@ -102,8 +102,9 @@ def describe(name) -> AlgorithmInfo:
                          a.workspace_formula)
 
 
-def resolve_algorithm(name, geometry):
-    """The Algorithm ``name`` names; raises if it does not support ``geometry``."""
+def resolve_algorithm(name, geometry, winograd=True):
+    """The Algorithm ``name`` names; raises if it does not support ``geometry``
+    or is a Winograd algorithm while ``winograd`` is False."""
     algorithm = registry.get(name)
     reason = algorithm.unsupported(geometry)
     if reason is not None:
@@ -112,6 +113,8 @@ def resolve_algorithm(name, geometry):
             f"algorithm {name!r} does not support {reason}; algorithms that support this "
             f"configuration: {', '.join(able)}"
         )
+    if not winograd and algorithm.family == WINOGRAD_FAMILY:
+        raise ValueError(f"algorithm {name!r} is a Winograd algorithm, which winograd=False excludes")
     return algorithm
 
 
@@ -123,9 +126,7 @@ def choose_algorithm(name, geometry, threads, layout, memory_limit, prepacked=Fa
         chosen = plan_geometry(geometry, memory_limit=memory_limit, threads=threads, layout=layout,
                                prepacked=prepacked, winograd=winograd)
         return registry.get(chosen.algorithm), chosen.threads
-    algorithm = resolve_algorithm(name, geometry)
-    if not winograd and algorithm.family == WINOGRAD_FAMILY:
-        raise ValueError(f"algorithm {name!r} is a Winograd algorithm, which winograd=False excludes")
+    algorithm = resolve_algorithm(name, geometry, winograd)
     if memory_limit is not None:
         needed = algorithm.plan(geometry, threads, layout, prepacked, memory_limit).workspace_bytes
         if needed > memory_limit:

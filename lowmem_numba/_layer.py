@@ -8,7 +8,6 @@ import numpy as np
 
 from ._execute import prepare_weights
 from ._api import choose_algorithm, launch, prepare_call, resolve_algorithm
-from ._scheduler import WINOGRAD_FAMILY
 from ._geometry import (
     check_array,
     check_flag,
@@ -90,9 +89,7 @@ class Conv2d:
         nominal = geometry_for(params.smallest_input_shape(), params)
         check_bias(bias, nominal)
         auto = isinstance(algorithm, str) and algorithm == "auto"
-        chosen = None if auto else resolve_algorithm(algorithm, nominal)
-        if chosen is not None and not winograd and chosen.family == WINOGRAD_FAMILY:
-            raise ValueError(f"algorithm {algorithm!r} is a Winograd algorithm, which winograd=False excludes")
+        chosen = None if auto else resolve_algorithm(algorithm, nominal, winograd)
         self._params = params
         self.weight_shape = params.weight_shape
         self.stride, self.dilation, self.groups = params.stride, params.dilation, params.groups
