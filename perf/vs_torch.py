@@ -25,7 +25,7 @@ Writes ``perf/results/vs_torch.md``, ``vs_torch.json`` (every time) and
 
 Usage::
 
-    python perf/vs_torch.py                       # everything (about 30 minutes on 2 cores)
+    python perf/vs_torch.py --rounds 3            # everything (about 10 minutes on 2 cores)
     python perf/vs_torch.py --networks vgg16 --batches 1 --threads 1 --modes auto
 """
 
