@@ -157,7 +157,9 @@ class CallPlan:
 
     @property
     def moved_elements(self) -> int:
-        """Elements moved outside BLAS by the call: the kernel's, packing and conversion."""
+        """Elements moved outside BLAS by the call, in plain-copy equivalents:
+        the kernel's, plus per-call weight packing and layout conversion,
+        which are transpositions (``TRANSPOSE_COST`` copies per element)."""
         if self.runs == 0:
             return 0
         convert = (self.convert_in_elements + self.convert_out_elements) * TRANSPOSE_COST
