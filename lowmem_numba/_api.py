@@ -25,7 +25,7 @@ from ._layout import check_layout, from_nchw_shape, to_nchw_shape
 from ._execute import execute
 from ._plan import FLOAT32_BYTES, CallPlan
 from ._scheduler import MEMO_SIZE, WINOGRAD_FAMILY, plan_geometry
-from ._costmodel import calibration
+from ._costmodel import loaded_calibration
 from ._memo import Memo, Uncacheable, array_signature, frozen
 from ._threads import max_threads
 from ._workspace import Workspace, check_workspace
@@ -330,11 +330,12 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     workspace) are checked on every call.
     """
     check_array(x, "x")
-    check_workspace(workspace)
     try:
-        # The calibration steers only "auto" (and a named algorithm must not
-        # make a fresh process calibrate).
-        steering = calibration() if isinstance(algorithm, str) and algorithm == "auto" else None
+        # The calibration in force steers "auto": plans made under another one
+        # are not reused.  Read without loading or measuring it, so that bad
+        # arguments are refused before any calibration (the first valid call
+        # then plans under the one it loads, and is memoised under it).
+        steering = loaded_calibration() if isinstance(algorithm, str) and algorithm == "auto" else None
         key = (x.shape, params, array_signature(bias), frozen(algorithm), frozen(threads), frozen(layout),
                frozen(memory_limit), frozen(prepacked), frozen(winograd), max_threads(), steering,
                registry.generation())
@@ -347,6 +348,7 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
         if key is not None:
             _planned_calls.put(key, planned)
     plan, chosen, out_shape = planned
+    check_workspace(workspace)
     if workspace is not None:
         workspace.check_fits(plan.workspace_elements)
     if out is None:

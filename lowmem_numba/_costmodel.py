@@ -542,6 +542,12 @@ def calibration() -> Calibration:
     return result
 
 
+def loaded_calibration() -> "Calibration | None":
+    """The calibration this process uses if it has one already, else None:
+    never loads or measures (for memo keys built before validation)."""
+    return _loaded.get(_calibration_key())
+
+
 def recalibrate() -> "tuple[CalibrationRun, bool]":
     """Measure again, store (unless something fell back) and use the result in
     this process.

@@ -73,21 +73,27 @@ class Uncacheable(Exception):
     the unmemoised path, which validates it (and usually rejects it)."""
 
 
-def frozen(value):
+def frozen(value, _depth=0):
     """A hashable key for an argument as given, type included.
 
     ``1``, ``True``, ``1.0`` and ``np.int64(1)`` compare equal but validate
     differently (a bool is not an int here), so everything but a Python int,
-    a string or None is keyed with its type; lists and tuples are keyed
-    element by element.  Anything else raises :class:`Uncacheable`.
+    a string or None is keyed with its type; lists and tuples (at most four
+    items, two levels: a weight shape, a padding pair of pairs) are keyed
+    element by element.  Anything else raises :class:`Uncacheable`, and the
+    caller takes the validating path, whose error names the argument.
     """
     kind = type(value)
     if kind is int or kind is str or value is None:
         return value
     if kind is tuple or kind is list:
-        return (kind, tuple(map(frozen, value)))
-    if kind is bool or kind is float or isinstance(value, np.generic):
-        return (kind, value.item() if isinstance(value, np.generic) else value)
+        if _depth >= 2 or len(value) > 4:
+            raise Uncacheable
+        return (kind, tuple(frozen(v, _depth + 1) for v in value))
+    if kind is bool or kind is float:
+        return (kind, value)
+    if isinstance(value, (np.integer, np.floating, np.bool_, np.str_)):
+        return (kind, value.item())
     raise Uncacheable
 
 

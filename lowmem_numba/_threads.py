@@ -212,15 +212,20 @@ class kernel_threads:
     change (timeit), for layers that take 10-100 us.
     """
 
-    __slots__ = ("_count", "_blas", "_lock", "_previous")
+    __slots__ = ("_count", "_blas", "_lock", "_previous", "_entered")
 
     def __init__(self, count: Optional[int] = None, *, blas: bool = True):
         self._count = count
         self._blas = blas
         self._lock = None
         self._previous = None
+        self._entered = False
 
     def __enter__(self):
+        # The state restored on exit lives in the instance: one per with-block.
+        if self._entered:
+            raise RuntimeError("a kernel_threads instance can be entered once; create one per with-block")
+        self._entered = True
         _check_not_forked_from_openmp()
         if _started_layer() not in _THREAD_SAFE_LAYERS:
             self._lock = _serial_lock  # the lock of this process, even if a fork replaces it later

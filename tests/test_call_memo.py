@@ -136,15 +136,41 @@ def test_uncacheable_arguments_take_the_validating_path():
         ln.conv2d(X, W, stride=np.ones(2, np.int64), padding=1)
 
 
-def test_a_named_algorithm_never_asks_for_the_calibration(monkeypatch):
-    """Only "auto" depends on the calibration; a named call in a fresh process
-    must not measure one (about a second)."""
-    def refuse():
+def test_bad_arguments_are_refused_before_any_calibration(monkeypatch):
+    """In a process without a calibration yet, bad arguments raise at once
+    (the memo key must not load or measure one), and a named algorithm
+    never needs one."""
+    from lowmem_numba import _costmodel
+
+    def refuse(*args, **kwargs):
         raise AssertionError("calibration requested")
 
-    monkeypatch.setattr(_api, "calibration", refuse)
+    monkeypatch.setattr(_costmodel, "_loaded", {})  # as in a fresh process
+    monkeypatch.setattr(_costmodel, "stored_calibration", refuse)
+    monkeypatch.setattr(_costmodel, "calibrate_run", refuse)
     _memo.clear_all()
+    with pytest.raises(TypeError, match="bias"):
+        ln.conv2d(X, W, np.zeros(4, np.float64), padding=1)
+    for bad, match in ((dict(threads=0), "threads"), (dict(layout="XYZ"), "layout"),
+                       (dict(memory_limit=-1), "memory_limit"), (dict(winograd="no"), "winograd")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            ln.conv2d(X, W, padding=1, **bad)
     ln.conv2d(X, W, padding=1, algorithm="direct-sum2d")
     ln.conv2d(X, W, padding=1, algorithm="direct-sum2d")
     with pytest.raises(AssertionError, match="calibration requested"):
         ln.conv2d(X, W, padding=1)
+    _memo.clear_all()
+
+
+def test_odd_arguments_get_the_validating_error():
+    """Arguments the memo cannot key (a structured numpy scalar, a list that
+    contains itself, a long list) take the validating path and its error."""
+    structured = np.zeros(1, dtype=[("a", "i8", (2,))])[0]
+    looped = []
+    looped.append(looped)
+    for name in ("stride", "padding", "dilation"):
+        for value in (structured, looped, list(range(100))):
+            with pytest.raises((TypeError, ValueError), match=name):
+                ln.conv2d(X, W, **{"padding": 1, name: value})
+    with pytest.raises(TypeError, match="threads"):
+        ln.conv2d(X, W, padding=1, threads=structured)

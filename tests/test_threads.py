@@ -279,3 +279,14 @@ def test_calls_blas_says_which_kernels_call_blas():
         module = sys.modules[algorithm.plan_kernel.__module__]
         reaches_blas = any(id(value) in engines for value in vars(module).values())
         assert algorithm.calls_blas == reaches_blas, name
+
+
+def test_a_kernel_threads_instance_is_entered_once():
+    context = threads_module.kernel_threads(1)
+    with context:
+        with pytest.raises(RuntimeError, match="entered once"):
+            with context:
+                pass
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert not threads_module.inside_kernel_threads()
