@@ -133,3 +133,30 @@ def supported_configuration(name, x_shape, out_channels):
         if ln.supports(name, x_shape, w_shape, padding=padding, groups=groups):
             return w_shape, padding, groups
     raise ValueError(f"{name} supports none of the test configurations")
+
+
+def channels_last(array):
+    """An (N, C, H, W) array as a C-contiguous (N, H, W, C) one."""
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+
+
+def assert_nonfinite_like_reference(name, case, seed, layout, every):
+    """Scatter NaN and +inf over about one input element in ``every`` of
+    small positive integers (positive weights keep +inf +inf) and require
+    exactly the reference's NaN and +inf outputs, and its finite ones."""
+    import lowmem_numba as ln
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, case.x_shape).astype(np.float32)
+    w = rng.integers(1, 4, case.w_shape).astype(np.float32)
+    flat = x.reshape(-1)
+    for value in (np.nan, np.inf):
+        flat[rng.integers(0, flat.size, size=1 + flat.size // every)] = value
+    expected = conv2d_reference(x, w, None, case.stride, case.padding, case.dilation, case.groups)
+    if layout == "NHWC":
+        x, expected = channels_last(x), channels_last(expected)
+    got = ln.conv2d(x, w, algorithm=name, layout=layout, **case.args)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[finite], expected[finite])

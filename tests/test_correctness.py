@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
-from naive import (assert_close_to_reference, conv2d_reference, conv2d_reference_loops, exact_on_integers,
-                   rounding_factor, winograd_magnitude)
+from naive import (assert_close_to_reference, channels_last, conv2d_reference, conv2d_reference_loops,
+                   exact_on_integers, rounding_factor, winograd_magnitude)
 from strategies import cases
 
 ALGORITHMS = ln.algorithms()
@@ -42,10 +42,6 @@ def test_reference_matches_definition():
     args = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
     np.testing.assert_allclose(conv2d_reference(x, w, **args), conv2d_reference_loops(x, w, **args),
                                rtol=1e-12, atol=1e-12)
-
-
-def channels_last(array):
-    return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

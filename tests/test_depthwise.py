@@ -28,16 +28,12 @@ from lowmem_numba import _memo
 from lowmem_numba import _registry as registry
 from lowmem_numba._algorithms import depthwise
 from lowmem_numba._geometry import make_geometry
-from naive import assert_close_to_reference, conv2d_reference
+from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
 from strategies import Case
 from subprocess_helper import run_python
 
 NAMES = ["depthwise", "depthwise-nhwc"]
 GUARD = 64  # sentinel elements after the stated scratch
-
-
-def _nhwc(a):
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 
 @st.composite
@@ -89,7 +85,7 @@ def test_exact_on_every_claimed_configuration(name, case, seed, with_bias, layou
     bias = _small_integers(rng, (case.out_channels,)) if with_bias else None
     expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
     if layout == "NHWC":
-        x, expected = _nhwc(x), _nhwc(expected)
+        x, expected = channels_last(x), channels_last(expected)
     got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
     np.testing.assert_array_equal(got, expected)
 
@@ -114,7 +110,7 @@ def _run_kernel(name, case, x, w, bias, threads, scratch_fill=np.nan, out_fill=n
     stated = plan.kernel.scratch_elements
     scratch = np.full(stated + GUARD, scratch_fill, np.float32)
     if algorithm.input_layout == "NHWC":
-        x, shape = _nhwc(x), (g.batch, g.out_height, g.out_width, g.out_channels)
+        x, shape = channels_last(x), (g.batch, g.out_height, g.out_width, g.out_channels)
     else:
         shape = g.output_shape
     packed = np.empty(algorithm.packed_weight_elements(g), np.float32)
@@ -159,20 +155,7 @@ def test_garbage_in_scratch_never_reaches_the_output_and_nothing_is_written_past
 @settings(max_examples=30)
 @given(case=depthwise_cases(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]))
 def test_nan_and_inf_reach_exactly_their_receptive_fields(name, case, seed, layout):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 4, case.x_shape).astype(np.float32)
-    w = rng.integers(1, 4, case.w_shape).astype(np.float32)  # positive: +inf stays +inf
-    flat = x.reshape(-1)
-    for value in (np.nan, np.inf):
-        flat[rng.integers(0, flat.size, size=1 + flat.size // 40)] = value
-    expected = conv2d_reference(x, w, None, case.stride, case.padding, case.dilation, case.groups)
-    if layout == "NHWC":
-        x, expected = _nhwc(x), _nhwc(expected)
-    got = ln.conv2d(x, w, algorithm=name, layout=layout, **case.args)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
-    finite = np.isfinite(expected)
-    np.testing.assert_array_equal(got[finite], expected[finite])
+    assert_nonfinite_like_reference(name, case, seed, layout, every=40)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -182,7 +165,7 @@ def test_inputs_are_left_unchanged(name):
                         (dict(stride=(1, 3), padding=((0, 2), (1, 0)), dilation=2), (2, 3, 10, 13))):
         x = rng.standard_normal(shape).astype(np.float32)
         for layout in ("NCHW", "NHWC"):
-            xl = x if layout == "NCHW" else _nhwc(x)
+            xl = x if layout == "NCHW" else channels_last(x)
             w = rng.standard_normal((2 * shape[1], 1, 3, 3)).astype(np.float32)
             b = rng.standard_normal(2 * shape[1]).astype(np.float32)
             copies = [a.copy() for a in (xl, w, b)]
@@ -214,7 +197,7 @@ def test_bands_down_to_single_rows(name, band, monkeypatch):
             expected = conv2d_reference(x, w, b, g.stride, g.padding, g.dilation, g.groups)
             for threads in (1, 2):
                 layout = "NHWC" if name.endswith("nhwc") else "NCHW"
-                xl, ex = (_nhwc(x), _nhwc(expected)) if layout == "NHWC" else (x, expected)
+                xl, ex = (channels_last(x), channels_last(expected)) if layout == "NHWC" else (x, expected)
                 got = ln.conv2d(xl, w, b, groups=shape[1], algorithm=name, layout=layout, threads=threads,
                                 **args)
                 np.testing.assert_array_equal(got, ex)
@@ -256,9 +239,9 @@ def test_every_nhwc_path_is_exact(run, pixel_pad, case, seed, threads, with_bias
     with _nhwc_path(run, pixel_pad):
         got, scratch, stated = _run_kernel("depthwise-nhwc", case, x, w, bias, threads)
         np.testing.assert_array_equal(got, expected)
-        got = ln.conv2d(_nhwc(x), w, bias, algorithm="depthwise-nhwc", layout="NHWC", threads=threads,
+        got = ln.conv2d(channels_last(x), w, bias, algorithm="depthwise-nhwc", layout="NHWC", threads=threads,
                         **case.args)
-        np.testing.assert_array_equal(got, _nhwc(expected))
+        np.testing.assert_array_equal(got, channels_last(expected))
 
 
 def test_wide_layers_take_the_pixel_pair_path_and_are_exact():
@@ -273,9 +256,9 @@ def test_wide_layers_take_the_pixel_pair_path_and_are_exact():
             gg = make_geometry(x.shape, w.shape, groups=channels, **args)
             expected = conv2d_reference(x, w, b, gg.stride, gg.padding, gg.dilation, channels)
             for threads in (1, 2):
-                got = ln.conv2d(_nhwc(x), w, b, groups=channels, algorithm="depthwise-nhwc", layout="NHWC",
+                got = ln.conv2d(channels_last(x), w, b, groups=channels, algorithm="depthwise-nhwc", layout="NHWC",
                                 threads=threads, **args)
-                np.testing.assert_array_equal(got, _nhwc(expected))
+                np.testing.assert_array_equal(got, channels_last(expected))
 
 
 def test_both_nchw_modes_are_exercised():

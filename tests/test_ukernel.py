@@ -21,7 +21,7 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import ukernel
 from lowmem_numba._geometry import make_geometry
-from naive import assert_close_to_reference, conv2d_reference
+from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
 from strategies import cases
 from subprocess_helper import run_python
 
@@ -205,10 +205,6 @@ def test_tile_shape_follows_host():
 
 # ----------------------------------------------------------------- algorithms
 
-def _nhwc(a):
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
 @st.composite
 def wide_cases(draw):
     """strategies.cases() with channel counts spanning several register tiles."""
@@ -234,7 +230,7 @@ def test_exact_against_reference(name, case, seed, with_bias, layout, threads):
     bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
     expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
     if layout == "NHWC":
-        x, expected = _nhwc(x), _nhwc(expected)
+        x, expected = channels_last(x), channels_last(expected)
     got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
     np.testing.assert_array_equal(got, expected)
 
@@ -260,20 +256,7 @@ def test_close_on_real_data(name, case, seed):
 def test_nan_and_inf_propagate_as_in_reference(name, case, seed, layout):
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
         return
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 4, case.x_shape).astype(np.float32)
-    w = rng.integers(1, 4, case.w_shape).astype(np.float32)  # positive: inf stays +inf
-    flat = x.reshape(-1)
-    for value in (np.nan, np.inf):
-        flat[rng.integers(0, flat.size, size=1 + flat.size // 50)] = value
-    expected = conv2d_reference(x, w, None, case.stride, case.padding, case.dilation, case.groups)
-    if layout == "NHWC":
-        x, expected = _nhwc(x), _nhwc(expected)
-    got = ln.conv2d(x, w, algorithm=name, layout=layout, **case.args)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
-    finite = np.isfinite(expected)
-    np.testing.assert_array_equal(got[finite], expected[finite])
+    assert_nonfinite_like_reference(name, case, seed, layout, every=50)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,16 +11,12 @@ import lowmem_numba as ln
 from lowmem_numba import _registry as registry
 from lowmem_numba._algorithms import winograd
 from lowmem_numba._geometry import make_geometry
-from naive import assert_close_to_reference, conv2d_reference
+from naive import assert_close_to_reference, channels_last, conv2d_reference
 from strategies import Case
 
 VARIANTS = sorted(winograd.VARIANTS)
 #: Error allowed against the direct-summation bound (see test_correctness.ROUNDING_FACTOR).
 FACTOR = {"winograd-2x2-3x3": 2.0, "winograd-4x4-3x3": 16.0, "winograd-2x2-5x5": 16.0}
-
-
-def channels_last(a):
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("name", VARIANTS)

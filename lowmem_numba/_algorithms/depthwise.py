@@ -224,6 +224,19 @@ def _run_same33(src, o, pitch, mk, m0, m2, w, wb, out, at, n, b):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _tap_slot(o, v, k, toff, w, wbase, t, present):
+    """Slot ``k`` of a run: tap ``t``'s offset and weight, or a zero tap (reading
+    ``src[q]`` with weight 0) when the block has no such kernel row or the
+    tap reads outside the image."""
+    if present and toff[t] >= 0:
+        o[k] = toff[t]
+        v[k] = w[wbase + t]
+    else:
+        o[k] = 0
+        v[k] = 0.0
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _runs(src, toff, mcol, mk, w, wbase, KH, KW, o, v, mo, out, at, n, b):
     """Every tap of one output channel over one run, in blocks of 3x3 and 3x1 taps.
 
@@ -239,27 +252,12 @@ def _runs(src, toff, mcol, mk, w, wbase, KH, KW, o, v, mo, out, at, n, b):
                 j = j0 + cc
                 mo[cc] = mcol[j]
                 for rr in range(3):
-                    i = i0 + rr
-                    k = cc * 3 + rr
-                    t = i * KW + j
-                    if i < KH and toff[t] >= 0:
-                        o[k] = toff[t]
-                        v[k] = w[wbase + t]
-                    else:
-                        o[k] = 0
-                        v[k] = 0.0
+                    _tap_slot(o, v, cc * 3 + rr, toff, w, wbase, (i0 + rr) * KW + j, i0 + rr < KH)
             _run33(src, o, v, mk, mo, out, at, n, b, not first)
             first = False
         for j in range(full, KW):
             for rr in range(3):
-                i = i0 + rr
-                t = i * KW + j
-                if i < KH and toff[t] >= 0:
-                    o[rr] = toff[t]
-                    v[rr] = w[wbase + t]
-                else:
-                    o[rr] = 0
-                    v[rr] = 0.0
+                _tap_slot(o, v, rr, toff, w, wbase, (i0 + rr) * KW + j, i0 + rr < KH)
             _run13(src, o, v, mk, mcol[j], out, at, n, b, not first)
             first = False
 
