@@ -111,9 +111,9 @@ class CallPlan:
         float32 elements of weights packed per call (0 if none or prepacked).
     convert_in_elements, convert_out_elements : int
         Per-image layout buffers (0 when the layouts match).
-    packing_flops : int
-        Arithmetic of packing the weights per call (a transform, as
-        Winograd's), beyond moving them; 0 when prepacked.
+    packing_cost : float
+        Price of each packed element, in plain-copy elements (the
+        algorithm's ``pack_cost``: a transposition, or Winograd's transform).
     packing_scratch_elements : int
         float32 scratch the per-call packing works in (0 if none).
     gemms_on_blas : bool
@@ -133,7 +133,7 @@ class CallPlan:
     packed_weight_elements: int
     convert_in_elements: int
     convert_out_elements: int
-    packing_flops: int = 0
+    packing_cost: float = TRANSPOSE_COST
     packing_scratch_elements: int = 0
     gemms_on_blas: bool = True
 
@@ -158,17 +158,18 @@ class CallPlan:
     @property
     def moved_elements(self) -> int:
         """Elements moved outside BLAS by the call, in plain-copy equivalents:
-        the kernel's, plus per-call weight packing and layout conversion,
-        which are transpositions (``TRANSPOSE_COST`` copies per element)."""
+        the kernel's, plus per-call weight packing (``packing_cost`` copies
+        per element) and layout conversions, which are transpositions
+        (``TRANSPOSE_COST`` copies per element)."""
         if self.runs == 0:
             return 0
         convert = (self.convert_in_elements + self.convert_out_elements) * TRANSPOSE_COST
-        return self.packed_weight_elements * TRANSPOSE_COST + self.runs * (self.kernel.moved_elements + convert)
+        return self.packed_weight_elements * self.packing_cost + self.runs * (self.kernel.moved_elements + convert)
 
     @property
     def direct_flops(self) -> int:
-        """Arithmetic outside any GEMM: the kernel's own loops and weight packing."""
-        return self.runs * self.kernel.direct_flops + (self.packing_flops if self.runs else 0)
+        """Arithmetic outside any GEMM: the kernel's own loops."""
+        return self.runs * self.kernel.direct_flops
 
     @property
     def vector_flops(self) -> int:

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 from ._plan import FLOAT32_BYTES, CallPlan, KernelPlan
 from ._geometry import ConvGeometry
 from ._memo import Memo
+from ._tuning import TRANSPOSE_COST
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ class Algorithm:
         The kernel's own layouts.
     claims : str
         The configurations it supports, in words (``unsupported`` decides).
-    pack_flops : callable or None
-        ``(geometry) -> int``: arithmetic of ``pack_weights`` beyond moving
-        the weights (a transform), priced like the direct loop nest; None for
-        a plain repacking.
+    pack_cost : float
+        Price of one packed element of a per-call ``pack_weights``, in
+        plain-copy elements (``perf/pack_speed.py`` measures it); default
+        ``TRANSPOSE_COST``.
     pack_scratch_elements : callable or None
         ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
         it then takes it as a fourth argument (None: it needs none).
@@ -86,7 +87,7 @@ class Algorithm:
     input_layout: str = "NCHW"
     output_layout: str = "NCHW"
     claims: str = "any kernel, stride, padding, dilation and groups"
-    pack_flops: Optional[Callable[[ConvGeometry], int]] = None
+    pack_cost: float = TRANSPOSE_COST
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True
@@ -149,7 +150,6 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
     run_geometry = dataclasses.replace(g, batch=1) if converting and g.batch else g
     runs = 0 if g.batch == 0 else (g.batch if converting else 1)
     packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
-    packing_flops = algorithm.pack_flops(g) if packed and algorithm.pack_flops else 0
     packing_scratch = (algorithm.pack_scratch_elements(g, threads)
                        if packed and algorithm.pack_scratch_elements else 0)
     if memory_limit is None:
@@ -161,7 +161,7 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
-                    into, back, packing_flops, packing_scratch, algorithm.calls_blas)
+                    into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

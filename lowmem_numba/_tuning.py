@@ -89,23 +89,27 @@ DEPTHWISE_NHWC_CHANNEL_BLOCK = 4096
 #: best or within noise; larger runs' repeated weights spill out of L1.
 DEPTHWISE_NHWC_RUN = 512
 #: Price of one element of a transposition in plain-copy elements: a layout
-#: conversion (NCHW <-> NHWC, per image) or a per-call weight packing.
-#: ``transpose_blocks`` moves about 1.1 G elements/s where a copy moves about
-#: 5.6 G (the calibrated rate); the micro-kernel's packing 5.0-5.2x a copy,
-#: kn2row's tap-major packing 8.1x, Winograd's transform 6-11x per packed
-#: element (512x512 and 192x384 3x3 weights, one thread).  Priced as a copy,
+#: conversion (NCHW <-> NHWC, per image) or, unless the family states its
+#: own ``pack_cost``, a per-call weight packing.  ``transpose_blocks`` moves
+#: about 1.1 G elements/s where a copy moves about 5.6 G (the calibrated
+#: rate); the packings of the GEMM families take 6-7.5x a copy (medians of
+#: kn2row-aa, im2row and MEC in results/pack_speed.md).  Priced as a copy,
 #: "auto" sent an NCHW call of MobileNet's dw12 to depthwise-nhwc with two
 #: conversions, 1.8x slower than the NCHW kernel, and functional calls to
 #: algorithms whose per-call packing it undercounted 5x.
 TRANSPOSE_COST = 5
-#: Winograd's weight transform ``G w G^T``: the share of its multiply-adds
-#: priced at the loop nest's rate, beside its packed elements priced as a
-#: transposition.  Fitted to the same four measurements: 7.2 ms (512x512,
-#: F(2x2,3x3)), 17.4 ms (512x512, F(4x4,3x3)), 2.9 ms (192x384, F(4x4,3x3)) and
-#: 0.34 ms (48x128, F(2x2,5x5)) on one thread are predicted as 7.6, 15.7, 4.4
-#: and 0.56 ms; pricing every multiply-add overpredicted them 1.3-3x and kept
-#: "auto" from Winograd on 7x7 images at batch 8, where it is the fastest.
-WINOGRAD_TRANSFORM_COST = 0.35
+#: Per-call weight packing of the micro-kernel families, in plain-copy
+#: elements per packed element: register transposes (``pack_lanes``), median
+#: 1.38 over the 92 weight shapes of the layer tables, 0.8-1.7 for all but the
+#: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md).
+UKERNEL_PACK_COST = 1.4
+#: Winograd's per-call weight transform ``G w G^T`` (transposes, then the
+#: transform in registers), in plain-copy elements per transformed element,
+#: by variant: medians 2.01, 2.02 and 3.24 over the layer tables' 3x3 and 5x5
+#: weights (same script).  The 5x5 transform has 6.7 multiply-adds per
+#: transformed element, the 3x3 ones 3.5.  When the transform ran in float64
+#: loops over memory, it cost 6-11 copies per element.
+WINOGRAD_PACK_COST = {"winograd-2x2-3x3": 2.0, "winograd-4x4-3x3": 2.0, "winograd-2x2-5x5": 3.2}
 #: Side of the square blocks layout transposes and weight repacking work in
 #: (a 32x32 float32 tile's reads and writes both stay in L1).
 TRANSPOSE_TILE = 32

@@ -322,3 +322,26 @@ def test_cached_kernels_load_in_a_second_process_without_compiling(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     hits = int(second.stdout.split()[1])
     assert hits > 0 and second.stdout.strip().endswith("misses 0"), second.stdout
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 40), st.integers(1, 4), st.integers(1, 4),
+       st.integers(1, 2))
+def test_packed_weights_follow_the_documented_layout(groups, mg, cg, kh, kw, threads):
+    """``[group][channel block][kh][kw][C/g][NR]``, lanes past M/g zero, bit for
+    bit (register transposes where VL x VL blocks are whole, element by
+    element at the edges; NaN payloads and signed zeros pass unchanged)."""
+    nr = ukernel.NR
+    rng = np.random.default_rng(mg * 1000 + cg)
+    w = rng.standard_normal((groups * mg, cg, kh, kw)).astype(np.float32)
+    w.reshape(-1)[::7] = -0.0
+    w.reshape(-1)[::11] = np.nan
+    g = make_geometry((1, groups * cg, kh, kw), w.shape, 1, 0, 1, groups)
+    blocks = -(-mg // nr)
+    expected = np.zeros((groups, blocks * nr, kh, kw, cg), np.float32)
+    expected[:, :mg] = w.reshape(groups, mg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
+    expected = expected.reshape(groups, blocks, nr, kh, kw, cg).transpose(0, 1, 3, 4, 5, 2)
+    dest = np.full(ukernel.packed_elements(g), 7.0, np.float32)
+    with ln._threads.kernel_threads(threads, blas=False):
+        ukernel._pack_weights(w.reshape(-1), g, dest)
+    assert dest.tobytes() == np.ascontiguousarray(expected).tobytes()

@@ -272,3 +272,50 @@ def test_tile_block_shrinks_to_fit_memory_limit():
     with pytest.raises(ValueError, match="memory_limit"):
         ln.Conv2d(w, padding=1, algorithm="winograd-4x4-3x3", threads=2, memory_limit=4096,
                   input_shape=x_shape)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_transformed_weights_are_g_w_gt_rounded_once(name, data):
+    """``U = G w G^T`` per kernel, computed in float64 and rounded once, in the
+    layout ``[group][point][channel block][C/g][NR]`` with lanes past M/g zero,
+    for channel counts on and off the transposes' ``VL x VL`` blocks."""
+    m, r, _ = winograd.VARIANTS[name]
+    alpha = m + r - 1
+    groups = data.draw(st.integers(1, 2), label="groups")
+    mg = data.draw(st.integers(1, 70), label="M/g")
+    cg = data.draw(st.integers(1, 40), label="C/g")
+    nr = winograd.NR
+    w = np.random.default_rng(mg * 100 + cg).standard_normal((groups * mg, cg, r, r)).astype(np.float32)
+    g = make_geometry((1, groups * cg, 8, 8), w.shape, 1, r // 2, 1, groups)
+    _, gm, _ = winograd.matrices(name)
+    u = np.einsum("ik,mckl,jl->mcij", gm, w.astype(np.float64), gm)  # (M, C/g, alpha, alpha)
+    blocks = -(-mg // nr)
+    expected = np.zeros((groups, alpha, alpha, blocks * nr, cg))
+    expected[:, :, :, :mg] = u.reshape(groups, mg, cg, alpha, alpha).transpose(0, 3, 4, 1, 2)
+    expected = expected.reshape(groups, alpha * alpha, blocks, nr, cg).transpose(0, 1, 2, 4, 3).reshape(-1)
+    algorithm = registry.get(name)
+    dest = np.full(algorithm.packed_weight_elements(g), np.nan, np.float32)
+    for threads in (1, 2):
+        scratch = np.full(algorithm.pack_scratch_elements(g, threads), np.nan, np.float32)
+        with ln._threads.kernel_threads(threads, blas=False):
+            algorithm.pack_weights(w.reshape(-1), g, dest, scratch)
+        # One rounding of the float64 value: within half an ulp of it.
+        np.testing.assert_array_less(np.abs(dest - expected), np.spacing(np.abs(expected).astype(np.float32)) * 0.5
+                                     + 1e-12 * np.abs(u).max())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 200), st.integers(1, 5), st.integers(1, 4), st.integers(1, 5))
+def test_slots_take_every_unit_once_in_runs_of_about_equal_work(images, tiles, groups, m_chunks, slots):
+    tile_block = groups * winograd.MR
+    blocks = -(-tiles // tile_block)
+    units = images * blocks * m_chunks
+    work = [min(tile_block, tiles - unit // m_chunks % blocks * tile_block) for unit in range(units)]
+    ranges = [winograd._slot_units(s, slots, units, m_chunks, blocks, tile_block, tiles) for s in range(slots)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == units
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, each unit once
+    share = sum(work) / slots
+    for first, end in ranges:  # within one unit of an equal share
+        assert abs(sum(work[first:end]) - share) <= max(work)

@@ -62,13 +62,13 @@ import numpy as np
 from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL
+from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform
 from .._plan import KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import WINOGRAD_TRANSFORM_COST, WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
+from .._tuning import WINOGRAD_PACK_COST, WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
 from ._common import ceil_div, kernel_geometry
-from .ukernel import run_tile
+from .ukernel import pack_lanes, run_tile, scatter_offsets
 
 # ----------------------------------------------------------------- transforms
 
@@ -271,6 +271,30 @@ def _output_block(out, d, nhwc, n, m0, nr, t0, count, tiles_x, at, alpha, tile, 
                         dest[lane] = values[lane]
 
 
+@njit(cache=True, nogil=True)
+def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
+    """Units ``[first, end)`` of ``slot``: runs of about equal work, a unit's
+    work being the tiles of its block (the last block of an image is short),
+    and a unit going to the slot its middle falls in.  Equal runs of units
+    gave 13x13 images at batch 1 (blocks of 24, 24 and 1 tiles, two channel
+    chunks each) 72 tiles' work on one thread and 26 on the other."""
+    last = tiles - (blocks - 1) * tile_block
+    per_image = (blocks - 1) * tile_block + last
+    total = units // (blocks * m_chunks) * per_image * m_chunks
+    first, end = units, units
+    start = 0  # work of the units before ``unit``
+    for unit in range(units):
+        work = last if unit // m_chunks % blocks == blocks - 1 else tile_block
+        middle = (2 * start + work) * slots  # twice the middle, scaled to slots
+        if first == units and middle >= 2 * slot * total:
+            first = unit
+        if middle >= 2 * (slot + 1) * total:
+            end = unit
+            break
+        start += work
+    return first, max(first, end)
+
+
 @njit(parallel=True, cache=True)
 def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
                    slots, slot_elements):
@@ -287,6 +311,7 @@ def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, 
     # Scratch of one slot (see _slot_elements): V | Z | staged tile |
     # row-transformed tile | R | Y.
     for slot in prange(slots):
+        first_unit, end_unit = _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles)
         v_base = slot * slot_elements
         z_base = v_base + points * tile_block * cg
         p_off = z_base + points * tile_block * NR
@@ -294,7 +319,7 @@ def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, 
         r_off = t_off + points * chunk
         y_off = r_off + alpha * tile * tile_block * NR
         transformed = -1  # the (image, group, tile block) whose input V holds
-        for unit in range(slot * units // slots, (slot + 1) * units // slots):
+        for unit in range(first_unit, end_unit):
             mc = unit % m_chunks
             block = unit // m_chunks % blocks
             ng = unit // (m_chunks * blocks)
@@ -333,86 +358,76 @@ def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, 
                               scratch, z_base, r_off, y_off, tile_block, bias)
 
 
+#: The weight transforms ``G w G^T`` of the variants, in :data:`VARIANTS` order.
+_transform_f2_3, _transform_f4_3, _transform_f2_5 = (
+    make_separable_transform(toom_cook(*spec)[1]) for spec in VARIANTS.values())
+
+
 @njit(cache=True, nogil=True)
-def _combine(coefs, rows, first, step, dest, n):
-    """``dest[:n] = sum_k coefs[k] * rows[first + k*step][:n]`` over the
-    non-zero ``coefs``, in float64."""
-    for e in range(n):
-        dest[e] = 0.0
-    for k in range(coefs.shape[0]):
-        coef = coefs[k]
-        if coef != 0:
-            src = rows[first + k * step]
-            for e in range(n):
-                dest[e] += coef * src[e]
+def _weight_transform(variant, src, s_off, s_step, dst, d_off, d_step):
+    """The weight transform of variant number ``variant`` (order of
+    :data:`VARIANTS`) on ``VL`` lanes (see
+    :func:`lowmem_numba._microkernel.make_separable_transform`)."""
+    if variant == 0:
+        _transform_f2_3(src, s_off, s_step, dst, d_off, d_step)
+    elif variant == 1:
+        _transform_f4_3(src, s_off, s_step, dst, d_off, d_step)
+    else:
+        _transform_f2_5(src, s_off, s_step, dst, d_off, d_step)
 
 
 @njit(parallel=True, cache=True)
-def _pack(weight, dest, d, gm, alpha, channel_block, buffers, slots):
+def _pack(weight, dest, d, variant, alpha, channel_block, stages, slots):
     """``U = G w G^T`` per (output, input) channel, in float64, rounded once,
     as ``[group][point][channel block][C/g][NR]`` (lanes past M/g zero).
 
     Items are (group, block of ``NR`` output channels), in ``slots`` equal
-    runs, each slot working in its own part of ``buffers`` (float64, see
+    runs, each slot working in its own part of ``stages`` (see
     :func:`_pack_slot`).  An item walks the input channels ``channel_block``
-    at a time, so that every loop runs over ``channel_block * NR`` contiguous
-    values (with 32-value loops, loop overhead made packing VGG-16 conv5 take
-    22 ms; see WINOGRAD_PACK_CHANNELS).
+    at a time: their kernels are transposed into ``[tap][c][lane]`` rows
+    (:func:`~lowmem_numba._algorithms.ukernel.pack_lanes`), which the
+    transform then reads ``VL`` lanes at a time.
     """
     cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
-    r = d.kernel_h
-    taps = r * r
+    taps = d.kernel_taps
     points = alpha * alpha
     m_blocks = (mg + NR - 1) // NR
     items = G * m_blocks
-    # Rows padded by one cache line: rows of exactly 4 KiB (16 x 32 float64)
-    # made every scattered store of the gather alias the one before it (4K
-    # aliasing), 14.5 ms instead of 11.5 on VGG-16 conv5.
-    row = channel_block * NR + 8
-    per_slot = (taps + alpha * r) * row + channel_block * NR
+    # Stage rows one NR row longer than the channels they hold, so that the
+    # tap rows are not a multiple of 4 KiB apart (16 channels x 32 lanes x 4 B).
+    stage_row = (channel_block + 1) * NR
+    offsets = scatter_offsets(taps, channel_block + 1)
+    point_step = m_blocks * cg * NR
     for slot in prange(slots):
-        base = slot * per_slot
-        w = buffers[base:base + taps * row].reshape((taps, row))                   # w[k*r + j][c][lane]
-        gw = buffers[base + taps * row:base + (taps + alpha * r) * row].reshape((alpha * r, row))
-        acc = buffers[base + (taps + alpha * r) * row:base + per_slot]
+        stage = stages[slot * taps * stage_row:(slot + 1) * taps * stage_row]
         for item in range(slot * items // slots, (slot + 1) * items // slots):
             g, mb = item // m_blocks, item % m_blocks
             lanes = min(NR, mg - mb * NR)
-            w[:, :] = 0.0  # lanes past M/g stay zero
+            if lanes < NR:
+                stage[:] = 0.0  # lanes past M/g stay zero
+            first = (g * mg + mb * NR) * cg * taps
             for c0 in range(0, cg, channel_block):
                 cs = min(channel_block, cg - c0)
-                n = cs * NR
-                for c in range(cs):
-                    for lane in range(lanes):
-                        at = ((g * mg + mb * NR + lane) * cg + c0 + c) * taps
-                        for tap in range(taps):
-                            w[tap, c * NR + lane] = weight[at + tap]
-                for i in range(alpha):  # (G w)[i][j] = sum_k G[i, k] w[k][j]
-                    for j in range(r):
-                        _combine(gm[i], w, j, r, gw[i * r + j], n)
-                for i in range(alpha):
-                    for j in range(alpha):  # U[i][j] = sum_k (G w)[i][k] G[j, k]
-                        _combine(gm[j], gw, i * r, 1, acc, n)
-                        at = (((g * points + i * alpha + j) * m_blocks + mb) * cg + c0) * NR
-                        out = dest[at:at + n]
-                        for e in range(n):
-                            out[e] = acc[e]
+                pack_lanes(weight, first, cg * taps, lanes, taps, c0, cs, stage, 0, channel_block + 1, offsets)
+                at = ((g * points * m_blocks + mb) * cg + c0) * NR
+                for e in range(0, cs * NR, VL):
+                    _weight_transform(variant, stage, e, stage_row, dest, at + e, point_step)
 
 
-def _pack_slot(g, name) -> int:
-    """float64 elements one packing thread works in: the gathered weights
-    (r^2 rows), G w (a r rows), one point's products, ``WINOGRAD_PACK_CHANNELS``
-    input channels of NR lanes at a time (rows padded by 8)."""
-    _, alpha, _ = _sizes(g, name)
-    r = g.kernel_h
+def _pack_slot(g) -> int:
+    """float32 elements one packing thread works in: ``WINOGRAD_PACK_CHANNELS``
+    input channels' kernels as r^2 rows of ``channels + 1`` times NR lanes."""
     channels = min(WINOGRAD_PACK_CHANNELS, g.channels_per_group)
-    return (r * r + alpha * r) * (channels * NR + 8) + channels * NR
+    return g.kernel_taps * (channels + 1) * NR
+
+
+def _pack_slots(g, threads) -> int:
+    return max(1, min(threads, g.groups * ceil_div(g.out_channels_per_group, NR)))
 
 
 def pack_scratch_elements(g, threads, name) -> int:
-    """float32 scratch of the weight transform: a float64 slot per thread."""
-    items = g.groups * ceil_div(g.out_channels_per_group, NR)
-    return 2 * min(threads, items) * _pack_slot(g, name)
+    """float32 scratch of the weight transform: a slot per thread."""
+    return _pack_slots(g, threads) * _pack_slot(g)
 
 
 # ----------------------------------------------------------------- plans
@@ -466,19 +481,6 @@ def _slot_elements(g, name, block):
 def packed_elements(g, name) -> int:
     _, alpha, _ = _sizes(g, name)
     return g.groups * alpha * alpha * ceil_div(g.out_channels_per_group, NR) * NR * g.channels_per_group
-
-
-def pack_flops(g, name) -> int:
-    """The weight transform ``G w G^T`` (a r^2 + a^2 r multiply-adds per
-    kernel) in loop-nest flops: its multiply-adds times
-    ``WINOGRAD_TRANSFORM_COST``, the packed elements it writes being priced
-    as a transposition (see :data:`lowmem_numba._tuning.WINOGRAD_TRANSFORM_COST`).
-    Packing VGG-16 conv5's 512x512 kernels for F(4x4,3x3) (42 M multiply-adds)
-    takes 17 ms on one thread, the gather of the weights, the float64
-    arithmetic and the stores costing about a third each."""
-    m, alpha, _ = _sizes(g, name)
-    r = g.kernel_h
-    return int(WINOGRAD_TRANSFORM_COST * g.out_channels * g.channels_per_group * (alpha * r * r + alpha * alpha * r))
 
 
 def _plan_within(g, threads, scratch_elements, name):
@@ -548,13 +550,14 @@ def _unsupported(name):
 
 
 def _pack_weights(name):
+    variant = list(VARIANTS).index(name)
+    alpha = sum(VARIANTS[name][:2]) - 1
+
     def pack(weight, g, dest, scratch):
-        at, gm, bt = matrices(name)
-        per_slot = _pack_slot(g, name)
-        slots = max(1, min(scratch.size // (2 * per_slot), g.groups * ceil_div(g.out_channels_per_group, NR)))
-        buffers = scratch[:2 * slots * per_slot].view(np.float64)  # float32 scratch, 8-byte aligned
-        _pack(weight, dest, kernel_geometry(g), gm, at.shape[1], min(WINOGRAD_PACK_CHANNELS, g.channels_per_group),
-              buffers, slots)
+        per_slot = _pack_slot(g)
+        slots = _pack_slots(g, scratch.size // per_slot)
+        _pack(weight, dest, kernel_geometry(g), variant, alpha, min(WINOGRAD_PACK_CHANNELS, g.channels_per_group),
+              scratch[:slots * per_slot], slots)
     return pack
 
 
@@ -585,7 +588,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
                               f"threads·{_alpha * _alpha}·tile_block·(C/g + NR)",
             unsupported=_unsupported(_name),
             packed_weight_elements=functools.partial(packed_elements, name=_name),
-            pack_flops=functools.partial(pack_flops, name=_name),
+            pack_cost=WINOGRAD_PACK_COST[_name],
             pack_scratch_elements=functools.partial(pack_scratch_elements, name=_name),
             pack_weights=_pack_weights(_name),
             plan_kernel=functools.partial(_plan, name=_name),
