@@ -88,6 +88,18 @@ DEPTHWISE_NHWC_CHANNEL_BLOCK = 4096
 #: 4096 measured on MobileNet's 32- to 256-channel layers (one thread): 512
 #: best or within noise; larger runs' repeated weights spill out of L1.
 DEPTHWISE_NHWC_RUN = 512
+#: Patch-matrix builders: the fixed cost of one copy run (a loop over one row
+#: of the patch matrix), in plain-copy elements.  Measured per builder and
+#: layer on one thread (im2col copy-short, copy-self: 10-29 ns per run beyond
+#: its elements at the copy rate, median 16 ns, about 93 copies; e.g. ResNet-50
+#: layer4's stride-2 3x3 builds 32 K runs of 7 pixels in 0.9 ms, which priced
+#: as its 226 K elements alone was 0.04 ms, and "auto" chose im2col at 3.6 ms
+#: over the micro-kernel at 2.3).
+PATCH_RUN_COST = 100
+#: im2col-scan's bounds-checked gather, in plain-copy elements per patch
+#: element besides its runs: 1.25-2.9 ns per element measured (7-17 copies)
+#: on the same layers.
+SCAN_ELEMENT_COST = 6
 #: Price of one element of a transposition in plain-copy elements: a layout
 #: conversion (NCHW <-> NHWC, per image) or, unless the family states its
 #: own ``pack_cost``, a per-call weight packing.  ``transpose_blocks`` moves

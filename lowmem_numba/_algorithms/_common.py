@@ -15,9 +15,14 @@ from .._compile import njit  # numba.njit whose cache=True never fails (see _com
 from .._kernel_geometry import KernelGeometry, kernel_geometry  # noqa: F401  (re-exported)
 from .._plan import Gemms, KernelPlan
 from .._split import split_work
-from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS
+from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS, PATCH_RUN_COST
 from .._blas import gemm
 from .._layout import transpose_blocks
+
+#: ``index & NONNEG`` is the index itself for every valid (non-negative)
+#: index, and tells LLVM it is non-negative: Numba wraps negative indices with
+#: a select per access, which otherwise stops loops from vectorising.
+NONNEG = (1 << 62) - 1
 
 #: The float32 constants kernels pass to gemm (alpha, beta) and store.
 F32_ONE = np.float32(1.0)
@@ -96,7 +101,7 @@ def split_gemms(count, m, n, k, threads, *, min_rows, min_cols, prefer="cols"):
     return split, Gemms(split.items, ceil_div(m, split.row_blocks), ceil_div(n, split.col_tiles), k)
 
 
-def patch_matrix_plan(g, threads, *, gathered, pixel_rows):
+def patch_matrix_plan(g, threads, *, element_cost, runs, pixel_rows):
     """The plan of the patch-matrix families (im2col, im2row).
 
     Per image: one patch matrix of ``C·kh·kw x Ho·Wo`` elements (the scratch),
@@ -105,10 +110,12 @@ def patch_matrix_plan(g, threads, *, gathered, pixel_rows):
 
     Parameters
     ----------
-    gathered : bool
-        Whether the builder gathers element by element with bounds checks,
-        which moves each patch element about twice as slowly as copying runs
-        (measured on the layer tables: scan against copy-short).
+    element_cost : float
+        Copies each patch element costs its builder (1 for runs of copies;
+        more for a bounds-checked gather).
+    runs : int
+        Copy runs the builder issues per image, each priced at
+        ``PATCH_RUN_COST`` copies besides its elements.
     """
     patches = g.in_channels * g.kernel_taps * g.out_height * g.out_width
     split, gemms = split_gemms(g.groups, g.out_channels_per_group, g.out_height * g.out_width,
@@ -118,7 +125,7 @@ def patch_matrix_plan(g, threads, *, gathered, pixel_rows):
         gemms = gemms._replace(m=gemms.n, n=gemms.m)
     return KernelPlan(tiling=(split.row_blocks, split.col_tiles), scratch_elements=patches,
                       gemms=(gemms._replace(count=g.batch * gemms.count),),
-                      moved_elements=(2 if gathered else 1) * g.batch * patches,
+                      moved_elements=int(g.batch * (element_cost * patches + runs * PATCH_RUN_COST)),
                       parallel_items=split.items, launches=2 * g.batch)
 
 

@@ -112,12 +112,9 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (DEPTHWISE_BAND_OUTPUTS, DEPTHWISE_NHWC_BAND_ELEMENTS, DEPTHWISE_NHWC_CHANNEL_BLOCK,
                        DEPTHWISE_NHWC_RUN, DEPTHWISE_ROW_FLOPS, DEPTHWISE_RUN_FLOPS)
-from ._common import ceil_div, kernel_geometry
+from ._common import NONNEG, ceil_div, kernel_geometry
 
-#: ``index & _NONNEG`` is the index itself for every valid (non-negative)
-#: index, and tells LLVM it is non-negative: Numba wraps negative indices with
-#: a select per access, which otherwise stops the loops from vectorising.
-_NONNEG = (1 << 62) - 1
+_NONNEG = NONNEG
 
 #: Per-thread buffers start on their own cache lines (16 floats of 64 bytes)
 #: and one line apart: two threads refilling buffers that share a line for

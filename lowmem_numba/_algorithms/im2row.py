@@ -230,7 +230,7 @@ def _im2row_batch(x, w, bias, out, patches, d, scan, channels_out, m_blocks, n_t
 
 def _plan_with(scan, channels_out):
     def plan(g, threads):
-        return patch_matrix_plan(g, threads, gathered=scan, pixel_rows=channels_out)
+        return patch_matrix_plan(g, threads, element_cost=2 if scan else 1, runs=0, pixel_rows=channels_out)
     return plan
 
 
