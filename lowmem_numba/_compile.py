@@ -188,6 +188,14 @@ def _enable_cache(dispatcher) -> None:
             pass
 
 
+#: ``index & NONNEG`` is the index itself for every valid (non-negative) index
+#: and tells LLVM it is non-negative: Numba wraps negative indices with a select
+#: per access, which otherwise keeps loops over computed offsets from
+#: vectorising (layout transposes: 1.3 ns per element without it, 0.42-0.58
+#: with; im2col's copy runs 3.6x faster).
+NONNEG = (1 << 62) - 1
+
+
 def njit(*args, cache: bool = False, **options):
     """``numba.njit`` for lowmem_numba's kernels, with ``cache=True`` made safe.
 

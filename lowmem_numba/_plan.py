@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._tuning import TRANSPOSE_COST
+from ._tuning import PACK_COST, TRANSPOSE_COST
 
 #: Bytes of one float32 element.
 FLOAT32_BYTES = 4
@@ -133,7 +133,7 @@ class CallPlan:
     packed_weight_elements: int
     convert_in_elements: int
     convert_out_elements: int
-    packing_cost: float = TRANSPOSE_COST
+    packing_cost: float = PACK_COST
     packing_scratch_elements: int = 0
     gemms_on_blas: bool = True
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from ._plan import FLOAT32_BYTES, CallPlan, KernelPlan
 from ._geometry import ConvGeometry
 from ._memo import Memo
-from ._tuning import TRANSPOSE_COST
+from ._tuning import PACK_COST
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Algorithm:
     pack_cost : float
         Price of one packed element of a per-call ``pack_weights``, in
         plain-copy elements (``perf/pack_speed.py`` measures it); default
-        ``TRANSPOSE_COST``.
+        ``PACK_COST``.
     pack_scratch_elements : callable or None
         ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
         it then takes it as a fourth argument (None: it needs none).
@@ -87,7 +87,7 @@ class Algorithm:
     input_layout: str = "NCHW"
     output_layout: str = "NCHW"
     claims: str = "any kernel, stride, padding, dilation and groups"
-    pack_cost: float = TRANSPOSE_COST
+    pack_cost: float = PACK_COST
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True

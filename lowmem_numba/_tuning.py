@@ -100,21 +100,33 @@ PATCH_RUN_COST = 100
 #: element besides its runs: 1.25-2.9 ns per element measured (7-17 copies)
 #: on the same layers.
 SCAN_ELEMENT_COST = 6
-#: Price of one element of a transposition in plain-copy elements: a layout
-#: conversion (NCHW <-> NHWC, per image) or, unless the family states its
-#: own ``pack_cost``, a per-call weight packing.  ``transpose_blocks`` moves
-#: about 1.1 G elements/s where a copy moves about 5.6 G (the calibrated
-#: rate); the packings of the GEMM families take 6-7.5x a copy (medians of
-#: kn2row-aa, im2row and MEC in results/pack_speed.md).  Priced as a copy,
-#: "auto" sent an NCHW call of MobileNet's dw12 to depthwise-nhwc with two
-#: conversions, 1.8x slower than the NCHW kernel, and functional calls to
-#: algorithms whose per-call packing it undercounted 5x.
-TRANSPOSE_COST = 5
+#: Price of one element of a layout conversion (NCHW <-> NHWC, per image,
+#: ``transpose_blocks``) in plain-copy elements: 0.42-0.58 ns per element on
+#: one thread against 0.17 for a copy (the calibrated rate), 2.4-3.4 copies.
+#: Priced as a copy, "auto" sent an NCHW call of MobileNet's dw12 to
+#: depthwise-nhwc with two conversions, 1.8x slower than the NCHW kernel.
+TRANSPOSE_COST = 3
+#: Price of one packed element of a per-call weight packing, in plain-copy
+#: elements, for the families that state no ``pack_cost`` of their own: the
+#: GEMM families' packings take 6-7.5 copies (medians of kn2row-aa, im2row and
+#: MEC in results/pack_speed.md); priced as copies, functional calls went to
+#: algorithms whose packing the model undercounted 5x.
+PACK_COST = 7
 #: Per-call weight packing of the micro-kernel families, in plain-copy
 #: elements per packed element: register transposes (``pack_lanes``), median
 #: 1.38 over the 92 weight shapes of the layer tables, 0.8-1.7 for all but the
 #: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md).
 UKERNEL_PACK_COST = 1.4
+#: direct-ukernel (NCHW) on layers with at most this many input channels
+#: (one group, dilation 1) reads a channels-last copy of each image, so that
+#: its tap and channel loops fold into one run per row of taps.  On the
+#: 3-channel first layers, folded against not, one thread / two (three
+#: alternating processes each, best): GoogLeNet/ResNet conv1 2.5-2.7 / 1.4-1.6
+#: ms against 2.7-3.5 / 2.1-2.2, AlexNet conv1 2.0-2.1 / 1.07 against 2.2-2.8
+#: / 1.7-1.8, VGG-16 conv1_1 3.9 / 2.1 against 4.1-4.6 / 2.5-3.0, MobileNet
+#: conv1 even.  With 16-48 channels (GoogLeNet's 5x5 layers) it gained
+#: nothing and the copy cost up to 10 %.
+UKERNEL_FOLD_CHANNELS = 4
 #: Winograd's per-call weight transform ``G w G^T`` (transposes, then the
 #: transform in registers), in plain-copy elements per transformed element,
 #: by variant: medians 2.01, 2.02 and 3.24 over the layer tables' 3x3 and 5x5

@@ -6,7 +6,7 @@ the cost model prices that as the packed elements times the family's
 the packing of every distinct weight shape of the five layer tables for each
 family that packs, on one thread, and reports the copies per packed element
 it actually took (``seconds * copy_rate / packed elements``): the numbers
-behind ``UKERNEL_PACK_COST``, ``WINOGRAD_PACK_COST`` and ``TRANSPOSE_COST``
+behind ``UKERNEL_PACK_COST``, ``WINOGRAD_PACK_COST`` and ``PACK_COST``
 in ``lowmem_numba/_tuning.py``.
 
 Writes ``perf/results/pack_speed.md``.

@@ -22,7 +22,7 @@ from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import ukernel
 from lowmem_numba._geometry import make_geometry
 from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
-from strategies import cases
+from strategies import Case, cases
 from subprocess_helper import run_python
 
 NAMES = ["pointwise-ukernel", "pointwise-ukernel-nhwc", "direct-ukernel", "direct-ukernel-nhwc"]
@@ -287,6 +287,31 @@ def test_workspace_is_the_packed_weights_only():
         shape = (1, 28, 28, 64) if nhwc else (1, 64, 28, 28)
         assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=2,
                                   layout="NHWC" if nhwc else "NCHW") == 4 * elements
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_few_channel_layers_read_a_channels_last_copy(channels):
+    """NCHW layers with at most UKERNEL_FOLD_CHANNELS input channels (RGB first
+    layers) run on a channels-last copy of each image, so that the tap and
+    channel loops fold: one image's copy is the only scratch, and every image
+    of the batch gets its own output."""
+    from lowmem_numba._tuning import UKERNEL_FOLD_CHANNELS
+
+    assert channels <= UKERNEL_FOLD_CHANNELS
+    case = Case(batch=3, channels=channels, height=23, width=19, out_channels=40, kernel=(7, 5), stride=(2, 1),
+                padding=((3, 3), (2, 2)), dilation=(1, 1), groups=1)
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal(case.x_shape, dtype=np.float32)
+    w = rng.standard_normal(case.w_shape, dtype=np.float32)
+    b = rng.standard_normal(40, dtype=np.float32)
+    g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
+    plan = ln._registry.get("direct-ukernel").plan(g, 2, prepacked=True)
+    assert plan.kernel.tiling[-1] and plan.workspace_elements == channels * 23 * 19
+    for threads in (1, 2):
+        got = ln.conv2d(x, w, b, **case.args, algorithm="direct-ukernel", threads=threads)
+        assert_close_to_reference(got, x, w, b, case)
+    wide = make_geometry((1, UKERNEL_FOLD_CHANNELS + 1, 23, 19), (40, UKERNEL_FOLD_CHANNELS + 1, 7, 5))
+    assert not ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1]
 
 
 RUN_UKERNELS = """

@@ -19,11 +19,6 @@ from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS, PATCH_RUN_COST
 from .._blas import gemm
 from .._layout import transpose_blocks
 
-#: ``index & NONNEG`` is the index itself for every valid (non-negative)
-#: index, and tells LLVM it is non-negative: Numba wraps negative indices with
-#: a select per access, which otherwise stops loops from vectorising.
-NONNEG = (1 << 62) - 1
-
 #: The float32 constants kernels pass to gemm (alpha, beta) and store.
 F32_ONE = np.float32(1.0)
 F32_ZERO = np.float32(0.0)

@@ -105,16 +105,15 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, uint32
 
-from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import VL
 from .._plan import KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (DEPTHWISE_BAND_OUTPUTS, DEPTHWISE_NHWC_BAND_ELEMENTS, DEPTHWISE_NHWC_CHANNEL_BLOCK,
                        DEPTHWISE_NHWC_RUN, DEPTHWISE_ROW_FLOPS, DEPTHWISE_RUN_FLOPS)
-from ._common import NONNEG, ceil_div, kernel_geometry
+from ._common import ceil_div, kernel_geometry
 
-_NONNEG = NONNEG
 
 #: Per-thread buffers start on their own cache lines (16 floats of 64 bytes)
 #: and one line apart: two threads refilling buffers that share a line for
@@ -138,20 +137,20 @@ def _run33(src, o, v, mk, mo, out, at, n, b, add):
     Three kernel columns ``c`` of three taps each; column ``c``'s partial sum
     counts only where ``mk[mo[c] + q] != 0``.
     """
-    o0 = o[0] & _NONNEG
-    o1 = o[1] & _NONNEG
-    o2 = o[2] & _NONNEG
-    o3 = o[3] & _NONNEG
-    o4 = o[4] & _NONNEG
-    o5 = o[5] & _NONNEG
-    o6 = o[6] & _NONNEG
-    o7 = o[7] & _NONNEG
-    o8 = o[8] & _NONNEG
+    o0 = o[0] & NONNEG
+    o1 = o[1] & NONNEG
+    o2 = o[2] & NONNEG
+    o3 = o[3] & NONNEG
+    o4 = o[4] & NONNEG
+    o5 = o[5] & NONNEG
+    o6 = o[6] & NONNEG
+    o7 = o[7] & NONNEG
+    o8 = o[8] & NONNEG
     v0, v1, v2, v3, v4, v5, v6, v7, v8 = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]
-    m0 = mo[0] & _NONNEG
-    m1 = mo[1] & _NONNEG
-    m2 = mo[2] & _NONNEG
-    d = at & _NONNEG
+    m0 = mo[0] & NONNEG
+    m1 = mo[1] & NONNEG
+    m2 = mo[2] & NONNEG
+    d = at & NONNEG
     z = np.float32(0.0)
     if add:
         for q in range(n):
@@ -172,12 +171,12 @@ def _run33(src, o, v, mk, mo, out, at, n, b, add):
 @njit(cache=True, nogil=True, inline="always")
 def _run13(src, o, v, mk, m0, out, at, n, b, add):
     """As :func:`_run33` for one kernel column of three taps (``o[:3]``, ``v[:3]``)."""
-    o0 = o[0] & _NONNEG
-    o1 = o[1] & _NONNEG
-    o2 = o[2] & _NONNEG
+    o0 = o[0] & NONNEG
+    o1 = o[1] & NONNEG
+    o2 = o[2] & NONNEG
     v0, v1, v2 = v[0], v[1], v[2]
-    mm = m0 & _NONNEG
-    d = at & _NONNEG
+    mm = m0 & NONNEG
+    d = at & NONNEG
     z = np.float32(0.0)
     if add:
         for q in range(n):
@@ -197,21 +196,21 @@ def _run_same33(src, o, pitch, mk, m0, m2, w, wb, out, at, n, b):
     fixed offsets and weights in registers instead of :func:`_runs`'s tap
     arrays; with :func:`_fill_same33` it takes MobileNet's dw13 (7x7 planes,
     batch 8, one thread) from 77 to 45-60 ns per plane (noisy machine)."""
-    o0 = o & _NONNEG
-    o1 = (o + 1) & _NONNEG
-    o2 = (o + 2) & _NONNEG
-    o3 = (o + pitch) & _NONNEG
-    o4 = (o + pitch + 1) & _NONNEG
-    o5 = (o + pitch + 2) & _NONNEG
-    o6 = (o + 2 * pitch) & _NONNEG
-    o7 = (o + 2 * pitch + 1) & _NONNEG
-    o8 = (o + 2 * pitch + 2) & _NONNEG
+    o0 = o & NONNEG
+    o1 = (o + 1) & NONNEG
+    o2 = (o + 2) & NONNEG
+    o3 = (o + pitch) & NONNEG
+    o4 = (o + pitch + 1) & NONNEG
+    o5 = (o + pitch + 2) & NONNEG
+    o6 = (o + 2 * pitch) & NONNEG
+    o7 = (o + 2 * pitch + 1) & NONNEG
+    o8 = (o + 2 * pitch + 2) & NONNEG
     v0, v1, v2 = w[wb], w[wb + 1], w[wb + 2]
     v3, v4, v5 = w[wb + 3], w[wb + 4], w[wb + 5]
     v6, v7, v8 = w[wb + 6], w[wb + 7], w[wb + 8]
-    ma = m0 & _NONNEG
-    mc = m2 & _NONNEG
-    d = at & _NONNEG
+    ma = m0 & NONNEG
+    mc = m2 & NONNEG
+    d = at & NONNEG
     z = np.float32(0.0)
     for q in range(n):
         c0 = v0 * src[o0 + q] + v3 * src[o3 + q] + v6 * src[o6 + q]
@@ -263,15 +262,15 @@ def _runs(src, toff, mcol, mk, w, wbase, KH, KW, o, v, mo, out, at, n, b):
 
 @njit(cache=True, nogil=True, inline="always")
 def _copy(src, s, dst, d, n):
-    a = s & _NONNEG
-    e = d & _NONNEG
+    a = s & NONNEG
+    e = d & NONNEG
     for k in range(n):
         dst[e + k] = src[a + k]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _zero(dst, d, n):
-    e = d & _NONNEG
+    e = d & NONNEG
     for k in range(n):
         dst[e + k] = 0.0
 
@@ -282,9 +281,9 @@ def _deinterleave2(pairs, p, bits, d0, d1, n):
     ``pairs[p + k]``: even and odd columns, read by whole words (a vector of
     words splits into two vectors with shifts and truncations, where strided
     float loads would gather)."""
-    a = p & _NONNEG
-    e0 = d0 & _NONNEG
-    e1 = d1 & _NONNEG
+    a = p & NONNEG
+    e0 = d0 & NONNEG
+    e1 = d1 & NONNEG
     for k in range(n):
         word = pairs[a + k]
         bits[e0 + k] = uint32(word & 0xFFFFFFFF)
@@ -293,8 +292,8 @@ def _deinterleave2(pairs, p, bits, d0, d1, n):
 
 @njit(cache=True, nogil=True, inline="always")
 def _gather(src, s, step, dst, d, n):
-    a = s & _NONNEG
-    e = d & _NONNEG
+    a = s & NONNEG
+    e = d & NONNEG
     for k in range(n):
         dst[e + k] = src[a + step * k]
 
@@ -332,14 +331,14 @@ def _fill_same33(x, xp, scratch, dst, y0, y1, H, W):
     rows = y1 - y0 + 2
     t0 = 1 if y0 == 0 else 0
     t1 = min(rows, H - y0 + 1)
-    top = dst & _NONNEG
+    top = dst & NONNEG
     for k in range(t0 * W):
         scratch[top + k] = 0.0
-    src = (xp + (y0 - 1 + t0) * W) & _NONNEG
-    middle = (dst + t0 * W) & _NONNEG
+    src = (xp + (y0 - 1 + t0) * W) & NONNEG
+    middle = (dst + t0 * W) & NONNEG
     for k in range((t1 - t0) * W):
         scratch[middle + k] = x[src + k]
-    bottom = (dst + t1 * W) & _NONNEG
+    bottom = (dst + t1 * W) & NONNEG
     for k in range((rows - t1) * W + 1):
         scratch[bottom + k] = 0.0
 
@@ -542,17 +541,17 @@ def _px2(src, r, c, wp, wo, base, bo, out, oo, n, add):
     stores against their 36 input and 9 weight streams need 180.
     """
     r0, r1, r2 = r[0], r[1], r[2]
-    a0, a1, a2 = (r0 + c[0]) & _NONNEG, (r0 + c[1]) & _NONNEG, (r0 + c[2]) & _NONNEG
-    a3, a4, a5 = (r1 + c[0]) & _NONNEG, (r1 + c[1]) & _NONNEG, (r1 + c[2]) & _NONNEG
-    a6, a7, a8 = (r2 + c[0]) & _NONNEG, (r2 + c[1]) & _NONNEG, (r2 + c[2]) & _NONNEG
-    b0, b1, b2 = (r0 + c[3]) & _NONNEG, (r0 + c[4]) & _NONNEG, (r0 + c[5]) & _NONNEG
-    b3, b4, b5 = (r1 + c[3]) & _NONNEG, (r1 + c[4]) & _NONNEG, (r1 + c[5]) & _NONNEG
-    b6, b7, b8 = (r2 + c[3]) & _NONNEG, (r2 + c[4]) & _NONNEG, (r2 + c[5]) & _NONNEG
-    w0, w1, w2 = wo[0] & _NONNEG, wo[1] & _NONNEG, wo[2] & _NONNEG
-    w3, w4, w5 = wo[3] & _NONNEG, wo[4] & _NONNEG, wo[5] & _NONNEG
-    w6, w7, w8 = wo[6] & _NONNEG, wo[7] & _NONNEG, wo[8] & _NONNEG
-    p0, p1 = oo[0] & _NONNEG, oo[1] & _NONNEG
-    bb = bo & _NONNEG
+    a0, a1, a2 = (r0 + c[0]) & NONNEG, (r0 + c[1]) & NONNEG, (r0 + c[2]) & NONNEG
+    a3, a4, a5 = (r1 + c[0]) & NONNEG, (r1 + c[1]) & NONNEG, (r1 + c[2]) & NONNEG
+    a6, a7, a8 = (r2 + c[0]) & NONNEG, (r2 + c[1]) & NONNEG, (r2 + c[2]) & NONNEG
+    b0, b1, b2 = (r0 + c[3]) & NONNEG, (r0 + c[4]) & NONNEG, (r0 + c[5]) & NONNEG
+    b3, b4, b5 = (r1 + c[3]) & NONNEG, (r1 + c[4]) & NONNEG, (r1 + c[5]) & NONNEG
+    b6, b7, b8 = (r2 + c[3]) & NONNEG, (r2 + c[4]) & NONNEG, (r2 + c[5]) & NONNEG
+    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
+    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
+    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    p0, p1 = oo[0] & NONNEG, oo[1] & NONNEG
+    bb = bo & NONNEG
     if add:
         for ch in range(n):
             out[p0 + ch] += _tap9(wp, w0, w1, w2, w3, w4, w5, w6, w7, w8, src, a0, a1, a2, a3, a4, a5, a6, a7,
@@ -574,14 +573,14 @@ def _px1(src, r, c, wp, wo, base, bo, bstep, out, oo, ostep, n, add):
     (``out[oo + ch*ostep]``, ``base[bo + ch*bstep]``); ``r``, ``c`` and ``wo``
     as in :func:`_px4` (pixel 0 only)."""
     r0, r1, r2 = r[0], r[1], r[2]
-    a0, a1, a2 = (r0 + c[0]) & _NONNEG, (r0 + c[1]) & _NONNEG, (r0 + c[2]) & _NONNEG
-    a3, a4, a5 = (r1 + c[0]) & _NONNEG, (r1 + c[1]) & _NONNEG, (r1 + c[2]) & _NONNEG
-    a6, a7, a8 = (r2 + c[0]) & _NONNEG, (r2 + c[1]) & _NONNEG, (r2 + c[2]) & _NONNEG
-    w0, w1, w2 = wo[0] & _NONNEG, wo[1] & _NONNEG, wo[2] & _NONNEG
-    w3, w4, w5 = wo[3] & _NONNEG, wo[4] & _NONNEG, wo[5] & _NONNEG
-    w6, w7, w8 = wo[6] & _NONNEG, wo[7] & _NONNEG, wo[8] & _NONNEG
-    p0 = oo & _NONNEG
-    bb = bo & _NONNEG
+    a0, a1, a2 = (r0 + c[0]) & NONNEG, (r0 + c[1]) & NONNEG, (r0 + c[2]) & NONNEG
+    a3, a4, a5 = (r1 + c[0]) & NONNEG, (r1 + c[1]) & NONNEG, (r1 + c[2]) & NONNEG
+    a6, a7, a8 = (r2 + c[0]) & NONNEG, (r2 + c[1]) & NONNEG, (r2 + c[2]) & NONNEG
+    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
+    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
+    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    p0 = oo & NONNEG
+    bb = bo & NONNEG
     if ostep == 1 and bstep == 1:  # one output channel per input channel: unit stride, vectorised
         if add:
             for ch in range(n):
@@ -606,14 +605,14 @@ def _vrun9(src, o, wr, wo, out, at, n, bo, add):
     """``out[at + f] (= wr[bo + f] +) or (+=) sum_k wr[wo[k] + f] * src[o[k] + f]`` for ``f < n``:
     nine taps with a weight per element (the NHWC row runs, weights repeated
     for every pixel of the run)."""
-    o0, o1, o2 = o[0] & _NONNEG, o[1] & _NONNEG, o[2] & _NONNEG
-    o3, o4, o5 = o[3] & _NONNEG, o[4] & _NONNEG, o[5] & _NONNEG
-    o6, o7, o8 = o[6] & _NONNEG, o[7] & _NONNEG, o[8] & _NONNEG
-    w0, w1, w2 = wo[0] & _NONNEG, wo[1] & _NONNEG, wo[2] & _NONNEG
-    w3, w4, w5 = wo[3] & _NONNEG, wo[4] & _NONNEG, wo[5] & _NONNEG
-    w6, w7, w8 = wo[6] & _NONNEG, wo[7] & _NONNEG, wo[8] & _NONNEG
-    d = at & _NONNEG
-    bb = bo & _NONNEG
+    o0, o1, o2 = o[0] & NONNEG, o[1] & NONNEG, o[2] & NONNEG
+    o3, o4, o5 = o[3] & NONNEG, o[4] & NONNEG, o[5] & NONNEG
+    o6, o7, o8 = o[6] & NONNEG, o[7] & NONNEG, o[8] & NONNEG
+    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
+    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
+    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    d = at & NONNEG
+    bb = bo & NONNEG
     if add:
         for f in range(n):
             out[d + f] += _tap9(wr, w0, w1, w2, w3, w4, w5, w6, w7, w8, src, o0, o1, o2, o3, o4, o5, o6, o7, o8,
@@ -628,18 +627,18 @@ def _vrun9(src, o, wr, wo, out, at, n, bo, add):
 def _vrun9x2(src, o, step, wr, wo, out, at, ostep, n, bo, add):
     """:func:`_vrun9` for two runs at once, the second ``step`` further in
     ``src`` and ``ostep`` further in ``out``: each weight is loaded once for both."""
-    o0, o1, o2 = o[0] & _NONNEG, o[1] & _NONNEG, o[2] & _NONNEG
-    o3, o4, o5 = o[3] & _NONNEG, o[4] & _NONNEG, o[5] & _NONNEG
-    o6, o7, o8 = o[6] & _NONNEG, o[7] & _NONNEG, o[8] & _NONNEG
-    q0, q1, q2 = (o[0] + step) & _NONNEG, (o[1] + step) & _NONNEG, (o[2] + step) & _NONNEG
-    q3, q4, q5 = (o[3] + step) & _NONNEG, (o[4] + step) & _NONNEG, (o[5] + step) & _NONNEG
-    q6, q7, q8 = (o[6] + step) & _NONNEG, (o[7] + step) & _NONNEG, (o[8] + step) & _NONNEG
-    w0, w1, w2 = wo[0] & _NONNEG, wo[1] & _NONNEG, wo[2] & _NONNEG
-    w3, w4, w5 = wo[3] & _NONNEG, wo[4] & _NONNEG, wo[5] & _NONNEG
-    w6, w7, w8 = wo[6] & _NONNEG, wo[7] & _NONNEG, wo[8] & _NONNEG
-    d = at & _NONNEG
-    e = (at + ostep) & _NONNEG
-    bb = bo & _NONNEG
+    o0, o1, o2 = o[0] & NONNEG, o[1] & NONNEG, o[2] & NONNEG
+    o3, o4, o5 = o[3] & NONNEG, o[4] & NONNEG, o[5] & NONNEG
+    o6, o7, o8 = o[6] & NONNEG, o[7] & NONNEG, o[8] & NONNEG
+    q0, q1, q2 = (o[0] + step) & NONNEG, (o[1] + step) & NONNEG, (o[2] + step) & NONNEG
+    q3, q4, q5 = (o[3] + step) & NONNEG, (o[4] + step) & NONNEG, (o[5] + step) & NONNEG
+    q6, q7, q8 = (o[6] + step) & NONNEG, (o[7] + step) & NONNEG, (o[8] + step) & NONNEG
+    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
+    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
+    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    d = at & NONNEG
+    e = (at + ostep) & NONNEG
+    bb = bo & NONNEG
     if add:
         for f in range(n):
             out[d + f] += _tap9(wr, w0, w1, w2, w3, w4, w5, w6, w7, w8, src, o0, o1, o2, o3, o4, o5, o6, o7, o8,

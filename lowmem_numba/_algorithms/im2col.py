@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from numba import prange
 
-from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._blas import gemm
 from .._geometry import blas_limit_reason
 from .._registry import Algorithm, register
@@ -70,7 +70,6 @@ from .._tuning import SCAN_ELEMENT_COST
 from ._common import (
     F32_ONE,
     F32_ZERO,
-    NONNEG,
     bias_cols,
     bias_rows,
     kernel_geometry,

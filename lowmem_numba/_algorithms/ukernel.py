@@ -11,7 +11,9 @@ Packing
 The weights ``(M, C/g, kh, kw)`` are packed once as
 ``[groups][ceil(M/g / NR)][kh][kw][C/g][NR]``, the ``NR`` output channels of a
 block contiguous and zero-padded to ``NR``, so each reduction step is one
-contiguous run of ``NV`` vector loads.  That is the only workspace: persistent in a
+contiguous run of ``NV`` vector loads; ``VL x VL`` blocks of the weight rows are
+transposed in registers (:func:`pack_lanes`).  That is the only workspace
+(besides the few-channel copy below): persistent in a
 :class:`~lowmem_numba.Conv2d`, per call in the functional API.  The tile
 kernel's stack buffer for edge tiles (``MR*NR`` floats) is not heap memory.
 
@@ -40,7 +42,13 @@ Both kernels serve NCHW and NHWC by strides alone: one input scalar per pixel
 per step is broadcast, so the channel step is ``H*W`` (NCHW) or 1 (NHWC) and
 any stride or dilation is an offset.  NHWC output stores each pixel's channels
 as vectors; NCHW output transposes the tile in registers first.  Each layout
-is registered under its own name (``-nhwc`` suffix) so neither converts.
+is registered under its own name (``-nhwc`` suffix) so neither converts, with
+one exception: with channels-last input, one group and dilation 1, a row of
+taps is one contiguous run of ``kw*C`` values (as in the packed weights), and
+the kernel folds its tap and channel loops into one; for NCHW layers of at
+most ``UKERNEL_FOLD_CHANNELS`` input channels (RGB first layers, whose
+3-step channel loop costs more than its work) the NCHW kernel therefore
+copies each image channels-last first (``C*H*W`` floats of scratch).
 
 Threads
 -------
@@ -52,6 +60,9 @@ stays in cache while every weight block passes over it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -59,7 +70,8 @@ from .._compile import njit  # numba.njit whose cache=True never fails (see _com
 from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half, transpose_block
 from .._plan import KernelPlan
 from .._split import split_work
-from .._tuning import UKERNEL_PACK_COST, UKERNEL_TILE_BLOCK
+from .._layout import transpose_blocks
+from .._tuning import TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_PACK_COST, UKERNEL_TILE_BLOCK
 from .._registry import Algorithm, register
 from ._common import ceil_div, kernel_geometry
 
@@ -156,7 +168,7 @@ def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, 
 
 
 @njit(parallel=True, cache=True)
-def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
+def _ukernel_conv(x, w, bias, out, d, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
     C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w
@@ -166,8 +178,13 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
     blocks = (mg + NR - 1) // NR
     taps = d.kernel_taps
     has_bias = 1 if bias.size else 0
-    pix = C if nhwc else 1                   # input elements per pixel step
-    x_cstep = 1 if nhwc else H * W
+    pix = C if nhwc_in else 1                # input elements per pixel step
+    x_cstep = 1 if nhwc_in else H * W
+    # Channels-last input, one group, dilation 1: a row of taps is one
+    # contiguous run of nj*C input values, as of weights, so the tap and
+    # channel loops fold into one (a 3-channel layer's reduction then runs
+    # 21 steps at a time on a 7x7 kernel instead of 3).
+    fold = nhwc_in and G == 1 and DW == 1
     x_row = W * pix
     o_lstep = 1 if nhwc else HO * WO
     o_xstep = M if nhwc else 1
@@ -190,12 +207,8 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
         mb1 = (mc + 1) * blocks // m_chunks
         t_lo = tc * plane_tiles // t_chunks
         t_hi = (tc + 1) * plane_tiles // t_chunks
-        if nhwc:
-            x_image = n * H * W * C + g * cg
-            o_image = n * HO * WO * M + g * mg
-        else:
-            x_image = (n * C + g * cg) * H * W
-            o_image = (n * M + g * mg) * HO * WO
+        x_image = n * H * W * C + g * cg if nhwc_in else (n * C + g * cg) * H * W
+        o_image = n * HO * WO * M + g * mg if nhwc else (n * M + g * mg) * HO * WO
         # Sweep the item's tiles in blocks of tile_block, every weight block
         # over each.
         for b_lo in range(t_lo, t_hi, tile_block):
@@ -223,6 +236,8 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
                                 + (x0 * SW + j0 * DW - PL) * pix)
                         o_at = o_block + y0 * o_ystep + x0 * o_xstep
                         w_at = w_block + (i0 * KW + j0) * cg * NR
+                        kc = nj * cg if fold else cg
+                        kj = 1 if fold else nj
                         for k in range(max(0, b_lo - seen), min(count, b_hi - seen)):
                             p0 = k * MR
                             mr = min(MR, pixels - p0)
@@ -233,7 +248,7 @@ def _ukernel_conv(x, w, bias, out, d, nhwc, m_chunks, t_chunks, plane_tiles, til
                                 run_tile(step == SMALL_MR, nr <= VL,
                                       w, w_at, w_cstep, w_jstep, w_istep,
                                       x, x_at, SH * x_row, SW * pix, x_cstep, DW * pix, DH * x_row,
-                                      s, nx, min(step, p0 + mr - s), cg, nj, ni,
+                                      s, nx, min(step, p0 + mr - s), kc, kj, ni,
                                       out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias)
                         seen += count
 
@@ -303,7 +318,14 @@ def packed_elements(g) -> int:
     return g.groups * ceil_div(g.out_channels_per_group, NR) * NR * g.reduction_size
 
 
-def _plan(g, threads):
+def _converts_input(g, nhwc) -> bool:
+    """Whether the NCHW kernel reads a channels-last copy of each image, so
+    that its tap and channel loops fold (few channels, one group, dilation 1)."""
+    return (not nhwc and g.groups == 1 and g.dilation_w == 1
+            and g.in_channels <= UKERNEL_FOLD_CHANNELS and g.kernel_w > 1)
+
+
+def _plan(g, threads, nhwc=False):
     """How the kernel cuts one call, and its work for the cost model.
 
     Work items are (image x group) x channel-block chunks x tile-range chunks.
@@ -326,12 +348,18 @@ def _plan(g, threads):
     pixels = ceil_div(interior, MR) * MR + g.out_height * g.out_width - interior
     mg = g.out_channels_per_group
     blocks = ceil_div(mg, NR)
-    split = split_work(g.batch * g.groups, blocks, max(1, plane_tiles), threads, min_rows=1, min_cols=1)
+    convert = _converts_input(g, nhwc) and g.batch > 0
+    # A converted call runs one image at a time.
+    split = split_work((1 if convert else g.batch) * g.groups, blocks, max(1, plane_tiles), threads,
+                       min_rows=1, min_cols=1)
     last = mg - (blocks - 1) * NR  # channels of the last block
     channels = (blocks - 1) * NR + (VL if last <= VL else NR)
-    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK),
+    image = g.in_channels * g.height * g.width
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, convert),
+                      scratch_elements=image if convert else 0,
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
-                      parallel_items=split.items)
+                      moved_elements=g.batch * image * TRANSPOSE_COST if convert else 0,
+                      parallel_items=split.items, launches=2 * g.batch if convert else 1)
 
 
 def _pack_weights(weight, g, dest):
@@ -342,9 +370,17 @@ def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block = kernel.tiling
-        _ukernel_conv(x, packed, bias, out, kernel_geometry(g), nhwc, m_chunks, t_chunks, plane_tiles,
-                      tile_block)
+        m_chunks, t_chunks, plane_tiles, tile_block, convert = kernel.tiling
+        if not convert:
+            _ukernel_conv(x, packed, bias, out, kernel_geometry(g), nhwc, nhwc, m_chunks, t_chunks,
+                          plane_tiles, tile_block)
+            return
+        one = kernel_geometry(dataclasses.replace(g, batch=1))
+        image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
+        for n in range(g.batch):
+            transpose_blocks(x, n * image, scratch, 0, 1, g.in_channels, g.height * g.width)
+            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], one, True, False, m_chunks,
+                          t_chunks, plane_tiles, tile_block)
     return compute
 
 
@@ -369,12 +405,14 @@ for _name, _unsupported, _what, _claims in (
             calls_blas=False,
             summary=f"{_what} on an own {_TILE_TEXT} reducing over channels and taps in registers; "
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
-            workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights)",
+            workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights)"
+                              + ("" if _nhwc or _name.startswith("pointwise")
+                                 else f" + C·H·W when C ≤ {UKERNEL_FOLD_CHANNELS} (groups 1, dilation_w 1)"),
             unsupported=_unsupported,
             packed_weight_elements=packed_elements,
             pack_weights=_pack_weights,
             pack_cost=UKERNEL_PACK_COST,
-            plan_kernel=_plan,
+            plan_kernel=functools.partial(_plan, nhwc=_nhwc),
             claims=_claims,
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",

@@ -47,8 +47,9 @@ the staging of one tile's channels, at most ``WINOGRAD_STAGE_CHANNELS`` at a
 time (2 a^2 min(C/g, 64)), and the inverse transform's passes (a m + m^2)
 tile_block NR; plus the transformed weights ``a^2 * M * C/g`` (rounded up to
 NR channels per group), which a :class:`~lowmem_numba.Conv2d` keeps and the
-functional API builds per call, in float64 scratch of its own
-(:func:`pack_scratch_elements`).
+functional API builds per call, through per-thread staging of its own
+(:func:`pack_scratch_elements`): the transform runs in float64 registers
+(:func:`lowmem_numba._microkernel.make_separable_transform`) and rounds once.
 ``tile_block`` is chosen so that one thread's ``V`` and ``Z`` fill half of L2
 (:func:`tile_block`), at least one micro-kernel tile (``MR`` tiles).
 """
