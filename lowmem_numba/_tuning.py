@@ -127,6 +127,18 @@ UKERNEL_PACK_COST = 1.4
 #: conv1 even.  With 16-48 channels (GoogLeNet's 5x5 layers) it gained
 #: nothing and the copy cost up to 10 %.
 UKERNEL_FOLD_CHANNELS = 4
+#: direct-ukernel copies each image zero-padded first when its output plane
+#: has at most UKERNEL_PAD_PIXELS outputs and those whose taps all fall inside
+#: the input are at most UKERNEL_PAD_INTERIOR of them: border outputs
+#: otherwise run as short runs and single pixels.  Padded against not (two
+#: alternating processes each): at batch 1, one thread, 7x7 images ran
+#: 1.12-1.20x faster (ResNet-50 layer4 3x3, interior 51 %; GoogLeNet 5a/5b
+#: 5x5, 18 %, and 5b 3x3); GoogLeNet's 14x14 5x5 layers (51 %) even at batch
+#: 1 and 10-20 % slower at batch 8 on two threads (a padded call runs an image
+#: at a time, and one 14x14 image splits worse than the batch); 73 %
+#: interiors (28x28 5x5, 14x14 3x3) 0.96x.
+UKERNEL_PAD_INTERIOR = 0.6
+UKERNEL_PAD_PIXELS = 64
 #: Winograd's per-call weight transform ``G w G^T`` (transposes, then the
 #: transform in registers), in plain-copy elements per transformed element,
 #: by variant: medians 2.01, 2.02 and 3.24 over the layer tables' 3x3 and 5x5
@@ -155,8 +167,9 @@ WINOGRAD_STAGE_CHANNELS = 64
 #: cost 2 % on VGG-16 conv3_2 and 8-10 % on 512-channel layers (F(4x4,3x3),
 #: one thread), 64 twice that.  128 keeps F(2x2,3x3) within the 2x bound.
 WINOGRAD_REDUCTION_BLOCK = 128
-#: Winograd weight transform: input channels transformed at once, so that each
-#: loop runs over 16 x 32 contiguous float64 values: VGG-16 conv5's 512x512
-#: kernels (F(4x4,3x3)) took 22 ms with one channel at a time (loop overhead),
-#: 14.5 ms with 16 (12 ms once its buffers stopped aliasing at 4 KiB).
+#: Winograd weight transform: input channels staged (transposed to lanes) at
+#: once per block of NR output channels; a slot's staging is r^2 x (this + 1)
+#: x NR floats, 19.6 KiB for 3x3 kernels (L1).  It was the length of the
+#: float64 loops the transform ran in before it moved to registers, where
+#: one channel at a time took 22 ms on VGG-16 conv5 (loop overhead).
 WINOGRAD_PACK_CHANNELS = 16

@@ -306,12 +306,40 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     b = rng.standard_normal(40, dtype=np.float32)
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
     plan = ln._registry.get("direct-ukernel").plan(g, 2, prepacked=True)
-    assert plan.kernel.tiling[-1] and plan.workspace_elements == channels * 23 * 19
+    assert plan.kernel.tiling[-1] == (True, False)  # channels-last, not padded
+    assert plan.workspace_elements == channels * 23 * 19
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, **case.args, algorithm="direct-ukernel", threads=threads)
         assert_close_to_reference(got, x, w, b, case)
-    wide = make_geometry((1, UKERNEL_FOLD_CHANNELS + 1, 23, 19), (40, UKERNEL_FOLD_CHANNELS + 1, 7, 5))
-    assert not ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1]
+    wide = make_geometry((1, UKERNEL_FOLD_CHANNELS + 1, 64, 64), (40, UKERNEL_FOLD_CHANNELS + 1, 3, 3), 1, 1)
+    assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1] is None
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("hw, k, padding, stride", [(7, 3, 1, 1), (7, 5, 2, 1), (9, 5, (3, 1), (2, 1)), (5, 7, 4, 2)])
+def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride):
+    """Small images whose outputs are mostly border outputs are copied
+    zero-padded, one at a time, so that every tile runs full; the copy is the
+    scratch."""
+    x_shape, w_shape = (3, 20, hw, hw + 2), (37, 20, k, k)
+    g = make_geometry(x_shape, w_shape, stride, padding)
+    name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")
+    plan = ln._registry.get(name).plan(g, 2, layout, prepacked=True)
+    assert plan.kernel.tiling[-1] == (layout == "NHWC", True)
+    assert plan.workspace_elements == 20 * (hw + g.pad_top + g.pad_bottom) * (hw + 2 + g.pad_left + g.pad_right)
+    rng = np.random.default_rng(hw * k)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(37, dtype=np.float32)
+    expected = conv2d_reference(x, w, b, g.stride, g.padding)
+    case = Case(batch=3, channels=20, height=hw, width=hw + 2, out_channels=37, kernel=(k, k), stride=g.stride,
+                padding=g.padding, dilation=(1, 1), groups=1)
+    xl = channels_last(x) if layout == "NHWC" else x
+    for threads in (1, 2):
+        got = ln.conv2d(xl, w, b, stride=stride, padding=padding, algorithm=name, threads=threads, layout=layout)
+        got = got.transpose(0, 3, 1, 2) if layout == "NHWC" else got
+        assert got.shape == expected.shape
+        assert_close_to_reference(got, x, w, b, case)
 
 
 RUN_UKERNELS = """

@@ -66,12 +66,13 @@ import functools
 import numpy as np
 from numba import prange
 
-from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half, transpose_block
+from .._layout import transpose_blocks
 from .._plan import KernelPlan
 from .._split import split_work
-from .._layout import transpose_blocks
-from .._tuning import TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_PACK_COST, UKERNEL_TILE_BLOCK
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_PACK_COST, UKERNEL_PAD_INTERIOR,
+                       UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import ceil_div, kernel_geometry
 
@@ -318,11 +319,59 @@ def packed_elements(g) -> int:
     return g.groups * ceil_div(g.out_channels_per_group, NR) * NR * g.reduction_size
 
 
-def _converts_input(g, nhwc) -> bool:
-    """Whether the NCHW kernel reads a channels-last copy of each image, so
-    that its tap and channel loops fold (few channels, one group, dilation 1)."""
-    return (not nhwc and g.groups == 1 and g.dilation_w == 1
+@njit(parallel=True, cache=True)
+def _stage(x, x_at, x_cstep, x_ystep, C, H, W, dest, channels_last, top, left, HP, WP):
+    """One image copied into ``dest`` as an ``HP x WP`` plane per channel with
+    the input at ``(top, left)`` and zeros around it, channels-last or not.
+    The source's pixel step is 1 (NCHW) or C (NHWC, ``x_cstep == 1``)."""
+    x_xstep = C if x_cstep == 1 else 1
+    for yp in prange(HP):
+        y = yp - top
+        for xp in range(WP):
+            xx = xp - left
+            inside = 0 <= y < H and 0 <= xx < W
+            src = x_at + y * x_ystep + xx * x_xstep
+            if channels_last:
+                at = (yp * WP + xp) * C
+                for c in range(C):
+                    dest[(at + c) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
+            else:
+                for c in range(C):
+                    dest[(c * HP * WP + yp * WP + xp) & NONNEG] = (x[(src + c * x_cstep) & NONNEG]
+                                                                   if inside else 0.0)
+
+
+def _staging(g, nhwc):
+    """How the kernel reads each image: ``(channels_last, padded)`` of a copy
+    it stages first, or None to read the input in place.
+
+    * NCHW with at most ``UKERNEL_FOLD_CHANNELS`` channels (one group,
+      dilation 1): channels-last, so that the tap and channel loops fold;
+    * small images (at most ``UKERNEL_PAD_PIXELS`` outputs) whose interior
+      (outputs with every tap inside the input) is at most
+      ``UKERNEL_PAD_INTERIOR`` of the output: zero-padded, so that every
+      output is interior and the tiles run full (the border otherwise runs
+      as short runs and single pixels).
+    """
+    d = kernel_geometry(g)
+    ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
+    xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
+    fold = (not nhwc and g.groups == 1 and g.dilation_w == 1
             and g.in_channels <= UKERNEL_FOLD_CHANNELS and g.kernel_w > 1)
+    pixels = g.out_height * g.out_width
+    padded = pixels <= UKERNEL_PAD_PIXELS and (yhi - ylo) * (xhi - xlo) <= UKERNEL_PAD_INTERIOR * pixels
+    if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0 or not (fold or padded):
+        return None
+    return (nhwc or fold, padded)
+
+
+def _staged_geometry(g, staging):
+    """The geometry the kernel runs on for one staged image."""
+    if not staging[1]:
+        return dataclasses.replace(g, batch=1)
+    return dataclasses.replace(g, batch=1, height=g.height + g.pad_top + g.pad_bottom,
+                               width=g.width + g.pad_left + g.pad_right, pad_top=0, pad_bottom=0, pad_left=0,
+                               pad_right=0)
 
 
 def _plan(g, threads, nhwc=False):
@@ -338,9 +387,12 @@ def _plan(g, threads, nhwc=False):
     tiles are short (rounded up to whole tiles they would count 924 pixels
     instead of 729 on AlexNet conv2, 27 % too many, and the model then put the
     kernel behind im2col, which it beats by 1.3x), but they reduce over fewer
-    taps, which roughly pays for the rounding.
+    taps, which roughly pays for the rounding.  A staged call (see
+    :func:`_staging`) runs one image at a time on its copy.
     """
-    d = kernel_geometry(g)
+    staging = _staging(g, nhwc)
+    run = _staged_geometry(g, staging) if staging else g
+    d = kernel_geometry(run)
     plane_tiles = int(_plane_tiles(d)) if g.out_height > 0 and g.out_width > 0 else 0
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
@@ -348,18 +400,15 @@ def _plan(g, threads, nhwc=False):
     pixels = ceil_div(interior, MR) * MR + g.out_height * g.out_width - interior
     mg = g.out_channels_per_group
     blocks = ceil_div(mg, NR)
-    convert = _converts_input(g, nhwc) and g.batch > 0
-    # A converted call runs one image at a time.
-    split = split_work((1 if convert else g.batch) * g.groups, blocks, max(1, plane_tiles), threads,
-                       min_rows=1, min_cols=1)
+    split = split_work(run.batch * g.groups, blocks, max(1, plane_tiles), threads, min_rows=1, min_cols=1)
     last = mg - (blocks - 1) * NR  # channels of the last block
     channels = (blocks - 1) * NR + (VL if last <= VL else NR)
-    image = g.in_channels * g.height * g.width
-    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, convert),
-                      scratch_elements=image if convert else 0,
+    copy = run.in_channels * run.height * run.width if staging else 0
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, staging),
+                      scratch_elements=copy,
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
-                      moved_elements=g.batch * image * TRANSPOSE_COST if convert else 0,
-                      parallel_items=split.items, launches=2 * g.batch if convert else 1)
+                      moved_elements=g.batch * copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1),
+                      parallel_items=split.items, launches=2 * g.batch if staging else 1)
 
 
 def _pack_weights(weight, g, dest):
@@ -370,17 +419,25 @@ def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block, convert = kernel.tiling
-        if not convert:
+        m_chunks, t_chunks, plane_tiles, tile_block, staging = kernel.tiling
+        if staging is None:
             _ukernel_conv(x, packed, bias, out, kernel_geometry(g), nhwc, nhwc, m_chunks, t_chunks,
                           plane_tiles, tile_block)
             return
-        one = kernel_geometry(dataclasses.replace(g, batch=1))
-        image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
+        channels_last, padded = staging
+        run = _staged_geometry(g, staging)
+        d = kernel_geometry(run)
+        C, H, W = g.in_channels, g.height, g.width
+        top, left = (g.pad_top, g.pad_left) if padded else (0, 0)
+        image, plane = C * H * W, g.out_channels * g.out_height * g.out_width
         for n in range(g.batch):
-            transpose_blocks(x, n * image, scratch, 0, 1, g.in_channels, g.height * g.width)
-            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], one, True, False, m_chunks,
-                          t_chunks, plane_tiles, tile_block)
+            if padded:
+                _stage(x, n * image, 1 if nhwc else H * W, W * (C if nhwc else 1), C, H, W, scratch,
+                       channels_last, top, left, run.height, run.width)
+            else:  # channels-last only
+                transpose_blocks(x, n * image, scratch, 0, 1, C, H * W)
+            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], d, channels_last, nhwc,
+                          m_chunks, t_chunks, plane_tiles, tile_block)
     return compute
 
 
