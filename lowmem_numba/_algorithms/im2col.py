@@ -93,8 +93,8 @@ ATBT_IK = 1   # out[Ho*Wo, M/g] = P_g^T @ W_g^T, HWC output
 # with a plain signed offset makes Numba wrap negative indices with a select
 # per access, which keeps LLVM from vectorising.  With plain offsets the
 # builders moved 0.5-1 G elements/s (AlexNet conv5's 584 K patch entries in
-# 0.62-1.13 ms, one thread); slices vectorise but cost about 30 ns each, more
-# than a 7-14 pixel row.
+# 0.62-1.13 ms, one thread; copy-long now 0.17 ms); slices vectorise too but
+# cost about 30 ns each, more than a 7-14 pixel row.
 
 
 @njit(cache=True, nogil=True)

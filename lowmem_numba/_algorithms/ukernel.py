@@ -19,10 +19,10 @@ kernel's stack buffer for edge tiles (``MR*NR`` floats) is not heap memory.
 
 Borders
 -------
-The input is never padded.  Along each output dimension the indices split into
-an interior run, where every tap is inside the input, and the few border
-indices on either side, each with its own clipped tap range (computed, never
-stored).  Their product cuts the output plane into rectangles with one tap
+The input is not padded (but see Layouts for small images).  Along each
+output dimension the indices split into an interior run, where every tap is
+inside the input, and the few border indices on either side, each with its
+own clipped tap range (computed, never stored).  Their product cuts the output plane into rectangles with one tap
 range each; each rectangle is walked in row-major order ``MR`` pixels at a time
 (a tile may wrap onto the next row), so interior tiles run the full kernel and
 the border costs a few tiles with fewer taps.  A remainder of at most
@@ -49,6 +49,10 @@ the kernel folds its tap and channel loops into one; for NCHW layers of at
 most ``UKERNEL_FOLD_CHANNELS`` input channels (RGB first layers, whose
 3-step channel loop costs more than its work) the NCHW kernel therefore
 copies each image channels-last first (``C*H*W`` floats of scratch).
+Likewise an image of at most ``UKERNEL_PAD_PIXELS`` outputs that are mostly
+border outputs (a 7x7 image under a 3x3 or 5x5 kernel) is copied
+zero-padded, so that every tile runs full (:func:`_staging`).  A staged call
+runs one image at a time.
 
 Threads
 -------
@@ -320,11 +324,9 @@ def packed_elements(g) -> int:
 
 
 @njit(parallel=True, cache=True)
-def _stage(x, x_at, x_cstep, x_ystep, C, H, W, dest, channels_last, top, left, HP, WP):
+def _stage(x, x_at, x_cstep, x_ystep, x_xstep, C, H, W, dest, channels_last, top, left, HP, WP):
     """One image copied into ``dest`` as an ``HP x WP`` plane per channel with
-    the input at ``(top, left)`` and zeros around it, channels-last or not.
-    The source's pixel step is 1 (NCHW) or C (NHWC, ``x_cstep == 1``)."""
-    x_xstep = C if x_cstep == 1 else 1
+    the input at ``(top, left)`` and zeros around it, channels-last or not."""
     for yp in prange(HP):
         y = yp - top
         for xp in range(WP):
@@ -432,8 +434,9 @@ def _make_compute(nhwc):
         image, plane = C * H * W, g.out_channels * g.out_height * g.out_width
         for n in range(g.batch):
             if padded:
-                _stage(x, n * image, 1 if nhwc else H * W, W * (C if nhwc else 1), C, H, W, scratch,
-                       channels_last, top, left, run.height, run.width)
+                pixel = C if nhwc else 1
+                _stage(x, n * image, 1 if nhwc else H * W, W * pixel, pixel, C, H, W, scratch, channels_last,
+                       top, left, run.height, run.width)
             else:  # channels-last only
                 transpose_blocks(x, n * image, scratch, 0, 1, C, H * W)
             _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], d, channels_last, nhwc,
