@@ -102,15 +102,18 @@ PATCH_RUN_COST = 100
 SCAN_ELEMENT_COST = 6
 #: Price of one element of a layout conversion (NCHW <-> NHWC, per image,
 #: ``transpose_blocks``) in plain-copy elements: 0.42-0.58 ns per element on
-#: one thread against 0.17 for a copy (the calibrated rate), 2.4-3.4 copies.
+#: one thread against 0.17 for a copy (the calibrated rate), 2.4-3.4 copies;
+#: also the price of the kn2row families' packings, which are
+#: ``transpose_blocks`` too (medians 1.3-2.7, results/pack_speed.md).
 #: Priced as a copy, "auto" sent an NCHW call of MobileNet's dw12 to
 #: depthwise-nhwc with two conversions, 1.8x slower than the NCHW kernel.
 TRANSPOSE_COST = 3
 #: Price of one packed element of a per-call weight packing, in plain-copy
 #: elements, for the families that state no ``pack_cost`` of their own: the
-#: GEMM families' packings take 6-7.5 copies (medians of kn2row-aa, im2row and
-#: MEC in results/pack_speed.md); priced as copies, functional calls went to
-#: algorithms whose packing the model undercounted 5x.
+#: element-by-element packings of im2row, MEC and kn2row-aa's transposed
+#: forms take 6-10.7 copies (medians in results/pack_speed.md); priced as
+#: copies, functional calls went to algorithms whose packing the model
+#: undercounted 5x.
 PACK_COST = 7
 #: Per-call weight packing of the micro-kernel families, in plain-copy
 #: elements per packed element: register transposes (``pack_lanes``), median
@@ -168,8 +171,7 @@ WINOGRAD_STAGE_CHANNELS = 64
 #: one thread), 64 twice that.  128 keeps F(2x2,3x3) within the 2x bound.
 WINOGRAD_REDUCTION_BLOCK = 128
 #: Winograd weight transform: input channels staged (transposed to lanes) at
-#: once per block of NR output channels; a slot's staging is r^2 x (this + 1)
-#: x NR floats, 19.6 KiB for 3x3 kernels (L1).  It was the length of the
-#: float64 loops the transform ran in before it moved to registers, where
-#: one channel at a time took 22 ms on VGG-16 conv5 (loop overhead).
+#: once per block of NR output channels: whole 16x16 register transposes, and
+#: a slot's staging of r^2 x (this + 1) x NR floats stays in L1 for 3x3
+#: kernels (19.6 KiB).
 WINOGRAD_PACK_CHANNELS = 16

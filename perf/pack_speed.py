@@ -29,7 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: One algorithm per packing routine (the -nhwc twins pack alike).
 ALGORITHMS = ("direct-ukernel", "winograd-2x2-3x3", "winograd-4x4-3x3", "winograd-2x2-5x5",
-              "kn2row-aa-ab", "im2row-scan-ab-ik", "mec-col", "depthwise-nhwc")
+              "kn2row", "kn2col", "kn2row-aa-ab", "kn2row-aa-atb", "im2row-scan-ab-ik", "mec-col",
+              "depthwise-nhwc")
 
 
 def weight_shapes():

@@ -296,8 +296,8 @@ def test_transformed_weights_are_g_w_gt_rounded_once(name, data):
     expected[:, :, :, :mg] = u.reshape(groups, mg, cg, alpha, alpha).transpose(0, 3, 4, 1, 2)
     expected = expected.reshape(groups, alpha * alpha, blocks, nr, cg).transpose(0, 1, 2, 4, 3).reshape(-1)
     algorithm = registry.get(name)
-    dest = np.full(algorithm.packed_weight_elements(g), np.nan, np.float32)
     for threads in (1, 2):
+        dest = np.full(algorithm.packed_weight_elements(g), np.nan, np.float32)
         scratch = np.full(algorithm.pack_scratch_elements(g, threads), np.nan, np.float32)
         with ln._threads.kernel_threads(threads, blas=False):
             algorithm.pack_weights(w.reshape(-1), g, dest, scratch)

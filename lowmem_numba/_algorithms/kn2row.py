@@ -53,6 +53,7 @@ from numba import prange
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .._geometry import blas_limit_reason
 from .._layout import transpose_blocks
+from .._tuning import TRANSPOSE_COST
 from .._plan import KernelPlan
 from .._tuning import (GEMM_MIN_ROWS, KN2ROW_MIN_COLS, KN2ROW_SHIFT_TILES_PER_THREAD,
                        KN2ROW_SHORT_RUN)
@@ -322,6 +323,7 @@ def _register(name, one_gemm, channels_last, summary):
         unsupported=_unsupported_with(one_gemm, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
+        pack_cost=TRANSPOSE_COST,  # transpose_blocks (results/pack_speed.md)
         plan_kernel=_plan_with(one_gemm, channels_last),
         compute=compute,
         claims=KN2ROW_CLAIMS,

@@ -40,7 +40,7 @@ from .._blas import gemm
 from .._geometry import blas_limit_reason
 from .._plan import KernelPlan
 from .._split import split_work
-from .._tuning import GEMM_MIN_ROWS, KN2ROW_AA_BAND_COLUMNS
+from .._tuning import GEMM_MIN_ROWS, KN2ROW_AA_BAND_COLUMNS, PACK_COST, TRANSPOSE_COST
 from .._registry import Algorithm, register
 from ._common import (
     F32_ONE,
@@ -295,6 +295,9 @@ def _register(suffix, a_transposed, channels_last):
         unsupported=_unsupported_with(a_transposed, channels_last),
         packed_weight_elements=all_weights,
         pack_weights=pack,
+        # The tap-major packing is transpose_blocks; the transposed one
+        # scatters element by element (results/pack_speed.md).
+        pack_cost=PACK_COST if a_transposed else TRANSPOSE_COST,
         plan_kernel=_plan_with(channels_last),
         compute=compute,
         claims=KN2ROW_CLAIMS,
