@@ -120,6 +120,8 @@ class CallPlan:
         Whether the GEMMs run on BLAS, which copies both operands into its
         own panels on every call (the cost model prices that traffic); False
         for the library's micro-kernel, whose weights come packed.
+    pack_launches : int
+        Parallel regions the per-call packing starts (the algorithm's).
     """
 
     algorithm: str
@@ -136,6 +138,7 @@ class CallPlan:
     packing_cost: float = PACK_COST
     packing_scratch_elements: int = 0
     gemms_on_blas: bool = True
+    pack_launches: int = 1
 
     @property
     def workspace_elements(self) -> int:
@@ -182,7 +185,8 @@ class CallPlan:
         if self.runs == 0:
             return 0
         converts = (self.convert_in_elements > 0) + (self.convert_out_elements > 0)
-        return (self.packed_weight_elements > 0) + self.runs * (self.kernel.launches + converts)
+        packing = self.pack_launches if self.packed_weight_elements > 0 else 0
+        return packing + self.runs * (self.kernel.launches + converts)
 
     @property
     def parallel_items(self) -> int:

@@ -69,6 +69,10 @@ class Algorithm:
         whose tiling can shrink, the plan whose scratch fits that many
         elements (its smallest if none does).  Used for calls under a
         ``memory_limit``; None: the tiling does not depend on it.
+    pack_launches : int
+        Parallel regions its per-call ``pack_weights`` starts: 1 for a
+        ``prange`` packing, 0 for a serial one (tiny weights, such as
+        depthwise taps, where a launch would cost more than the copy).
     calls_blas : bool
         Whether its kernel calls BLAS (sgemm), which the execution layer then
         holds at one thread; kernels on the library's own micro-kernel or
@@ -91,6 +95,7 @@ class Algorithm:
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True
+    pack_launches: int = 1
 
     def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
              prepacked: bool = False, memory_limit: Optional[int] = None) -> CallPlan:
@@ -161,7 +166,7 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
-                    into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas)
+                    into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas, algorithm.pack_launches)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

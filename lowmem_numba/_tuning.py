@@ -72,6 +72,19 @@ DEPTHWISE_BAND_OUTPUTS = 2048
 #: arithmetic (NCHW, one thread, batch 1 and 8).
 DEPTHWISE_RUN_FLOPS = 1500
 DEPTHWISE_ROW_FLOPS = 150
+#: depthwise-blocked: its arithmetic in flops at the calibrated rate of
+#: vectorised loops, per flop computed.  The FMA kernel keeps the weights in
+#: registers and loads each input column once, so it runs about three times
+#: that rate: 0.37 from a least-squares fit of MobileNet-v1's nine depthwise
+#: shapes (batch 8, one thread), the transposes priced as plain copies.
+DEPTHWISE_BLOCKED_FLOP_COST = 0.37
+#: depthwise-blocked: bytes of one thread's buffers (a band's input rows and
+#: its output pixels, VL channels deep).  32, 64, 128, 256 KiB and whole
+#: images measured on MobileNet-v1's 112x112 ... 14x14 layers (batch 8, one
+#: thread, two runs): 128 KiB fastest or within noise on every layer (the
+#: five layers 7.6-7.7 ms; 64 KiB 8.6-9.0, 256 KiB 7.9-8.5, whole images
+#: 8.5-9.3, 32 KiB 10.8-13.8: each band transposes its overlap rows again).
+DEPTHWISE_BLOCKED_BUFFER_BYTES = 131072
 #: Depthwise (NHWC): output elements (pixels x channels) per band of rows:
 #: 128 KiB of output, whose input rows fit in one core's L2 (not swept; bands
 #: mainly give the second thread work on batch 1).

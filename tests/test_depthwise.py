@@ -1,9 +1,15 @@
-"""The depthwise family (``depthwise``, ``depthwise-nhwc``) against the float64 reference.
+"""The depthwise family (``depthwise``, ``depthwise-nhwc``, ``depthwise-blocked``)
+against the float64 reference.
 
 * Every configuration it claims (groups == C, any channel multiplier, kernel,
   stride, asymmetric padding, dilation, batch; both layouts; one and two
   threads; with and without bias), exact on small integers, close on real data.
-* Both NCHW run modes (flat bands, per-row runs) and band cuts down to one row.
+  ``depthwise-blocked`` claims multiplier 1 and gets channel counts that fill
+  its blocks of ``VL`` channels, or not.
+* Both NCHW run modes (flat bands, per-row runs) and band cuts down to one row;
+  the blocked kernel's bands, its blocks of nine taps and its element-wise
+  paths (planes or bands of fewer than ``VL`` pixels, a last partial block of
+  channels).
 * NaN and inf reach exactly the outputs whose receptive field holds them,
   even though the buffers and masked reads hold garbage (scratch is filled with
   NaN before every kernel run here).
@@ -16,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -26,13 +33,16 @@ import lowmem_numba as ln
 import lowmem_numba.bench  # noqa: F401  (ln.bench)
 from lowmem_numba import _memo
 from lowmem_numba import _registry as registry
-from lowmem_numba._algorithms import depthwise
+from lowmem_numba._algorithms import depthwise, depthwise_blocked
 from lowmem_numba._geometry import make_geometry
+from lowmem_numba._microkernel import VL
 from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
 from strategies import Case
 from subprocess_helper import run_python
 
-NAMES = ["depthwise", "depthwise-nhwc"]
+NAMES = ["depthwise", "depthwise-nhwc", "depthwise-blocked"]
+#: The kernels that take channel multipliers (depthwise-blocked does not).
+MULTIPLIER_NAMES = ["depthwise", "depthwise-nhwc"]
 GUARD = 64  # sentinel elements after the stated scratch
 
 
@@ -61,11 +71,20 @@ def depthwise_cases(draw, max_size=20):
     for k, d, (before, after) in zip(kernel, dilation, padding):
         smallest = max(1, d * (k - 1) + 1 - before - after)
         sizes.append(draw(st.integers(smallest, max(smallest, max_size))))
-    channels = draw(st.integers(1, 5))
+    # Few channels, or enough to fill depthwise-blocked's blocks of VL
+    # channels (whole, and with a partial last block).
+    channels = draw(st.one_of(st.integers(1, 5), st.integers(1, 5), st.sampled_from([VL, VL + 3, 2 * VL + 1])))
     multiplier = draw(st.sampled_from([1, 1, 2, 3]))
     return Case(batch=draw(st.integers(1, 3)), channels=channels, height=sizes[0], width=sizes[1],
                 out_channels=channels * multiplier, kernel=kernel, stride=stride, padding=padding,
                 dilation=dilation, groups=channels)
+
+
+def claimed(name, case):
+    """``case`` as ``name`` claims it: multiplier 1 for depthwise-blocked."""
+    if name in MULTIPLIER_NAMES:
+        return case
+    return dataclasses.replace(case, out_channels=case.channels)
 
 
 def _small_integers(rng, shape):
@@ -78,6 +97,7 @@ def _small_integers(rng, shape):
 @given(case=depthwise_cases(), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
        layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]))
 def test_exact_on_every_claimed_configuration(name, case, seed, with_bias, layout, threads):
+    case = claimed(name, case)
     assert ln.supports(name, case.x_shape, case.w_shape, **case.args)
     rng = np.random.default_rng(seed)
     x = _small_integers(rng, case.x_shape)
@@ -93,6 +113,7 @@ def test_exact_on_every_claimed_configuration(name, case, seed, with_bias, layou
 @pytest.mark.parametrize("name", NAMES)
 @given(case=depthwise_cases(), seed=st.integers(0, 2**32 - 1))
 def test_close_on_real_data(name, case, seed):
+    case = claimed(name, case)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.x_shape).astype(np.float32)
     w = rng.standard_normal(case.w_shape).astype(np.float32)
@@ -135,6 +156,7 @@ def _run_kernel(name, case, x, w, bias, threads, scratch_fill=np.nan, out_fill=n
        with_bias=st.booleans())
 def test_garbage_in_scratch_never_reaches_the_output_and_nothing_is_written_past_it(
         name, case, seed, threads, with_bias):
+    case = claimed(name, case)
     # Scratch starts as NaN: a masked read, a junk lane or an unwritten zero
     # row that leaked would make an output NaN; the output starts as NaN too,
     # so every output must be written.  The guard after the stated scratch
@@ -155,6 +177,7 @@ def test_garbage_in_scratch_never_reaches_the_output_and_nothing_is_written_past
 @settings(max_examples=30)
 @given(case=depthwise_cases(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]))
 def test_nan_and_inf_reach_exactly_their_receptive_fields(name, case, seed, layout):
+    case = claimed(name, case)
     assert_nonfinite_like_reference(name, case, seed, layout, every=40)
 
 
@@ -166,15 +189,16 @@ def test_inputs_are_left_unchanged(name):
         x = rng.standard_normal(shape).astype(np.float32)
         for layout in ("NCHW", "NHWC"):
             xl = x if layout == "NCHW" else channels_last(x)
-            w = rng.standard_normal((2 * shape[1], 1, 3, 3)).astype(np.float32)
-            b = rng.standard_normal(2 * shape[1]).astype(np.float32)
+            mult = 2 if name in MULTIPLIER_NAMES else 1
+            w = rng.standard_normal((mult * shape[1], 1, 3, 3)).astype(np.float32)
+            b = rng.standard_normal(mult * shape[1]).astype(np.float32)
             copies = [a.copy() for a in (xl, w, b)]
             ln.conv2d(xl, w, b, groups=shape[1], algorithm=name, layout=layout, threads=2, **args)
             for before, after in zip(copies, (xl, w, b)):
                 np.testing.assert_array_equal(before, after)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", MULTIPLIER_NAMES)
 @pytest.mark.parametrize("band", [1, 5, 13])
 def test_bands_down_to_single_rows(name, band, monkeypatch):
     # Small band limits cut the planes into many bands: interior bands (read
@@ -203,6 +227,55 @@ def test_bands_down_to_single_rows(name, band, monkeypatch):
                 np.testing.assert_array_equal(got, ex)
     finally:
         _memo.clear_all()
+
+
+@pytest.mark.parametrize("budget", [1, 3000, 40000])
+def test_blocked_bands_blocks_of_taps_and_element_wise_paths(budget, monkeypatch):
+    # The buffer budget cuts images into bands down to single output rows
+    # (bands that start or end in the padding, bands of fewer than VL pixels
+    # moved element by element); channel counts with and without a partial
+    # last block; kernels of one, two and six blocks of nine taps; stride 2
+    # and 3, dilation; scratch and the output start as NaN.
+    monkeypatch.setattr(depthwise_blocked, "DEPTHWISE_BLOCKED_BUFFER_BYTES", budget)
+    _memo.clear_all()
+    try:
+        rng = np.random.default_rng(budget)
+        one, no = (1, 1), ((0, 0), (0, 0))
+        for channels, hw, k, stride, padding, dilation in (
+                (VL, (9, 9), 3, one, ((1, 1), (1, 1)), one),
+                (VL + 5, (13, 10), 3, (2, 2), ((1, 1), (1, 1)), one),
+                (2 * VL, (11, 12), 5, (1, 3), ((2, 1), (0, 3)), one),
+                (VL, (6, 7), 7, one, ((3, 3), (3, 3)), (1, 2)),
+                (3, (8, 5), 3, (2, 2), ((2, 2), (2, 2)), (2, 2)),
+                (VL + 1, (3, 4), 3, one, ((1, 1), (1, 1)), one),
+                (VL, (1, 1), 1, one, no, one)):
+            case = Case(batch=2, channels=channels, height=hw[0], width=hw[1], out_channels=channels,
+                        kernel=(k, k), stride=stride, padding=padding, dilation=dilation, groups=channels)
+            x = _small_integers(rng, case.x_shape)
+            w = _small_integers(rng, case.w_shape)
+            b = _small_integers(rng, (channels,))
+            expected = conv2d_reference(x, w, b, case.stride, case.padding, case.dilation, case.groups)
+            for threads in (1, 2):
+                got, scratch, stated = _run_kernel("depthwise-blocked", case, x, w, b, threads)
+                np.testing.assert_array_equal(got, expected)
+                got, scratch, stated = _run_kernel("depthwise-blocked", case, x, w, None, threads,
+                                                   scratch_fill=np.float32(-7.25))
+                assert np.all(scratch[stated:] == np.float32(-7.25)), "written past the stated workspace"
+                np.testing.assert_array_equal(
+                    got, conv2d_reference(x, w, None, case.stride, case.padding, case.dilation, case.groups))
+    finally:
+        _memo.clear_all()
+
+
+def test_blocked_buffers_stay_within_their_budget():
+    # Whatever the image, a thread's buffers hold one band (at most the
+    # budget, or one output row when a row alone is larger).
+    for shape in ((1, 32, 112, 112), (8, 1024, 7, 7), (1, 64, 224, 224)):
+        g = make_geometry(shape, (shape[1], 1, 3, 3), padding=1, groups=shape[1])
+        for threads in (1, 2):
+            kernel = registry.get("depthwise-blocked").plan_kernel(g, threads)
+            per_slot = kernel.tiling[4] * 4
+            assert per_slot <= depthwise_blocked.DEPTHWISE_BLOCKED_BUFFER_BYTES + 64 * 1024, (shape, per_slot)
 
 
 @contextlib.contextmanager
@@ -274,8 +347,13 @@ def test_both_nchw_modes_are_exercised():
 @pytest.mark.parametrize("name", NAMES)
 def test_only_one_input_channel_per_group_is_claimed(name):
     assert ln.supports(name, (1, 8, 9, 9), (8, 1, 3, 3), groups=8)
-    assert ln.supports(name, (1, 8, 9, 9), (24, 1, 3, 3), groups=8)
     assert ln.supports(name, (1, 1, 9, 9), (1, 1, 3, 3))  # C = 1 = groups
+    if name in MULTIPLIER_NAMES:
+        assert ln.supports(name, (1, 8, 9, 9), (24, 1, 3, 3), groups=8)
+    else:
+        assert not ln.supports(name, (1, 8, 9, 9), (24, 1, 3, 3), groups=8)
+        reason = registry.get(name).unsupported(make_geometry((1, 8, 9, 9), (24, 1, 3, 3), groups=8))
+        assert "multiplier 3" in reason and "'depthwise'" in reason
     for w_shape, groups in (((8, 8, 3, 3), 1), ((8, 2, 3, 3), 4)):
         assert not ln.supports(name, (1, 8, 9, 9), w_shape, groups=groups)
         reason = registry.get(name).unsupported(make_geometry((1, 8, 9, 9), w_shape, groups=groups))
@@ -289,6 +367,8 @@ def test_workspace_bytes_is_the_plan(name):
                                  ((2, 3, 10, 13), (6, 1, 5, 3), dict(stride=(1, 3), padding=((0, 2), (1, 0)),
                                                                     dilation=2, groups=3))):
         g = make_geometry(shape, w_shape, **args)
+        if registry.get(name).unsupported(g):
+            continue  # a channel multiplier, for depthwise-blocked
         for threads in (1, 2):
             for layout in ("NCHW", "NHWC"):
                 plan = registry.get(name).plan(g, threads, layout)

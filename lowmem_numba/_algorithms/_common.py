@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._kernel_geometry import KernelGeometry, kernel_geometry  # noqa: F401  (re-exported)
 from .._plan import Gemms, KernelPlan
 from .._split import split_work
@@ -26,6 +26,15 @@ F32_ZERO = np.float32(0.0)
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def zero_run(dst, at, count):
+    """``dst[at : at + count] = 0``, indexed through ``NONNEG`` so that LLVM
+    vectorises it (inlined: a call would cost more than a short run)."""
+    e = at & NONNEG
+    for k in range(count):
+        dst[e + k] = 0.0
 
 
 @njit(cache=True, nogil=True)

@@ -112,7 +112,7 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (DEPTHWISE_BAND_OUTPUTS, DEPTHWISE_NHWC_BAND_ELEMENTS, DEPTHWISE_NHWC_CHANNEL_BLOCK,
                        DEPTHWISE_NHWC_RUN, DEPTHWISE_ROW_FLOPS, DEPTHWISE_RUN_FLOPS)
-from ._common import ceil_div, kernel_geometry
+from ._common import ceil_div, kernel_geometry, zero_run
 
 
 #: Per-thread buffers start on their own cache lines (16 floats of 64 bytes)
@@ -269,13 +269,6 @@ def _copy(src, s, dst, d, n):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _zero(dst, d, n):
-    e = d & NONNEG
-    for k in range(n):
-        dst[e + k] = 0.0
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _deinterleave2(pairs, p, bits, d0, d1, n):
     """``bits[d0 + k]``, ``bits[d1 + k]`` = the low and high float of 64-bit word
     ``pairs[p + k]``: even and odd columns, read by whole words (a vector of
@@ -308,7 +301,7 @@ def _masks(scratch, d, flat, mask_len):
     in rows mode) is 1 where kernel column ``j`` reads inside the image."""
     W, WO, SW, DW, PL = d.width, d.out_width, d.stride_w, d.dilation_w, d.pad_left
     period = WO if flat else mask_len
-    _zero(scratch, 0, mask_len)
+    zero_run(scratch, 0, mask_len)
     for j in range(d.kernel_w):
         s = j * DW - PL
         at = (1 + j) * mask_len
@@ -383,8 +376,8 @@ def _fill_phases(x, pairs, xp, scratch, bits, base, d, y_first, rows, phase_size
                         _gather(x, xp + (y0 + SH * t) * W + p, SW, scratch, plane + t * pitch, count)
         for p in range(SW):
             plane = base + (r * SW + p) * phase_size + lead
-            _zero(scratch, plane, t0 * pitch)
-            _zero(scratch, plane + t1 * pitch, (rows - t1) * pitch)
+            zero_run(scratch, plane, t0 * pitch)
+            zero_run(scratch, plane + t1 * pitch, (rows - t1) * pitch)
 
 
 @njit(parallel=True, cache=True)
@@ -676,7 +669,7 @@ def _depthwise_nhwc(x, wp, bias, out, scratch, d, band_rows, slots, padded_w, ro
     zero_px = ((last % SW) * kp + last // SW) * px
     bands = (HO + band_rows - 1) // band_rows
     items = d.batch * bands
-    _zero(scratch, 0, row)
+    zero_run(scratch, 0, row)
     # The first block's store adds base[...]: the bias, or zeros (the zero row).
     has_bias = bias.size > 0
     base_b = bias if has_bias else scratch
@@ -690,13 +683,13 @@ def _depthwise_nhwc(x, wp, bias, out, scratch, d, band_rows, slots, padded_w, ro
                 for c in range(C):
                     scratch[rep + t * span + p * C + c] = wp[t * C + c] if t < taps else (
                         bias[c] if has_bias else np.float32(0.0))
-        _zero(scratch, rep + (taps + 1) * span, span)
+        zero_run(scratch, rep + (taps + 1) * span, span)
         shared += (taps + 2) * span
     for slot in prange(slots):
         base = shared + slot * slot_size
         # The padding pixels of every buffer row stay zero.
         for rr in range(rows_cap):
-            _zero(scratch, base + rr * row, row)
+            zero_run(scratch, base + rr * row, row)
         r = np.empty(3, np.int64)
         cpix = np.empty(3 * _PIXELS, np.int64)
         wo = np.empty(9, np.int64)
