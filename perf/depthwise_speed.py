@@ -3,8 +3,8 @@
 Layers: the 13 depthwise layers of MobileNet-v1 (3x3, padding 1, stride 1 and
 2, 112x112 ... 7x7, 32 ... 1024 channels); dw7 ... dw11 share one shape and
 are timed once.  Batch 1 and 8, 1 and 2 threads.  Ours runs as a ``Conv2d``
-layer writing into ``out=``: ``depthwise`` on NCHW input and ``depthwise-nhwc``
-on NHWC input.  torch is ``torch.nn.functional.conv2d`` on NCHW tensors (its
+layer writing into ``out=``: ``depthwise`` and ``depthwise-blocked`` on NCHW
+input, ``depthwise-nhwc`` on NHWC input.  torch is ``torch.nn.functional.conv2d`` on NCHW tensors (its
 default layout), in a separate process (``lowmem_numba.bench.torch_runs``)
 launched right before and right after ours for the same thread count, its best
 of the two kept, so that both see the same machine load.  Each figure is the
@@ -48,13 +48,16 @@ def select_layers(quick=False):
     return [(" = ".join(names), layer) for names, layer in chosen]
 
 
-def time_ours(layer, batch, threads, layout, repeats):
+#: (algorithm, layout of its input) timed on every layer.
+VARIANTS = (("depthwise", "NCHW"), ("depthwise-blocked", "NCHW"), ("depthwise-nhwc", "NHWC"))
+
+
+def time_ours(layer, batch, threads, name, layout, repeats):
     rng = np.random.default_rng(0)
     x = rng.random(layer.x_shape(batch), dtype=np.float32)
     if layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     w = rng.random(layer.w_shape, dtype=np.float32)
-    name = "depthwise-nhwc" if layout == "NHWC" else "depthwise"
     conv = ln.Conv2d(w, np.zeros(layer.out_channels, np.float32), algorithm=name, threads=threads,
                      layout=layout, **layer.conv_args)
     out = conv(x)
@@ -99,34 +102,38 @@ def main(argv=None):
     for batch in batches:
         for threads in threads_list:
             version, theirs = torch_seconds(selected, batch, threads, repeats)
-            ours = {(label, layout): time_ours(layer, batch, threads, layout, repeats)
-                    for label, layer in selected for layout in ("NCHW", "NHWC")}
+            ours = {(label, name): time_ours(layer, batch, threads, name, layout, repeats)
+                    for label, layer in selected for name, layout in VARIANTS}
             version, again = torch_seconds(selected, batch, threads, repeats)
             theirs = {label: min(seconds, again.get(label, seconds)) for label, seconds in theirs.items()}
             lines += [f"## batch {batch}, {threads} thread{'s' if threads > 1 else ''}", "",
-                      "| layer | C, HxW, stride | torch ms | depthwise (NCHW) ms | speed-up | "
-                      "depthwise-nhwc (NHWC) ms | speed-up | NCHW GFLOP/s |",
-                      "|---|---|---|---|---|---|---|---|"]
-            speedups = {"NCHW": [], "NHWC": []}
+                      "| layer | C, HxW, stride | torch ms | "
+                      + " | ".join(f"{name} ({layout}) ms | speed-up" for name, layout in VARIANTS)
+                      + " | best GFLOP/s |",
+                      "|---|---|---|" + "---|---|" * len(VARIANTS) + "---|"]
+            speedups = {name: [] for name, _ in VARIANTS}
             for label, layer in selected:
-                nchw, nhwc, torch_s = ours[(label, "NCHW")], ours[(label, "NHWC")], theirs[label]
-                speedups["NCHW"].append(torch_s / nchw)
-                speedups["NHWC"].append(torch_s / nhwc)
+                torch_s = theirs[label]
+                cells = []
+                for name, _ in VARIANTS:
+                    speedups[name].append(torch_s / ours[(label, name)])
+                    cells.append(f"{ours[(label, name)] * 1e3:.3f} | {torch_s / ours[(label, name)]:.2f}")
+                best = min(ours[(label, name)] for name, _ in VARIANTS)
                 lines.append(f"| {label} | {layer.in_channels}, {layer.height}x{layer.width}, {layer.stride} | "
-                             f"{torch_s * 1e3:.3f} | {nchw * 1e3:.3f} | {torch_s / nchw:.2f} | "
-                             f"{nhwc * 1e3:.3f} | {torch_s / nhwc:.2f} | "
-                             f"{layer.flops(batch) / nchw / 1e9:.1f} |")
+                             f"{torch_s * 1e3:.3f} | " + " | ".join(cells)
+                             + f" | {layer.flops(batch) / best / 1e9:.1f} |")
                 print(f"b{batch} t{threads} {lines[-1]}", flush=True)
             row = [f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}"]
-            for layout in ("NCHW", "NHWC"):
-                values = speedups[layout]
+            for name, _ in VARIANTS:
+                values = speedups[name]
                 row.append(f"{geometric_mean(values):.2f} ({min(values):.2f}-{max(values):.2f}), "
                            f"{sum(v >= 1.0 for v in values)}/{len(values)} >= 1")
             summary.append("| " + " | ".join(row) + " |")
             lines.append("")
-    lines[4:4] = ([f"torch {version}.", "",
-                   "| setting | NCHW speed-up: geometric mean (min-max), layers >= 1 | NHWC speed-up |",
-                   "|---|---|---|"] + summary + [""])
+    lines[4:4] = ([f"torch {version}. Speed-up per setting: geometric mean over the layers (min-max), "
+                   "layers at or above 1.", "",
+                   "| setting | " + " | ".join(f"{name} ({layout})" for name, layout in VARIANTS) + " |",
+                   "|---|" + "---|" * len(VARIANTS)] + summary + [""])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")

@@ -186,7 +186,10 @@ def test_workspace_follows_the_formula_and_stays_small(name):
         for threads in (1, 2):
             plan = registry.get(name).plan(g, threads, prepacked=True)
             block, slots = plan.kernel.tiling[1], plan.kernel.tiling[5]
-            assert block % winograd.MR == 0
+            # Whole micro-kernel tiles, or (few units) blocks of equal size.
+            tiles = winograd._sizes(g, name)[2]
+            blocks = -(-tiles // block)
+            assert block % winograd.MR == 0 or (blocks > 1 and blocks * block - tiles < blocks)
             assert plan.workspace_elements == slots * (
                 alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64)) + (alpha + m) * m * block * winograd.NR)
             assert plan.workspace_bytes <= 2 * 2**20  # the default tile block's target
@@ -319,3 +322,19 @@ def test_slots_take_every_unit_once_in_runs_of_about_equal_work(images, tiles, g
     share = sum(work) / slots
     for first, end in ranges:  # within one unit of an equal share
         assert abs(sum(work[first:end]) - share) <= max(work)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_two_threads_share_small_images_at_batch_one(name):
+    # 7x7 ... 14x14 images at batch 1 have a few tile blocks; a block of 48
+    # tiles and one of 1 gave one thread all the work.  Whatever the block,
+    # the busier thread gets at most about half the tiles (blocks of equal
+    # size, or channel chunks where the tiles do not split).
+    m, r, _ = winograd.VARIANTS[name]
+    for c, hw, mm in ((128, 14, 256), (256, 13, 384), (512, 7, 512), (512, 14, 512), (96, 14, 208)):
+        g = make_geometry((1, c, hw, hw), (mm, c, r, r), 1, r // 2, 1, 1)
+        tiles = winograd._sizes(g, name)[2]
+        kernel = registry.get(name).plan(g, 2, prepacked=True).kernel
+        block, m_chunks = kernel.tiling[1], kernel.tiling[4]
+        if m_chunks == 1:
+            assert winograd._largest_share(g, 2, block, tiles) <= -(-tiles // 2) + winograd.MR // 2, (c, hw, block)

@@ -496,9 +496,23 @@ def _plan_within(g, threads, scratch_elements, name):
         block -= MR
 
 
+def _largest_share(g, threads, block, tiles):
+    """Tiles of the busiest thread when units are blocks of ``block`` tiles
+    (one channel chunk), split as the kernel splits them (:func:`_slot_units`)."""
+    blocks = ceil_div(tiles, block)
+    units = g.batch * g.groups * blocks
+    slots = min(threads, units)
+    last = tiles - (blocks - 1) * block
+    largest = 0
+    for slot in range(slots):
+        first, end = _slot_units(slot, slots, units, 1, blocks, block, tiles)
+        largest = max(largest, sum(last if unit % blocks == blocks - 1 else block for unit in range(first, end)))
+    return largest
+
+
 def _plan(g, threads, name, block=None):
-    """Blocks of ``tile_block`` tiles of one image and group, times chunks of
-    their output-channel blocks, are the units; ``slots = min(threads,
+    """Blocks of ``tile_block`` tiles of one image and group (of equal size
+    when there are few), times chunks of their output-channel blocks, are the units; ``slots = min(threads,
     units)`` threads take equal runs of them, each with its own scratch.  The
     channel blocks are cut (by the one splitter) only where tile blocks alone
     balance badly, as on 7x7 and 14x14 images at batch 1: each chunk
@@ -509,6 +523,18 @@ def _plan(g, threads, name, block=None):
     m, alpha, tiles = _sizes(g, name)
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
+    blocks = ceil_div(max(tiles, 1), block)
+    if 1 < blocks and threads > 1 and g.batch * g.groups * blocks < 2 * threads:
+        # Few units: where the threads' runs of them balance badly, a
+        # multiple of the threads in blocks of equal size.  49 tiles (14x14
+        # images at batch 1) in a block of 48 and one of 1 gave one thread all
+        # the work (GoogLeNet's inception4c 3x3: 0.74-0.76 ms on one thread,
+        # 0.68-0.83 on two); blocks of 25 and 24 took two threads to
+        # 0.41-0.43, and whole micro-kernel tiles (24, 24 and 1) to 0.43-0.47
+        # (three alternating runs each).
+        even = ceil_div(tiles, min(tiles, ceil_div(blocks, threads) * threads))
+        if _largest_share(g, threads, even, tiles) < _largest_share(g, threads, block, tiles):
+            block = even
     cg, mg = g.channels_per_group, g.out_channels_per_group
     blocks_m = ceil_div(mg, NR)
     tile_blocks = g.batch * g.groups * ceil_div(tiles, block)
