@@ -80,10 +80,10 @@ DEPTHWISE_ROW_FLOPS = 150
 DEPTHWISE_BLOCKED_FLOP_COST = 0.37
 #: depthwise-blocked: bytes of one thread's buffers (a band's input rows and
 #: its output pixels, VL channels deep).  32, 64, 128, 256 KiB and whole
-#: images measured on MobileNet-v1's 112x112 ... 14x14 layers (batch 8, one
-#: thread, two runs): 128 KiB fastest or within noise on every layer (the
-#: five layers 7.6-7.7 ms; 64 KiB 8.6-9.0, 256 KiB 7.9-8.5, whole images
-#: 8.5-9.3, 32 KiB 10.8-13.8: each band transposes its overlap rows again).
+#: images measured on MobileNet-v1's dw1 ... dw7 (112x112 ... 14x14, batch
+#: 8, one thread, two runs), the seven layers summed: 128 KiB 7.8-8.5 ms,
+#: 256 KiB 8.0-8.7, whole images 8.6-9.3, 64 KiB 8.9-9.0, 32 KiB 11.2-13.2
+#: (each band transposes its overlap rows again).
 DEPTHWISE_BLOCKED_BUFFER_BYTES = 131072
 #: Depthwise (NHWC): output elements (pixels x channels) per band of rows:
 #: 128 KiB of output, whose input rows fit in one core's L2 (not swept; bands

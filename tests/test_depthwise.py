@@ -248,6 +248,8 @@ def test_blocked_bands_blocks_of_taps_and_element_wise_paths(budget, monkeypatch
                 (VL, (6, 7), 7, one, ((3, 3), (3, 3)), (1, 2)),
                 (3, (8, 5), 3, (2, 2), ((2, 2), (2, 2)), (2, 2)),
                 (VL + 1, (3, 4), 3, one, ((1, 1), (1, 1)), one),
+                (VL, (2, 9), 1, one, ((3, 4), (0, 1)), one),  # bands wholly in the padding
+                (VL + 2, (3, 17), 2, (2, 1), ((4, 5), (2, 0)), (2, 1)),
                 (VL, (1, 1), 1, one, no, one)):
             case = Case(batch=2, channels=channels, height=hw[0], width=hw[1], out_channels=channels,
                         kernel=(k, k), stride=stride, padding=padding, dilation=dilation, groups=channels)

@@ -141,17 +141,18 @@ def _depthwise_blocked(x, wp, bias, out, scratch, d, slots, band_rows, padded_w,
             lanes = min(VL, C - c0)
             y0 = band * band_rows
             y1 = min(HO, y0 + band_rows)
-            # Buffer row k holds input row top + k: rows outside the image
-            # are zeros, rows [a, e) are the input's.
+            # Buffer row k holds input row top + k: rows [first, end) are
+            # inside the image, the others (padding) zeros.  A band may lie
+            # wholly in the padding (padding wider than the kernel).
             top = y0 * SH - PT
             rows = (y1 - 1 - y0) * SH + span_h
-            a = min(max(top, 0), H)
-            e = max(a, min(top + rows, H))
-            zero_run(scratch, image, (a - top) * row_floats)
-            zero_run(scratch, image + (e - top) * row_floats, (top + rows - e) * row_floats)
-            at = image + (a - top) * row_floats
-            xp = (n * C + c0) * plane_in + a * W
-            count = (e - a) * W
+            first = min(max(-top, 0), rows)
+            end = min(max(H - top, first), rows)
+            zero_run(scratch, image, first * row_floats)
+            zero_run(scratch, image + end * row_floats, (rows - end) * row_floats)
+            at = image + first * row_floats
+            xp = (n * C + c0) * plane_in + (top + first) * W
+            count = (end - first) * W
             if lanes == VL and count >= VL:
                 _transpose_run(x, xp, 1, plane_in, scratch, at, 0, table, 0, 1, count)
             else:
