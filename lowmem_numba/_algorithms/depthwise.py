@@ -13,6 +13,11 @@ dilation and batch.  Output channel ``m`` reads input channel ``m // (M/g)``.
 
 NCHW (``depthwise``): vectorised along the output width
 ---------------------------------------------------------
+(With one output channel per group, ``depthwise-blocked`` in
+:mod:`.depthwise_blocked` moves blocks of channels into the vector lanes
+instead, which avoids this kernel's per-plane costs on small planes; the
+scheduler prices both.)
+
 Every output element is ``bias + sum over taps of w[tap] * input``, computed
 by *runs*: one loop over ``n`` consecutive outputs of a plane in which each
 tap reads its source at ``offset(tap) + q``, i.e. with unit stride.  A run
