@@ -183,6 +183,16 @@ WINOGRAD_STAGE_CHANNELS = 64
 #: cost 2 % on VGG-16 conv3_2 and 8-10 % on 512-channel layers (F(4x4,3x3),
 #: one thread), 64 twice that.  128 keeps F(2x2,3x3) within the 2x bound.
 WINOGRAD_REDUCTION_BLOCK = 128
+#: Winograd: fixed cost of one transform point of one tile (the loops and
+#: calls the input transform, the products and the output transform spend
+#: on it whatever the channel count), in plain-copy elements.  Fitted to the
+#: time the plan left unexplained on 14x14 and 28x28 images at batch 8, one
+#: thread (16-128 -> 48 and 128 channels, all three variants): 17-71 ns per
+#: tile and point, median 36 ns, about 200 copies; without it the model
+#: predicted F(2x2,5x5) on 16 -> 48 channels 1.7x too fast and picked it over
+#: direct-ukernel, which runs that layer (GoogLeNet inception4a 5x5) in
+#: 0.66 ms against 1.05-1.20.
+WINOGRAD_TILE_POINT_COST = 200
 #: Winograd weight transform: input channels staged (transposed to lanes) at
 #: once per block of NR output channels: whole 16x16 register transposes, and
 #: a slot's staging of r^2 x (this + 1) x NR floats stays in L1 for 3x3

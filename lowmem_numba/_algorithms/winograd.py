@@ -67,7 +67,8 @@ from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_tran
 from .._plan import KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import WINOGRAD_PACK_COST, WINOGRAD_PACK_CHANNELS, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS
+from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
+                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST)
 from ._common import ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
 
@@ -523,7 +524,8 @@ def _plan(g, threads, name, block=None):
     transforms its tiles' input again unless the same thread ran the previous
     chunk.  Priced as ``a^2`` products per image and group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
-    them) x C/g, plus the transforms as elements moved."""
+    them) x C/g, plus the transforms as elements moved and a fixed cost per
+    tile and point (``WINOGRAD_TILE_POINT_COST``)."""
     m, alpha, tiles = _sizes(g, name)
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
@@ -551,7 +553,8 @@ def _plan(g, threads, name, block=None):
     images = g.batch * g.groups
     # Transforms: each input tile staged and written as V; Z read and each
     # output written once (the separable passes run in L1).
-    moved = images * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels)
+    moved = images * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels
+                              + points * WINOGRAD_TILE_POINT_COST)
     # The products as the micro-kernel runs them: per tile block, full MR-row
     # tiles and a remainder on SMALL_MR-row tiles.  Oriented channels x tiles
     # so that a small tile count costs only its rounding: the micro-kernel's
