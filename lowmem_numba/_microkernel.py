@@ -142,6 +142,26 @@ def _mask(indices):
     return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
 
 
+def _fma(builder, vty):
+    """The ``llvm.fma`` intrinsic on vectors of type ``vty``."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                          f"llvm.fma.v{vty.count}f32")
+
+
+def _depthwise_start(builder, vty, taps, pixels, w_ptr, w_off, w_step, b_ptr, b_off, d_ptr, d_off, d_step,
+                     accumulate):
+    """What both depthwise kernels begin with: the ``taps`` weight vectors,
+    each output pixel's offset, and its starting sum (the output's value
+    with ``accumulate != 0``, else the ``base`` vector)."""
+    weights = [_load_vector(builder, w_ptr, builder.add(w_off, builder.mul(_const(t), w_step)), vty)
+               for t in range(taps)]
+    outputs = [builder.add(d_off, builder.mul(_const(p), d_step)) for p in range(pixels)]
+    initial = _load_vector(builder, b_ptr, b_off, vty)
+    add = builder.icmp_signed("!=", accumulate, _const(0))
+    accs = [builder.select(add, _load_vector(builder, d_ptr, at, vty), initial) for at in outputs]
+    return weights, outputs, accs
+
+
 def _transpose(builder, rows, lanes):
     """Transpose a ``lanes x lanes`` block held as ``lanes`` vectors, by
     swapping off-diagonal blocks of halving size (log2(lanes) rounds of
@@ -169,8 +189,7 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
     nr_max = nv * vl
     vty = ir.VectorType(_F32, vl)
     zero = ir.Constant(vty, [0.0] * vl)
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                                         f"llvm.fma.v{vl}f32")
+    fma = _fma(builder, vty)
     w_ptr = context.make_array(w_t)(context, builder, w).data
     x_ptr = context.make_array(x_t)(context, builder, x).data
     o_ptr = context.make_array(out_t)(context, builder, out).data
@@ -473,20 +492,15 @@ def make_depthwise_kernel(pixels, taps=9, vl=VL):
             (src_v, s_off_v, s_step_v, offsets_v, o_first_v, count_v, w_v, w_off_v, w_step_v, base_v, b_off_v,
              dst_v, d_off_v, d_step_v, accumulate_v) = args
             vty = ir.VectorType(_F32, vl)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                                                 f"llvm.fma.v{vl}f32")
+            fma = _fma(builder, vty)
             s_ptr, o_ptr, w_ptr, b_ptr, d_ptr = (
                 context.make_array(signature.args[k])(context, builder, value).data
                 for k, value in ((0, src_v), (3, offsets_v), (6, w_v), (9, base_v), (11, dst_v)))
             tap_offsets = [builder.load(_element_ptr(builder, o_ptr, builder.add(o_first_v, _const(t))))
                            for t in range(taps)]
-            weights = [_load_vector(builder, w_ptr, builder.add(w_off_v, builder.mul(_const(t), w_step_v)), vty)
-                       for t in range(taps)]
-            outputs = [builder.add(d_off_v, builder.mul(_const(p), d_step_v)) for p in range(pixels)]
+            weights, outputs, accs = _depthwise_start(builder, vty, taps, pixels, w_ptr, w_off_v, w_step_v, b_ptr,
+                                                      b_off_v, d_ptr, d_off_v, d_step_v, accumulate_v)
             inputs = [builder.add(s_off_v, builder.mul(_const(p), s_step_v)) for p in range(pixels)]
-            initial = _load_vector(builder, b_ptr, b_off_v, vty)
-            add = builder.icmp_signed("!=", accumulate_v, _const(0))
-            accs = [builder.select(add, _load_vector(builder, d_ptr, at, vty), initial) for at in outputs]
 
             def tap(t, p, acc):
                 value = _load_vector(builder, s_ptr, builder.add(inputs[p], tap_offsets[t]), vty)
@@ -543,17 +557,12 @@ def make_depthwise_row_kernel(pixels, stride, vl=VL):
             (src_v, s_off_v, row_step_v, w_v, w_off_v, w_step_v, base_v, b_off_v, dst_v, d_off_v, d_step_v,
              accumulate_v) = args
             vty = ir.VectorType(_F32, vl)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                                                 f"llvm.fma.v{vl}f32")
+            fma = _fma(builder, vty)
             s_ptr, w_ptr, b_ptr, d_ptr = (
                 context.make_array(signature.args[k])(context, builder, value).data
                 for k, value in ((0, src_v), (3, w_v), (6, base_v), (8, dst_v)))
-            weights = [_load_vector(builder, w_ptr, builder.add(w_off_v, builder.mul(_const(t), w_step_v)), vty)
-                       for t in range(9)]
-            outputs = [builder.add(d_off_v, builder.mul(_const(p), d_step_v)) for p in range(pixels)]
-            initial = _load_vector(builder, b_ptr, b_off_v, vty)
-            add = builder.icmp_signed("!=", accumulate_v, _const(0))
-            accs = [builder.select(add, _load_vector(builder, d_ptr, at, vty), initial) for at in outputs]
+            weights, outputs, accs = _depthwise_start(builder, vty, 9, pixels, w_ptr, w_off_v, w_step_v, b_ptr,
+                                                      b_off_v, d_ptr, d_off_v, d_step_v, accumulate_v)
             for i in range(3):
                 row = builder.add(s_off_v, builder.mul(_const(i), row_step_v))
                 columns = {}
