@@ -520,6 +520,25 @@ def _depthwise_nchw(x, w, bias, out, scratch, d, flat, band_rows, slots, run, ma
 # ----------------------------------------------------------------- NHWC kernel
 
 @njit(cache=True, nogil=True, inline="always")
+def _grid9(r, c, j0):
+    """The nine offsets ``r[i] + c[j0 + j]`` (rows ``i``, columns ``j`` < 3) of one
+    pixel's taps, row by row, through ``NONNEG`` (see :func:`_px2`)."""
+    r0, r1, r2 = r[0], r[1], r[2]
+    c0, c1, c2 = c[j0], c[j0 + 1], c[j0 + 2]
+    return ((r0 + c0) & NONNEG, (r0 + c1) & NONNEG, (r0 + c2) & NONNEG,
+            (r1 + c0) & NONNEG, (r1 + c1) & NONNEG, (r1 + c2) & NONNEG,
+            (r2 + c0) & NONNEG, (r2 + c1) & NONNEG, (r2 + c2) & NONNEG)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nine(o, shift):
+    """``o[k] + shift`` for ``k < 9``, through ``NONNEG``."""
+    return ((o[0] + shift) & NONNEG, (o[1] + shift) & NONNEG, (o[2] + shift) & NONNEG,
+            (o[3] + shift) & NONNEG, (o[4] + shift) & NONNEG, (o[5] + shift) & NONNEG,
+            (o[6] + shift) & NONNEG, (o[7] + shift) & NONNEG, (o[8] + shift) & NONNEG)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _tap9(wp, w0, w1, w2, w3, w4, w5, w6, w7, w8, src, a0, a1, a2, a3, a4, a5, a6, a7, a8, ch):
     """Nine taps of one pixel at channel ``ch``: ``sum_t wp[w_t + ch] * src[a_t + ch]``."""
     return (wp[w0 + ch] * src[a0 + ch] + wp[w1 + ch] * src[a1 + ch] + wp[w2 + ch] * src[a2 + ch]
@@ -538,16 +557,9 @@ def _px2(src, r, c, wp, wo, base, bo, out, oo, n, add):
     its stores overlap none of its loads stay under 128, and four pixels'
     stores against their 36 input and 9 weight streams need 180.
     """
-    r0, r1, r2 = r[0], r[1], r[2]
-    a0, a1, a2 = (r0 + c[0]) & NONNEG, (r0 + c[1]) & NONNEG, (r0 + c[2]) & NONNEG
-    a3, a4, a5 = (r1 + c[0]) & NONNEG, (r1 + c[1]) & NONNEG, (r1 + c[2]) & NONNEG
-    a6, a7, a8 = (r2 + c[0]) & NONNEG, (r2 + c[1]) & NONNEG, (r2 + c[2]) & NONNEG
-    b0, b1, b2 = (r0 + c[3]) & NONNEG, (r0 + c[4]) & NONNEG, (r0 + c[5]) & NONNEG
-    b3, b4, b5 = (r1 + c[3]) & NONNEG, (r1 + c[4]) & NONNEG, (r1 + c[5]) & NONNEG
-    b6, b7, b8 = (r2 + c[3]) & NONNEG, (r2 + c[4]) & NONNEG, (r2 + c[5]) & NONNEG
-    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
-    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
-    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    a0, a1, a2, a3, a4, a5, a6, a7, a8 = _grid9(r, c, 0)
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = _grid9(r, c, 3)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine(wo, 0)
     p0, p1 = oo[0] & NONNEG, oo[1] & NONNEG
     bb = bo & NONNEG
     if add:
@@ -569,14 +581,9 @@ def _px2(src, r, c, wp, wo, base, bo, out, oo, n, add):
 def _px1(src, r, c, wp, wo, base, bo, bstep, out, oo, ostep, n, add):
     """One output pixel over ``n`` channels, nine taps, any output and bias step
     (``out[oo + ch*ostep]``, ``base[bo + ch*bstep]``); ``r``, ``c`` and ``wo``
-    as in :func:`_px4` (pixel 0 only)."""
-    r0, r1, r2 = r[0], r[1], r[2]
-    a0, a1, a2 = (r0 + c[0]) & NONNEG, (r0 + c[1]) & NONNEG, (r0 + c[2]) & NONNEG
-    a3, a4, a5 = (r1 + c[0]) & NONNEG, (r1 + c[1]) & NONNEG, (r1 + c[2]) & NONNEG
-    a6, a7, a8 = (r2 + c[0]) & NONNEG, (r2 + c[1]) & NONNEG, (r2 + c[2]) & NONNEG
-    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
-    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
-    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    as in :func:`_px2` (pixel 0 only)."""
+    a0, a1, a2, a3, a4, a5, a6, a7, a8 = _grid9(r, c, 0)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine(wo, 0)
     p0 = oo & NONNEG
     bb = bo & NONNEG
     if ostep == 1 and bstep == 1:  # one output channel per input channel: unit stride, vectorised
@@ -603,12 +610,8 @@ def _vrun9(src, o, wr, wo, out, at, n, bo, add):
     """``out[at + f] (= wr[bo + f] +) or (+=) sum_k wr[wo[k] + f] * src[o[k] + f]`` for ``f < n``:
     nine taps with a weight per element (the NHWC row runs, weights repeated
     for every pixel of the run)."""
-    o0, o1, o2 = o[0] & NONNEG, o[1] & NONNEG, o[2] & NONNEG
-    o3, o4, o5 = o[3] & NONNEG, o[4] & NONNEG, o[5] & NONNEG
-    o6, o7, o8 = o[6] & NONNEG, o[7] & NONNEG, o[8] & NONNEG
-    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
-    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
-    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    o0, o1, o2, o3, o4, o5, o6, o7, o8 = _nine(o, 0)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine(wo, 0)
     d = at & NONNEG
     bb = bo & NONNEG
     if add:
@@ -625,15 +628,9 @@ def _vrun9(src, o, wr, wo, out, at, n, bo, add):
 def _vrun9x2(src, o, step, wr, wo, out, at, ostep, n, bo, add):
     """:func:`_vrun9` for two runs at once, the second ``step`` further in
     ``src`` and ``ostep`` further in ``out``: each weight is loaded once for both."""
-    o0, o1, o2 = o[0] & NONNEG, o[1] & NONNEG, o[2] & NONNEG
-    o3, o4, o5 = o[3] & NONNEG, o[4] & NONNEG, o[5] & NONNEG
-    o6, o7, o8 = o[6] & NONNEG, o[7] & NONNEG, o[8] & NONNEG
-    q0, q1, q2 = (o[0] + step) & NONNEG, (o[1] + step) & NONNEG, (o[2] + step) & NONNEG
-    q3, q4, q5 = (o[3] + step) & NONNEG, (o[4] + step) & NONNEG, (o[5] + step) & NONNEG
-    q6, q7, q8 = (o[6] + step) & NONNEG, (o[7] + step) & NONNEG, (o[8] + step) & NONNEG
-    w0, w1, w2 = wo[0] & NONNEG, wo[1] & NONNEG, wo[2] & NONNEG
-    w3, w4, w5 = wo[3] & NONNEG, wo[4] & NONNEG, wo[5] & NONNEG
-    w6, w7, w8 = wo[6] & NONNEG, wo[7] & NONNEG, wo[8] & NONNEG
+    o0, o1, o2, o3, o4, o5, o6, o7, o8 = _nine(o, 0)
+    q0, q1, q2, q3, q4, q5, q6, q7, q8 = _nine(o, step)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine(wo, 0)
     d = at & NONNEG
     e = (at + ostep) & NONNEG
     bb = bo & NONNEG
