@@ -117,13 +117,8 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (DEPTHWISE_BAND_OUTPUTS, DEPTHWISE_NHWC_BAND_ELEMENTS, DEPTHWISE_NHWC_CHANNEL_BLOCK,
                        DEPTHWISE_NHWC_RUN, DEPTHWISE_ROW_FLOPS, DEPTHWISE_RUN_FLOPS)
-from ._common import ceil_div, kernel_geometry, zero_run
+from ._common import LINE, ceil_div, kernel_geometry, whole_lines, zero_run
 
-
-#: Per-thread buffers start on their own cache lines (16 floats of 64 bytes)
-#: and one line apart: two threads refilling buffers that share a line for
-#: every 7x7 plane ran slower together than one alone (false sharing).
-_LINE = 16
 
 #: Pixels per NHWC run (each weight vector is loaded once for them; see _px2).
 _PIXELS = 2
@@ -665,7 +660,7 @@ def _depthwise_nhwc(x, wp, bias, out, scratch, d, band_rows, slots, padded_w, ro
     kp = (padded_w + SW - 1) // SW
     row = SW * kp * px
     zero_row = 0                # scratch[:row] holds zeros (rows outside the image, zero taps)
-    shared = (row + _LINE - 1) // _LINE * _LINE
+    shared = (row + LINE - 1) // LINE * LINE
     zero_w = taps * mult * px   # wp[zero_w:zero_w + C] holds zeros (zero taps)
     last = padded_w - 1         # a zero pixel: the column of zero taps
     zero_px = ((last % SW) * kp + last // SW) * px
@@ -869,7 +864,7 @@ def _nchw_tiling(g, threads):
         tail = max([0] + columns) + (VL if g.stride_w == 2 else 0)
         phase_size = lead + (band_rows + amax - amin) * WO + tail
         run = band_rows * WO
-        return (flat, band_rows, slots, run, _lines(run), _lines(g.stride_h * g.stride_w * phase_size) + _LINE,
+        return (flat, band_rows, slots, run, whole_lines(run), whole_lines(g.stride_h * g.stride_w * phase_size) + LINE,
                 lead, phase_size, WO, items)
     run = ceil_div(WO, VL) * VL
     row_len = ceil_div(W, g.stride_w)
@@ -877,13 +872,8 @@ def _nchw_tiling(g, threads):
     tail = max([0] + [run + e - row_len for e in columns])
     rows = min(g.height, (band_rows - 1) * g.stride_h + span_h)
     phase_size = lead + rows * row_len + tail
-    return (flat, band_rows, slots, run, _lines(run), _lines(g.stride_w * phase_size) + _LINE, lead, phase_size,
+    return (flat, band_rows, slots, run, whole_lines(run), whole_lines(g.stride_w * phase_size) + LINE, lead, phase_size,
             row_len, items)
-
-
-def _lines(elements):
-    """``elements`` rounded up to whole cache lines."""
-    return ceil_div(elements, _LINE) * _LINE
 
 
 def _nchw_work(g, tiling):
@@ -967,7 +957,7 @@ def _nhwc_tiling(g, threads):
     run_px = min(g.out_width, DEPTHWISE_NHWC_RUN // C)
     if g.out_channels_per_group != 1 or pixel_stride(C) != C or run_px < 2:
         run_px = 0
-    return band_rows, slots, padded_w, rows_cap, _lines(rows_cap * row) + _LINE, run_px, items
+    return band_rows, slots, padded_w, rows_cap, whole_lines(rows_cap * row) + LINE, run_px, items
 
 
 def _nhwc_plan(g, threads):
@@ -989,7 +979,7 @@ def _nhwc_plan(g, threads):
     flops = (2 * g.batch * g.out_height * g.out_width * g.out_channels * tap_slots + runs * DEPTHWISE_RUN_FLOPS
              + copies * DEPTHWISE_ROW_FLOPS)
     return KernelPlan(tiling=(band_rows, slots, padded_w, rows_cap, slot_size, run_px),
-                      scratch_elements=_lines(row) + repeated + slots * slot_size, moved_elements=copied,
+                      scratch_elements=whole_lines(row) + repeated + slots * slot_size, moved_elements=copied,
                       vector_flops=flops, parallel_items=items)
 
 
@@ -1021,7 +1011,7 @@ def pixel_stride(channels: int) -> int:
     Other counts spread over 4 groups or more (256 channels: 1 KiB apart)
     and are left dense, since the padding costs a copy per pixel.
     """
-    return channels + _LINE if channels % 512 == 0 else channels
+    return channels + LINE if channels % 512 == 0 else channels
 
 
 def _unsupported(g):

@@ -70,10 +70,7 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import DEPTHWISE_BLOCKED_BUFFER_BYTES, DEPTHWISE_BLOCKED_FLOP_COST
-from ._common import ceil_div, kernel_geometry, zero_run
-
-#: Buffers start on their own cache lines (16 floats of 64 bytes).
-_LINE = 16
+from ._common import LINE, ceil_div, kernel_geometry, whole_lines, zero_run
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -129,7 +126,7 @@ def _depthwise_blocked(x, wp, bias, out, scratch, d, slots, band_rows, padded_w,
     # vector load that straddles two lines costs two (16-byte-aligned scratch
     # took 44-48 ns a call instead of 31-33, measured on 7x7 planes).
     shared = tables + 2 * (band_pixels + VL + tap_blocks * DEPTHWISE_TAPS)
-    shared = (shared + _LINE - 1) // _LINE * _LINE + ((-(scratch.ctypes.data >> 2)) & (_LINE - 1))
+    shared = (shared + LINE - 1) // LINE * LINE + ((-(scratch.ctypes.data >> 2)) & (LINE - 1))
     for slot in prange(slots):
         image = shared + slot * slot_size
         pixels = image + buffer_pixels * VL
@@ -205,10 +202,6 @@ def _tap_rows(g):
     return ceil_div(g.kernel_taps, DEPTHWISE_TAPS) * DEPTHWISE_TAPS
 
 
-def _lines(elements):
-    return ceil_div(elements, _LINE) * _LINE
-
-
 def _tiling(g, threads):
     """(slots, band_rows, padded_w, buffer_pixels, slot_size, tables, band_pixels, items)."""
     padded_w = g.width + g.pad_left + g.pad_right
@@ -231,8 +224,8 @@ def _tiling(g, threads):
     output_pixels = (band_rows - 1) * g.out_width + last_call + DEPTHWISE_PIXELS
     items = g.batch * blocks * ceil_div(g.out_height, band_rows)
     slots = max(1, min(threads, items))
-    tables = _lines(_padded_channels(g))
-    slot_size = _lines((buffer_pixels + output_pixels) * VL) + _LINE
+    tables = whole_lines(_padded_channels(g))
+    slot_size = whole_lines((buffer_pixels + output_pixels) * VL) + LINE
     band_pixels = _band_input_rows(g, band_rows) * g.width
     return slots, band_rows, padded_w, buffer_pixels, slot_size, tables, band_pixels, items
 
@@ -252,7 +245,7 @@ def _plan(g, threads):
         return KernelPlan(tiling=(), parallel_items=1)
     slots, band_rows, padded_w, buffer_pixels, slot_size, tables, band_pixels, items = _tiling(g, threads)
     # A line more, to move the buffers onto cache lines of memory.
-    scratch = _lines(tables + _table_elements(g, band_pixels)) + _LINE + slots * slot_size
+    scratch = whole_lines(tables + _table_elements(g, band_pixels)) + LINE + slots * slot_size
     lanes = g.batch * _padded_channels(g)
     bands = ceil_div(g.out_height, band_rows)
     computed = lanes * g.out_height * ceil_div(g.out_width, DEPTHWISE_PIXELS) * DEPTHWISE_PIXELS
