@@ -20,6 +20,7 @@ inside :func:`kernel_threads`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -27,13 +28,13 @@ from contextlib import contextmanager
 from typing import Optional
 
 import numba
+from numba.np.ufunc import parallel as _numba_parallel
 
 _blas_lock = threading.Lock()
 _blas_depth = 0
-# While held: [(library controller, its thread count before)], restored at the end.
+# While held: [(_BlasThreads, its thread count before)], restored at the end.
 _blas_restore = None
 _blas_libraries = None
-_controller = None
 
 # Held around kernel launches unless Numba's layer is one of these (workqueue
 # aborts on concurrent launches from several Python threads).
@@ -48,21 +49,60 @@ _forked_after_openmp = False
 _inside = threading.local()
 
 
-def _blas_library_controllers():
-    """threadpoolctl's controllers of the BLAS libraries loaded (found once)."""
+class _BlasThreads:
+    """Reads and sets one loaded BLAS library's thread count.
+
+    OpenBLAS with its own (pthreads) pool is driven through its C functions
+    ``openblas_get_num_threads`` / ``openblas_set_num_threads`` directly, found
+    in the library threadpoolctl located.  threadpoolctl's own setter (3.6 and
+    later) lets only the first Python thread that called it change an OpenBLAS
+    pool and silently ignores every other thread: a call from another thread
+    then ran its GEMMs on a multi-threaded BLAS inside Numba's threads (a
+    40 us 1x1 layer took 0.1-8 ms).  The direct calls also cost 0.2 us each
+    against 0.5-0.7 us through the controller.  Other libraries (MKL, BLIS,
+    OpenMP builds of OpenBLAS, whose limit is per thread) go through
+    threadpoolctl's controller.
+    """
+
+    __slots__ = ("get", "set")
+
+    def __init__(self, controller):
+        direct = _openblas_functions(controller)
+        if direct is None:
+            self.get = lambda: controller.num_threads
+            self.set = controller.set_num_threads
+        else:
+            self.get, self.set = direct
+
+
+def _openblas_functions(controller):
+    """``(get, set)`` ctypes functions of a pthreads OpenBLAS, or None."""
+    if (getattr(controller, "internal_api", None) != "openblas"
+            or getattr(controller, "threading_layer", None) == "openmp"):
+        return None
+    dynlib = getattr(controller, "dynlib", None)
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            try:
+                get = getattr(dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+                set_ = getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}")
+            except AttributeError:
+                continue
+            get.restype, get.argtypes = ctypes.c_int, []
+            set_.restype, set_.argtypes = None, [ctypes.c_int]
+            return get, set_
+    return None
+
+
+def _blas_libraries_loaded():
+    """One :class:`_BlasThreads` per BLAS library loaded (found once)."""
     global _blas_libraries
     if _blas_libraries is None:
-        _blas_libraries = _blas_controller().select(user_api="blas").lib_controllers
-    return _blas_libraries
-
-
-def _blas_controller():
-    global _controller
-    if _controller is None:
         from threadpoolctl import ThreadpoolController
 
-        _controller = ThreadpoolController()
-    return _controller
+        controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas_libraries = [_BlasThreads(controller) for controller in controllers]
+    return _blas_libraries
 
 
 def _hold_blas() -> None:
@@ -70,13 +110,10 @@ def _hold_blas() -> None:
     global _blas_depth, _blas_restore
     with _blas_lock:
         if _blas_depth == 0:
-            # Straight through threadpoolctl's per-library controllers: about
-            # 3 us per call, where ThreadpoolController.limit() took 13 us
-            # (most of the fixed cost of a 50 us layer call).
-            _blas_restore = [(lib, lib.num_threads) for lib in _blas_library_controllers()]
+            _blas_restore = [(lib, lib.get()) for lib in _blas_libraries_loaded()]
             for lib, count in _blas_restore:
                 if count != 1:
-                    lib.set_num_threads(1)
+                    lib.set(1)
         _blas_depth += 1
 
 
@@ -92,7 +129,7 @@ def _release_blas() -> None:
             if _blas_restore is not None:
                 for lib, count in _blas_restore:
                     if count != 1:
-                        lib.set_num_threads(count)
+                        lib.set(count)
                 _blas_restore = None
 
 
@@ -109,6 +146,44 @@ def single_threaded_blas():
 def max_threads() -> int:
     """The most threads a kernel may use (``numba.config.NUMBA_NUM_THREADS``)."""
     return numba.config.NUMBA_NUM_THREADS
+
+
+def _numba_thread_functions():
+    """The threading layer's C getter and setter of this Python thread's
+    Numba thread count, or None if this Numba version lacks them.
+
+    Numba's own ``get_num_threads`` / ``set_num_threads`` call them after
+    validating and making sure the layer is launched, on every call: 0.7 and
+    1.1 us against 0.15 and 0.3 us (timeit), about 2 us of the fixed cost of
+    a call that runs on fewer threads than its caller.
+    """
+    get = getattr(_numba_parallel, "_get_num_threads", None)
+    set_ = getattr(_numba_parallel, "_set_num_threads", None)
+    return None if get is None or set_ is None or _started_layer() is None else (get, set_)
+
+
+def numba_thread_count() -> int:
+    """This Python thread's Numba thread count (``numba.get_num_threads``)."""
+    functions = _numba_thread_functions()
+    return numba.get_num_threads() if functions is None else functions[0]()
+
+
+def _swap_num_threads(count: int) -> int:
+    """Set this Python thread's Numba thread count to ``count`` and return
+    the previous count (see :func:`_numba_thread_functions`)."""
+    if not 1 <= count <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"thread count {count} outside 1..{numba.config.NUMBA_NUM_THREADS}")
+    functions = _numba_thread_functions()
+    if functions is None:
+        previous = numba.get_num_threads()
+        if count != previous:
+            numba.set_num_threads(count)
+        return previous
+    get, set_ = functions
+    previous = get()
+    if count != previous:
+        set_(count)
+    return previous
 
 
 @contextmanager
@@ -209,7 +284,9 @@ class kernel_threads:
     A class rather than a generator-based context manager, which with the
     layer asked once and unchanged thread counts left alone took entering
     and leaving from 13.5 to 8.7 us with the BLAS hold and a thread-count
-    change (timeit), for layers that take 10-100 us.
+    change (timeit), for layers that take 10-100 us; the thread counts set
+    through C (:func:`_numba_thread_functions`, :class:`_BlasThreads`) then
+    took it to 3.9 us (2.1 us without the BLAS hold).
     """
 
     __slots__ = ("_count", "_blas", "_lock", "_previous", "_entered")
@@ -231,10 +308,10 @@ class kernel_threads:
             self._lock = _serial_lock  # the lock of this process, even if a fork replaces it later
             self._lock.acquire()
         try:
-            previous = numba.get_num_threads()
-            if self._count is not None and self._count != previous:
-                numba.set_num_threads(self._count)
-                self._previous = previous
+            if self._count is not None:
+                previous = _swap_num_threads(self._count)
+                if previous != self._count:
+                    self._previous = previous
             if self._blas:
                 _hold_blas()
         except BaseException:
@@ -255,7 +332,7 @@ class kernel_threads:
     def _restore_numba(self):
         try:
             if self._previous is not None:
-                numba.set_num_threads(self._previous)
+                _swap_num_threads(self._previous)
                 self._previous = None
         finally:
             if self._lock is not None:

@@ -209,9 +209,8 @@ def test_blas_is_single_threaded_inside_and_restored_after():
 
 
 def test_blas_limit_is_held_until_the_last_concurrent_holder_leaves():
-    # OpenBLAS ignores thread-count changes made from a non-main thread once
-    # the main thread has set one, so this checks the library's own holder
-    # count, which decides when the limit is set and restored.
+    # Checks the library's own holder count, which decides when the limit
+    # is set and restored (the counts themselves: the test below).
     first_in = threading.Event()
     second_in = threading.Event()
     first_out = threading.Event()
@@ -290,3 +289,51 @@ def test_a_kernel_threads_instance_is_entered_once():
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
     assert not threads_module.inside_kernel_threads()
+
+
+BLAS_HELD_FROM_ANY_THREAD = """
+    import threading
+    from threadpoolctl import ThreadpoolController, threadpool_info
+    from lowmem_numba import _threads
+
+    def counts():
+        return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+    controller = ThreadpoolController()
+    before = counts()
+    taken, finish = threading.Event(), threading.Event()
+
+    def controlling_thread():
+        # threadpoolctl (3.6+) lets only this thread change an OpenBLAS pool
+        # from now on, and silently ignores the others.
+        controller.select(user_api="blas").limit(limits=before[-1])
+        taken.set()
+        finish.wait(60)
+
+    helper = threading.Thread(target=controlling_thread)
+    helper.start()
+    taken.wait(60)
+    seen = {}
+    with _threads.kernel_threads(1):
+        seen["main"] = counts()
+
+    def other():
+        with _threads.kernel_threads(1):
+            seen["other"] = counts()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    finish.set()
+    helper.join()
+    print("before", before, "held", seen["main"], seen["other"], "after", counts())
+"""
+
+
+def test_blas_is_held_whichever_python_thread_controls_threadpoolctl():
+    result = run_python(BLAS_HELD_FROM_ANY_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    before = line.split(" held ")[0]
+    assert "held [1] [1]" in line, line
+    assert line.endswith("after " + before.split("before ")[1]), line

@@ -1,9 +1,10 @@
 """Micro-kernels shared by the algorithm families.
 
 Kernels take flat C-contiguous float32 arrays and the geometry as a
-:class:`KernelGeometry` record (built by :func:`kernel_geometry`), whose fields
-they read by name; its one Numba type lets one compiled specialisation serve
-every shape.
+:class:`KernelGeometry` record, whose fields they read by name; its one Numba
+type lets one compiled specialisation serve every shape.  Kernels launched
+from Python receive it as the plain tuple :func:`kernel_geometry` builds and
+rebuild the record on entry (see :mod:`lowmem_numba._kernel_geometry`).
 """
 
 from __future__ import annotations
@@ -176,10 +177,11 @@ def batched_gemm(count, m, n, k, a, a_off, a_step, lda, b, b_off, b_step, ldb,
 
 
 @njit(parallel=True, cache=True)
-def pack_channels_last(w, packed, d):
+def pack_channels_last(w, packed, geometry):
     """Weights (M, C/g, kh, kw) as (M, kh, kw, C/g): each output channel's
     reduction reordered from (c, i, j) to (i, j, c), the order of im2row's patch
     columns and of MEC's lowered rows.  Scattered writes stay in one row."""
+    d = KernelGeometry(*geometry)
     cg_count = d.channels_per_group
     taps = d.kernel_taps
     kg = taps * cg_count

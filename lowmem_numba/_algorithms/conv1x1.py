@@ -26,11 +26,12 @@ from .._geometry import blas_limit_reason
 from .._registry import Algorithm, register
 from .._plan import KernelPlan
 from .._tuning import GEMM_MIN_COLS, GEMM_MIN_ROWS
-from ._common import F32_ONE, F32_ZERO, bias_rows, kernel_geometry, split_gemms, tile_bounds
+from ._common import KernelGeometry, F32_ONE, F32_ZERO, bias_rows, kernel_geometry, split_gemms, tile_bounds
 
 
 @njit(parallel=True, cache=True)
-def _conv1x1(x, w, bias, out, d, m_blocks, n_tiles):
+def _conv1x1(x, w, bias, out, geometry, m_blocks, n_tiles):
+    d = KernelGeometry(*geometry)
     C, M, G = d.in_channels, d.out_channels, d.groups
     hw = d.height * d.width
     cg = d.channels_per_group

@@ -117,7 +117,7 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (DEPTHWISE_BAND_OUTPUTS, DEPTHWISE_NHWC_BAND_ELEMENTS, DEPTHWISE_NHWC_CHANNEL_BLOCK,
                        DEPTHWISE_NHWC_RUN, DEPTHWISE_ROW_FLOPS, DEPTHWISE_RUN_FLOPS)
-from ._common import LINE, ceil_div, kernel_geometry, whole_lines, zero_run
+from ._common import KernelGeometry, LINE, ceil_div, kernel_geometry, whole_lines, zero_run
 
 
 #: Pixels per NHWC run (each weight vector is loaded once for them; see _px2).
@@ -381,8 +381,9 @@ def _fill_phases(x, pairs, xp, scratch, bits, base, d, y_first, rows, phase_size
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_nchw(x, w, bias, out, scratch, d, flat, band_rows, slots, run, mask_len, slot_size,
+def _depthwise_nchw(x, w, bias, out, scratch, geometry, flat, band_rows, slots, run, mask_len, slot_size,
                     lead, phase_size, row_len):
+    d = KernelGeometry(*geometry)
     C, H, W, M = d.in_channels, d.height, d.width, d.out_channels
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW, PT, PL = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w, d.pad_top, d.pad_left
@@ -645,8 +646,9 @@ def _vrun9x2(src, o, step, wr, wo, out, at, ostep, n, bo, add):
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_nhwc(x, wp, bias, out, scratch, d, band_rows, slots, padded_w, rows_cap, slot_size,
+def _depthwise_nhwc(x, wp, bias, out, scratch, geometry, band_rows, slots, padded_w, rows_cap, slot_size,
                     channel_block, px, run_px):
+    d = KernelGeometry(*geometry)
     C, H, W, M = d.in_channels, d.height, d.width, d.out_channels
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW, PT, PL = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w, d.pad_top, d.pad_left
@@ -796,10 +798,11 @@ def _depthwise_nhwc(x, wp, bias, out, scratch, d, band_rows, slots, padded_w, ro
 
 
 @njit(parallel=True, cache=True)
-def _pack_nhwc(w, wp, d, px):
+def _pack_nhwc(w, wp, geometry, px):
     """Weights ``(M, 1, kh, kw)`` as ``wp[(tap*mult + k)*px + c] = w[(c*mult + k)*taps + tap]``,
     then ``px`` zeros (the zero taps' weights); the ``px - C`` floats after each
     run of ``C`` are zeros too (never read)."""
+    d = KernelGeometry(*geometry)
     C = d.in_channels
     mult = d.out_channels_per_group
     taps = d.kernel_taps

@@ -70,7 +70,7 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import DEPTHWISE_BLOCKED_BUFFER_BYTES, DEPTHWISE_BLOCKED_FLOP_COST
-from ._common import LINE, ceil_div, kernel_geometry, whole_lines, zero_run
+from ._common import KernelGeometry, LINE, ceil_div, kernel_geometry, whole_lines, zero_run
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -86,8 +86,9 @@ def _transpose_run(src, s_off, s_step, s_stride, dst, d_off, d_step, table, t_of
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_blocked(x, wp, bias, out, scratch, d, slots, band_rows, padded_w, buffer_pixels, slot_size,
-                       tables, band_pixels):
+def _depthwise_blocked(x, wp, bias, out, scratch, geometry, slots, band_rows, padded_w, buffer_pixels,
+                       slot_size, tables, band_pixels):
+    d = KernelGeometry(*geometry)
     C, H, W, M = d.in_channels, d.height, d.width, d.out_channels
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW, PT, PL = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w, d.pad_top, d.pad_left
@@ -180,9 +181,10 @@ def _depthwise_blocked(x, wp, bias, out, scratch, d, slots, band_rows, padded_w,
 
 
 @njit(cache=True)
-def _pack(w, wp, d):
+def _pack(w, wp, geometry):
     """``wp[t*padded_c + c] = w[c*taps + t]``, zeros for taps and channels
     beyond the kernel's (whole blocks of nine taps and ``VL`` channels)."""
+    d = KernelGeometry(*geometry)
     C = d.in_channels
     taps = d.kernel_taps
     padded_c = (C + VL - 1) // VL * VL

@@ -7,11 +7,12 @@ from numba import prange
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .._plan import KernelPlan
 from .._registry import Algorithm, register
-from ._common import bias_rows, kernel_geometry, valid_range
+from ._common import KernelGeometry, bias_rows, kernel_geometry, valid_range
 
 
 @njit(parallel=True, cache=True)
-def _direct_sum2d(x, w, bias, out, d):
+def _direct_sum2d(x, w, bias, out, geometry):
+    d = KernelGeometry(*geometry)
     C, H, W, M = d.in_channels, d.height, d.width, d.out_channels
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w

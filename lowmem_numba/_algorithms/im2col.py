@@ -68,6 +68,7 @@ from .._geometry import blas_limit_reason
 from .._registry import Algorithm, register
 from .._tuning import SCAN_ELEMENT_COST
 from ._common import (
+    KernelGeometry,
     F32_ONE,
     F32_ZERO,
     bias_cols,
@@ -237,7 +238,8 @@ def _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles):
 
 
 @njit(cache=True)
-def _im2col_batch(x, w, bias, out, patches, d, builder, form, m_blocks, n_tiles):
+def _im2col_batch(x, w, bias, out, patches, geometry, builder, form, m_blocks, n_tiles):
+    d = KernelGeometry(*geometry)
     for n in range(d.batch):
         _build_patches(x, n, patches, d, builder)
         _multiply(patches, w, bias, out, n, d, form, m_blocks, n_tiles)

@@ -67,6 +67,7 @@ from .._geometry import blas_limit_reason
 from .._tuning import TRANSPOSE_TILE
 from .._registry import Algorithm, register
 from ._common import (
+    KernelGeometry,
     F32_ONE,
     F32_ZERO,
     all_weights,
@@ -82,7 +83,8 @@ from ._common import (
 
 
 @njit(parallel=True, cache=True)
-def _pack(w, packed, d, channels_out):
+def _pack(w, packed, geometry, channels_out):
+    d = KernelGeometry(*geometry)
     # A row of w (one output channel) is (c, i, j); patch columns are (i, j, c).
     if not channels_out:
         pack_channels_last(w, packed, d)  # same rows, columns permuted
@@ -222,7 +224,8 @@ def _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles):
 
 
 @njit(cache=True)
-def _im2row_batch(x, w, bias, out, patches, d, scan, channels_out, m_blocks, n_tiles):
+def _im2row_batch(x, w, bias, out, patches, geometry, scan, channels_out, m_blocks, n_tiles):
+    d = KernelGeometry(*geometry)
     for n in range(d.batch):
         _build_patches(x, n, patches, d, scan)
         _multiply(patches, w, bias, out, n, d, channels_out, m_blocks, n_tiles)

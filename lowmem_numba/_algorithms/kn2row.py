@@ -59,6 +59,7 @@ from .._tuning import (GEMM_MIN_ROWS, KN2ROW_MIN_COLS, KN2ROW_SHIFT_TILES_PER_TH
                        KN2ROW_SHORT_RUN)
 from .._registry import Algorithm, register
 from ._common import (
+    KernelGeometry,
     all_weights,
     batched_gemm,
     bias_cols,
@@ -207,8 +208,9 @@ def _tap_contributes(d, t):
 
 
 @njit(cache=True)
-def _kn2row_batch(x, packed, bias, out, partial, empty, d, one_gemm, channels_last,
+def _kn2row_batch(x, packed, bias, out, partial, empty, geometry, one_gemm, channels_last,
                   m_blocks, n_tiles, s_blocks, s_bands):
+    d = KernelGeometry(*geometry)
     C, M, G = d.in_channels, d.out_channels, d.groups
     cg_count = d.channels_per_group
     mg_count = d.out_channels_per_group

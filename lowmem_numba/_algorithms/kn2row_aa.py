@@ -43,6 +43,7 @@ from .._split import split_work
 from .._tuning import GEMM_MIN_ROWS, KN2ROW_AA_BAND_COLUMNS, PACK_COST, TRANSPOSE_COST
 from .._registry import Algorithm, register
 from ._common import (
+    KernelGeometry,
     F32_ONE,
     all_weights,
     bias_cols,
@@ -58,7 +59,8 @@ from ._common import (
 
 
 @njit(parallel=True, cache=True)
-def _pack_taps_transposed(w, packed, d):
+def _pack_taps_transposed(w, packed, geometry):
+    d = KernelGeometry(*geometry)
     # (groups, taps, C/g, M/g) from (M, C/g, taps).
     cg_count = d.channels_per_group
     mg_count = d.out_channels_per_group
@@ -114,8 +116,9 @@ def _tap_gemm(rows_m, pixels, cg_count, mg_count, C, M, hw, packed, tap_at, a_tr
 
 
 @njit(parallel=True, cache=True)
-def _kn2row_aa(x, packed, bias, out, scratch, d, m_blocks, rows_per_band, slots, save_cols,
+def _kn2row_aa(x, packed, bias, out, scratch, geometry, m_blocks, rows_per_band, slots, save_cols,
                a_transposed, channels_last):
+    d = KernelGeometry(*geometry)
     C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     cg_count = d.channels_per_group

@@ -77,6 +77,7 @@ from .._plan import KernelPlan
 from .._tuning import MEC_MIN_CHANNELS, MEC_MIN_PIXEL_ROWS
 from .._registry import Algorithm, register
 from ._common import (
+    KernelGeometry,
     F32_ONE,
     F32_ZERO,
     all_weights,
@@ -190,7 +191,8 @@ def _to_image_major(out, tmp, N, HO, block):
 
 
 @njit(cache=True)
-def _mec_batch(x, packed, bias, out, scratch, d, whole_batch, m_blocks, row_tiles):
+def _mec_batch(x, packed, bias, out, scratch, geometry, whole_batch, m_blocks, row_tiles):
+    d = KernelGeometry(*geometry)
     N = d.batch
     nb = max(1, N) if whole_batch else 1
     for n0 in range(0, N, nb):

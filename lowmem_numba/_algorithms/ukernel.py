@@ -75,10 +75,11 @@ from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_smal
 from .._layout import transpose_blocks
 from .._plan import KernelPlan
 from .._split import split_work
+from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_PACK_COST, UKERNEL_PAD_INTERIOR,
                        UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
-from ._common import ceil_div, kernel_geometry
+from ._common import KernelGeometry, ceil_div, kernel_geometry
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -126,7 +127,7 @@ def _class(q, out_size, lo, hi, in_size, stride, dilation, pad, taps):
 
 
 @njit(cache=True, nogil=True)
-def _plane_tiles(d):
+def _plane_tiles(geometry):
     """Tiles of one output plane (all rectangles), in closed form.
 
     Each border index is a run of its own and the interior one run, along each
@@ -134,6 +135,7 @@ def _plane_tiles(d):
     rectangles; counting them one by one took seconds for paddings of a few
     thousand (and forever for 2**31) while only planning.
     """
+    d = KernelGeometry(*geometry)
     HO, WO = d.out_height, d.out_width
     ylo, yhi = _interior(HO, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(WO, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
@@ -173,7 +175,8 @@ def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, 
 
 
 @njit(parallel=True, cache=True)
-def _ukernel_conv(x, w, bias, out, d, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
+def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
+    d = KernelGeometry(*geometry)
     C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
     SH, SW, DH, DW = d.stride_h, d.stride_w, d.dilation_h, d.dilation_w
@@ -297,25 +300,39 @@ def pack_lanes(weight, first, row, valid, taps, c0, cs, dest, base, plane, offse
                     dest[at + (t * plane + c) * NR + lane] = weight[src + lane * row + c * taps + t]
 
 
-@njit(parallel=True, cache=True)
-def _pack(weight, dest, d):
-    # One block of NR output channels per item: its NR weight rows (each
-    # ``cg*taps`` floats, index ``c*taps + t``) become rows of NR lanes at
-    # ``(t, c)``.
+@njit(cache=True, nogil=True)
+def _pack_block(weight, dest, d, item, offsets):
+    """Pack block ``item`` (group x block of NR output channels): its NR
+    weight rows (each ``cg*taps`` floats, index ``c*taps + t``) become rows
+    of NR lanes at ``(t, c)``."""
     cg = d.channels_per_group
     mg = d.out_channels_per_group
     blocks = (mg + NR - 1) // NR
     taps = d.kernel_taps
     row = cg * taps
-    offsets = scatter_offsets(taps, cg)
-    for item in prange(d.groups * blocks):
-        g = item // blocks
-        mb = item % blocks
-        valid = min(NR, mg - mb * NR)
-        block = item * taps * cg * NR
-        if valid < NR:  # lanes past M/g are zero
-            dest[block:block + taps * cg * NR] = 0.0
-        pack_lanes(weight, (g * mg + mb * NR) * row, row, valid, taps, 0, cg, dest, block, cg, offsets)
+    g = item // blocks
+    mb = item % blocks
+    valid = min(NR, mg - mb * NR)
+    block = item * taps * cg * NR
+    if valid < NR:  # lanes past M/g are zero
+        dest[block:block + taps * cg * NR] = 0.0
+    pack_lanes(weight, (g * mg + mb * NR) * row, row, valid, taps, 0, cg, dest, block, cg, offsets)
+
+
+@njit(parallel=True, cache=True)
+def _pack(weight, dest, geometry):
+    d = KernelGeometry(*geometry)
+    offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
+    for item in prange(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
+        _pack_block(weight, dest, d, item, offsets)
+
+
+@njit(cache=True, nogil=True)
+def _pack_serial(weight, dest, geometry):
+    d = KernelGeometry(*geometry)
+    offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
+    for item in range(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
+        _pack_block(weight, dest, d, item, offsets)
 
 
 def packed_elements(g) -> int:
@@ -355,7 +372,7 @@ def _staging(g, nhwc):
       output is interior and the tiles run full (the border otherwise runs
       as short runs and single pixels).
     """
-    d = kernel_geometry(g)
+    d = KernelGeometry(*kernel_geometry(g))
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
     fold = (not nhwc and g.groups == 1 and g.dilation_w == 1
@@ -394,8 +411,9 @@ def _plan(g, threads, nhwc=False):
     """
     staging = _staging(g, nhwc)
     run = _staged_geometry(g, staging) if staging else g
-    d = kernel_geometry(run)
-    plane_tiles = int(_plane_tiles(d)) if g.out_height > 0 and g.out_width > 0 else 0
+    launched = kernel_geometry(run)
+    d = KernelGeometry(*launched)
+    plane_tiles = int(_plane_tiles(launched)) if g.out_height > 0 and g.out_width > 0 else 0
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
     interior = (yhi - ylo) * (xhi - xlo)
@@ -408,7 +426,8 @@ def _plan(g, threads, nhwc=False):
     copy = run.in_channels * run.height * run.width if staging else 0
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
-    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, d, staging),
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, launched,
+                              staging),
                       scratch_elements=copy,
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1),
@@ -416,29 +435,34 @@ def _plan(g, threads, nhwc=False):
 
 
 def _pack_weights(weight, g, dest):
-    _pack(weight, dest, kernel_geometry(g))
+    # One block, or one thread: without a parallel region, which cost 2-3 us
+    # of a 50 us call (GoogLeNet's 1x1 reductions to 16-32 channels).
+    blocks = g.groups * ceil_div(g.out_channels_per_group, NR)
+    pack = _pack_serial if blocks == 1 or numba_thread_count() == 1 else _pack
+    pack(weight, dest, kernel_geometry(g))
 
 
 def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block, d, staging = kernel.tiling
+        m_chunks, t_chunks, plane_tiles, tile_block, launched, staging = kernel.tiling
         if staging is None:
-            _ukernel_conv(x, packed, bias, out, d, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block)
+            _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block)
             return
         channels_last, padded = staging
         C, H, W = g.in_channels, g.height, g.width
         top, left = (g.pad_top, g.pad_left) if padded else (0, 0)
         image, plane = C * H * W, g.out_channels * g.out_height * g.out_width
         pixel = C if nhwc else 1
+        staged = KernelGeometry(*launched)
         for n in range(g.batch):
             if padded:
                 _stage(x, n * image, 1 if nhwc else H * W, W * pixel, pixel, C, H, W, scratch, channels_last,
-                       top, left, d.height, d.width)
+                       top, left, staged.height, staged.width)
             else:  # channels-last only
                 transpose_blocks(x, n * image, scratch, 0, 1, C, H * W)
-            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], d, channels_last, nhwc,
+            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], launched, channels_last, nhwc,
                           m_chunks, t_chunks, plane_tiles, tile_block)
     return compute
 

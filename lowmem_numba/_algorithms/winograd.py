@@ -69,7 +69,7 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
                        WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST)
-from ._common import ceil_div, kernel_geometry
+from ._common import KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
 
 # ----------------------------------------------------------------- transforms
@@ -298,8 +298,9 @@ def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
 
 
 @njit(parallel=True, cache=True)
-def _winograd_conv(x, u, bias, out, scratch, d, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
+def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
                    slots, slot_elements):
+    d = KernelGeometry(*geometry)
     alpha = at.shape[1]
     points = alpha * alpha
     cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
@@ -383,7 +384,7 @@ def _weight_transform(variant, src, s_off, s_step, dst, d_off, d_step):
 
 
 @njit(parallel=True, cache=True)
-def _pack(weight, dest, d, variant, alpha, channel_block, stages, slots):
+def _pack(weight, dest, geometry, variant, alpha, channel_block, stages, slots):
     """``U = G w G^T`` per (output, input) channel, in float64, rounded once,
     as ``[group][point][channel block][C/g][NR]`` (lanes past M/g zero).
 
@@ -394,6 +395,7 @@ def _pack(weight, dest, d, variant, alpha, channel_block, stages, slots):
     (:func:`~lowmem_numba._algorithms.ukernel.pack_lanes`), which the
     transform then reads ``VL`` lanes at a time.
     """
+    d = KernelGeometry(*geometry)
     cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
     taps = d.kernel_taps
     points = alpha * alpha
