@@ -582,6 +582,93 @@ def make_depthwise_row_kernel(pixels, stride, vl=VL):
     return intrinsic(depthwise)
 
 
+def make_pixel_tile_kernel(vectors, channels, vl=VL):
+    """A Numba intrinsic for a tile of ``vectors * vl`` output pixels in the
+    lanes by ``channels`` output channels (direct convolution into NCHW
+    planes: each channel's pixels are stored as they lie in its plane).
+
+    ``pixel_tile(w, w_off, x, x_off, offsets, o_first, count, out, o_off,
+    o_mstep, valid, mc, bias, b_off, has_bias)`` computes, for ``m < mc`` and
+    ``q < valid`` (``valid <= vectors*vl``, ``mc <= channels``)::
+
+        out[o_off + m*o_mstep + q] = (bias[b_off + m] if has_bias else 0)
+            + sum_{k < count} w[w_off + k*channels + m] * x[x_off + offsets[o_first + k] + q]
+
+    in reduction order, one ``llvm.fma`` per step.  The input is the vector
+    operand (``vl`` consecutive values per load, any alignment), the weights
+    the broadcast one, packed ``channels`` per step and zero-padded by the
+    caller.  Lanes ``q >= valid`` are computed from whatever lies there (the
+    caller keeps ``x_off + offsets[.] + vectors*vl`` in bounds) and never
+    stored; channels ``m >= mc`` are never stored and their bias never read.
+    Full vectors are stored whole, a partial last one element by element.
+    3 vectors x 8 channels: 24 accumulators, 3 loads and 8 broadcasts per 24
+    FMAs.  Arrays are C-contiguous float32 (``offsets`` int64).
+    """
+
+    def pixel_tile(typingctx, w, w_off, x, x_off, offsets, o_first, count, out, o_off, o_mstep, valid, mc,
+                   bias, b_off, has_bias):
+        if not (all(_is_f32_array(a) for a in (w, x, out, bias)) and isinstance(offsets, types.Array)
+                and offsets.dtype == types.int64 and offsets.layout == "C"):
+            return None
+        i64 = types.int64
+        sig = types.void(w, i64, x, i64, offsets, i64, i64, out, i64, i64, i64, i64, bias, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            (w_v, w_off_v, x_v, x_off_v, offsets_v, o_first_v, count_v, out_v, o_off_v, o_mstep_v, valid_v,
+             mc_v, bias_v, b_off_v, has_bias_v) = args
+            vty = ir.VectorType(_F32, vl)
+            zero = ir.Constant(vty, [0.0] * vl)
+            fma = _fma(builder, vty)
+            w_ptr, x_ptr, t_ptr, o_ptr, b_ptr = (
+                context.make_array(signature.args[k])(context, builder, value).data
+                for k, value in ((0, w_v), (2, x_v), (4, offsets_v), (7, out_v), (12, bias_v)))
+            # Accumulators in allocas: mem2reg keeps them in registers.
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(channels)]
+            with cgutils.for_range(builder, count_v) as loop:
+                k = loop.index
+                offset = builder.load(_element_ptr(builder, t_ptr, builder.add(o_first_v, k)))
+                at = builder.add(x_off_v, offset)
+                inputs = [_load_vector(builder, x_ptr, builder.add(at, _const(p * vl)), vty) for p in range(vectors)]
+                w_at = builder.add(w_off_v, builder.mul(k, _const(channels)))
+                for m in range(channels):
+                    scalar = builder.load(_element_ptr(builder, w_ptr, builder.add(w_at, _const(m))))
+                    weight = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)),
+                        ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+                    for p in range(vectors):
+                        builder.store(builder.call(fma, [inputs[p], weight, builder.load(accs[m][p])]), accs[m][p])
+            bias_on = builder.icmp_signed("!=", has_bias_v, _const(0))
+            full = builder.icmp_signed("==", valid_v, _const(vectors * vl))
+            for m in range(channels):
+                with builder.if_then(builder.icmp_signed("<", _const(m), mc_v)):
+                    row = builder.add(o_off_v, builder.mul(_const(m), o_mstep_v))
+                    b = builder.select(bias_on, builder.load(_element_ptr(builder, b_ptr, builder.add(b_off_v, _const(m)))),
+                                       ir.Constant(_F32, 0.0))
+                    b = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(vty, ir.Undefined), b, ir.Constant(ir.IntType(32), 0)),
+                        ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+                    sums = [builder.fadd(builder.load(accs[m][p]), b) for p in range(vectors)]
+                    with builder.if_else(full) as (whole, partial):
+                        with whole:
+                            for p in range(vectors):
+                                _store_vector(builder, sums[p], o_ptr, builder.add(row, _const(p * vl)))
+                        with partial:
+                            for p in range(vectors):
+                                lanes = builder.sub(valid_v, _const(p * vl))
+                                lanes = builder.select(builder.icmp_signed(">", lanes, _const(vl)), _const(vl), lanes)
+                                with cgutils.for_range(builder, lanes) as lane_loop:
+                                    lane = lane_loop.index
+                                    value = builder.extract_element(sums[p], builder.trunc(lane, ir.IntType(32)))
+                                    builder.store(value, _element_ptr(builder, o_ptr,
+                                                                      builder.add(row, builder.add(_const(p * vl), lane))))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    pixel_tile.__name__ = f"pixel_tile_{vectors}x{vl}x{channels}"
+    return intrinsic(pixel_tile)
+
+
 #: The full tile and the small remainder tile for this host, and both at half
 #: width (one vector, ``VL`` channels) for channel blocks of at most ``VL``
 #: channels: with M/g = 16 a full-width tile wastes half its FMAs, and the
@@ -605,3 +692,10 @@ depthwise_pixels = make_depthwise_kernel(DEPTHWISE_PIXELS, DEPTHWISE_TAPS)
 #: input column once for the pixels that share it.
 depthwise_rows_s1 = make_depthwise_row_kernel(DEPTHWISE_PIXELS, 1)
 depthwise_rows_s2 = make_depthwise_row_kernel(DEPTHWISE_PIXELS, 2)
+
+#: Pixel-lane tiles (NCHW direct convolution, lanes along an output row):
+#: ``PIXEL_CHANNELS`` output channels by 1 to ``PIXEL_VECTORS`` vectors of
+#: ``VL`` pixels (the narrower ones for the end of a row).
+PIXEL_VECTORS = 3
+PIXEL_CHANNELS = 8
+pixel_tiles = tuple(make_pixel_tile_kernel(v, PIXEL_CHANNELS) for v in range(1, PIXEL_VECTORS + 1))

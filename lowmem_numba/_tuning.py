@@ -133,6 +133,13 @@ PACK_COST = 7
 #: 1.38 over the 92 weight shapes of the layer tables, 0.8-1.7 for all but the
 #: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md).
 UKERNEL_PACK_COST = 1.4
+#: The NCHW micro-kernel's tile store (a register transpose of every tile and
+#: ``NR`` short stores), in plain-copy elements per output element: the model
+#: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9
+#: copies per output too fast (0.367 / 0.578 / 0.532 / 2.46 ms predicted,
+#: 0.442 / 0.70 / 0.574 / 2.58 measured, batch 1, one thread), and put them on
+#: it rather than on direct-pixels, which stores pixel vectors as they lie.
+UKERNEL_NCHW_STORE_COST = 0.6
 #: direct-ukernel (NCHW) on layers with at most this many input channels
 #: (one group, dilation 1) reads a channels-last copy of each image, so that
 #: its tap and channel loops fold into one run per row of taps.  On the

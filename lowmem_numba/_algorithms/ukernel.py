@@ -76,8 +76,8 @@ from .._layout import transpose_blocks
 from .._plan import KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
-from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_PACK_COST, UKERNEL_PAD_INTERIOR,
-                       UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
+                       UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import KernelGeometry, ceil_div, kernel_geometry
 
@@ -424,13 +424,15 @@ def _plan(g, threads, nhwc=False):
     last = mg - (blocks - 1) * NR  # channels of the last block
     channels = (blocks - 1) * NR + (VL if last <= VL else NR)
     copy = run.in_channels * run.height * run.width if staging else 0
+    outputs = g.out_channels * g.out_height * g.out_width  # per image
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
     return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, launched,
                               staging),
                       scratch_elements=copy,
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
-                      moved_elements=g.batch * copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1),
+                      moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
+                                                + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))),
                       parallel_items=split.items, launches=2 * g.batch if staging else 1)
 
 

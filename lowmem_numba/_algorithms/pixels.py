@@ -1,0 +1,270 @@
+"""direct-pixels: NCHW direct convolution with output pixels in the vector lanes.
+
+The micro-kernel of :mod:`.ukernel` puts output *channels* in the lanes, so an
+NCHW output tile must be transposed in registers before it is stored: on
+layers with a short reduction (3-channel first layers, 27 products per output
+on MobileNet's conv1; 1x1 layers on 16-64 channels) the transposes and short
+stores take a third of the time (MobileNet conv1, batch 1: 0.46 ms in NCHW
+against 0.32 in NHWC, same kernel).  Here the lanes are consecutive output
+pixels of one row, the weights are broadcast, and each output channel's
+pixels are stored as they lie in its plane:
+:func:`~lowmem_numba._microkernel.make_pixel_tile_kernel` keeps
+``PIXEL_CHANNELS`` channels by up to ``PIXEL_VECTORS`` vectors of ``VL``
+pixels in registers over the whole reduction ``C/g * kh * kw``, reading the
+input through a table of one offset per (channel, tap).
+
+Input
+-----
+A 1x1 kernel at stride 1 without padding reads the input planes in place
+(each plane is one row of ``H*W`` pixels; a row's last tile, in whole
+vectors, is moved back to end at the row's end, rewriting up to ``VL - 1``
+of its predecessor's outputs with the same values).  Any other layer first copies each image into a zero-padded
+buffer split by column phase (``stride_w`` phases of every padded row), so
+that the input of a tap for consecutive output pixels is consecutive at any
+stride: column ``x*s + j*d`` is phase ``(j*d) % s``, position ``x + (j*d)//s``.
+The copy is ``C * rows * stride_w * U`` floats, ``U`` covering a row's reads
+plus a vector of slack (tiles read up to a vector past a row's end; those
+lanes are never stored).
+
+Threads
+-------
+Items are (image x group) x channel-block chunks x chunks of (row, tile)
+units, cut by :func:`lowmem_numba._split.split_work`; inside an item every
+channel block passes over a tile's input before the next tile.
+
+Weights are packed per group as ``[channel block][C/g * kh * kw][PIXEL_CHANNELS]``
+(the reduction in the weights' own (c, i, j) order), zero-padded channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
+from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles
+from .._plan import KernelPlan
+from .._registry import Algorithm, register
+from .._split import split_work
+from ._common import KernelGeometry, ceil_div, kernel_geometry
+
+_tile1, _tile2, _tile3 = pixel_tiles
+assert PIXEL_VECTORS == 3
+#: Output pixels one full tile covers.
+SPAN = PIXEL_VECTORS * VL
+
+
+@njit(cache=True, nogil=True)
+def _run_tile(vectors, w, w_at, x, x_at, offsets, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias):
+    if vectors == 3:
+        _tile3(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+    elif vectors == 2:
+        _tile2(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+    else:
+        _tile1(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+
+
+@njit(cache=True, nogil=True)
+def _fill_offsets(table, d, in_place, staged_rows, phase_len):
+    """The input offset of every (channel, tap) of a group, in the weights'
+    (c, i, j) order: in place, channel planes; staged, see :func:`_stage`."""
+    row = d.stride_w * phase_len
+    k = 0
+    for c in range(d.channels_per_group):
+        for i in range(d.kernel_h):
+            for j in range(d.kernel_w):
+                if in_place:
+                    table[k] = c * d.height * d.width
+                else:
+                    column = j * d.dilation_w
+                    table[k] = ((c * staged_rows + i * d.dilation_h) * row + column % d.stride_w * phase_len
+                                + column // d.stride_w)
+                k += 1
+
+
+@njit(parallel=True, cache=True)
+def _pixels_conv(x, wp, bias, out, table_store, geometry, images, x_image, x_group, row_step, rows, row_len,
+                 in_place, m_chunks, u_chunks, staged_rows, phase_len):
+    """``images`` images of ``x`` (``x_image`` floats apart, groups
+    ``x_group`` apart, output rows ``row_step`` apart) into ``out``;
+    ``table_store`` holds the int64 offset table."""
+    d = KernelGeometry(*geometry)
+    offsets = table_store.view(np.int64)
+    _fill_offsets(offsets, d, in_place, staged_rows, phase_len)
+    G, M = d.groups, d.out_channels
+    mg = d.out_channels_per_group
+    reduction = d.channels_per_group * d.kernel_taps
+    blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
+    plane = d.out_height * d.out_width
+    tiles = (row_len + SPAN - 1) // SPAN
+    units = rows * tiles
+    has_bias = 1 if bias.size else 0
+    per_image = m_chunks * u_chunks
+    for item in prange(images * G * per_image):
+        ng = item // per_image
+        n = ng // G
+        g = ng % G
+        mc = item % per_image // u_chunks
+        uc = item % u_chunks
+        mb0 = mc * blocks // m_chunks
+        mb1 = (mc + 1) * blocks // m_chunks
+        for unit in range(uc * units // u_chunks, (uc + 1) * units // u_chunks):
+            r = unit // tiles
+            x0 = unit % tiles * SPAN
+            valid = min(SPAN, row_len - x0)
+            vectors = (valid + VL - 1) // VL
+            if in_place and valid < vectors * VL:  # whole vectors ending at the row's end, in bounds
+                valid = vectors * VL
+                x0 = row_len - valid
+            x_at = n * x_image + g * x_group + r * row_step + x0
+            o_at = (n * M + g * mg) * plane + r * row_len + x0
+            for mb in range(mb0, mb1):
+                _run_tile(vectors, wp, (g * blocks + mb) * reduction * PIXEL_CHANNELS, x, x_at, offsets, reduction,
+                          out, o_at + mb * PIXEL_CHANNELS * plane, plane, valid,
+                          min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS), bias, g * mg + mb * PIXEL_CHANNELS,
+                          has_bias)
+
+
+@njit(parallel=True, cache=True)
+def _stage(x, x_at, geometry, dest, rows, phase_len):
+    """One image as ``C`` planes of ``rows`` padded rows, each split into
+    ``stride_w`` phases of ``phase_len`` values (zeros outside the image).
+    Each phase is a zero run, a (strided) copy and a zero run, without a
+    test per element: 0.18 ms for MobileNet's conv1 with one, element by element."""
+    d = KernelGeometry(*geometry)
+    C, H, W, S, PL = d.in_channels, d.height, d.width, d.stride_w, d.pad_left
+    for cr in prange(C * rows):
+        c = cr // rows
+        y = cr % rows - d.pad_top
+        at = cr * S * phase_len
+        if not 0 <= y < H:
+            dest[at:at + S * phase_len] = 0.0
+            continue
+        src = x_at + (c * H + y) * W
+        for phase in range(S):
+            base = at + phase * phase_len
+            # Positions u whose column u*S + phase - PL lies in [0, W).
+            lo = min(phase_len, max(0, (PL - phase + S - 1) // S))
+            hi = max(lo, min(phase_len, (W - 1 + PL - phase) // S + 1))
+            dest[base:base + lo] = 0.0
+            first = src + lo * S + phase - PL
+            for u in range(hi - lo):
+                dest[(base + lo + u) & NONNEG] = x[(first + u * S) & NONNEG]
+            dest[base + hi:base + phase_len] = 0.0
+
+
+@njit(cache=True)
+def _pack(w, wp, geometry):
+    """``wp[((g*blocks + b)*K + k)*PC + l] = w[(g*mg + b*PC + l)*K + k]``,
+    zeros for channels past M/g (``K = C/g*kh*kw``, ``PC = PIXEL_CHANNELS``)."""
+    d = KernelGeometry(*geometry)
+    mg = d.out_channels_per_group
+    K = d.channels_per_group * d.kernel_taps
+    blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
+    for gb in range(d.groups * blocks):
+        g = gb // blocks
+        b = gb % blocks
+        for k in range(K):
+            for lane in range(PIXEL_CHANNELS):
+                m = b * PIXEL_CHANNELS + lane
+                wp[(gb * K + k) * PIXEL_CHANNELS + lane] = w[(g * mg + m) * K + k] if m < mg else np.float32(0.0)
+
+
+# ----------------------------------------------------------------- plan
+
+def _in_place(g):
+    """Whether the kernel reads the input planes as they are: a 1x1 kernel at
+    stride 1 without padding, on planes of at least one full tile (so that
+    a moved-back last tile stays in its plane)."""
+    return ((g.kernel_h, g.kernel_w) == (1, 1) and g.stride == (1, 1)
+            and not any(p for pair in g.padding for p in pair) and g.height * g.width >= SPAN)
+
+
+def _staged_shape(g):
+    """``(rows, phase_len)`` of a staged image."""
+    rows = (g.out_height - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1
+    reach = ((g.kernel_w - 1) * g.dilation_w) // g.stride_w
+    return rows, ceil_div(g.out_width, VL) * VL + reach + VL
+
+
+def _plan(g, threads):
+    if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
+        return KernelPlan(tiling=(), parallel_items=1)
+    in_place = _in_place(g)
+    rows, row_len = (1, g.out_height * g.out_width) if in_place else (g.out_height, g.out_width)
+    images = g.batch if in_place else min(g.batch, 1)
+    blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)
+    units = rows * ceil_div(row_len, SPAN)
+    split = split_work(images * g.groups, blocks, max(1, units), threads, min_rows=1, min_cols=1)
+    if in_place:
+        x_image, x_group, row_step = g.in_channels * g.height * g.width, g.channels_per_group * g.height * g.width, 0
+        staged = 0
+    else:
+        staged_rows, phase_len = _staged_shape(g)
+        row = g.stride_w * phase_len
+        x_image, x_group, row_step = 0, g.channels_per_group * staged_rows * row, g.stride_h * row
+        staged = g.in_channels * staged_rows * row
+    # Lanes computed: whole vectors of every row, channels in whole blocks.
+    pixels = rows * ceil_div(row_len, VL) * VL
+    table = _table_elements(g)
+    tiling = (images, x_image, x_group, row_step, rows, row_len, in_place, split.row_blocks, split.col_tiles,
+              table, staged)
+    return KernelPlan(tiling=tiling, scratch_elements=table + staged,
+                      gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
+                              g.channels_per_group * g.kernel_taps),),
+                      moved_elements=g.batch * staged, parallel_items=split.items,
+                      launches=1 if in_place else 2 * g.batch)
+
+
+def _table_elements(g):
+    """float32 elements holding the int64 offset table, in whole vectors."""
+    return ceil_div(2 * g.channels_per_group * g.kernel_taps, VL) * VL
+
+
+def _compute(x, weights, bias, out, scratch, g, kernel):
+    if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
+        return
+    images, x_image, x_group, row_step, rows, row_len, in_place, m_chunks, u_chunks, table, staged = kernel.tiling
+    geometry = kernel_geometry(g)
+    table_store = scratch[:table]
+    if in_place:
+        _pixels_conv(x, weights, bias, out, table_store, geometry, images, x_image, x_group, row_step, rows,
+                     row_len, True, m_chunks, u_chunks, 0, 0)
+        return
+    staged_rows, phase_len = _staged_shape(g)
+    image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
+    buffer = scratch[table:table + staged]
+    for n in range(g.batch):
+        _stage(x, n * image, geometry, buffer, staged_rows, phase_len)
+        _pixels_conv(buffer, weights, bias, out[n * plane:(n + 1) * plane], table_store, geometry, 1, x_image,
+                     x_group, row_step, rows, row_len, False, m_chunks, u_chunks, staged_rows, phase_len)
+
+
+def _packed_elements(g) -> int:
+    return (g.groups * ceil_div(g.out_channels_per_group, PIXEL_CHANNELS) * PIXEL_CHANNELS
+            * g.channels_per_group * g.kernel_taps)
+
+
+def _pack_weights(weight, g, dest):
+    _pack(weight, dest, kernel_geometry(g))
+
+
+register(Algorithm(
+    name="direct-pixels",
+    family="ukernel",
+    calls_blas=False,
+    summary=f"Direct convolution on an own register tile of {PIXEL_CHANNELS} output channels by "
+            f"{SPAN} output pixels (pixels in the lanes, stored straight into NCHW planes); "
+            "1x1 stride-1 layers read the input in place, others a zero-padded copy split by column phase.",
+    workspace_formula=f"g·⌈M/g/{PIXEL_CHANNELS}⌉·{PIXEL_CHANNELS}·C/g·kh·kw (packed weights) "
+                      "+ C·rows·stride_w·(Wo + slack) unless 1x1, stride 1, no padding",
+    unsupported=lambda g: None,
+    packed_weight_elements=_packed_elements,
+    pack_weights=_pack_weights,
+    pack_launches=0,  # a serial copy
+    plan_kernel=_plan,
+    compute=_compute,
+    claims="any kernel, stride, padding, dilation and groups; NCHW",
+    input_layout="NCHW",
+    output_layout="NCHW",
+))

@@ -1,0 +1,152 @@
+"""direct-pixels: the pixel-lane micro-kernel and the algorithm built on it.
+
+* The tile kernel on every vector count, partial row ends and channel
+  remainders, with NaN guards around its output: a write outside the given
+  pixels and channels would change a guard.
+* direct-pixels against the float64 reference over hypothesis shapes (every
+  stride, padding, dilation and groups; both layouts; batch > 1), rows and
+  channel counts spanning several tiles, planes read in place (1x1, stride 1)
+  with a moved-back last tile, NaN/inf propagation.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+import lowmem_numba as ln
+from lowmem_numba import _microkernel as mk
+from lowmem_numba._algorithms import pixels
+from lowmem_numba._geometry import make_geometry
+from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
+from strategies import cases
+
+NAME = "direct-pixels"
+GUARD = 29
+
+
+@njit
+def _run_tile(vectors, w, w_off, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off, has_bias):
+    pixels._run_tile(vectors, w, w_off, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off,
+                     has_bias)
+
+
+@pytest.mark.parametrize("vectors", range(1, mk.PIXEL_VECTORS + 1))
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias):
+    rng = np.random.default_rng(vectors)
+    pc, vl = mk.PIXEL_CHANNELS, mk.VL
+    count = 7
+    for valid in sorted({1, vl - 1, vl, (vectors - 1) * vl + 1, vectors * vl}):
+        if not (vectors - 1) * vl < valid <= vectors * vl:
+            continue
+        for mc in sorted({1, pc - 1, pc}):
+            w = rng.integers(-3, 4, count * pc).astype(np.float32)
+            w.reshape(count, pc)[:, mc:] = np.nan  # padded channels: never stored
+            offsets = rng.permutation(np.arange(count, dtype=np.int64) * 3 * vl)
+            x = rng.integers(-3, 4, count * 3 * vl + vectors * vl).astype(np.float32)
+            for k in range(count):  # lanes past `valid` may be anything
+                x[offsets[k] + valid:offsets[k] + vectors * vl] = np.nan
+            bias = rng.integers(-3, 4, mc + 2).astype(np.float32)
+            o_mstep = vectors * vl + 5
+            out = np.full(GUARD + pc * o_mstep + GUARD, np.nan, np.float32)
+            _run_tile(vectors, w, 0, x, 0, offsets, count, out, GUARD, o_mstep, valid, mc, bias, 2, int(with_bias))
+            expected = np.full_like(out, np.nan)
+            for m in range(mc):
+                sums = sum(w[k * pc + m].astype(np.float64) * x[offsets[k]:offsets[k] + valid] for k in range(count))
+                expected[GUARD + m * o_mstep:GUARD + m * o_mstep + valid] = sums + (bias[2 + m] if with_bias else 0)
+            np.testing.assert_array_equal(out, expected.astype(np.float32), err_msg=f"valid={valid} mc={mc}")
+
+
+@st.composite
+def wide_cases(draw):
+    """strategies.cases() with rows and channel counts spanning several tiles."""
+    case = draw(cases(max_size=12))
+    m_per_group = draw(st.sampled_from([1, mk.PIXEL_CHANNELS - 1, mk.PIXEL_CHANNELS, 2 * mk.PIXEL_CHANNELS + 3]))
+    width = draw(st.sampled_from([case.width, pixels.SPAN - 1, pixels.SPAN + mk.VL + 3, 2 * pixels.SPAN + 1]))
+    return dataclasses.replace(case, out_channels=case.groups * m_per_group, width=max(case.width, width))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
+       layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]))
+def test_exact_against_reference(case, seed, with_bias, layout, threads):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
+    bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
+    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
+    if layout == "NHWC":
+        x, expected = channels_last(x), channels_last(expected)
+    got = ln.conv2d(x, w, bias, algorithm=NAME, layout=layout, threads=threads, **case.args)
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=wide_cases(), seed=st.integers(0, 2**32 - 1))
+def test_close_on_real_data(case, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32)
+    assert_close_to_reference(ln.conv2d(x, w, bias, algorithm=NAME, **case.args), x, w, bias, case)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1),
+       layout=st.sampled_from(["NCHW", "NHWC"]))
+def test_nan_and_inf_propagate_as_in_reference(case, seed, layout):
+    assert_nonfinite_like_reference(NAME, case, seed, layout, every=50)
+
+
+@pytest.mark.parametrize("c, hw, m, groups", [(40, 7, 19, 1), (16, 14, 24, 1), (12, 12, 10, 2), (5, 8, 3, 1),
+                                              (3, 23, 9, 1)])
+def test_planes_read_in_place(c, hw, m, groups):
+    """1x1, stride 1, no padding: the planes are read in place (no staged
+    copy), each plane one row whose last tile ends at the plane's end (49 and
+    196 pixels are not whole tiles), over a batch and both thread counts."""
+    rng = np.random.default_rng(hw)
+    x = rng.integers(-3, 4, (3, c, hw, hw)).astype(np.float32)
+    w = rng.integers(-3, 4, (m, c // groups, 1, 1)).astype(np.float32)
+    b = rng.integers(-3, 4, m).astype(np.float32)
+    g = make_geometry(x.shape, w.shape, groups=groups)
+    in_place = hw * hw >= pixels.SPAN
+    assert pixels._in_place(g) == in_place
+    plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
+    assert plan.workspace_elements == pixels._table_elements(g) + (0 if in_place else plan.kernel.scratch_elements
+                                                                   - pixels._table_elements(g))
+    expected = conv2d_reference(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), groups)
+    layer = ln.Conv2d(w, b, groups=groups, algorithm=NAME)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(ln.conv2d(x, w, b, groups=groups, algorithm=NAME, threads=threads), expected)
+        np.testing.assert_array_equal(layer(x), expected)
+
+
+def test_first_layer_shapes_and_workspace():
+    """RGB first layers (3x3 stride 2, 7x7 stride 2, 11x11 stride 4) over a
+    batch: rows of several tiles with a partial last vector, the staged copy
+    as the scratch besides the offset table."""
+    rng = np.random.default_rng(3)
+    for (hw, m, k, s, p) in ((45, 16, 3, 2, 1), (61, 19, 7, 2, 3), (71, 8, 11, 4, 2)):
+        x = rng.standard_normal((2, 3, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((m, 3, k, k)).astype(np.float32)
+        b = rng.standard_normal(m).astype(np.float32)
+        g = make_geometry(x.shape, w.shape, s, p)
+        rows, phase_len = pixels._staged_shape(g)
+        assert phase_len >= g.out_width + (k - 1) // s + mk.VL
+        assert ln.workspace_bytes(NAME, x.shape, w.shape, stride=s, padding=p, threads=2) == 4 * (
+            pixels._packed_elements(g) + pixels._table_elements(g) + 3 * rows * s * phase_len)
+        case = _case(x.shape, w.shape, s, p)
+        for threads in (1, 2):
+            assert_close_to_reference(ln.conv2d(x, w, b, stride=s, padding=p, algorithm=NAME, threads=threads),
+                                      x, w, b, case)
+
+
+def _case(x_shape, w_shape, s, p):
+    from strategies import Case
+
+    return Case(batch=x_shape[0], channels=x_shape[1], height=x_shape[2], width=x_shape[3], out_channels=w_shape[0],
+                kernel=w_shape[2:], stride=(s, s), padding=((p, p), (p, p)), dilation=(1, 1), groups=1)
