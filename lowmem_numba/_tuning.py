@@ -140,6 +140,10 @@ UKERNEL_PACK_COST = 1.4
 #: 0.442 / 0.70 / 0.574 / 2.58 measured, batch 1, one thread), and put them on
 #: it rather than on direct-pixels, which stores pixel vectors as they lie.
 UKERNEL_NCHW_STORE_COST = 0.6
+#: direct-pixels sweeps runs of tiles whose input (at most this many bytes:
+#: 48 pixels x C/g x kh x kw floats each) stays in cache while every channel
+#: block passes over them, so the outputs go to one block's planes at a time.
+PIXELS_RUN_BYTES = 196608
 #: direct-ukernel (NCHW) on layers with at most this many input channels
 #: (one group, dilation 1) reads a channels-last copy of each image, so that
 #: its tap and channel loops fold into one run per row of taps.  On the

@@ -150,3 +150,20 @@ def _case(x_shape, w_shape, s, p):
 
     return Case(batch=x_shape[0], channels=x_shape[1], height=x_shape[2], width=x_shape[3], out_channels=w_shape[0],
                 kernel=w_shape[2:], stride=(s, s), padding=((p, p), (p, p)), dilation=(1, 1), groups=1)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [((2, 1030, 10, 10), (10, 1030, 1, 1), 0),
+                                                       ((2, 120, 5, 61), (19, 120, 3, 3), 1)])
+def test_runs_of_single_tiles(x_shape, w_shape, padding):
+    """Long reductions: each run of tiles is a single tile (its input fills
+    the run's budget), so every channel block passes over run after run."""
+    g = make_geometry(x_shape, w_shape, padding=padding)
+    plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
+    unit_block = plan.kernel.tiling[9]
+    assert unit_block == 1
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, w_shape).astype(np.float32)
+    expected = conv2d_reference(x, w, None, (1, 1), ((padding, padding), (padding, padding)))
+    for threads in (1, 2):
+        np.testing.assert_array_equal(ln.conv2d(x, w, padding=padding, algorithm=NAME, threads=threads), expected)
