@@ -171,3 +171,22 @@ def test_near_ties_go_to_the_smaller_workspace():
         for c in timed:
             if c.seconds <= plan.predicted_seconds and (c.algorithm, c.threads) != (plan.algorithm, plan.threads):
                 assert c.workspace_bytes >= plan.workspace_bytes and "more workspace" in c.rejected, c
+
+
+def test_smaller_workspace_wins_only_when_it_saves_a_quarter():
+    from lowmem_numba._scheduler import MEMORY_PREFERENCE, MEMORY_SAVING, Candidate, _rank
+
+    def rank(*candidates):
+        best, explained = _rank([Candidate(name, 1, ws, None) for name, ws, _ in candidates],
+                                lambda c: ({n: s for n, _, s in candidates}[c.algorithm], ""))
+        return best.algorithm, {c.algorithm: c.rejected for c in explained}
+
+    slower = 1 + MEMORY_PREFERENCE * 0.8
+    # A few percent less workspace is not worth a slower candidate...
+    best, notes = rank(("fast", 1000, 1.0), ("lean-ish", 990, slower))
+    assert best == "fast" and f"less than {MEMORY_SAVING:.0%} less workspace" in notes["lean-ish"]
+    # ...a quarter or more is, and orders of magnitude certainly.
+    assert rank(("fast", 1000, 1.0), ("lean", int(1000 * (1 - MEMORY_SAVING)), slower))[0] == "lean"
+    assert rank(("fast", 10**6, 1.0), ("tiny", 0, slower), ("lean-ish", 990000, 1.0))[0] == "tiny"
+    # Beyond the preference, speed decides whatever the workspace.
+    assert rank(("fast", 1000, 1.0), ("lean", 0, 1 + 2 * MEMORY_PREFERENCE))[0] == "fast"
