@@ -142,6 +142,13 @@ def _mask(indices):
     return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
 
 
+def _splat(builder, scalar, vty):
+    """``scalar`` in every lane of a vector of type ``vty`` (a broadcast)."""
+    lanes = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lanes, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
+
+
 def _fma(builder, vty):
     """The ``llvm.fma`` intrinsic on vectors of type ``vty``."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
@@ -233,10 +240,7 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                            for v in range(nv)]
                 for r in range(mr_max):
                     scalar = builder.load(_element_ptr(builder, x_ptr, builder.add(x_bases[r], x_at)))
-                    vec = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar,
-                                                 ir.Constant(ir.IntType(32), 0))
-                    vec = builder.shuffle_vector(vec, ir.Constant(vty, ir.Undefined),
-                                                 ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+                    vec = _splat(builder, scalar, vty)
                     for v in range(nv):
                         acc = builder.load(accs[r][v])
                         builder.store(builder.call(fma, [weights[v], vec, acc]), accs[r][v])
@@ -599,7 +603,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
     the broadcast one, packed ``channels`` per step and zero-padded by the
     caller.  Lanes ``q >= valid`` are computed from whatever lies there (the
     caller keeps ``x_off + offsets[.] + vectors*vl`` in bounds) and never
-    stored; channels ``m >= mc`` are never stored and their bias never read.
+    stored; channels ``m >= mc`` are never stored, and the bias is read only
+    for channels ``m < mc`` with ``has_bias != 0``.
     Full vectors are stored whole, a partial last one element by element.
     3 vectors x 8 channels: 24 accumulators, 3 loads and 8 broadcasts per 24
     FMAs.  Arrays are C-contiguous float32 (``offsets`` int64).
@@ -631,10 +636,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
                 inputs = [_load_vector(builder, x_ptr, builder.add(at, _const(p * vl)), vty) for p in range(vectors)]
                 w_at = builder.add(w_off_v, builder.mul(k, _const(channels)))
                 for m in range(channels):
-                    scalar = builder.load(_element_ptr(builder, w_ptr, builder.add(w_at, _const(m))))
-                    weight = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+                    weight = _splat(builder, builder.load(_element_ptr(builder, w_ptr, builder.add(w_at, _const(m)))),
+                                    vty)
                     for p in range(vectors):
                         builder.store(builder.call(fma, [inputs[p], weight, builder.load(accs[m][p])]), accs[m][p])
             bias_on = builder.icmp_signed("!=", has_bias_v, _const(0))
@@ -642,12 +645,12 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
             for m in range(channels):
                 with builder.if_then(builder.icmp_signed("<", _const(m), mc_v)):
                     row = builder.add(o_off_v, builder.mul(_const(m), o_mstep_v))
-                    b = builder.select(bias_on, builder.load(_element_ptr(builder, b_ptr, builder.add(b_off_v, _const(m)))),
-                                       ir.Constant(_F32, 0.0))
-                    b = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(vty, ir.Undefined), b, ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
-                    sums = [builder.fadd(builder.load(accs[m][p]), b) for p in range(vectors)]
+                    with builder.if_then(bias_on):  # the bias is read only when there is one
+                        b = _splat(builder, builder.load(_element_ptr(builder, b_ptr, builder.add(b_off_v, _const(m)))),
+                                   vty)
+                        for p in range(vectors):
+                            builder.store(builder.fadd(builder.load(accs[m][p]), b), accs[m][p])
+                    sums = [builder.load(accs[m][p]) for p in range(vectors)]
                     with builder.if_else(full) as (whole, partial):
                         with whole:
                             for p in range(vectors):
@@ -659,8 +662,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
                                 with cgutils.for_range(builder, lanes) as lane_loop:
                                     lane = lane_loop.index
                                     value = builder.extract_element(sums[p], builder.trunc(lane, ir.IntType(32)))
-                                    builder.store(value, _element_ptr(builder, o_ptr,
-                                                                      builder.add(row, builder.add(_const(p * vl), lane))))
+                                    at = builder.add(row, builder.add(_const(p * vl), lane))
+                                    builder.store(value, _element_ptr(builder, o_ptr, at))
             return context.get_dummy_value()
 
         return sig, codegen
