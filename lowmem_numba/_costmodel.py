@@ -105,7 +105,8 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 3  # 3: vector_rate
+_CALIBRATION_VERSION = 4  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+                          # here): a stored launch cost from before steered small layers wrongly
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -155,7 +156,7 @@ PLAUSIBLE = {
     # core gave 0.1 or less.  2-way SMT at all logical CPUs gives about 0.5, so
     # 0.4 accepts it while rejecting a core taken by another process.
     "thread_efficiency": (0.4, 1.15),
-    # one parallel kernel launch, thread limits included: 12 us here
+    # one parallel kernel launch, thread limits included: 4.3 us here
     "launch_seconds": (1e-7, 1e-2),
 }
 
@@ -169,7 +170,7 @@ _MAX_FIT_RMS = 0.1
 #: a value puts large layers on one thread (1.1-2x slower), too high a value
 #: only spreads small layers, whose launch cost the model prices anyway.
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
-                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=1.2e-5, vector_rate=3.6e10)
+                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
