@@ -328,6 +328,10 @@ def _is_f32_array(t):
     return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C"
 
 
+def _is_i64_array(t):
+    return isinstance(t, types.Array) and t.dtype == types.int64 and t.layout == "C"
+
+
 def make_tile_kernel(mr_max, nv=NV, vl=VL):
     """A Numba intrinsic computing one ``mr <= mr_max`` by ``nr <= nv*vl`` tile.
 
@@ -383,8 +387,7 @@ def make_transpose_kernel(vl=VL):
     """
 
     def transpose(typingctx, src, s_off, s_stride, dst, d_off, offsets, o_first):
-        if not (_is_f32_array(src) and _is_f32_array(dst) and isinstance(offsets, types.Array)
-                and offsets.dtype == types.int64 and offsets.layout == "C"):
+        if not (_is_f32_array(src) and _is_f32_array(dst) and _is_i64_array(offsets)):
             return None
         i64 = types.int64
         sig = types.void(src, i64, i64, dst, i64, offsets, i64)
@@ -486,8 +489,7 @@ def make_depthwise_kernel(pixels, taps=9, vl=VL):
 
     def depthwise(typingctx, src, s_off, s_step, offsets, o_first, count, w, w_off, w_step, base, b_off,
                   dst, d_off, d_step, accumulate):
-        if not (all(_is_f32_array(a) for a in (src, w, base, dst)) and isinstance(offsets, types.Array)
-                and offsets.dtype == types.int64 and offsets.layout == "C"):
+        if not (all(_is_f32_array(a) for a in (src, w, base, dst)) and _is_i64_array(offsets)):
             return None
         i64 = types.int64
         sig = types.void(src, i64, i64, offsets, i64, i64, w, i64, i64, base, i64, dst, i64, i64, i64)
@@ -612,8 +614,7 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
 
     def pixel_tile(typingctx, w, w_off, x, x_off, offsets, o_first, count, out, o_off, o_mstep, valid, mc,
                    bias, b_off, has_bias):
-        if not (all(_is_f32_array(a) for a in (w, x, out, bias)) and isinstance(offsets, types.Array)
-                and offsets.dtype == types.int64 and offsets.layout == "C"):
+        if not (all(_is_f32_array(a) for a in (w, x, out, bias)) and _is_i64_array(offsets)):
             return None
         i64 = types.int64
         sig = types.void(w, i64, x, i64, offsets, i64, i64, out, i64, i64, i64, i64, bias, i64, i64)

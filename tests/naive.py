@@ -140,6 +140,22 @@ def channels_last(array):
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
 
 
+def assert_exact_like_reference(name, case, seed, with_bias, layout, threads):
+    """Integers in -3..3 (every product and sum exact in float32) through
+    ``name`` in ``layout`` on ``threads`` threads must equal the reference."""
+    import lowmem_numba as ln
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
+    bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
+    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
+    if layout == "NHWC":
+        x, expected = channels_last(x), channels_last(expected)
+    got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
+    np.testing.assert_array_equal(got, expected)
+
+
 def assert_nonfinite_like_reference(name, case, seed, layout, every):
     """Scatter NaN and +inf over about one input element in ``every`` of
     small positive integers (positive weights keep +inf +inf) and require

@@ -21,7 +21,8 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._geometry import make_geometry
-from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
+from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
+                   conv2d_reference)
 from strategies import cases
 
 NAME = "direct-pixels"
@@ -74,15 +75,7 @@ def wide_cases(draw):
 @given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
        layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]))
 def test_exact_against_reference(case, seed, with_bias, layout, threads):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
-    w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
-    bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
-    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
-    if layout == "NHWC":
-        x, expected = channels_last(x), channels_last(expected)
-    got = ln.conv2d(x, w, bias, algorithm=NAME, layout=layout, threads=threads, **case.args)
-    np.testing.assert_array_equal(got, expected)
+    assert_exact_like_reference(NAME, case, seed, with_bias, layout, threads)
 
 
 @settings(max_examples=25, deadline=None)

@@ -21,7 +21,8 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import ukernel
 from lowmem_numba._geometry import make_geometry
-from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
+from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
+                   channels_last, conv2d_reference)
 from strategies import Case, cases
 from subprocess_helper import run_python
 
@@ -224,15 +225,7 @@ def test_exact_against_reference(name, case, seed, with_bias, layout, threads):
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
         assert name.startswith("pointwise") and case.kernel != (1, 1)
         return
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
-    w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
-    bias = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
-    expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
-    if layout == "NHWC":
-        x, expected = channels_last(x), channels_last(expected)
-    got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
-    np.testing.assert_array_equal(got, expected)
+    assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
 
 
 @pytest.mark.parametrize("name", NAMES)

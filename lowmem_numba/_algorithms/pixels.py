@@ -51,7 +51,7 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import PIXELS_RUN_BYTES
-from ._common import KernelGeometry, ceil_div, kernel_geometry
+from ._common import KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
 assert PIXEL_VECTORS == 3
@@ -104,20 +104,14 @@ def _pixels_conv(x, wp, bias, out, table_store, geometry, images, x_image, x_gro
     tiles = (row_len + SPAN - 1) // SPAN
     units = rows * tiles
     has_bias = 1 if bias.size else 0
-    per_image = m_chunks * u_chunks
-    for item in prange(images * G * per_image):
-        ng = item // per_image
+    for item in prange(images * G * m_chunks * u_chunks):
+        ng, mb0, mb1, u_begin, u_end = tile_bounds(item, blocks, units, m_chunks, u_chunks)
         n = ng // G
         g = ng % G
-        mc = item % per_image // u_chunks
-        uc = item % u_chunks
-        mb0 = mc * blocks // m_chunks
-        mb1 = (mc + 1) * blocks // m_chunks
-        u_end = (uc + 1) * units // u_chunks
         # Runs of ``unit_block`` tiles, every channel block over each run: the
         # run's input stays in cache, and the outputs go to the planes of one
         # channel block at a time (few write streams).
-        for run in range(uc * units // u_chunks, u_end, unit_block):
+        for run in range(u_begin, u_end, unit_block):
             for mb in range(mb0, mb1):
                 for unit in range(run, min(u_end, run + unit_block)):
                     r = unit // tiles
@@ -203,7 +197,7 @@ def _plan(g, threads):
         return KernelPlan(tiling=(), parallel_items=1)
     in_place = _in_place(g)
     rows, row_len = (1, g.out_height * g.out_width) if in_place else (g.out_height, g.out_width)
-    images = g.batch if in_place else min(g.batch, 1)
+    images = g.batch if in_place else 1  # staged: one image per launch
     blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)
     units = rows * ceil_div(row_len, SPAN)
     split = split_work(images * g.groups, blocks, max(1, units), threads, min_rows=1, min_cols=1)

@@ -79,7 +79,7 @@ from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
                        UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
-from ._common import KernelGeometry, ceil_div, kernel_geometry
+from ._common import KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -204,17 +204,10 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     xlo, xhi = _interior(WO, W, SW, DW, PL, KW)
     y_classes = _class_count(HO, ylo, yhi)
     x_classes = _class_count(WO, xlo, xhi)
-    per_image = m_chunks * t_chunks
-    for item in prange(d.batch * G * per_image):
-        ng = item // per_image
+    for item in prange(d.batch * G * m_chunks * t_chunks):
+        ng, mb0, mb1, t_lo, t_hi = tile_bounds(item, blocks, plane_tiles, m_chunks, t_chunks)
         n = ng // G
         g = ng % G
-        mc = item % per_image // t_chunks
-        tc = item % t_chunks
-        mb0 = mc * blocks // m_chunks
-        mb1 = (mc + 1) * blocks // m_chunks
-        t_lo = tc * plane_tiles // t_chunks
-        t_hi = (tc + 1) * plane_tiles // t_chunks
         x_image = n * H * W * C + g * cg if nhwc_in else (n * C + g * cg) * H * W
         o_image = n * HO * WO * M + g * mg if nhwc else (n * M + g * mg) * HO * WO
         # Sweep the item's tiles in blocks of tile_block, every weight block
