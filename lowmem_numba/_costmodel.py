@@ -7,7 +7,11 @@ shape (m, n, k) runs at ``peak * e(m) e(n) e(k)`` with ``e(x) = x / (x + h)``:
 small dimensions cost efficiency, and the three half-saturation sizes ``h`` and
 the peak are fitted (least squares in log space) to sgemm timings over several
 sizes per dimension.  Copies run at a measured bandwidth, the loop nest at a
-measured rate, and threads scale by a measured efficiency.  The calibration
+measured rate, and threads scale by a measured efficiency.  GEMMs on the
+library's own micro-kernel are priced on their own curve, ``ukernel_peak
+e(k)``: their plans state pixels and channels already rounded up to whole
+register tiles, and the kernel runs every whole tile at the same speed (the
+BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).  The calibration
 takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -47,6 +51,8 @@ class Calibration:
     thread_efficiency: float  # speed-up per added thread, as a fraction of ideal
     launch_seconds: float     # fixed cost of one parallel kernel launch
     vector_rate: float = 3.6e10  # flop/s of a family's own vectorised loops (DEFAULTS.vector_rate)
+    ukernel_peak: float = 1.1e11  # flop/s of the micro-kernel on long reductions (DEFAULTS.ukernel_peak)
+    ukernel_half_k: float = 14.0  # reduction length at which the micro-kernel runs at half of it
 
 
 def _efficiency(size, half):
@@ -63,7 +69,8 @@ def predict_seconds(plan, c: Calibration) -> float:
         issued, the elements it moves outside BLAS, its own loops' flops, its
         parallel items and launches.  Nothing here depends on the family.
         Own flops are priced at the loop nest's rate (``direct_flops``) or
-        at the rate of vectorised loops (``vector_flops``).
+        at the rate of vectorised loops (``vector_flops``); GEMMs at BLAS's
+        rates, or the micro-kernel's when ``plan.gemms_on_blas`` is False.
     c : Calibration
 
     Returns
@@ -75,15 +82,17 @@ def predict_seconds(plan, c: Calibration) -> float:
     for count, m, n, k in plan.gemms:
         if count == 0 or m == 0 or n == 0 or k == 0:
             continue
+        if not plan.gemms_on_blas:
+            serial += count * 2.0 * m * n * k / (c.ukernel_peak * _efficiency(k, c.ukernel_half_k))
+            continue
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
         serial += count * 2.0 * m * n * k / rate
-        if plan.gemms_on_blas:
-            # BLAS copies A and B into its panels on every call, at about the
-            # rate of a copy from memory: negligible for square GEMMs, but on
-            # 7x7-14x14 images (n = 49-196) it is the 20-40 % by which the
-            # efficiency curve alone underpredicted im2col (512 x 49 x 4608
-            # sgemm: 2.32 ms predicted without it, 2.77 with it, 2.84 measured).
-            serial += count * (m * k + k * n) / c.copy_rate
+        # BLAS copies A and B into its panels on every call, at about the
+        # rate of a copy from memory: negligible for square GEMMs, but on
+        # 7x7-14x14 images (n = 49-196) it is the 20-40 % by which the
+        # efficiency curve alone underpredicted im2col (512 x 49 x 4608
+        # sgemm: 2.32 ms predicted without it, 2.77 with it, 2.84 measured).
+        serial += count * (m * k + k * n) / c.copy_rate
     serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
     serial += plan.vector_flops / c.vector_rate
     threads = plan.threads
@@ -105,8 +114,9 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 4  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
-                          # here): a stored launch cost from before steered small layers wrongly
+_CALIBRATION_VERSION = 5  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+                          # here): a stored launch cost from before steered small layers wrongly;
+                          # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k)
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -158,6 +168,10 @@ PLAUSIBLE = {
     "thread_efficiency": (0.4, 1.15),
     # one parallel kernel launch, thread limits included: 4.3 us here
     "launch_seconds": (1e-7, 1e-2),
+    # the micro-kernel: as the GEMM peak; its half-saturation reduction is
+    # 13-15 here (register tile set up and stored once per reduction)
+    "ukernel_peak": (1e9, 2e12),
+    "ukernel_half_k": (0.05, 1024.0),
 }
 
 #: Root-mean-square log residual of the GEMM fit above which the timings are
@@ -170,11 +184,12 @@ _MAX_FIT_RMS = 0.1
 #: a value puts large layers on one thread (1.1-2x slower), too high a value
 #: only spreads small layers, whose launch cost the model prices anyway.
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
-                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10)
+                       direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
+                       ukernel_peak=1.1e11, ukernel_half_k=14.0)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
-           "launch": ("launch_seconds",)}
+           "launch": ("launch_seconds",), "ukernel": ("ukernel_peak", "ukernel_half_k")}
 
 
 @dataclass(frozen=True)
@@ -350,7 +365,7 @@ def _measure_copy(best):
     return {"copy_rate": src.size / best["copy"]}
 
 
-def _prepacked_call(name, x_shape, w_shape, padding, groups=1):
+def _prepacked_call(name, x_shape, w_shape, padding, groups=1, layout="NCHW"):
     """The plan and a call of algorithm ``name`` with weights packed once, on
     one thread, through the execution layer."""
     g = make_geometry(x_shape, w_shape, 1, padding, 1, groups)
@@ -358,7 +373,7 @@ def _prepacked_call(name, x_shape, w_shape, padding, groups=1):
     x = np.ones(int(np.prod(x_shape)), np.float32)
     w = prepare_weights(algorithm, np.ones(int(np.prod(w_shape)), np.float32), g)
     out = np.empty(int(np.prod(g.output_shape)), np.float32)
-    plan = algorithm.plan(g, 1, "NCHW", prepacked=True)
+    plan = algorithm.plan(g, 1, layout, prepacked=True)
     no_bias = np.empty(0, np.float32)
     return plan, lambda: execute(plan, x, w, no_bias, out)
 
@@ -384,6 +399,49 @@ def _measure_vector(best):
     with kernel_threads(1):
         _interleaved_best({"vector": call}, best)
     return {"vector_rate": plan.vector_flops / best["vector"]}
+
+
+#: The micro-kernel's curve is fitted to 1x1 convolutions of 32 x 32 pixels
+#: into 256 channels, channels-last (no tile transposes, which the NCHW plans
+#: price as moved elements), over these reductions: 0.15-1.3 ms each, so
+#: that the launch is a few percent at most.
+_UKERNEL_REDUCTIONS = (16, 64, 256)
+
+
+def fit_reduction(rates: dict):
+    """Fit ``rate = peak k / (k + half)`` to measured rates, in log space.
+
+    Parameters
+    ----------
+    rates : dict
+        ``k -> flop/s``.
+
+    Returns
+    -------
+    peak, half : float
+        The least-squares constants (``half`` searched over 0.01-10000 on a
+        fine log grid).
+    """
+    ks = np.array(list(rates), dtype=np.float64)
+    logs = np.log(np.array(list(rates.values()), dtype=np.float64))
+    grid = np.logspace(-2, 4, 2401)
+    r = logs[None, :] - np.log(ks[None, :] / (ks[None, :] + grid[:, None]))
+    spread = ((r - r.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    best = int(np.argmin(spread))
+    return float(np.exp(r[best].mean())), float(grid[best])
+
+
+def _measure_ukernel(best):
+
+    calls, flops = {}, {}
+    for k in _UKERNEL_REDUCTIONS:
+        plan, calls[k] = _prepacked_call("direct-ukernel-nhwc", (1, k, 32, 32), (256, k, 1, 1), 0,
+                                         layout="NHWC")
+        flops[k] = sum(2.0 * count * m * n * kk for count, m, n, kk in plan.gemms)
+    with kernel_threads(1):
+        _interleaved_best(calls, best)
+    peak, half = fit_reduction({k: flops[k] / best[k] for k in calls})
+    return {"ukernel_peak": peak, "ukernel_half_k": half}
 
 
 def _measure_launch(best):
@@ -420,14 +478,15 @@ def _measure_threads(best):
 
 
 _MEASURE = {"gemm": _measure_gemm, "copy": _measure_copy, "direct": _measure_direct,
-            "vector": _measure_vector, "threads": _measure_threads, "launch": _measure_launch}
+            "vector": _measure_vector, "threads": _measure_threads, "launch": _measure_launch,
+            "ukernel": _measure_ukernel}
 
 
 def calibrate_run(*, attempts=None, pause=None) -> CalibrationRun:
     """Measure the machine constants robustly (about a second).
 
     Each group of constants (GEMM, copy, loop nest, vectorised loops, threads,
-    launch) is timed as the best over interleaved rounds; a group with a constant outside
+    launch, micro-kernel) is timed as the best over interleaved rounds; a group with a constant outside
     :data:`PLAUSIBLE` (or a GEMM fit whose residual exceeds ``_MAX_FIT_RMS``) is
     measured again after ``pause`` seconds (default ``_PAUSE_SECONDS``), keeping
     the best timings of all attempts, up to ``attempts`` times (default
@@ -589,6 +648,9 @@ def describe(c: Calibration, threads=None) -> list:
             lines.append(f"{t} threads: {1 + (t - 1) * c.thread_efficiency:.2f}x one thread on large layers "
                          f"(thread efficiency {c.thread_efficiency:.2f})")
     lines.append(f"kernel launch: {c.launch_seconds * 1e6:.1f} us")
+    lines.append(f"micro-kernel: {c.ukernel_peak / 1e9:.1f} GFLOP/s on long reductions; "
+                 f"a reduction of 64 runs at {eff(64, c.ukernel_half_k):.0f} % of it, "
+                 f"16 at {eff(16, c.ukernel_half_k):.0f} % (half-saturation {c.ukernel_half_k:.1f})")
     return lines
 
 

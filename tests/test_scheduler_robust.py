@@ -181,6 +181,26 @@ def test_fit_recovers_exact_constants():
     assert (hm, hn, hk) == pytest.approx((DEFAULTS.half_m, DEFAULTS.half_n, DEFAULTS.half_k), rel=0.03)
 
 
+def test_reduction_fit_recovers_the_micro_kernels_constants():
+    rates = {k: 1.2e11 * k / (k + 14.0) for k in costmodel._UKERNEL_REDUCTIONS}
+    peak, half = costmodel.fit_reduction(rates)
+    assert peak == pytest.approx(1.2e11, rel=0.01) and half == pytest.approx(14.0, rel=0.01)
+
+
+def test_micro_kernel_gemms_are_priced_on_their_own_curve():
+    # Plans of the micro-kernel state pixels and channels rounded up to whole
+    # register tiles: no BLAS e(m) e(n) and no panel copies on top; only the
+    # reduction length costs efficiency, by the micro-kernel's own constants.
+    c = dataclasses.replace(DEFAULTS, ukernel_peak=1e11, ukernel_half_k=20.0)
+    for m, n, k in ((60, 128, 800), (12, 32, 16), (1020, 256, 64)):
+        plan = dataclasses.replace(_gemms_plan(3, m, n, k), gemms_on_blas=False)
+        expected = 3 * 2.0 * m * n * k / (1e11 * k / (k + 20.0))
+        assert costmodel.predict_seconds(plan, c) == pytest.approx(expected, rel=1e-9)
+        # The same GEMMs on BLAS at the same peak and reduction curve cost more: e(m) e(n) and copies.
+        same = dataclasses.replace(c, gemm_peak=1e11, half_k=20.0)
+        assert costmodel.predict_seconds(_gemms_plan(3, m, n, k), same) > expected * 1.01
+
+
 def _large_layer_threads():
     picks = {}
     for network in ln.bench.NETWORKS:

@@ -68,7 +68,8 @@ from .._plan import KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
-                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST)
+                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST,
+                       WINOGRAD_WEIGHT_READ_COST)
 from ._common import KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
 
@@ -526,8 +527,10 @@ def _plan(g, threads, name, block=None):
     transforms its tiles' input again unless the same thread ran the previous
     chunk.  Priced as ``a^2`` products per image and group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
-    them) x C/g, plus the transforms as elements moved and a fixed cost per
-    tile and point (``WINOGRAD_TILE_POINT_COST``)."""
+    them) x C/g in reductions of at most ``WINOGRAD_REDUCTION_BLOCK``, plus
+    the transforms as elements moved, the transformed weights each tile
+    block reads (``WINOGRAD_WEIGHT_READ_COST``) and a fixed cost per tile and
+    point (``WINOGRAD_TILE_POINT_COST``)."""
     m, alpha, tiles = _sizes(g, name)
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
@@ -557,6 +560,8 @@ def _plan(g, threads, name, block=None):
     # output written once (the separable passes run in L1).
     moved = images * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels
                               + points * WINOGRAD_TILE_POINT_COST)
+    # Every tile block streams the transformed weights of its channel chunk.
+    moved += round(tile_blocks * points * channels * cg * WINOGRAD_WEIGHT_READ_COST)
     # The products as the micro-kernel runs them: per tile block, full MR-row
     # tiles and a remainder on SMALL_MR-row tiles.  Oriented channels x tiles
     # so that a small tile count costs only its rounding: the micro-kernel's
@@ -564,11 +569,15 @@ def _plan(g, threads, name, block=None):
     full, rest = divmod(tiles, block)
     rows = full * block + ceil_div(rest, MR) * MR - (rest % MR and rest % MR <= MR - SMALL_MR) * (
         MR - ceil_div(rest % MR, SMALL_MR) * SMALL_MR)
+    # The reduction runs in blocks of WINOGRAD_REDUCTION_BLOCK channels, each
+    # a reduction of the micro-kernel of its own (set up, stored, reloaded).
+    whole, rest = divmod(cg, WINOGRAD_REDUCTION_BLOCK)
+    gemms = ((images * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
+    gemms += ((images * points, channels, rows, rest),) if rest else ()
     return KernelPlan(tiling=(name, block, _stage_channels(g), WINOGRAD_REDUCTION_BLOCK, m_chunks, slots,
                               per_slot),
                       scratch_elements=slots * per_slot,
-                      gemms=((images * points, channels, rows, cg),),
-                      moved_elements=moved, parallel_items=max(1, units))
+                      gemms=gemms, moved_elements=moved, parallel_items=max(1, units))
 
 
 def _unsupported(name):
