@@ -197,19 +197,21 @@ WINOGRAD_REDUCTION_BLOCK = 128
 #: Winograd: fixed cost of one transform point of one tile (the loops and
 #: calls the input transform, the products and the output transform spend
 #: on it whatever the channel count), and the cost of one transformed weight
-#: read by one tile block (each block streams its channel chunk's weights:
-#: a^2 M C/g floats, 9.4 M for F(4x4,3x3) on 512 -> 512 channels), both in
+#: read by one tile block (each block streams its channel chunk's weights,
+#: a^2 M C/g floats: from the L3 cache, or from memory when they exceed it,
+#: as the 38 MB of F(4x4,3x3) on 512 -> 512 channels do here), all in
 #: plain-copy elements.  Fitted together (non-negative least squares of the
 #: relative error) to the time the plan left unexplained on 50 layers x
 #: variants x batch 1 and 8, one thread (the 3x3 and 5x5 stride-1 layers of
 #: AlexNet, VGG-16 to 56x56, GoogLeNet and ResNet-50), each layer's timing
 #: divided by direct-ukernel's measured / predicted ratio there to take out
-#: the machine's phase: 117 and 0.27.  Measured / predicted then has median
-#: 1.01, 90th percentile 1.16 and worst 1.54 (F(4x4,3x3) on 512 channels,
-#: whose 38 MB of weights fall out of L3), against median 1.16 and worst
-#: 2.47 without them once the micro-kernel had its own calibration.
-WINOGRAD_TILE_POINT_COST = 120
-WINOGRAD_WEIGHT_READ_COST = 0.27
+#: the machine's phase: 114, 0.195 and 0.81.  Measured / predicted then has
+#: median 1.01, 90th percentile 1.10 and worst 1.49 (F(4x4,3x3) on ResNet-50's
+#: layer4 at batch 1), against 1.16 / 2.47 without them once the
+#: micro-kernel had its own calibration.
+WINOGRAD_TILE_POINT_COST = 114
+WINOGRAD_WEIGHT_READ_COST = 0.2
+WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 #: Winograd weight transform: input channels staged (transposed to lanes) at
 #: once per block of NR output channels: whole 16x16 register transposes, and
 #: a slot's staging of r^2 x (this + 1) x NR floats stays in L1 for 3x3

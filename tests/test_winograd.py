@@ -1,10 +1,11 @@
 """The Winograd family: transforms, every claimed configuration, rounding, NaN spread, workspace."""
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
@@ -249,6 +250,33 @@ def test_many_channels_are_staged_in_chunks(name, layout):
     else:
         got = ln.conv2d(x, w, b, padding=case.padding, algorithm=name)
     assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
+       threads=st.sampled_from([1, 2]))
+def test_tile_blocks_that_run_across_images(name, data, seed, layout, threads):
+    """A group's tiles are numbered over the batch: with the smallest tile
+    blocks (forced by a memory_limit), blocks end one image and start the
+    next, wherever the images' tile counts fall."""
+    case = data.draw(winograd_cases(winograd.VARIANTS[name][1]))
+    case = dataclasses.replace(case, batch=data.draw(st.integers(2, 5)))
+    algorithm = name + ("-nhwc" if layout == "NHWC" else "")
+    g = make_geometry(case.x_shape, case.w_shape, 1, case.padding, 1, case.groups)
+    limit = registry.get(algorithm).plan(g, threads, layout, prepacked=True, memory_limit=0).workspace_bytes
+    block = registry.get(algorithm).plan(g, threads, layout, prepacked=True, memory_limit=limit).kernel.tiling[1]
+    tiles = winograd._sizes(g, name)[2]
+    assume(block % tiles and block < case.batch * tiles)  # some block holds tiles of two images
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32)
+    layer = ln.Conv2d(w, bias, padding=case.padding, groups=case.groups, algorithm=algorithm, layout=layout,
+                      threads=threads, memory_limit=limit)
+    got = layer(channels_last(x)).transpose(0, 3, 1, 2) if layout == "NHWC" else layer(x)
+    assert layer.workspace_bytes <= limit
+    assert_close_to_reference(got, x, w, bias, case, FACTOR[name])
 
 
 def test_tile_block_shrinks_to_fit_memory_limit():

@@ -22,8 +22,9 @@ another factor of 2-3, so F(6x6,3x3) is not offered.
 
 Fused and tile-blocked
 ----------------------
-Nothing holds the transform of a whole image.  Each thread takes whole blocks
-of ``tile_block`` tiles of one image and group, in turn:
+Nothing holds the transform of a whole image.  The tiles of a group are
+numbered over the batch, and each thread takes whole blocks of ``tile_block``
+of them (a block may end one image and start the next), in turn:
 
 1. transforms the block's input tiles into ``V[point][tile][c]`` (the tile is
    staged with its zero padding first unless it lies inside an NHWC image);
@@ -64,12 +65,12 @@ from numba import prange
 
 from .._compile import njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform
-from .._plan import KernelPlan
+from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
                        WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST,
-                       WINOGRAD_WEIGHT_READ_COST)
+                       WINOGRAD_WEIGHT_MEMORY_READ_COST, WINOGRAD_WEIGHT_READ_COST)
 from ._common import KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
 
@@ -239,11 +240,12 @@ def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v
 
 
 @njit(cache=True, nogil=True)
-def _output_block(out, d, nhwc, n, m0, nr, t0, count, tiles_x, at, alpha, tile, buf, z_off, r_off, y_off,
+def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, tile, buf, z_off, r_off, y_off,
                   block, bias):
     """``A^T Z A`` of ``count`` tiles' ``Z[point][tile][lane]`` (channels m0 ..
-    m0+nr), plus the bias, stored at each tile's place in the output, clipped
-    to the output plane.  Both passes run over all tiles' lanes at once."""
+    m0+nr; tiles ``t0 ..`` numbered over the batch, ``tiles`` per image), plus
+    the bias, stored at each tile's place in the output, clipped to the
+    output plane.  Both passes run over all tiles' lanes at once."""
     M, HO, WO = d.out_channels, d.out_height, d.out_width
     plane = block * NR  # one (point, tile-block) plane of Z, R or Y
     length = count * NR
@@ -253,7 +255,8 @@ def _output_block(out, d, nhwc, n, m0, nr, t0, count, tiles_x, at, alpha, tile, 
     for b in range(tile):
         _transform(at, buf, r_off + b * plane, tile * plane, buf, y_off + b * plane, tile * plane, length)
     for k in range(count):
-        ty, tx = divmod(t0 + k, tiles_x)
+        n, t = divmod(t0 + k, tiles)
+        ty, tx = divmod(t, tiles_x)
         y0, x0 = ty * tile, tx * tile
         for a in range(min(tile, HO - y0)):
             for b in range(min(tile, WO - x0)):
@@ -277,7 +280,8 @@ def _output_block(out, d, nhwc, n, m0, nr, t0, count, tiles_x, at, alpha, tile, 
 @njit(cache=True, nogil=True)
 def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
     """Units ``[first, end)`` of ``slot``: runs of about equal work, a unit's
-    work being the tiles of its block (the last block of an image is short),
+    work being the tiles of its block (the last block of a group's ``tiles``
+    is short),
     and a unit going to the slot its middle falls in.  Equal runs of units
     gave 13x13 images at batch 1 (blocks of 24, 24 and 1 tiles, two channel
     chunks each) 72 tiles' work on one thread and 26 on the other."""
@@ -308,29 +312,30 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
     m_blocks = (mg + NR - 1) // NR
     tiles_x = (d.out_width + tile - 1) // tile
     tiles = ((d.out_height + tile - 1) // tile) * tiles_x
-    blocks = (tiles + tile_block - 1) // tile_block
-    units = d.batch * G * blocks * m_chunks
+    span = d.batch * tiles  # a group's tiles over the batch: blocks run across images
+    blocks = (span + tile_block - 1) // tile_block
+    units = G * blocks * m_chunks
     # Scratch of one slot (see _slot_elements): V | Z | staged tile |
     # row-transformed tile | R | Y.
     for slot in prange(slots):
-        first_unit, end_unit = _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles)
+        first_unit, end_unit = _slot_units(slot, slots, units, m_chunks, blocks, tile_block, span)
         v_base = slot * slot_elements
         z_base = v_base + points * tile_block * cg
         p_off = z_base + points * tile_block * NR
         t_off = p_off + points * chunk
         r_off = t_off + points * chunk
         y_off = r_off + alpha * tile * tile_block * NR
-        transformed = -1  # the (image, group, tile block) whose input V holds
+        transformed = -1  # the (group, tile block) whose input V holds
         for unit in range(first_unit, end_unit):
             mc = unit % m_chunks
             block = unit // m_chunks % blocks
-            ng = unit // (m_chunks * blocks)
-            n, g = ng // G, ng % G
+            g = unit // (m_chunks * blocks)
             t0 = block * tile_block
-            count = min(tile_block, tiles - t0)
+            count = min(tile_block, span - t0)
             if unit // m_chunks != transformed:
                 for k in range(count):
-                    ty, tx = divmod(t0 + k, tiles_x)
+                    n, t = divmod(t0 + k, tiles)
+                    ty, tx = divmod(t, tiles_x)
                     _input_tile(x, d, nhwc, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, bt, alpha,
                                 scratch, p_off, t_off, v_base + k * cg, tile_block * cg, chunk)
                 transformed = unit // m_chunks
@@ -362,7 +367,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                                          scratch, x_at + c0, 0, cg, 1, 0, 0, s, tile_block,
                                          min(step, p0 + mr - s), min(depth, cg - c0), 1, 1,
                                          scratch, z_at, 0, NR, 1, width, bias, 0, mode)
-                _output_block(out, d, nhwc, n, g * mg + mb * NR, nr, t0, count, tiles_x, at, alpha, tile,
+                _output_block(out, d, nhwc, g * mg + mb * NR, nr, t0, count, tiles, tiles_x, at, alpha, tile,
                               scratch, z_base, r_off, y_off, tile_block, bias)
 
 
@@ -443,16 +448,31 @@ def pack_scratch_elements(g, threads, name) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def l2_bytes() -> int:
-    """Bytes of one core's L2 cache, from sysfs (1 MiB when unknown)."""
+def _cache_bytes(index, default):
+    """Bytes of cpu0's cache ``index`` (sysfs numbering: 2 is the core's L2,
+    3 the shared L3), or ``default`` when unknown."""
     try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+        with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
             text = f.read().strip().upper()
         scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
         value = int(text.rstrip("KM")) * scale
-        return value if value >= 64 * 2**10 else 2**20
+        return value if value >= 64 * 2**10 else default
     except (OSError, ValueError):
-        return 2**20
+        return default
+
+
+@functools.lru_cache(maxsize=None)
+def l2_bytes() -> int:
+    """Bytes of one core's L2 cache, from sysfs (1 MiB when unknown)."""
+    return _cache_bytes(2, 2**20)
+
+
+@functools.lru_cache(maxsize=None)
+def l3_bytes() -> int:
+    """Bytes of the last-level (L3) cache, from sysfs (8 MiB when unknown:
+    transformed weights larger than that are then priced as read from
+    memory)."""
+    return _cache_bytes(3, 8 * 2**20)
 
 
 def _sizes(g, name):
@@ -462,16 +482,22 @@ def _sizes(g, name):
     return m, alpha, tiles
 
 
+def _span(g, name):
+    """Tiles of one group over the whole batch: the tile space blocks cut
+    (a block may hold the last tiles of one image and the first of the next)."""
+    return g.batch * _sizes(g, name)[2]
+
+
 def tile_block(g, name) -> int:
     """Tiles each thread transforms and multiplies at once, by default: as
     many whole micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z``
     fill ``WINOGRAD_SLOT_CACHE_FRACTION`` of L2, at least one, and no more
-    than one image-group has (:func:`_plan_within` shrinks it to fit a
-    ``memory_limit``)."""
-    _, alpha, tiles = _sizes(g, name)
+    than a group has over the batch (:func:`_plan_within` shrinks it to fit
+    a ``memory_limit``)."""
+    _, alpha, _ = _sizes(g, name)
     per_tile = 4 * alpha * alpha * (g.channels_per_group + NR)
     fit = int(l2_bytes() * WINOGRAD_SLOT_CACHE_FRACTION) // (per_tile * MR)
-    return MR * max(1, min(fit, ceil_div(max(tiles, 1), MR)))
+    return MR * max(1, min(fit, ceil_div(max(_span(g, name), 1), MR)))
 
 
 def _stage_channels(g):
@@ -505,10 +531,11 @@ def _plan_within(g, threads, scratch_elements, name):
 
 
 def _largest_share(g, threads, block, tiles):
-    """Tiles of the busiest thread when units are blocks of ``block`` tiles
-    (one channel chunk), split as the kernel splits them (:func:`_slot_units`)."""
+    """Tiles of the busiest thread when units are blocks of ``block`` of a
+    group's ``tiles`` (one channel chunk), split as the kernel splits them
+    (:func:`_slot_units`)."""
     blocks = ceil_div(tiles, block)
-    units = g.batch * g.groups * blocks
+    units = g.groups * blocks
     slots = min(threads, units)
     last = tiles - (blocks - 1) * block
     largest = 0
@@ -519,23 +546,29 @@ def _largest_share(g, threads, block, tiles):
 
 
 def _plan(g, threads, name, block=None):
-    """Blocks of ``tile_block`` tiles of one image and group (of equal size
-    when there are few), times chunks of their output-channel blocks, are the units; ``slots = min(threads,
+    """Blocks of ``tile_block`` tiles of one group, numbered over the batch
+    (of equal size when there are few), times chunks of their output-channel blocks, are the units; ``slots = min(threads,
     units)`` threads take equal runs of them, each with its own scratch.  The
     channel blocks are cut (by the one splitter) only where tile blocks alone
     balance badly, as on 7x7 and 14x14 images at batch 1: each chunk
     transforms its tiles' input again unless the same thread ran the previous
-    chunk.  Priced as ``a^2`` products per image and group of (channels
+    chunk.  Blocks run across images so that at batch > 1 each pass over the
+    transformed weights serves whole blocks (F(4x4,3x3) on 7x7 images has 4
+    tiles per image: per image, ResNet-50's 512-channel layer4 3x3 at batch
+    8 streamed its 38 MB of weights 8 times, 13.1 ms on two threads against
+    7.7 for F(2x2,3x3)).  Priced as ``a^2`` products per group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
     them) x C/g in reductions of at most ``WINOGRAD_REDUCTION_BLOCK``, plus
     the transforms as elements moved, the transformed weights each tile
-    block reads (``WINOGRAD_WEIGHT_READ_COST``) and a fixed cost per tile and
-    point (``WINOGRAD_TILE_POINT_COST``)."""
-    m, alpha, tiles = _sizes(g, name)
+    block reads (``WINOGRAD_WEIGHT_READ_COST``, or
+    ``WINOGRAD_WEIGHT_MEMORY_READ_COST`` when they exceed the L3 cache) and a
+    fixed cost per tile and point (``WINOGRAD_TILE_POINT_COST``)."""
+    m, alpha, _ = _sizes(g, name)
+    tiles = _span(g, name)
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
     blocks = ceil_div(max(tiles, 1), block)
-    if 1 < blocks and threads > 1 and g.batch * g.groups * blocks < 2 * threads:
+    if 1 < blocks and threads > 1 and g.groups * blocks < 2 * threads:
         # Few units: where the threads' runs of them balance badly, a
         # multiple of the threads in blocks of equal size.  49 tiles (14x14
         # images at batch 1) in a block of 48 and one of 1 gave one thread all
@@ -548,20 +581,22 @@ def _plan(g, threads, name, block=None):
             block = even
     cg, mg = g.channels_per_group, g.out_channels_per_group
     blocks_m = ceil_div(mg, NR)
-    tile_blocks = g.batch * g.groups * ceil_div(tiles, block)
+    tile_blocks = g.groups * ceil_div(tiles, block) if tiles else 0
     m_chunks = split_work(tile_blocks, blocks_m, 1, threads, min_rows=1, min_cols=1).row_blocks
     units = tile_blocks * m_chunks
     slots = min(threads, units)  # 0 for an empty batch: no scratch
     per_slot = _slot_elements(g, name, block)
     last = mg - (blocks_m - 1) * NR
     channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
-    images = g.batch * g.groups
     # Transforms: each input tile staged and written as V; Z read and each
     # output written once (the separable passes run in L1).
-    moved = images * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels
+    moved = g.groups * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels
                               + points * WINOGRAD_TILE_POINT_COST)
-    # Every tile block streams the transformed weights of its channel chunk.
-    moved += round(tile_blocks * points * channels * cg * WINOGRAD_WEIGHT_READ_COST)
+    # Every tile block streams the transformed weights of its channel chunk:
+    # from the L3 cache, or from memory when they do not fit in it.
+    in_memory = FLOAT32_BYTES * g.groups * points * channels * cg > l3_bytes()
+    read_cost = WINOGRAD_WEIGHT_MEMORY_READ_COST if in_memory else WINOGRAD_WEIGHT_READ_COST
+    moved += round(tile_blocks * points * channels * cg * read_cost)
     # The products as the micro-kernel runs them: per tile block, full MR-row
     # tiles and a remainder on SMALL_MR-row tiles.  Oriented channels x tiles
     # so that a small tile count costs only its rounding: the micro-kernel's
@@ -572,8 +607,8 @@ def _plan(g, threads, name, block=None):
     # The reduction runs in blocks of WINOGRAD_REDUCTION_BLOCK channels, each
     # a reduction of the micro-kernel of its own (set up, stored, reloaded).
     whole, rest = divmod(cg, WINOGRAD_REDUCTION_BLOCK)
-    gemms = ((images * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
-    gemms += ((images * points, channels, rows, rest),) if rest else ()
+    gemms = ((g.groups * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
+    gemms += ((g.groups * points, channels, rows, rest),) if rest else ()
     return KernelPlan(tiling=(name, block, _stage_channels(g), WINOGRAD_REDUCTION_BLOCK, m_chunks, slots,
                               per_slot),
                       scratch_elements=slots * per_slot,
