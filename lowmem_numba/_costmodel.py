@@ -11,8 +11,8 @@ measured rate, and threads scale by a measured efficiency.  GEMMs on the
 library's own micro-kernel are priced on their own curve, ``ukernel_peak
 e(k)``: their plans state pixels and channels already rounded up to whole
 register tiles, and the kernel runs every whole tile at the same speed (the
-BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).  The calibration
-takes about a second, is checked for plausibility, stored in the user cache
+BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).  The
+calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
 """
@@ -169,7 +169,7 @@ PLAUSIBLE = {
     # one parallel kernel launch, thread limits included: 4.3 us here
     "launch_seconds": (1e-7, 1e-2),
     # the micro-kernel: as the GEMM peak; its half-saturation reduction is
-    # 13-15 here (register tile set up and stored once per reduction)
+    # 15-21 here (the register tile is set up and stored once per reduction)
     "ukernel_peak": (1e9, 2e12),
     "ukernel_half_k": (0.05, 1024.0),
 }

@@ -68,8 +68,8 @@ from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_tran
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
-                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST,
+from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK,
+                       WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST,
                        WINOGRAD_WEIGHT_MEMORY_READ_COST, WINOGRAD_WEIGHT_READ_COST)
 from ._common import KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
@@ -547,8 +547,9 @@ def _largest_share(g, threads, block, tiles):
 
 def _plan(g, threads, name, block=None):
     """Blocks of ``tile_block`` tiles of one group, numbered over the batch
-    (of equal size when there are few), times chunks of their output-channel blocks, are the units; ``slots = min(threads,
-    units)`` threads take equal runs of them, each with its own scratch.  The
+    (of equal size when there are few), times chunks of their output-channel
+    blocks, are the units; ``slots = min(threads, units)`` threads take equal
+    runs of them, each with its own scratch.  The
     channel blocks are cut (by the one splitter) only where tile blocks alone
     balance badly, as on 7x7 and 14x14 images at batch 1: each chunk
     transforms its tiles' input again unless the same thread ran the previous
