@@ -281,8 +281,7 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
 def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
     """Units ``[first, end)`` of ``slot``: runs of about equal work, a unit's
     work being the tiles of its block (the last block of a group's ``tiles``
-    is short),
-    and a unit going to the slot its middle falls in.  Equal runs of units
+    is short), and a unit going to the slot its middle falls in.  Equal runs of units
     gave 13x13 images at batch 1 (blocks of 24, 24 and 1 tiles, two channel
     chunks each) 72 tiles' work on one thread and 26 on the other."""
     last = tiles - (blocks - 1) * tile_block
@@ -447,7 +446,6 @@ def pack_scratch_elements(g, threads, name) -> int:
 # ----------------------------------------------------------------- plans
 
 
-@functools.lru_cache(maxsize=None)
 def _cache_bytes(index, default):
     """Bytes of cpu0's cache ``index`` (sysfs numbering: 2 is the core's L2,
     3 the shared L3), or ``default`` when unknown."""
@@ -492,12 +490,14 @@ def tile_block(g, name) -> int:
     """Tiles each thread transforms and multiplies at once, by default: as
     many whole micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z``
     fill ``WINOGRAD_SLOT_CACHE_FRACTION`` of L2, at least one, and no more
-    than a group has over the batch (:func:`_plan_within` shrinks it to fit
-    a ``memory_limit``)."""
-    _, alpha, _ = _sizes(g, name)
+    than one image-group has, so that the workspace does not grow with the
+    batch (blocks still run across images: seven-tile images fill a block
+    of 12 from two; :func:`_plan_within` shrinks it to fit a
+    ``memory_limit``)."""
+    _, alpha, tiles = _sizes(g, name)
     per_tile = 4 * alpha * alpha * (g.channels_per_group + NR)
     fit = int(l2_bytes() * WINOGRAD_SLOT_CACHE_FRACTION) // (per_tile * MR)
-    return MR * max(1, min(fit, ceil_div(max(_span(g, name), 1), MR)))
+    return MR * max(1, min(fit, ceil_div(max(tiles, 1), MR)))
 
 
 def _stage_channels(g):
@@ -554,10 +554,11 @@ def _plan(g, threads, name, block=None):
     balance badly, as on 7x7 and 14x14 images at batch 1: each chunk
     transforms its tiles' input again unless the same thread ran the previous
     chunk.  Blocks run across images so that at batch > 1 each pass over the
-    transformed weights serves whole blocks (F(4x4,3x3) on 7x7 images has 4
-    tiles per image: per image, ResNet-50's 512-channel layer4 3x3 at batch
-    8 streamed its 38 MB of weights 8 times, 13.1 ms on two threads against
-    7.7 for F(2x2,3x3)).  Priced as ``a^2`` products per group of (channels
+    transformed weights serves a whole block (F(4x4,3x3) has 4 tiles per 7x7
+    image: ResNet-50's 512-channel layer4 3x3 at batch 8 streamed its 38 MB
+    of transformed weights once per image; 13.1 -> 12.0 ms on two threads,
+    still memory-bound, which the pricing below tells the scheduler: it takes
+    F(2x2,3x3) there, 6.9 ms).  Priced as ``a^2`` products per group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
     them) x C/g in reductions of at most ``WINOGRAD_REDUCTION_BLOCK``, plus
     the transforms as elements moved, the transformed weights each tile
@@ -582,7 +583,7 @@ def _plan(g, threads, name, block=None):
             block = even
     cg, mg = g.channels_per_group, g.out_channels_per_group
     blocks_m = ceil_div(mg, NR)
-    tile_blocks = g.groups * ceil_div(tiles, block) if tiles else 0
+    tile_blocks = g.groups * ceil_div(tiles, block)
     m_chunks = split_work(tile_blocks, blocks_m, 1, threads, min_rows=1, min_cols=1).row_blocks
     units = tile_blocks * m_chunks
     slots = min(threads, units)  # 0 for an empty batch: no scratch
