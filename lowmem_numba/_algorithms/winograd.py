@@ -480,12 +480,6 @@ def _sizes(g, name):
     return m, alpha, tiles
 
 
-def _span(g, name):
-    """Tiles of one group over the whole batch: the tile space blocks cut
-    (a block may hold the last tiles of one image and the first of the next)."""
-    return g.batch * _sizes(g, name)[2]
-
-
 def tile_block(g, name) -> int:
     """Tiles each thread transforms and multiplies at once, by default: as
     many whole micro-kernel tiles (``MR``) as let one thread's ``V`` and ``Z``
@@ -565,8 +559,8 @@ def _plan(g, threads, name, block=None):
     block reads (``WINOGRAD_WEIGHT_READ_COST``, or
     ``WINOGRAD_WEIGHT_MEMORY_READ_COST`` when they exceed the L3 cache) and a
     fixed cost per tile and point (``WINOGRAD_TILE_POINT_COST``)."""
-    m, alpha, _ = _sizes(g, name)
-    tiles = _span(g, name)
+    m, alpha, per_image = _sizes(g, name)
+    tiles = g.batch * per_image  # a group's tiles over the batch: the space blocks cut
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
     blocks = ceil_div(max(tiles, 1), block)
@@ -596,7 +590,7 @@ def _plan(g, threads, name, block=None):
                               + points * WINOGRAD_TILE_POINT_COST)
     # Every tile block streams the transformed weights of its channel chunk:
     # from the L3 cache, or from memory when they do not fit in it.
-    in_memory = FLOAT32_BYTES * g.groups * points * channels * cg > l3_bytes()
+    in_memory = FLOAT32_BYTES * packed_elements(g, name) > l3_bytes()
     read_cost = WINOGRAD_WEIGHT_MEMORY_READ_COST if in_memory else WINOGRAD_WEIGHT_READ_COST
     moved += round(tile_blocks * points * channels * cg * read_cost)
     # The products as the micro-kernel runs them: per tile block, full MR-row
