@@ -7,7 +7,9 @@ and :meth:`Algorithm.plan` wraps it into the :class:`~lowmem_numba._plan.CallPla
 of a whole call: the one the execution layer runs, ``workspace_bytes`` reads
 and the cost model prices.  Weights are split off so that a layer object can
 keep them packed across calls while the functional API packs them per call:
-``packed_weight_elements`` (zero when the kernel reads the weights as given).
+``packed_weight_elements`` (zero when the kernel reads the weights as given),
+unless the family's kernel packs them itself, as it goes
+(``plan_kernel_packing``).
 
 Adding a family is one module: define its kernels, its ``plan_kernel`` and its
 ``compute``, call :func:`register`, and import the module in
@@ -64,6 +66,12 @@ class Algorithm:
     pack_scratch_elements : callable or None
         ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
         it then takes it as a fourth argument (None: it needs none).
+    plan_kernel_packing : callable or None
+        ``(geometry, threads) -> KernelPlan or None``: for a family whose
+        kernel can pack the weights itself, the plan of a one-run call whose
+        weights arrive as given (outside a ``memory_limit``); ``compute`` then
+        gets them unpacked, and no packed copy is made (None from it, or no
+        such function: the call packs them first).
     plan_kernel_within : callable or None
         ``(geometry, threads, scratch_elements) -> KernelPlan``: for a family
         whose tiling can shrink, the plan whose scratch fits that many
@@ -93,6 +101,7 @@ class Algorithm:
     claims: str = "any kernel, stride, padding, dilation and groups"
     pack_cost: float = PACK_COST
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
+    plan_kernel_packing: Optional[Callable[[ConvGeometry, int], Optional[KernelPlan]]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True
     pack_launches: int = 1
@@ -155,11 +164,16 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
     run_geometry = dataclasses.replace(g, batch=1) if converting and g.batch else g
     runs = 0 if g.batch == 0 else (g.batch if converting else 1)
     packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
+    kernel = None
+    if packed and runs == 1 and memory_limit is None and algorithm.plan_kernel_packing is not None:
+        kernel = algorithm.plan_kernel_packing(run_geometry, threads)
+        if kernel is not None:  # the kernel packs the weights itself
+            packed = 0
     packing_scratch = (algorithm.pack_scratch_elements(g, threads)
                        if packed and algorithm.pack_scratch_elements else 0)
-    if memory_limit is None:
+    if kernel is None and memory_limit is None:
         kernel = algorithm.plan_kernel(run_geometry, threads)
-    else:
+    elif kernel is None:
         budget = memory_limit // FLOAT32_BYTES - (packed + packing_scratch + into + back)
         kernel = algorithm.plan_kernel_within(run_geometry, threads, max(0, budget))
     if not isinstance(kernel, KernelPlan):

@@ -131,8 +131,18 @@ PACK_COST = 7
 #: Per-call weight packing of the micro-kernel families, in plain-copy
 #: elements per packed element: register transposes (``pack_lanes``), median
 #: 1.38 over the 92 weight shapes of the layer tables, 0.8-1.7 for all but the
-#: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md).
+#: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md
+#: has a later run at 1.09, in a faster phase of the machine: kept, since that
+#: times the pass alone, not the kernel then reading the packed copy back).
 UKERNEL_PACK_COST = 1.4
+#: The same packing done inside the kernel (a batch-1 call packs each block of
+#: output channels into scratch right before its tiles), in plain-copy
+#: elements per packed element: the packed copy is neither written to memory
+#: nor read back.  A functional call's time minus a prepacked layer's, one
+#: thread (``python perf/pack_speed.py``): median 1.02 over the 78 weight
+#: shapes of the tables that pack in the kernel, 0.61-2.5 for 80 % of them
+#: (more only for RGB layers' few weights, where a call's fixed cost shows).
+UKERNEL_PACK_IN_KERNEL_COST = 1.0
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9

@@ -7,7 +7,10 @@ the packing of every distinct weight shape of the five layer tables for each
 family that packs, on one thread, and reports the copies per packed element
 it actually took (``seconds * copy_rate / packed elements``): the numbers
 behind ``UKERNEL_PACK_COST``, ``WINOGRAD_PACK_COST`` and ``PACK_COST``
-in ``lowmem_numba/_tuning.py``.
+in ``lowmem_numba/_tuning.py``.  A second table measures the micro-kernel's
+packing inside the kernel (functional batch-1 calls that pack block by block):
+a functional call's time minus a prepacked layer's, timed alternately, behind
+``UKERNEL_PACK_IN_KERNEL_COST``.
 
 Writes ``perf/results/pack_speed.md``.
 
@@ -24,6 +27,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+
+from lowmem_numba._tuning import UKERNEL_PACK_IN_KERNEL_COST
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -87,6 +92,8 @@ def main(argv=None) -> None:
             print(f"{name:34s} {algorithm_name:20s} {seconds * 1e3:8.3f} ms {copies:5.2f} copies/element",
                   flush=True)
 
+    in_kernel = _in_kernel_rows(args.threads, copy_rate)
+
     lines = [
         "# Per-call weight packing, in plain-copy elements",
         "",
@@ -105,9 +112,55 @@ def main(argv=None) -> None:
     for name, shape, algorithm_name, packed, seconds, copies, _ in rows:
         lines.append(f"| {name} | {shape} | {algorithm_name} | {packed} | {seconds * 1e3:.3f} | {copies:.2f} |")
     lines += ["", "</details>", ""]
+    if in_kernel:
+        values = [row[-1] for row in in_kernel]
+        lines += ["## direct-ukernel packing inside the kernel (batch-1 functional calls)", "",
+                  f"Median {statistics.median(values):.2f} copies/element, range {min(values):.2f}-"
+                  f"{max(values):.2f}; priced at `UKERNEL_PACK_IN_KERNEL_COST` = {UKERNEL_PACK_IN_KERNEL_COST:g}.",
+                  "", "| layer | weights | packed elements | functional ms | prepacked ms | copies/element |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {shape} | {packed} | {functional * 1e3:.3f} | {prepacked * 1e3:.3f} | {copies:.2f} |"
+                  for name, shape, packed, functional, prepacked, copies in in_kernel]
+        lines.append("")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pack_speed.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'pack_speed.md'}")
+
+
+def _in_kernel_rows(threads, copy_rate):
+    """(layer, weights, packed elements, functional s, prepacked s, copies per
+    element) of every weight shape whose batch-1 functional direct-ukernel
+    call packs inside the kernel (input 14x14, as above)."""
+    import lowmem_numba as ln
+    from lowmem_numba import _registry as registry
+    from lowmem_numba._algorithms.ukernel import packed_elements
+    from lowmem_numba._geometry import make_geometry
+    from lowmem_numba.bench import measure
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for (c, m, kh, kw, stride, padding, groups), name in weight_shapes().items():
+        x_shape, w_shape = (1, c, 14, 14), (m, c // groups, kh, kw)
+        args = dict(stride=stride, padding=padding, groups=groups, algorithm="direct-ukernel", threads=threads)
+        g = make_geometry(x_shape, w_shape, stride, padding, 1, groups)
+        if g.out_height < 1 or g.out_width < 1 or not registry.get("direct-ukernel").plan(g, threads).kernel.tiling[4]:
+            continue
+        x = rng.standard_normal(x_shape, dtype=np.float32)
+        w = rng.standard_normal(w_shape, dtype=np.float32)
+        layer = ln.Conv2d(w, **args)
+        out = layer(x)
+        best = {"functional": np.inf, "prepacked": np.inf}
+        for _ in range(3):  # alternately: the machine's phase moves both alike
+            best["functional"] = min(best["functional"], measure(
+                lambda: ln.conv2d(x, w, out=out, **args), repeats=15, warmup=2, min_seconds=0.03).best)
+            best["prepacked"] = min(best["prepacked"], measure(
+                lambda: layer(x, out=out), repeats=15, warmup=2, min_seconds=0.03).best)
+        packed = packed_elements(g)
+        copies = max(0.0, best["functional"] - best["prepacked"]) * copy_rate / packed
+        rows.append((name, f"{m}x{c // groups}x{kh}x{kw}" + (f" g{groups}" if groups > 1 else ""), packed,
+                     best["functional"], best["prepacked"], copies))
+        print(f"{name:34s} in-kernel packing {copies:5.2f} copies/element", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

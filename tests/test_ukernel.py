@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -272,14 +272,44 @@ def test_layer_shapes_full_tiles_and_threads(name):
 
 
 def test_workspace_is_the_packed_weights_only():
-    g = make_geometry((1, 64, 28, 28), (70, 64, 3, 3), padding=1)
+    """Batch 2: the packed weights; batch 1 on two threads, which share the 3
+    channel blocks 2 + 1: one block per thread, packed in the kernel."""
+    g = make_geometry((2, 64, 28, 28), (70, 64, 3, 3), padding=1)
+    block = mk.NR * 64 * 9
     for name in NAMES[2:]:
         elements = ukernel.packed_elements(g)
-        assert elements == -(-70 // mk.NR) * mk.NR * 64 * 9
+        assert elements == -(-70 // mk.NR) * block
         nhwc = name.endswith("-nhwc")
-        shape = (1, 28, 28, 64) if nhwc else (1, 64, 28, 28)
-        assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=2,
-                                  layout="NHWC" if nhwc else "NCHW") == 4 * elements
+        for batch, expected in ((2, elements), (1, 2 * block)):
+            shape = (batch, 28, 28, 64) if nhwc else (batch, 64, 28, 28)
+            assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=2,
+                                      layout="NHWC" if nhwc else "NCHW") == 4 * expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=30, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
+       layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]))
+def test_batch_one_calls_pack_inside_the_kernel(name, case, seed, with_bias, layout, threads):
+    """A functional batch-1 call whose threads share the channel blocks packs
+    each block into scratch of its own inside the kernel: no packed copy of
+    the weights, one block per parallel item in the workspace, and the
+    reference's result (every configuration, both layouts, 1-2 threads)."""
+    case = dataclasses.replace(case, batch=1)
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        return
+    g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
+    if g.out_height < 1 or g.out_width < 1:
+        return
+    kernel_layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
+    plan = ln._registry.get(name).plan(g, threads, kernel_layout)
+    m_chunks, t_chunks, _, _, packs, _, _ = plan.kernel.tiling
+    assume(packs)
+    assert t_chunks == 1 and plan.packed_weight_elements == 0
+    block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
+    staged_copy = ln._registry.get(name).plan(g, threads, kernel_layout, prepacked=True).workspace_elements
+    assert plan.workspace_elements == case.groups * m_chunks * block + staged_copy
+    assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

@@ -14,8 +14,13 @@ block contiguous and zero-padded to ``NR``, so each reduction step is one
 contiguous run of ``NV`` vector loads; ``VL x VL`` blocks of the weight rows are
 transposed in registers (:func:`pack_lanes`).  That is the only workspace
 (besides the few-channel copy below): persistent in a
-:class:`~lowmem_numba.Conv2d`, per call in the functional API.  The tile
-kernel's stack buffer for edge tiles (``MR*NR`` floats) is not heap memory.
+:class:`~lowmem_numba.Conv2d`, per call in the functional API.  A functional
+call at batch 1 whose threads share the channel blocks (not the tiles) packs
+inside the kernel instead: each parallel item packs one block at a time into
+scratch of its own and runs all its tiles on it, so the packed weights are
+never written to memory and read back, and the workspace is one block per
+item (:func:`_plan_packing`).  The tile kernel's stack buffer for edge tiles
+(``MR*NR`` floats) is not heap memory.
 
 Borders
 -------
@@ -77,9 +82,12 @@ from .._plan import KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import KernelGeometry, ceil_div, kernel_geometry, tile_bounds
+
+#: Passed as the weights as given when the kernel reads packed ones.
+_NO_WEIGHTS = np.empty(0, np.float32)
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -175,7 +183,11 @@ def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, 
 
 
 @njit(parallel=True, cache=True)
-def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block):
+def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block, raw):
+    """The convolution on packed weights ``w``; or, when ``raw`` (the weights
+    as given) is not empty, with each item packing its channel blocks into
+    its own block of ``w`` right before running its tiles on them (the item
+    then sweeps all its tiles per block: pass ``tile_block >= plane_tiles``)."""
     d = KernelGeometry(*geometry)
     C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
@@ -204,6 +216,9 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     xlo, xhi = _interior(WO, W, SW, DW, PL, KW)
     y_classes = _class_count(HO, ylo, yhi)
     x_classes = _class_count(WO, xlo, xhi)
+    packs = raw.size > 0
+    block_elements = taps * cg * NR
+    offsets = scatter_offsets(taps, cg)
     for item in prange(d.batch * G * m_chunks * t_chunks):
         ng, mb0, mb1, t_lo, t_hi = tile_bounds(item, blocks, plane_tiles, m_chunks, t_chunks)
         n = ng // G
@@ -216,7 +231,11 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
             b_hi = min(t_hi, b_lo + tile_block)
             for mb in range(mb0, mb1):
                 nr = min(NR, mg - mb * NR)
-                w_block = (g * blocks + mb) * taps * cg * NR
+                if packs:
+                    w_block = item * block_elements
+                    _pack_block(raw, w, d, g * blocks + mb, offsets, w_block)
+                else:
+                    w_block = (g * blocks + mb) * block_elements
                 o_block = o_image + (mb * NR) * (1 if nhwc else HO * WO)
                 b_off = g * mg + mb * NR
                 seen = 0  # tiles of the rectangles before the current one
@@ -294,10 +313,10 @@ def pack_lanes(weight, first, row, valid, taps, c0, cs, dest, base, plane, offse
 
 
 @njit(cache=True, nogil=True)
-def _pack_block(weight, dest, d, item, offsets):
-    """Pack block ``item`` (group x block of NR output channels): its NR
-    weight rows (each ``cg*taps`` floats, index ``c*taps + t``) become rows
-    of NR lanes at ``(t, c)``."""
+def _pack_block(weight, dest, d, item, offsets, block):
+    """Pack block ``item`` (group x block of NR output channels) into
+    ``dest[block:block + taps*cg*NR]``: its NR weight rows (each ``cg*taps``
+    floats, index ``c*taps + t``) become rows of NR lanes at ``(t, c)``."""
     cg = d.channels_per_group
     mg = d.out_channels_per_group
     blocks = (mg + NR - 1) // NR
@@ -306,7 +325,6 @@ def _pack_block(weight, dest, d, item, offsets):
     g = item // blocks
     mb = item % blocks
     valid = min(NR, mg - mb * NR)
-    block = item * taps * cg * NR
     if valid < NR:  # lanes past M/g are zero
         dest[block:block + taps * cg * NR] = 0.0
     pack_lanes(weight, (g * mg + mb * NR) * row, row, valid, taps, 0, cg, dest, block, cg, offsets)
@@ -317,7 +335,7 @@ def _pack(weight, dest, geometry):
     d = KernelGeometry(*geometry)
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
     for item in prange(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets)
+        _pack_block(weight, dest, d, item, offsets, item * d.kernel_taps * d.channels_per_group * NR)
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +343,12 @@ def _pack_serial(weight, dest, geometry):
     d = KernelGeometry(*geometry)
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
     for item in range(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets)
+        _pack_block(weight, dest, d, item, offsets, item * d.kernel_taps * d.channels_per_group * NR)
+
+
+def _block_elements(g) -> int:
+    """Float32 elements of one packed block of NR output channels."""
+    return g.kernel_h * g.kernel_w * g.channels_per_group * NR
 
 
 def packed_elements(g) -> int:
@@ -413,20 +436,46 @@ def _plan(g, threads, nhwc=False):
     pixels = ceil_div(interior, MR) * MR + g.out_height * g.out_width - interior
     mg = g.out_channels_per_group
     blocks = ceil_div(mg, NR)
-    split = split_work(run.batch * g.groups, blocks, max(1, plane_tiles), threads, min_rows=1, min_cols=1)
+    # Threads share channel blocks before tiles: a plane's tiles are not equal
+    # work (border tiles reduce over fewer taps, and are short), so cutting
+    # them split ResNet-50's layer4 3x3 stride 2 (7x7 outputs, batch 1) into
+    # 3 border tiles against 3 interior ones: 1.59-1.62 ms on two threads,
+    # 1.22-1.25 cut by channel blocks (2.3-2.5 on one).
+    split = split_work(run.batch * g.groups, blocks, max(1, plane_tiles), threads, min_rows=1, min_cols=1,
+                       prefer="rows")
     last = mg - (blocks - 1) * NR  # channels of the last block
     channels = (blocks - 1) * NR + (VL if last <= VL else NR)
     copy = run.in_channels * run.height * run.width if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
-    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, launched,
+    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, False, launched,
                               staging),
                       scratch_elements=copy,
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))),
                       parallel_items=split.items, launches=2 * g.batch if staging else 1)
+
+
+def _plan_packing(g, threads, nhwc=False):
+    """The plan of a call whose weights arrive as given, when the kernel packs
+    them itself; None when the call should pack them first.
+
+    Each parallel item packs its channel blocks, one at a time, into a block of
+    scratch of its own, right before sweeping all its tiles on it.  Only at
+    batch 1 with no cut across the tiles (every block then packed exactly
+    once): the packed weights are not written to memory and read back, and
+    the workspace holds one block per item instead of all of them.
+    """
+    plan = _plan(g, threads, nhwc)
+    m_chunks, t_chunks, plane_tiles, _, _, launched, staging = plan.tiling
+    if g.batch != 1 or t_chunks != 1:
+        return None
+    return dataclasses.replace(
+        plan, tiling=(m_chunks, t_chunks, plane_tiles, max(1, plane_tiles), True, launched, staging),
+        scratch_elements=plan.scratch_elements + g.groups * m_chunks * _block_elements(g),
+        moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
 
 
 def _pack_weights(weight, g, dest):
@@ -441,9 +490,14 @@ def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block, launched, staging = kernel.tiling
+        m_chunks, t_chunks, plane_tiles, tile_block, packs, launched, staging = kernel.tiling
+        raw = _NO_WEIGHTS
+        if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
+            blocks = g.groups * m_chunks * _block_elements(g)
+            raw, packed, scratch = packed, scratch[:blocks], scratch[blocks:]
         if staging is None:
-            _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block)
+            _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
+                          raw)
             return
         channels_last, padded = staging
         C, H, W = g.in_channels, g.height, g.width
@@ -458,7 +512,7 @@ def _make_compute(nhwc):
             else:  # channels-last only
                 transpose_blocks(x, n * image, scratch, 0, 1, C, H * W)
             _ukernel_conv(scratch, packed, bias, out[n * plane:(n + 1) * plane], launched, channels_last, nhwc,
-                          m_chunks, t_chunks, plane_tiles, tile_block)
+                          m_chunks, t_chunks, plane_tiles, tile_block, raw)
     return compute
 
 
@@ -478,12 +532,14 @@ for _name, _unsupported, _what, _claims in (
 ):
     for _nhwc in (False, True):
         register(Algorithm(
+            plan_kernel_packing=functools.partial(_plan_packing, nhwc=_nhwc),
             name=_name + ("-nhwc" if _nhwc else ""),
             family="ukernel",
             calls_blas=False,
             summary=f"{_what} on an own {_TILE_TEXT} reducing over channels and taps in registers; "
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
-            workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights)"
+            workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights; one NR·C/g·kh·kw block per "
+                              "parallel item when a batch-1 call packs them in the kernel)"
                               + ("" if _nhwc or _name.startswith("pointwise")
                                  else f" + C·H·W when C ≤ {UKERNEL_FOLD_CHANNELS} (groups 1, dilation_w 1)"),
             unsupported=_unsupported,
