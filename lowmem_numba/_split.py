@@ -3,8 +3,9 @@
 Every family's kernel runs ``count`` independent outputs of ``rows x cols``
 elements (GEMM outputs, output-row bands, channel blocks...) and hands them to
 Numba's ``prange``, which gives each thread an equal contiguous share of the
-items.  Wall time then follows ``ceil(items / threads)``, so the rule picks the
-cut that minimises the imbalance ``ceil(items / threads) * threads / items``,
+items.  Wall time then follows ``ceil(items / threads)`` items of the largest
+size (``ceil(rows / row_blocks) x ceil(cols / col_tiles)``), so the rule picks
+the cut that minimises that against a perfect share (:meth:`Split.imbalance`),
 keeps every tile at least ``min_rows x min_cols`` (below that a single-threaded
 tile loses more efficiency than balance gains: each family states its own
 minimums), and among equally balanced cuts prefers the fewest tiles, cutting
@@ -32,12 +33,18 @@ class Split(NamedTuple):
         """Number of parallel items (``count * row_blocks * col_tiles``)."""
         return self.count * self.row_blocks * self.col_tiles
 
-    def imbalance(self, threads: int) -> float:
-        """Wall time relative to a perfect split on ``threads`` threads (>= 1)."""
+    def imbalance(self, threads: int, rows: int, cols: int) -> float:
+        """Wall time relative to a perfect split on ``threads`` threads (>= 1)
+        of ``count`` outputs of ``rows x cols``: each thread's equal run of
+        items at the largest item's size.  Parts that do not divide a
+        dimension evenly differ by one row or column, and with few rows that
+        matters: 3 channel blocks cut in 2 are 2 + 1, a 4/3 imbalance although
+        the 2 items split evenly over 2 threads."""
         items = self.items
-        if items == 0:
+        if items == 0 or rows == 0 or cols == 0:
             return 1.0
-        return -(-items // threads) * threads / items
+        largest = -(-rows // self.row_blocks) * -(-cols // self.col_tiles)
+        return -(-items // threads) * largest * threads / (self.count * rows * cols)
 
 
 def split_work(count: int, rows: int, cols: int, threads: int, *, min_rows: int, min_cols: int,
@@ -87,7 +94,7 @@ def split_work(count: int, rows: int, cols: int, threads: int, *, min_rows: int,
             split = Split(count, row_blocks, col_tiles)
             # A small price per extra tile (each tile repacks its operands)
             # breaks ties between equally balanced cuts.
-            cost = split.imbalance(threads) * (1 + col_price * (col_tiles - 1)
+            cost = split.imbalance(threads, rows, cols) * (1 + col_price * (col_tiles - 1)
                                                + row_price * (row_blocks - 1))
             if best_cost is None or cost < best_cost - 1e-12:
                 best, best_cost = split, cost

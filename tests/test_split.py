@@ -47,13 +47,13 @@ def test_the_cut_balances_best_for_its_tiles(count, rows, cols, threads):
     split = split_work(count, rows, cols, threads, min_rows=16, min_cols=128)
 
     def cost(s):
-        return s.imbalance(threads) * (1 + SPLIT_ROW_PRICE * (s.row_blocks - 1)
+        return s.imbalance(threads, rows, cols) * (1 + SPLIT_ROW_PRICE * (s.row_blocks - 1)
                                        + SPLIT_COL_PRICE * (s.col_tiles - 1))
 
     allowed = [Split(count, r, c) for r in range(1, max(1, min(rows // 16, 4 * threads)) + 1)
                for c in range(1, max(1, min(cols // 128, 4 * threads)) + 1)]
     assert cost(split) <= min(cost(s) for s in allowed) + 1e-9
-    assert split.imbalance(threads) <= Split(count, 1, 1).imbalance(threads)
+    assert split.imbalance(threads, rows, cols) <= Split(count, 1, 1).imbalance(threads, rows, cols)
 
 
 def test_examples():
@@ -67,7 +67,10 @@ def test_examples():
     # Too narrow to cut columns: rows instead.
     assert split_work(1, 512, 100, 2, min_rows=16, min_cols=128) == Split(1, 2, 1)
     # Three outputs on two threads: cutting each in two removes the 4/3 imbalance.
-    assert split_work(3, 512, 4096, 2, min_rows=16, min_cols=128).imbalance(2) == 1.0
+    assert split_work(3, 512, 4096, 2, min_rows=16, min_cols=128).imbalance(2, 512, 4096) == 1.0
+    # Three rows on two threads: not 2 + 1 (which the even count of items hid).
+    assert split_work(1, 3, 4096, 2, min_rows=1, min_cols=128, prefer="rows") == Split(1, 1, 2)
+    assert Split(1, 2, 1).imbalance(2, 3, 4096) == 4 / 3
 
 
 @pytest.mark.parametrize("bad", [dict(count=-1), dict(threads=0), dict(min_rows=0), dict(prefer="x")])

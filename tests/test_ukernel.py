@@ -272,17 +272,18 @@ def test_layer_shapes_full_tiles_and_threads(name):
 
 
 def test_workspace_is_the_packed_weights_only():
-    """Batch 2: the packed weights; batch 1 on two threads, which share the 3
-    channel blocks 2 + 1: one block per thread, packed in the kernel."""
+    """The packed weights, or at batch 1 on one thread one block of them,
+    packed in the kernel.  On two threads the 3 channel blocks would split
+    2 + 1, so the threads share the tiles and the weights are packed first."""
     g = make_geometry((2, 64, 28, 28), (70, 64, 3, 3), padding=1)
     block = mk.NR * 64 * 9
     for name in NAMES[2:]:
         elements = ukernel.packed_elements(g)
         assert elements == -(-70 // mk.NR) * block
         nhwc = name.endswith("-nhwc")
-        for batch, expected in ((2, elements), (1, 2 * block)):
+        for batch, threads, expected in ((2, 2, elements), (1, 1, block), (1, 2, elements)):
             shape = (batch, 28, 28, 64) if nhwc else (batch, 64, 28, 28)
-            assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=2,
+            assert ln.workspace_bytes(name, shape, (70, 64, 3, 3), padding=1, threads=threads,
                                       layout="NHWC" if nhwc else "NCHW") == 4 * expected
 
 
