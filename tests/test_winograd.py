@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import lowmem_numba as ln
@@ -253,7 +253,10 @@ def test_many_channels_are_staged_in_chunks(name, layout):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@settings(max_examples=25, deadline=None)
+# The assume() below keeps about one case in six for F(4x4,3x3), whose small
+# images have 1-4 tiles, which divide a 12-tile block: the health check then
+# failed about one run in twelve, though every run tests enough cases.
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
        threads=st.sampled_from([1, 2]))
 def test_tile_blocks_that_run_across_images(name, data, seed, layout, threads):
