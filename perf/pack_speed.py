@@ -143,8 +143,10 @@ def _in_kernel_rows(threads, copy_rate):
         x_shape, w_shape = (1, c, 14, 14), (m, c // groups, kh, kw)
         args = dict(stride=stride, padding=padding, groups=groups, algorithm="direct-ukernel", threads=threads)
         g = make_geometry(x_shape, w_shape, stride, padding, 1, groups)
-        if g.out_height < 1 or g.out_width < 1 or not registry.get("direct-ukernel").plan(g, threads).kernel.tiling[4]:
+        if g.out_height < 1 or g.out_width < 1:
             continue
+        if registry.get("direct-ukernel").plan(g, threads).packed_weight_elements:
+            continue  # this call packs before the kernel
         x = rng.standard_normal(x_shape, dtype=np.float32)
         w = rng.standard_normal(w_shape, dtype=np.float32)
         layer = ln.Conv2d(w, **args)

@@ -334,16 +334,18 @@ def _pack_block(weight, dest, d, item, offsets, block):
 def _pack(weight, dest, geometry):
     d = KernelGeometry(*geometry)
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
+    size = d.kernel_taps * d.channels_per_group * NR
     for item in prange(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets, item * d.kernel_taps * d.channels_per_group * NR)
+        _pack_block(weight, dest, d, item, offsets, item * size)
 
 
 @njit(cache=True, nogil=True)
 def _pack_serial(weight, dest, geometry):
     d = KernelGeometry(*geometry)
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
+    size = d.kernel_taps * d.channels_per_group * NR
     for item in range(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets, item * d.kernel_taps * d.channels_per_group * NR)
+        _pack_block(weight, dest, d, item, offsets, item * size)
 
 
 def _block_elements(g) -> int:
@@ -493,8 +495,8 @@ def _make_compute(nhwc):
         m_chunks, t_chunks, plane_tiles, tile_block, packs, launched, staging = kernel.tiling
         raw = _NO_WEIGHTS
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
-            blocks = g.groups * m_chunks * _block_elements(g)
-            raw, packed, scratch = packed, scratch[:blocks], scratch[blocks:]
+            block_scratch = g.groups * m_chunks * _block_elements(g)
+            raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
         if staging is None:
             _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
                           raw)
