@@ -139,9 +139,9 @@ UKERNEL_PACK_COST = 1.4
 #: output channels into scratch right before its tiles), in plain-copy
 #: elements per packed element: the packed copy is neither written to memory
 #: nor read back.  A functional call's time minus a prepacked layer's, one
-#: thread (``python perf/pack_speed.py``): median 1.02 over the 78 weight
-#: shapes of the tables that pack in the kernel, 0.61-2.5 for 80 % of them
-#: (more only for RGB layers' few weights, where a call's fixed cost shows).
+#: thread (``python perf/pack_speed.py``): median 1.04 over the 92 weight
+#: shapes of the tables, 0.62-1.9 for 80 % of them (more only for RGB layers'
+#: and 1x1 reductions' few weights, where a call's fixed cost shows).
 UKERNEL_PACK_IN_KERNEL_COST = 1.0
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
