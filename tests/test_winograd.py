@@ -369,3 +369,27 @@ def test_two_threads_share_small_images_at_batch_one(name):
         block, m_chunks = kernel.tiling[1], kernel.tiling[4]
         if m_chunks == 1:
             assert winograd._largest_share(g, 2, block, tiles) <= -(-tiles // 2) + winograd.MR // 2, (c, hw, block)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("side, channels, groups", [(16, 72, 1), (32, 20, 1), (32, 40, 2)])
+def test_nchw_tiles_staged_a_few_channels_at_a_time(name, side, channels, groups):
+    """Planes a multiple of 1 KiB apart put a pixel's channels in few L1 sets,
+    so NCHW tiles gather them a few at a time (with 8-16 ways of 4 KiB: 16x16
+    planes 32-64 of the 72 channels, 32x32 ones 8-16 of 20, a last group
+    short), with the same result as the reference, batch 2, one and two
+    threads."""
+    r = winograd.VARIANTS[name][1]
+    x_shape, w_shape = (2, channels, side, side), (24, channels // groups, r, r)
+    g = make_geometry(x_shape, w_shape, 1, r // 2, 1, groups)
+    gather = winograd._gather_channels(g)
+    assert gather < channels // groups and (channels // groups) % gather
+    rng = np.random.default_rng(side + channels)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    case = Case(batch=2, channels=channels, height=side, width=side, out_channels=24, kernel=(r, r), stride=(1, 1),
+                padding=((r // 2, r // 2), (r // 2, r // 2)), dilation=(1, 1), groups=groups)
+    for threads in (1, 2):
+        got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
+        assert_close_to_reference(got, x, w, b, case, FACTOR[name])
