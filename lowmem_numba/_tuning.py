@@ -215,8 +215,8 @@ WINOGRAD_REDUCTION_BLOCK = 128
 #: variants x batch 1 and 8, one thread (the 3x3 and 5x5 stride-1 layers of
 #: AlexNet, VGG-16 to 56x56, GoogLeNet and ResNet-50), each layer's timing
 #: divided by direct-ukernel's measured / predicted ratio there to take out
-#: the machine's phase: 114, 0.195 and 0.81 (kept as 114, 0.2 and 0.8).  Measured / predicted then has
-#: median 1.01, 90th percentile 1.10 and worst 1.49 (F(4x4,3x3) on ResNet-50's
+#: the machine's phase: 114, 0.195 and 0.81 (kept as 114, 0.2 and 0.8).
+#: Measured / predicted then has median 1.01, 90th percentile 1.10 and worst 1.49 (F(4x4,3x3) on ResNet-50's
 #: layer4 at batch 1), against 1.16 / 2.47 without them once the
 #: micro-kernel had its own calibration.
 WINOGRAD_TILE_POINT_COST = 114

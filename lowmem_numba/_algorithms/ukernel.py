@@ -218,7 +218,7 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     x_classes = _class_count(WO, xlo, xhi)
     packs = raw.size > 0
     block_elements = taps * cg * NR
-    offsets = scatter_offsets(taps, cg)
+    offsets = scatter_offsets(taps if packs else 0, cg)  # empty unless packing
     for item in prange(d.batch * G * m_chunks * t_chunks):
         ng, mb0, mb1, t_lo, t_hi = tile_bounds(item, blocks, plane_tiles, m_chunks, t_chunks)
         n = ng // G

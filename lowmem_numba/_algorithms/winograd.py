@@ -235,8 +235,8 @@ def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v
                         if iy < 0 or iy >= H or ix < 0 or ix >= W:
                             staged[:] = 0.0
                         elif nhwc:
-                            pixel = ((n * H + iy) * W + ix) * C + g * cg + c0
-                            staged[:] = x[pixel:pixel + cs]
+                            pixel = ((n * H + iy) * W + ix) * C + g * cg + c0 + cc
+                            staged[:] = x[pixel:pixel + ce - cc]
                         else:
                             plane = (n * C + g * cg + c0 + cc) * H * W + iy * W + ix
                             staged[:] = x[plane:plane + (ce - cc) * H * W:H * W]
@@ -453,15 +453,16 @@ def pack_scratch_elements(g, threads, name) -> int:
 # ----------------------------------------------------------------- plans
 
 
-def _cache_bytes(index, default):
-    """Bytes of cpu0's cache ``index`` (sysfs numbering: 2 is the core's L2,
-    3 the shared L3), or ``default`` when unknown."""
+def _cache_bytes(index, default, smallest=64 * 2**10):
+    """Bytes of cpu0's cache ``index`` (sysfs numbering: 0 is the core's L1
+    data cache, 2 its L2, 3 the shared L3), or ``default`` when unknown or
+    under ``smallest``."""
     try:
         with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
             text = f.read().strip().upper()
         scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
         value = int(text.rstrip("KM")) * scale
-        return value if value >= 64 * 2**10 else default
+        return value if value >= smallest else default
     except (OSError, ValueError):
         return default
 
@@ -510,16 +511,14 @@ def _stage_channels(g):
 def l1_geometry() -> tuple:
     """(bytes per way, ways) of cpu0's L1 data cache, from sysfs ((4096, 8),
     that of most x86 cores, when unknown)."""
-    base = "/sys/devices/system/cpu/cpu0/cache/index0/"
+    size = _cache_bytes(0, 0, smallest=1)
     try:
-        with open(base + "size") as f:
-            size = int(f.read().strip().upper().rstrip("K")) * 2**10
-        with open(base + "ways_of_associativity") as f:
+        with open("/sys/devices/system/cpu/cpu0/cache/index0/ways_of_associativity") as f:
             ways = int(f.read())
-        if size > 0 and ways > 0 and size % (64 * ways) == 0:
-            return size // ways, ways
     except (OSError, ValueError):
-        pass
+        ways = 0
+    if size > 0 and ways > 0 and size % (64 * ways) == 0:
+        return size // ways, ways
     return 4096, 8
 
 
