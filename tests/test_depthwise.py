@@ -38,7 +38,6 @@ from lowmem_numba._geometry import make_geometry
 from lowmem_numba._microkernel import VL
 from naive import assert_close_to_reference, assert_nonfinite_like_reference, channels_last, conv2d_reference
 from strategies import Case
-from subprocess_helper import run_python
 
 NAMES = ["depthwise", "depthwise-nhwc", "depthwise-blocked"]
 #: The kernels that take channel multipliers (depthwise-blocked does not).
@@ -418,35 +417,3 @@ def test_auto_picks_the_family_on_mobilenet_depthwise_layers(layout, monkeypatch
         _scheduler.clear_memo()
     low, high = _costmodel.PLAUSIBLE["vector_rate"]
     assert low <= DEFAULTS.vector_rate <= high
-
-
-RUN_DEPTHWISE = """
-    import numpy as np
-    from numba.core.dispatcher import Dispatcher
-    import lowmem_numba as ln
-    from lowmem_numba._algorithms import depthwise
-
-    x = np.ones((2, 4, 9, 9), np.float32)
-    w = np.ones((8, 1, 3, 3), np.float32)
-    for name, layout in (("depthwise", "NCHW"), ("depthwise-nhwc", "NHWC")):
-        xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        for stride in (1, 2):
-            ln.conv2d(xl, w, np.ones(8, np.float32), stride=stride, padding=1, groups=4, algorithm=name,
-                      layout=layout, threads=2)
-    hits = misses = 0
-    for obj in vars(depthwise).values():
-        if isinstance(obj, Dispatcher) and obj.signatures:
-            hits += sum(obj.stats.cache_hits.values())
-            misses += sum(obj.stats.cache_misses.values())
-    print("hits", hits, "misses", misses)
-"""
-
-
-def test_cached_kernels_load_in_a_second_process_without_compiling(tmp_path):
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    first = run_python(RUN_DEPTHWISE, env=env)
-    assert first.returncode == 0, first.stderr
-    second = run_python(RUN_DEPTHWISE, env=env)
-    assert second.returncode == 0, second.stderr
-    hits, misses = (int(v) for v in second.stdout.split()[1::2])
-    assert misses == 0 and hits >= 3, second.stdout

@@ -24,7 +24,6 @@ from lowmem_numba._geometry import make_geometry
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    channels_last, conv2d_reference)
 from strategies import Case, cases
-from subprocess_helper import run_python
 
 NAMES = ["pointwise-ukernel", "pointwise-ukernel-nhwc", "direct-ukernel", "direct-ukernel-nhwc"]
 GUARD = 37  # guard elements on each side of every buffer
@@ -364,41 +363,6 @@ def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride):
         got = got.transpose(0, 3, 1, 2) if layout == "NHWC" else got
         assert got.shape == expected.shape
         assert_close_to_reference(got, x, w, b, case)
-
-
-RUN_UKERNELS = """
-    import numpy as np
-    from numba.core.dispatcher import Dispatcher
-    import lowmem_numba as ln
-    from lowmem_numba._algorithms import ukernel
-
-    x = np.ones((2, 4, 9, 9), np.float32)
-    for name in %r:
-        for k in (1, 3):
-            w = np.ones((6, 2, k, k), np.float32)
-            for layout in ("NCHW", "NHWC"):
-                xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-                if ln.supports(name, xl.shape, w.shape, padding=k // 2, groups=2, layout=layout):
-                    ln.conv2d(xl, w, np.ones(6, np.float32), padding=k // 2, groups=2,
-                              algorithm=name, layout=layout, threads=2)
-    hits = misses = 0
-    for obj in vars(ukernel).values():
-        if isinstance(obj, Dispatcher) and obj.signatures:
-            hits += sum(obj.stats.cache_hits.values())
-            misses += sum(obj.stats.cache_misses.values())
-    print("hits", hits, "misses", misses)
-""" % (NAMES,)
-
-
-def test_cached_kernels_load_in_a_second_process_without_compiling(tmp_path):
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    first = run_python(RUN_UKERNELS, env)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert not first.stdout.strip().endswith("misses 0"), first.stdout  # it compiled
-    second = run_python(RUN_UKERNELS, env)
-    assert second.returncode == 0, second.stderr[-2000:]
-    hits = int(second.stdout.split()[1])
-    assert hits > 0 and second.stdout.strip().endswith("misses 0"), second.stdout
 
 
 @settings(max_examples=40, deadline=None)
