@@ -227,3 +227,15 @@ WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 #: a slot's staging of r^2 x (this + 1) x NR floats stays in L1 for 3x3
 #: kernels (19.6 KiB).
 WINOGRAD_PACK_CHANNELS = 16
+#: Winograd at batch 1: the kernel transforms the weights itself (one block of
+#: output channels at a time, into scratch that stays in cache) on images of
+#: at most this many tiles, which one tile block then holds.
+WINOGRAD_IN_KERNEL_TILES = 64
+#: Winograd: cost of one weight element transformed inside the kernel, in
+#: plain-copy elements (the staging and transform of WINOGRAD_PACK_COST, with
+#: the result in cache instead of memory).  A functional call minus a
+#: Conv2d's call (weights transformed once), best of 3x3 alternating runs, one
+#: thread, on 8 layers of 7x7 to 14x14 at batch 1 (/tmp/s24/fit.py in the
+#: closing note of issue 14): F(2x2,3x3) 0.09-1.23 (median 0.92), F(4x4,3x3)
+#: 0.27-0.94 (0.54), F(2x2,5x5) 1.26 (one layer).
+WINOGRAD_PACK_IN_KERNEL_COST = {"winograd-2x2-3x3": 0.9, "winograd-4x4-3x3": 0.55, "winograd-2x2-5x5": 1.3}

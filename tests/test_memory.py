@@ -34,7 +34,8 @@ NRT_COUNTS = """
         return rtsys.get_allocation_stats().alloc - before
 
     for name in ln.algorithms():
-        print(name, allocations(name, 1, 12), allocations(name, 3, 12), allocations(name, 1, 40))
+        print(name, allocations(name, 1, 12), allocations(name, 3, 12), allocations(name, 1, 40),
+              allocations(name, 1, 16))
     # 7x7 images: direct-ukernel stages each image zero-padded, one at a time.
     print("staged", allocations("direct-ukernel", 1, 7), allocations("direct-ukernel", 3, 7))
 """
@@ -53,13 +54,19 @@ def test_kernel_allocations_do_not_grow_with_the_work():
     lines = result.stdout.split("\n")
     for name in ALGORITHMS:
         [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
-        single, batch_of_3, larger = map(int, counts)
+        single, batch_of_3, larger, medium = map(int, counts)
         # <= 24: the array arguments, plus the depthwise kernels' few small
         # index tables per thread (tens of bytes, not per tile).
-        assert single == larger and single <= 24, (name, counts)
+        assert single == medium and larger <= 24, (name, counts)
+        # At batch 1 on images of at most WINOGRAD_IN_KERNEL_TILES tiles (12
+        # and 16 pixels a side, not 40), Winograd's kernel transforms the
+        # weights itself: no transform launch, fewer array arguments.  Each
+        # path is compared with itself on more work.
+        in_kernel = name.startswith("winograd")
+        assert single <= larger if in_kernel else single == larger, (name, counts)
         algorithm = ln._registry.get(name)
         one_at_a_time = algorithm.input_layout != algorithm.output_layout or name == "direct-pixels"
-        assert batch_of_3 <= 3 * single if one_at_a_time else batch_of_3 == single, (name, counts)
+        assert batch_of_3 <= 3 * single if one_at_a_time else batch_of_3 == larger, (name, counts)
     [staged] = [line.split()[1:] for line in lines if line.startswith("staged ")]
     single, batch_of_3 = map(int, staged)
     assert single <= 24 and batch_of_3 <= 3 * single, staged

@@ -80,6 +80,40 @@ def test_every_claimed_configuration_against_reference(name, data, seed, layout,
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
+       threads=st.sampled_from([1, 2]), with_bias=st.booleans(), wide=st.booleans())
+def test_batch_one_calls_transform_the_weights_inside_the_kernel(name, data, seed, layout, threads, with_bias,
+                                                                 wide):
+    """At batch 1 on images of at most WINOGRAD_IN_KERNEL_TILES tiles, each
+    slot transforms its blocks of weights into its own scratch, one reduction
+    block at a time: no transformed copy in the workspace, and bit for bit the
+    result of a Conv2d whose weights were transformed beforehand (both
+    layouts, 1-2 threads; ``wide``: several reduction blocks and channel
+    blocks, the last partial)."""
+    r = winograd.VARIANTS[name][1]
+    case = dataclasses.replace(data.draw(winograd_cases(r)), batch=1)
+    if wide:
+        case = dataclasses.replace(case, channels=case.groups * 150, out_channels=case.groups * 45)
+    kernel_name = name + ("-nhwc" if layout == "NHWC" else "")
+    g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
+    plan = registry.get(kernel_name).plan(g, threads, layout)
+    assume(winograd._sizes(g, name)[2] <= winograd.WINOGRAD_IN_KERNEL_TILES)
+    assert plan.kernel.tiling[-1] and plan.packed_weight_elements == 0
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32) if with_bias else None
+    xl = channels_last(x) if layout == "NHWC" else x
+    got = ln.conv2d(xl, w, bias, algorithm=kernel_name, layout=layout, threads=threads, **case.args)
+    layer = ln.Conv2d(w, bias, algorithm=kernel_name, layout=layout, threads=threads, **case.args)
+    np.testing.assert_array_equal(got, layer(xl))
+    got = got.transpose(0, 3, 1, 2) if layout == "NHWC" else got
+    zero = np.zeros(case.out_channels, np.float32)
+    assert_close_to_reference(got, x, w, zero if bias is None else bias, case, FACTOR[name])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_layer_matches_functional_and_other_layout(name):
     r = winograd.VARIANTS[name][1]
     rng = np.random.default_rng(3)
@@ -194,12 +228,27 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             assert plan.workspace_elements == slots * (
                 alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64)) + (alpha + m) * m * block * winograd.NR)
             assert plan.workspace_bytes <= 2 * 2**20  # the default tile block's target
-            # Per call: the transformed weights and the transform's scratch.
-            per_call = registry.get(name).plan(g, threads).workspace_elements - plan.workspace_elements
-            transformed = alpha * alpha * -(-mm // winograd.NR) * winograd.NR * c
-            assert per_call == transformed + winograd.pack_scratch_elements(g, threads, name)
+            functional = registry.get(name).plan(g, threads)
+            if tiles <= winograd.WINOGRAD_IN_KERNEL_TILES:
+                # The kernel transforms the weights: one tile block of all
+                # tiles per slot, plus the weights' staging and one reduction
+                # block of them.
+                block, slots, packs = functional.kernel.tiling[1], functional.kernel.tiling[5], \
+                    functional.kernel.tiling[-1]
+                assert packs and block == -(-tiles // winograd.MR) * winograd.MR
+                assert functional.workspace_elements == slots * (
+                    alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64))
+                    + (alpha + m) * m * block * winograd.NR
+                    + r * r * (winograd.WINOGRAD_PACK_CHANNELS + 1) * winograd.NR
+                    + alpha * alpha * min(c, 128) * winograd.NR)
+            else:
+                # Per call: the transformed weights and the transform's scratch.
+                assert not functional.kernel.tiling[-1]
+                per_call = functional.workspace_elements - plan.workspace_elements
+                transformed = alpha * alpha * -(-mm // winograd.NR) * winograd.NR * c
+                assert per_call == transformed + winograd.pack_scratch_elements(g, threads, name)
             assert ln.workspace_bytes(name, x_shape, w_shape, padding=r // 2, threads=threads) == \
-                plan.workspace_bytes + 4 * per_call
+                functional.workspace_bytes
 
 
 def test_unsupported_configurations_are_named():

@@ -69,11 +69,14 @@ from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_tran
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST, WINOGRAD_REDUCTION_BLOCK,
-                       WINOGRAD_SLOT_CACHE_FRACTION, WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST,
-                       WINOGRAD_WEIGHT_MEMORY_READ_COST, WINOGRAD_WEIGHT_READ_COST)
+from .._tuning import (WINOGRAD_IN_KERNEL_TILES, WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST,
+                       WINOGRAD_PACK_IN_KERNEL_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
+                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST, WINOGRAD_WEIGHT_MEMORY_READ_COST,
+                       WINOGRAD_WEIGHT_READ_COST)
 from ._common import KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
+
+_NO_WEIGHTS = np.empty(0, np.float32)
 
 # ----------------------------------------------------------------- transforms
 
@@ -308,9 +311,35 @@ def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
     return first, max(first, end)
 
 
+@njit(cache=True, nogil=True)
+def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, mode):
+    """``Z[tile][lane] (+)= sum_c V[tile][c] U[c][lane]`` for one point's
+    ``count`` tiles (rows ``x_row`` apart from ``x_at``) and ``kc`` channels of
+    weights from ``w_at`` (``NR`` lanes per channel), on the micro-kernel; the
+    half-width one when ``half``.  A block of at most one vector of channels
+    (M/g = 16, the last block of 48) runs on the half-width micro-kernel, as
+    the plan prices it (48 channels ran as 64 before: F(2x2,5x5) with 16 -> 48
+    channels at 14x14, batch 8, took 1.20 ms)."""
+    width = VL if half else NR
+    for p0 in range(0, count, MR):
+        mr = min(MR, count - p0)
+        # A remainder that fits in small tiles at less than a full tile's
+        # cost runs on them.
+        step = SMALL_MR if mr <= MR - SMALL_MR else MR
+        for s in range(p0, p0 + mr, step):
+            run_tile(step == SMALL_MR, half, u, w_at, NR, 0, 0, v, x_at, 0, x_row, 1, 0, 0, s, tile_block,
+                     min(step, p0 + mr - s), kc, 1, 1, v, z_at, 0, NR, 1, width, bias, 0, mode)
+
+
 @njit(parallel=True, cache=True)
 def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
-                   slots, slot_elements, gather):
+                   slots, slot_elements, gather, raw, variant):
+    """The convolution on transformed weights ``u``; or, when ``raw`` (the
+    weights as given) is not empty, with each slot transforming a block of
+    ``NR`` output channels' weights ``depth`` input channels at a time into
+    its own scratch right before multiplying them (every point's products
+    then run per reduction block: pass a ``tile_block`` that holds all of a
+    group's tiles, so that each block of weights is transformed once)."""
     d = KernelGeometry(*geometry)
     alpha = at.shape[1]
     points = alpha * alpha
@@ -321,8 +350,11 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
     span = d.batch * tiles  # a group's tiles over the batch: blocks run across images
     blocks = (span + tile_block - 1) // tile_block
     units = G * blocks * m_chunks
+    packs = raw.size > 0
+    taps = d.kernel_taps
+    offsets = scatter_offsets(taps if packs else 0, WINOGRAD_PACK_CHANNELS + 1)  # empty unless packing
     # Scratch of one slot (see _slot_elements): V | Z | staged tile |
-    # row-transformed tile | R | Y.
+    # row-transformed tile | R | Y [| staged weights | transformed weights].
     for slot in prange(slots):
         first_unit, end_unit = _slot_units(slot, slots, units, m_chunks, blocks, tile_block, span)
         v_base = slot * slot_elements
@@ -331,6 +363,8 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
         t_off = p_off + points * chunk
         r_off = t_off + points * chunk
         y_off = r_off + alpha * tile * tile_block * NR
+        w_stage = y_off + tile * tile * tile_block * NR
+        u_off = w_stage + taps * (WINOGRAD_PACK_CHANNELS + 1) * NR
         transformed = -1  # the (group, tile block) whose input V holds
         for unit in range(first_unit, end_unit):
             mc = unit % m_chunks
@@ -347,32 +381,32 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                 transformed = unit // m_chunks
             for mb in range(mc * m_blocks // m_chunks, (mc + 1) * m_blocks // m_chunks):
                 nr = min(NR, mg - mb * NR)
-                # A block of at most one vector of channels (M/g = 16, the
-                # last block of 48) runs on the half-width micro-kernel, as
-                # the plan prices it (48 channels ran as 64 before: F(2x2,5x5)
-                # with 16 -> 48 channels at 14x14, batch 8, took 1.20 ms).
                 half = nr <= VL
-                width = VL if half else NR
-                for t in range(points):
-                    w_at = ((g * points + t) * m_blocks + mb) * cg * NR
-                    x_at = v_base + t * tile_block * cg
-                    z_at = z_base + t * tile_block * NR
-                    # The reduction over C/g runs in blocks of `depth`
-                    # channels, each block's sums added into Z by the
-                    # micro-kernel: blocked summation, as BLAS does (see
-                    # WINOGRAD_REDUCTION_BLOCK).
+                if packs:
+                    # Reduction blocks outside, points inside: each block's
+                    # weights are transformed once into the slot's scratch,
+                    # where they stay in cache for all points and tiles.
+                    first = (g * mg + mb * NR) * cg * taps
                     for c0 in range(0, cg, depth):
-                        mode = 0 if c0 == 0 else ACCUMULATE
-                        for p0 in range(0, count, MR):
-                            mr = min(MR, count - p0)
-                            # A remainder that fits in small tiles at less than a
-                            # full tile's cost runs on them.
-                            step = SMALL_MR if mr <= MR - SMALL_MR else MR
-                            for s in range(p0, p0 + mr, step):
-                                run_tile(step == SMALL_MR, half, u, w_at + c0 * NR, NR, 0, 0,
-                                         scratch, x_at + c0, 0, cg, 1, 0, 0, s, tile_block,
-                                         min(step, p0 + mr - s), min(depth, cg - c0), 1, 1,
-                                         scratch, z_at, 0, NR, 1, width, bias, 0, mode)
+                        c1 = min(cg, c0 + depth)
+                        _transform_channels(raw, first, cg * taps, nr, taps, c0, c1, WINOGRAD_PACK_CHANNELS,
+                                            scratch[w_stage:u_off], offsets, variant, scratch, u_off,
+                                            depth * NR)
+                        for t in range(points):
+                            _products(scratch, u_off + t * depth * NR, scratch, v_base + t * tile_block * cg + c0,
+                                      cg, z_base + t * tile_block * NR, count, tile_block, c1 - c0,
+                                      half, bias, 0 if c0 == 0 else ACCUMULATE)
+                else:
+                    for t in range(points):
+                        w_at = ((g * points + t) * m_blocks + mb) * cg * NR
+                        # The reduction over C/g runs in blocks of `depth`
+                        # channels, each block's sums added into Z by the
+                        # micro-kernel: blocked summation, as BLAS does (see
+                        # WINOGRAD_REDUCTION_BLOCK).
+                        for c0 in range(0, cg, depth):
+                            _products(u, w_at + c0 * NR, scratch, v_base + t * tile_block * cg + c0, cg,
+                                      z_base + t * tile_block * NR, count, tile_block, min(depth, cg - c0),
+                                      half, bias, 0 if c0 == 0 else ACCUMULATE)
                 _output_block(out, d, nhwc, g * mg + mb * NR, nr, t0, count, tiles, tiles_x, at, alpha, tile,
                               scratch, z_base, r_off, y_off, tile_block, bias)
 
@@ -422,16 +456,28 @@ def _pack(weight, dest, geometry, variant, alpha, channel_block, stages, slots):
         stage = stages[slot * taps * stage_row:(slot + 1) * taps * stage_row]
         for item in range(slot * items // slots, (slot + 1) * items // slots):
             g, mb = item // m_blocks, item % m_blocks
-            lanes = min(NR, mg - mb * NR)
-            if lanes < NR:
-                stage[:] = 0.0  # lanes past M/g stay zero
-            first = (g * mg + mb * NR) * cg * taps
-            for c0 in range(0, cg, channel_block):
-                cs = min(channel_block, cg - c0)
-                pack_lanes(weight, first, cg * taps, lanes, taps, c0, cs, stage, 0, channel_block + 1, offsets)
-                at = ((g * points * m_blocks + mb) * cg + c0) * NR
-                for e in range(0, cs * NR, VL):
-                    _weight_transform(variant, stage, e, stage_row, dest, at + e, point_step)
+            _transform_channels(weight, (g * mg + mb * NR) * cg * taps, cg * taps, min(NR, mg - mb * NR), taps,
+                                0, cg, channel_block, stage, offsets, variant, dest,
+                                (g * points * m_blocks + mb) * cg * NR, point_step)
+
+
+@njit(cache=True, nogil=True)
+def _transform_channels(weight, first, row, lanes, taps, c_first, c_end, channel_block, stage, offsets, variant,
+                        dest, at, point_step):
+    """``G w G^T`` of the kernels of ``lanes`` output channels (``row``
+    floats apart from ``first`` in ``weight``) and input channels ``c_first
+    .. c_end`` into ``dest[at + point * point_step + (c - c_first) * NR +
+    lane]``, lanes past ``lanes`` zero, staging ``channel_block`` input
+    channels at a time as ``[tap][c][lane]`` rows in ``stage``."""
+    stage_row = (channel_block + 1) * NR
+    if lanes < NR:
+        stage[:] = 0.0  # pack_lanes leaves lanes past `lanes` alone: they stay zero
+    for c0 in range(c_first, c_end, channel_block):
+        cs = min(channel_block, c_end - c0)
+        pack_lanes(weight, first, row, lanes, taps, c0, cs, stage, 0, channel_block + 1, offsets)
+        base = at + (c0 - c_first) * NR
+        for e in range(0, cs * NR, VL):
+            _weight_transform(variant, stage, e, stage_row, dest, base + e, point_step)
 
 
 def _pack_slot(g) -> int:
@@ -541,12 +587,19 @@ def _gather_channels(g):
     return max(1, min(_stage_channels(g), sets * ways))
 
 
-def _slot_elements(g, name, block):
+def _slot_elements(g, name, block, packs=False):
     m, alpha, _ = _sizes(g, name)
     cg = g.channels_per_group
-    # V and Z, the staged and row-transformed channels of a tile, R and Y.
+    # V and Z, the staged and row-transformed channels of a tile, R and Y;
+    # when the kernel transforms the weights, their staging and one reduction
+    # block of them.
+    weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * _reduction_block(g) * NR
     return (alpha * alpha * (block * (cg + NR) + 2 * _stage_channels(g))
-            + (alpha + m) * m * block * NR)
+            + (alpha + m) * m * block * NR + (weights if packs else 0))
+
+
+def _reduction_block(g):
+    return min(WINOGRAD_REDUCTION_BLOCK, g.channels_per_group)
 
 
 def packed_elements(g, name) -> int:
@@ -581,7 +634,25 @@ def _largest_share(g, threads, block, tiles):
     return largest
 
 
-def _plan(g, threads, name, block=None):
+def _plan_packing(g, threads, name):
+    """The plan of a call whose weights arrive as given, when the kernel
+    transforms them itself; None when the call should transform them first.
+
+    At batch 1 on images of at most ``WINOGRAD_IN_KERNEL_TILES`` tiles: one
+    tile block then holds all of a group's tiles, so each block of weights is
+    transformed exactly once, by the slot that multiplies it, into scratch
+    that stays in cache.  A separate transform writes ``a^2 M C/g`` floats to
+    memory (38 MB for F(4x4,3x3) on 512 -> 512 channels) to read them back
+    once: on VGG-16's 14x14 conv5 at batch 1 that made F(4x4,3x3) 16.8 ms
+    against 5.4 ms with the weights transformed beforehand.
+    """
+    _, _, tiles = _sizes(g, name)
+    if g.batch != 1 or tiles > WINOGRAD_IN_KERNEL_TILES:
+        return None
+    return _plan(g, threads, name, block=ceil_div(tiles, MR) * MR, packs=True)
+
+
+def _plan(g, threads, name, block=None, packs=False):
     """Blocks of ``tile_block`` tiles of one group, numbered over the batch
     (of equal size when there are few), times chunks of their output-channel
     blocks, are the units; ``slots = min(threads, units)`` threads take equal
@@ -606,7 +677,7 @@ def _plan(g, threads, name, block=None):
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
     blocks = ceil_div(max(tiles, 1), block)
-    if 1 < blocks and threads > 1 and g.groups * blocks < 2 * threads:
+    if not packs and 1 < blocks and threads > 1 and g.groups * blocks < 2 * threads:
         # Few units: where the threads' runs of them balance badly, a
         # multiple of the threads in blocks of equal size.  49 tiles (14x14
         # images at batch 1) in a block of 48 and one of 1 gave one thread all
@@ -623,7 +694,7 @@ def _plan(g, threads, name, block=None):
     m_chunks = split_work(tile_blocks, blocks_m, 1, threads, min_rows=1, min_cols=1).row_blocks
     units = tile_blocks * m_chunks
     slots = min(threads, units)  # 0 for an empty batch: no scratch
-    per_slot = _slot_elements(g, name, block)
+    per_slot = _slot_elements(g, name, block, packs)
     last = mg - (blocks_m - 1) * NR
     channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
     # Transforms: each input tile staged and written as V; Z read and each
@@ -632,9 +703,13 @@ def _plan(g, threads, name, block=None):
                               + points * WINOGRAD_TILE_POINT_COST)
     # Every tile block streams the transformed weights of its channel chunk:
     # from the L3 cache, or from memory when they do not fit in it.
-    in_memory = FLOAT32_BYTES * packed_elements(g, name) > l3_bytes()
+    # Transformed in the kernel, they are read from the slot's scratch once
+    # each, after the transform (priced per element written) made them.
+    in_memory = not packs and FLOAT32_BYTES * packed_elements(g, name) > l3_bytes()
     read_cost = WINOGRAD_WEIGHT_MEMORY_READ_COST if in_memory else WINOGRAD_WEIGHT_READ_COST
     moved += round(tile_blocks * points * channels * cg * read_cost)
+    if packs:
+        moved += round(packed_elements(g, name) * WINOGRAD_PACK_IN_KERNEL_COST[name])
     # The products as the micro-kernel runs them: per tile block, full MR-row
     # tiles and a remainder on SMALL_MR-row tiles.  Oriented channels x tiles
     # so that a small tile count costs only its rounding: the micro-kernel's
@@ -647,8 +722,8 @@ def _plan(g, threads, name, block=None):
     whole, rest = divmod(cg, WINOGRAD_REDUCTION_BLOCK)
     gemms = ((g.groups * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
     gemms += ((g.groups * points, channels, rows, rest),) if rest else ()
-    return KernelPlan(tiling=(name, block, _stage_channels(g), WINOGRAD_REDUCTION_BLOCK, m_chunks, slots,
-                              per_slot, _gather_channels(g)),
+    return KernelPlan(tiling=(name, block, _stage_channels(g), _reduction_block(g), m_chunks, slots,
+                              per_slot, _gather_channels(g), packs),
                       scratch_elements=slots * per_slot,
                       gemms=gemms, moved_elements=moved, parallel_items=max(1, units))
 
@@ -680,14 +755,16 @@ def _pack_weights(name):
 
 
 def _make_compute(nhwc):
-    def compute(x, packed, bias, out, scratch, g, kernel):
+    def compute(x, weights, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        name, block, chunk, depth, m_chunks, slots, per_slot, gather = kernel.tiling
+        name, block, chunk, depth, m_chunks, slots, per_slot, gather, packs = kernel.tiling
         at, _, bt = matrices(name)
         m = VARIANTS[name][0]
-        _winograd_conv(x, packed, bias, out, scratch, kernel_geometry(g), nhwc, at, bt, m, block, chunk,
-                       depth, m_chunks, slots, per_slot, gather)
+        # Weights as given (the kernel transforms them) or transformed.
+        raw, transformed = (weights, _NO_WEIGHTS) if packs else (_NO_WEIGHTS, weights)
+        _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, bt, m, block, chunk,
+                       depth, m_chunks, slots, per_slot, gather, raw, list(VARIANTS).index(name))
     return compute
 
 
@@ -711,6 +788,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
             pack_weights=_pack_weights(_name),
             plan_kernel=functools.partial(_plan, name=_name),
             plan_kernel_within=functools.partial(_plan_within, name=_name),
+            plan_kernel_packing=functools.partial(_plan_packing, name=_name),
             claims=f"{_r}x{_r} kernel, stride 1, dilation 1; any padding, groups and batch",
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",
