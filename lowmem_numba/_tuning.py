@@ -229,7 +229,14 @@ WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 WINOGRAD_PACK_CHANNELS = 16
 #: Winograd at batch 1: the kernel transforms the weights itself (one block of
 #: output channels at a time, into scratch that stays in cache) on images of
-#: at most this many tiles, which one tile block then holds.
+#: at most this many tiles, which one tile block then holds.  Past it, the
+#: block's transformed inputs (a^2 x tiles x C/g) leave L2 and are streamed
+#: once per block of output channels: with no limit, one thread, two
+#: alternating runs, VGG-16 conv3_2 on F(4x4,3x3) (196 tiles) took 23-27 ms
+#: against 17-20 transforming first, conv2_2 (784) 35-38 against 22, ResNet-50
+#: layer1 3x3 (196) 2.2-2.5 against 1.5-2.0, GoogLeNet 3b 3x3 on F(2x2,3x3)
+#: (196) 2.8-2.9 against 2.2-3.2; only VGG-16 conv4_2 on F(2x2,3x3) (196
+#: tiles of 512 channels) gained, 24-25 against 31-40 ms.
 WINOGRAD_IN_KERNEL_TILES = 64
 #: Winograd: cost of one weight element transformed inside the kernel, in
 #: plain-copy elements (the staging and transform of WINOGRAD_PACK_COST, with

@@ -36,6 +36,14 @@ of them (a block may end one image and start the next), in turn:
 3. inverse-transforms each tile of ``Z`` and stores it into the output with
    the bias, clipping the partial tiles at the right and bottom edges.
 
+A functional call at batch 1 on an image of at most
+``WINOGRAD_IN_KERNEL_TILES`` tiles transforms the weights inside the kernel
+(:func:`_plan_packing`): one tile block holds all of a group's tiles, and step
+2 runs per reduction block of ``WINOGRAD_REDUCTION_BLOCK`` input channels,
+whose weights the slot transforms into its own scratch first, then per point;
+each point's sums are added in the same order, so the result is bit for bit
+that of weights transformed beforehand.
+
 The transforms are separable (rows, then columns) and vectorised along the
 channels; they apply only the non-zero coefficients, so a NaN or infinity in
 the input reaches exactly the transform points whose coefficient on it is not
@@ -51,6 +59,9 @@ NR channels per group), which a :class:`~lowmem_numba.Conv2d` keeps and the
 functional API builds per call, through per-thread staging of its own
 (:func:`pack_scratch_elements`): the transform runs in float64 registers
 (:func:`lowmem_numba._microkernel.make_separable_transform`) and rounds once.
+Transformed inside the kernel, they take instead, per thread, their staging
+and one reduction block of them (r^2 (``WINOGRAD_PACK_CHANNELS`` + 1) NR +
+a^2 min(C/g, ``WINOGRAD_REDUCTION_BLOCK``) NR).
 ``tile_block`` is chosen so that one thread's ``V`` and ``Z`` fill half of L2
 (:func:`tile_block`), at least one micro-kernel tile (``MR`` tiles).
 """
