@@ -791,7 +791,9 @@ for _name, (_m, _r, _points) in VARIANTS.items():
                     f"products per tile block on the micro-kernel, transforms fused per thread, "
                     f"{'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula=f"{_alpha * _alpha}·M·C/g (transformed weights) + "
-                              f"threads·{_alpha * _alpha}·tile_block·(C/g + NR)",
+                              f"threads·{_alpha * _alpha}·tile_block·(C/g + NR); at batch 1 on at most "
+                              f"{WINOGRAD_IN_KERNEL_TILES} tiles no transformed weights, instead per thread "
+                              f"{_alpha * _alpha}·min(C/g, {WINOGRAD_REDUCTION_BLOCK})·NR of them",
             unsupported=_unsupported(_name),
             packed_weight_elements=functools.partial(packed_elements, name=_name),
             pack_cost=WINOGRAD_PACK_COST[_name],
