@@ -23,6 +23,9 @@ from .._layout import transpose_blocks
 #: The float32 constants kernels pass to gemm (alpha, beta) and store.
 F32_ONE = np.float32(1.0)
 F32_ZERO = np.float32(0.0)
+#: An empty float32 array: what a kernel is passed for an array argument it
+#: goes without (the weights as given, when it reads packed ones).
+NO_ARRAY = np.empty(0, np.float32)
 
 
 def ceil_div(a: int, b: int) -> int:

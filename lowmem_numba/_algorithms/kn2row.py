@@ -59,6 +59,7 @@ from .._tuning import (GEMM_MIN_ROWS, KN2ROW_MIN_COLS, KN2ROW_SHIFT_TILES_PER_TH
                        KN2ROW_SHORT_RUN)
 from .._registry import Algorithm, register
 from ._common import (
+    NO_ARRAY,
     KernelGeometry,
     all_weights,
     batched_gemm,
@@ -72,9 +73,6 @@ from ._common import (
     pack_tap_major,
     valid_range,
 )
-
-_EMPTY = np.empty(0, dtype=np.float32)
-
 
 
 def _pack(weight, g, dest, columns):
@@ -313,7 +311,7 @@ def _register(name, one_gemm, channels_last, summary):
         _pack(weight, g, dest, channels_last)
 
     def compute(x, packed, bias, out, scratch, g, kernel):
-        _kn2row_batch(x, packed, bias, out, scratch, _EMPTY, kernel_geometry(g), one_gemm, channels_last,
+        _kn2row_batch(x, packed, bias, out, scratch, NO_ARRAY, kernel_geometry(g), one_gemm, channels_last,
                       *kernel.tiling)
 
     layout = "NHWC" if channels_last else "NCHW"

@@ -84,10 +84,7 @@ from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
                        UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
-from ._common import KernelGeometry, ceil_div, kernel_geometry, tile_bounds
-
-#: Passed as the weights as given when the kernel reads packed ones.
-_NO_WEIGHTS = np.empty(0, np.float32)
+from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -493,7 +490,7 @@ def _make_compute(nhwc):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
         m_chunks, t_chunks, plane_tiles, tile_block, packs, launched, staging = kernel.tiling
-        raw = _NO_WEIGHTS
+        raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
             block_scratch = g.groups * m_chunks * _block_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]

@@ -84,10 +84,8 @@ from .._tuning import (WINOGRAD_IN_KERNEL_TILES, WINOGRAD_PACK_CHANNELS, WINOGRA
                        WINOGRAD_PACK_IN_KERNEL_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
                        WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST, WINOGRAD_WEIGHT_MEMORY_READ_COST,
                        WINOGRAD_WEIGHT_READ_COST)
-from ._common import KernelGeometry, ceil_div, kernel_geometry
+from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
-
-_NO_WEIGHTS = np.empty(0, np.float32)
 
 # ----------------------------------------------------------------- transforms
 
@@ -773,7 +771,7 @@ def _make_compute(nhwc):
         at, _, bt = matrices(name)
         m = VARIANTS[name][0]
         # Weights as given (the kernel transforms them) or transformed.
-        raw, transformed = (weights, _NO_WEIGHTS) if packs else (_NO_WEIGHTS, weights)
+        raw, transformed = (weights, NO_ARRAY) if packs else (NO_ARRAY, weights)
         _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, bt, m, block, chunk,
                        depth, m_chunks, slots, per_slot, gather, raw, list(VARIANTS).index(name))
     return compute
