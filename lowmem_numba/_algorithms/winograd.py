@@ -686,7 +686,7 @@ def _plan(g, threads, name, block=None, packs=False):
     points = alpha * alpha
     block = tile_block(g, name) if block is None else block
     blocks = ceil_div(max(tiles, 1), block)
-    if not packs and 1 < blocks and threads > 1 and g.groups * blocks < 2 * threads:
+    if 1 < blocks and threads > 1 and g.groups * blocks < 2 * threads:
         # Few units: where the threads' runs of them balance badly, a
         # multiple of the threads in blocks of equal size.  49 tiles (14x14
         # images at batch 1) in a block of 48 and one of 1 gave one thread all
