@@ -7,10 +7,11 @@ the packing of every distinct weight shape of the five layer tables for each
 family that packs, on one thread, and reports the copies per packed element
 it actually took (``seconds * copy_rate / packed elements``): the numbers
 behind ``UKERNEL_PACK_COST``, ``WINOGRAD_PACK_COST`` and ``PACK_COST``
-in ``lowmem_numba/_tuning.py``.  A second table measures the micro-kernel's
-packing inside the kernel (functional batch-1 calls that pack block by block):
-a functional call's time minus a prepacked layer's, timed alternately, behind
-``UKERNEL_PACK_IN_KERNEL_COST``.
+in ``lowmem_numba/_tuning.py``.  A second table measures packing inside the
+kernel (functional batch-1 calls of the micro-kernel and of Winograd that pack
+or transform block by block): a functional call's time minus a prepacked
+layer's, timed alternately, behind ``UKERNEL_PACK_IN_KERNEL_COST`` and
+``WINOGRAD_PACK_IN_KERNEL_COST``.
 
 Writes ``perf/results/pack_speed.md``.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowmem_numba._tuning import UKERNEL_PACK_IN_KERNEL_COST
+from lowmem_numba._tuning import UKERNEL_PACK_IN_KERNEL_COST, WINOGRAD_PACK_IN_KERNEL_COST
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +37,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("direct-ukernel", "winograd-2x2-3x3", "winograd-4x4-3x3", "winograd-2x2-5x5",
               "kn2row", "kn2col", "kn2row-aa-ab", "kn2row-aa-atb", "im2row-scan-ab-ik", "mec-col",
               "depthwise-nhwc")
+#: The families that pack inside the kernel at batch 1, and the cost each is priced at.
+IN_KERNEL = {"direct-ukernel": UKERNEL_PACK_IN_KERNEL_COST, **WINOGRAD_PACK_IN_KERNEL_COST}
 
 
 def weight_shapes():
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
             print(f"{name:34s} {algorithm_name:20s} {seconds * 1e3:8.3f} ms {copies:5.2f} copies/element",
                   flush=True)
 
-    in_kernel = _in_kernel_rows(args.threads, copy_rate)
+    in_kernel = {name: _in_kernel_rows(name, args.threads, copy_rate) for name in IN_KERNEL}
 
     lines = [
         "# Per-call weight packing, in plain-copy elements",
@@ -112,28 +115,29 @@ def main(argv=None) -> None:
     for name, shape, algorithm_name, packed, seconds, copies, _ in rows:
         lines.append(f"| {name} | {shape} | {algorithm_name} | {packed} | {seconds * 1e3:.3f} | {copies:.2f} |")
     lines += ["", "</details>", ""]
-    if in_kernel:
-        values = [row[-1] for row in in_kernel]
-        lines += ["## direct-ukernel packing inside the kernel (batch-1 functional calls)", "",
+    for algorithm_name, in_rows in in_kernel.items():
+        if not in_rows:
+            continue
+        values = [row[-1] for row in in_rows]
+        lines += [f"## {algorithm_name} packing inside the kernel (batch-1 functional calls)", "",
                   f"Median {statistics.median(values):.2f} copies/element, range {min(values):.2f}-"
-                  f"{max(values):.2f}; priced at `UKERNEL_PACK_IN_KERNEL_COST` = {UKERNEL_PACK_IN_KERNEL_COST:g}.",
+                  f"{max(values):.2f}; priced at {IN_KERNEL[algorithm_name]:g}.",
                   "", "| layer | weights | packed elements | functional ms | prepacked ms | copies/element |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {name} | {shape} | {packed} | {functional * 1e3:.3f} | {prepacked * 1e3:.3f} | {copies:.2f} |"
-                  for name, shape, packed, functional, prepacked, copies in in_kernel]
+                  for name, shape, packed, functional, prepacked, copies in in_rows]
         lines.append("")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pack_speed.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'pack_speed.md'}")
 
 
-def _in_kernel_rows(threads, copy_rate):
+def _in_kernel_rows(algorithm_name, threads, copy_rate):
     """(layer, weights, packed elements, functional s, prepacked s, copies per
-    element) of every weight shape whose batch-1 functional direct-ukernel
-    call packs inside the kernel (input 14x14, as above)."""
+    element) of every weight shape whose batch-1 functional call of
+    ``algorithm_name`` packs inside the kernel (input 14x14, as above)."""
     import lowmem_numba as ln
     from lowmem_numba import _registry as registry
-    from lowmem_numba._algorithms.ukernel import packed_elements
     from lowmem_numba._geometry import make_geometry
     from lowmem_numba.bench import measure
 
@@ -141,11 +145,12 @@ def _in_kernel_rows(threads, copy_rate):
     rng = np.random.default_rng(0)
     for (c, m, kh, kw, stride, padding, groups), name in weight_shapes().items():
         x_shape, w_shape = (1, c, 14, 14), (m, c // groups, kh, kw)
-        args = dict(stride=stride, padding=padding, groups=groups, algorithm="direct-ukernel", threads=threads)
-        g = make_geometry(x_shape, w_shape, stride, padding, 1, groups)
-        if g.out_height < 1 or g.out_width < 1:
+        args = dict(stride=stride, padding=padding, groups=groups, algorithm=algorithm_name, threads=threads)
+        if not ln.supports(algorithm_name, x_shape, w_shape, stride, padding, 1, groups):
             continue
-        if registry.get("direct-ukernel").plan(g, threads).packed_weight_elements:
+        g = make_geometry(x_shape, w_shape, stride, padding, 1, groups)
+        algorithm = registry.get(algorithm_name)
+        if algorithm.plan(g, threads).packed_weight_elements:
             continue  # this call packs before the kernel
         x = rng.standard_normal(x_shape, dtype=np.float32)
         w = rng.standard_normal(w_shape, dtype=np.float32)
@@ -157,11 +162,11 @@ def _in_kernel_rows(threads, copy_rate):
                 lambda: ln.conv2d(x, w, out=out, **args), repeats=15, warmup=2, min_seconds=0.03).best)
             best["prepacked"] = min(best["prepacked"], measure(
                 lambda: layer(x, out=out), repeats=15, warmup=2, min_seconds=0.03).best)
-        packed = packed_elements(g)
+        packed = algorithm.packed_weight_elements(g)
         copies = max(0.0, best["functional"] - best["prepacked"]) * copy_rate / packed
         rows.append((name, f"{m}x{c // groups}x{kh}x{kw}" + (f" g{groups}" if groups > 1 else ""), packed,
                      best["functional"], best["prepacked"], copies))
-        print(f"{name:34s} in-kernel packing {copies:5.2f} copies/element", flush=True)
+        print(f"{name:34s} {algorithm_name:20s} in-kernel packing {copies:5.2f} copies/element", flush=True)
     return rows
 
 
