@@ -228,9 +228,11 @@ WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 #: a slot's staging of r^2 x (this + 1) x NR floats stays in L1 for 3x3
 #: kernels (19.6 KiB).
 WINOGRAD_PACK_CHANNELS = 16
-#: Winograd at batch 1: the kernel transforms the weights itself (one block of
-#: output channels at a time, into scratch that stays in cache) on images of
-#: at most this many tiles, which one tile block then holds.  Past it, the
+#: Winograd, functional calls: the kernel transforms the weights itself (one
+#: block of output channels at a time, into scratch that stays in cache) when
+#: the batch has at most this many tiles, which one tile block then holds.
+#: Measured at batch 1 (at batch 8 the 7x7 images of ResNet-50's layer4 have
+#: 32 tiles on F(4x4,3x3), 128 on F(2x2,3x3): see winograd._plan_packing).  Past it, the
 #: block's transformed inputs (a^2 x tiles x C/g) leave L2 and are streamed
 #: once per block of output channels: with no limit, one thread, two
 #: alternating runs, VGG-16 conv3_2 on F(4x4,3x3) (196 tiles) took 23-27 ms

@@ -83,23 +83,26 @@ def test_every_claimed_configuration_against_reference(name, data, seed, layout,
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
        threads=st.sampled_from([1, 2]), with_bias=st.booleans(), wide=st.booleans())
-def test_batch_one_calls_transform_the_weights_inside_the_kernel(name, data, seed, layout, threads, with_bias,
-                                                                 wide):
-    """At batch 1 on images of at most WINOGRAD_IN_KERNEL_TILES tiles, each
-    slot transforms its blocks of weights into its own scratch, one reduction
-    block at a time: no transformed copy in the workspace, and bit for bit the
-    result of a Conv2d whose weights were transformed beforehand (both
-    layouts, 1-2 threads; ``wide``: several reduction blocks and channel
-    blocks, the last partial)."""
+def test_calls_with_few_tiles_transform_the_weights_inside_the_kernel(name, data, seed, layout, threads,
+                                                                     with_bias, wide):
+    """When the batch has at most WINOGRAD_IN_KERNEL_TILES tiles (and only
+    then), each slot transforms its blocks of weights into its own scratch,
+    one reduction block at a time: no transformed copy in the workspace, and
+    bit for bit the result of a Conv2d whose weights were transformed
+    beforehand (both layouts, batch 1-3, 1-2 threads; ``wide``: several
+    reduction blocks and channel blocks, the last partial)."""
     r = winograd.VARIANTS[name][1]
-    case = dataclasses.replace(data.draw(winograd_cases(r)), batch=1)
+    case = data.draw(winograd_cases(r))
     if wide:
         case = dataclasses.replace(case, channels=case.groups * 150, out_channels=case.groups * 45)
     kernel_name = name + ("-nhwc" if layout == "NHWC" else "")
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
     plan = registry.get(kernel_name).plan(g, threads, layout)
-    assume(winograd._sizes(g, name)[2] <= winograd.WINOGRAD_IN_KERNEL_TILES)
-    assert plan.kernel.tiling[-1] and plan.packed_weight_elements == 0
+    tiles = case.batch * winograd._sizes(g, name)[2]
+    inside = tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
+    assert plan.kernel.tiling[-1] == inside and (plan.packed_weight_elements == 0) == inside
+    assume(inside)
+    assert plan.kernel.tiling[1] >= tiles  # one tile block: each block of weights transformed once
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.x_shape).astype(np.float32)
     w = rng.standard_normal(case.w_shape).astype(np.float32)
