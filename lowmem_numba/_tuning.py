@@ -177,6 +177,19 @@ UKERNEL_FOLD_CHANNELS = 4
 #: interiors (28x28 5x5, 14x14 3x3) 0.96x.
 UKERNEL_PAD_INTERIOR = 0.6
 UKERNEL_PAD_PIXELS = 64
+#: Micro-kernel algorithms: at batch > 1, planes of at most this many outputs
+#: may be walked with the images stacked into each row of a rectangle (see
+#: ukernel._stacks), where the border is a large share of the plane.  Stacked
+#: against not (prepacked direct-ukernel, batch 8, two alternating runs):
+#: GoogLeNet's 7x7 5x5 layers 0.78-0.79 -> 0.55 ms on one thread and
+#: 0.40-0.44 -> 0.29 on two (5a; 5b alike), its 14x14 5x5 layers 3.07 ->
+#: 2.58 and 1.51-1.64 -> 1.30, ResNet-50's layer4 3x3 stride 2 (7x7
+#: outputs) 20.0-20.7 -> 17.6-18.2; on 28x28 planes within 2 % either way.
+UKERNEL_STACK_PIXELS = 196
+#: direct-ukernel: float32 elements of the images staged (and then run) at once,
+#: a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5 layers
+#: hold 5.8-11 images in it.
+UKERNEL_STAGE_ELEMENTS = 64 * 2**10
 #: Winograd's per-call weight transform ``G w G^T`` (transposes, then the
 #: transform in registers), in plain-copy elements per transformed element,
 #: by variant: medians 2.01, 2.02 and 3.24 over the layer tables' 3x3 and 5x5

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import lowmem_numba as ln
+from lowmem_numba._geometry import make_geometry
 from naive import assert_matches_integer_reference, conv2d_reference, supported_configuration
 
 ALGORITHMS = ln.algorithms()
@@ -126,21 +127,28 @@ def test_torch_agrees_when_installed():
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_nhwc_shapes_out_and_workspace(name):
-    x = integers((2, 7, 6, 3))  # N, H, W, C
+    # 24x23 pixels: more than WINOGRAD_IN_KERNEL_TILES tiles at batch 2, so
+    # that Winograd transforms the weights first both natively and converted.
+    x = integers((2, 24, 23, 3))  # N, H, W, C
     w = integers((5, 3, 3, 3))
     expected = conv2d_reference(x.transpose(0, 3, 1, 2), w, padding=((1, 1), (1, 1))).transpose(0, 2, 3, 1)
-    out = np.empty((2, 7, 6, 5), np.float32)
+    out = np.empty((2, 24, 23, 5), np.float32)
     assert conv_or_skip(name, x, w, padding=1, layout="NHWC", out=out) is out
     assert_matches_integer_reference(out, expected, name)
     assert_matches_integer_reference(ln.conv2d(x[0], w, padding=1, algorithm=name, layout="NHWC"), expected[0], name)
     native = ln._registry.get(name)
     converted_in = native.input_layout != "NHWC"
     converted_out = native.output_layout != "NHWC"
-    nchw = ln.workspace_bytes(name, (2, 3, 7, 6), w.shape, padding=1, threads=1)
+    nchw = ln.workspace_bytes(name, (2, 3, 24, 23), w.shape, padding=1, threads=1)
     nhwc = ln.workspace_bytes(name, x.shape, w.shape, padding=1, threads=1, layout="NHWC")
-    extra = 4 * (3 * 7 * 6 * converted_in + 5 * 7 * 6 * converted_out)
+    extra = 4 * (3 * 24 * 23 * converted_in + 5 * 24 * 23 * converted_out)
     if native.input_layout == native.output_layout == "NCHW":
-        assert nhwc - nchw == extra
+        # Converted, the kernel runs one image at a time: its own scratch is
+        # that of batch 1 (direct-ukernel stages both images at once at batch 2).
+        def kernel_scratch(batch):
+            g = make_geometry((batch, 3, 24, 23), w.shape, padding=1)
+            return 4 * native.plan(g, 1, "NCHW", prepacked=True).workspace_elements
+        assert nhwc - nchw == extra + kernel_scratch(1) - kernel_scratch(2)
 
 
 def test_unknown_layout_is_named():

@@ -37,7 +37,7 @@ NRT_COUNTS = """
     for name in ln.algorithms():
         print(name, allocations(name, 1, 12), allocations(name, 3, 12), allocations(name, 1, 40),
               allocations(name, 1, 16))
-    # 7x7 images: direct-ukernel stages each image zero-padded, one at a time.
+    # 7x7 images: direct-ukernel stages the images zero-padded, a chunk at a time.
     print("staged", allocations("direct-ukernel", 1, 7), allocations("direct-ukernel", 3, 7))
 """
 
@@ -57,9 +57,10 @@ def test_kernel_allocations_do_not_grow_with_the_work():
     # Numba counts one allocation per array argument it unboxes (a wrapper
     # around the caller's buffer); anything allocated per tile or tap would make
     # the count grow with image size, and per image with the batch.  The
-    # exceptions are calls that run one image at a time: an algorithm whose
-    # input and output layouts differ (it converts each image), direct-ukernel
-    # on small images (it stages each image zero-padded) and direct-pixels
+    # exceptions are calls that run an image or a chunk of images at a time:
+    # an algorithm whose input and output layouts differ (it converts each
+    # image), direct-ukernel on small images (it stages chunks of images
+    # zero-padded) and direct-pixels
     # unless 1x1 at stride 1 (it stages each image split by column phase).
     result = run_python(NRT_COUNTS.replace("TESTS_DIR", repr(TESTS_DIR)), {"NUMBA_NRT_STATS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,6 +10,7 @@
 """
 
 import dataclasses
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -228,6 +229,28 @@ def test_exact_against_reference(name, case, seed, with_bias, layout, threads):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=30, deadline=None)
+@given(case=st.one_of(cases(), wide_cases()), batch=st.integers(2, 14), seed=st.integers(0, 2**32 - 1),
+       with_bias=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bias, threads):
+    """Every claimed configuration with the images stacked into the
+    rectangles (forced here whatever the price, at batch 2-14: walks of one
+    tile and of several) is exact, in the kernel's own layout."""
+    case = dataclasses.replace(case, batch=batch, kernel=(1, 1) if name.startswith("pointwise") else case.kernel)
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        return
+    layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
+    g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
+    ln._memo.clear_all()
+    try:
+        with mock.patch.object(ukernel, "_stacks", lambda g: True):
+            assert ln._registry.get(name).plan(g, threads, layout).kernel.tiling[5]
+            assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+    finally:
+        ln._memo.clear_all()  # forget the plans made while forced
+
+
+@pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=25, deadline=None)
 @given(case=wide_cases(), seed=st.integers(0, 2**32 - 1))
 def test_close_on_real_data(name, case, seed):
@@ -303,7 +326,7 @@ def test_batch_one_calls_pack_inside_the_kernel(name, case, seed, with_bias, lay
         return
     kernel_layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
     plan = ln._registry.get(name).plan(g, threads, kernel_layout)
-    m_chunks, t_chunks, _, _, packs, _, _ = plan.kernel.tiling
+    m_chunks, t_chunks, _, _, packs, _, _, _ = plan.kernel.tiling
     assume(packs)
     assert t_chunks == 1 and plan.packed_weight_elements == 0
     block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
@@ -317,7 +340,8 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     """NCHW layers with at most UKERNEL_FOLD_CHANNELS input channels (RGB first
     layers) run on a channels-last copy of each image, so that the tap and
     channel loops fold: one image's copy is the only scratch, and every image
-    of the batch gets its own output."""
+    of the batch gets its own output (all three images fit in
+    UKERNEL_STAGE_ELEMENTS: they are copied and run at once)."""
     from lowmem_numba._tuning import UKERNEL_FOLD_CHANNELS
 
     assert channels <= UKERNEL_FOLD_CHANNELS
@@ -329,8 +353,8 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     b = rng.standard_normal(40, dtype=np.float32)
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
     plan = ln._registry.get("direct-ukernel").plan(g, 2, prepacked=True)
-    assert plan.kernel.tiling[-1] == (True, False)  # channels-last, not padded
-    assert plan.workspace_elements == channels * 23 * 19
+    assert plan.kernel.tiling[-1] == (True, False, 3)  # channels-last, not padded, 3 images at once
+    assert plan.workspace_elements == 3 * channels * 23 * 19
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, **case.args, algorithm="direct-ukernel", threads=threads)
         assert_close_to_reference(got, x, w, b, case)
@@ -340,16 +364,31 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("hw, k, padding, stride", [(7, 3, 1, 1), (7, 5, 2, 1), (9, 5, (3, 1), (2, 1)), (5, 7, 4, 2)])
-def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride):
+@pytest.mark.parametrize("fitting, images", [(1, 1), (2, 2), (3, 3), (5, 3)])
+def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, fitting, images, monkeypatch):
     """Small images whose outputs are mostly border outputs are copied
-    zero-padded, one at a time, so that every tile runs full; the copy is the
+    zero-padded (unless stacked: not here), so that every tile runs full, as
+    many at a time as UKERNEL_STAGE_ELEMENTS holds (here ``fitting`` images)
+    in equal chunks of the batch of 3 (2 + 1 when two fit); the copy is the
     scratch."""
     x_shape, w_shape = (3, 20, hw, hw + 2), (37, 20, k, k)
     g = make_geometry(x_shape, w_shape, stride, padding)
+    padded_image = 20 * (hw + g.pad_top + g.pad_bottom) * (hw + 2 + g.pad_left + g.pad_right)
+    monkeypatch.setattr(ukernel, "UKERNEL_STAGE_ELEMENTS", fitting * padded_image + padded_image - 1)
+    monkeypatch.setattr(ukernel, "_stacks", lambda g: False)
+    ln._memo.clear_all()
+    try:
+        _check_small_images(layout, hw, k, padding, stride, images, g, padded_image)
+    finally:
+        ln._memo.clear_all()  # forget the plans made under the patched budget
+
+
+def _check_small_images(layout, hw, k, padding, stride, images, g, padded_image):
+    x_shape, w_shape = (3, 20, hw, hw + 2), (37, 20, k, k)
     name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")
     plan = ln._registry.get(name).plan(g, 2, layout, prepacked=True)
-    assert plan.kernel.tiling[-1] == (layout == "NHWC", True)
-    assert plan.workspace_elements == 20 * (hw + g.pad_top + g.pad_bottom) * (hw + 2 + g.pad_left + g.pad_right)
+    assert plan.kernel.tiling[-1] == (layout == "NHWC", True, images)
+    assert plan.workspace_elements == images * padded_image
     rng = np.random.default_rng(hw * k)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     w = rng.standard_normal(w_shape, dtype=np.float32)
