@@ -186,6 +186,13 @@ UKERNEL_PAD_PIXELS = 64
 #: 2.58 and 1.51-1.64 -> 1.30, ResNet-50's layer4 3x3 stride 2 (7x7
 #: outputs) 20.0-20.7 -> 17.6-18.2; on 28x28 planes within 2 % either way.
 UKERNEL_STACK_PIXELS = 196
+#: ... and only where the stacked walk, its runs rounded as the kernel tiles
+#: them and weighted by their share of the taps, is priced below this share
+#: of the per-image walk priced alike: short tiles cost more than their
+#: pixels (each streams the whole weight block).  Measured stacked over
+#: per-image at batch 8, one thread, against priced: ResNet-50 layer4 3x3
+#: stride 2 0.94 against 0.92, layer3 3x3 (14x14) 1.04 against 0.97.
+UKERNEL_STACK_MARGIN = 0.95
 #: direct-ukernel: float32 elements of the images staged (and then run) at once,
 #: a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5 layers
 #: hold 5.8-11 images in it.

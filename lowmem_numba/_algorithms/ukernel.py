@@ -88,7 +88,7 @@ from .._plan import KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_PIXELS,
+                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
                        UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
@@ -169,28 +169,37 @@ def _run_pixels(pixels):
     return full * MR + (ceil_div(rest, SMALL_MR) * SMALL_MR if rest <= MR - SMALL_MR else MR)
 
 
-def _stacked_pixels(d):
-    """Full-kernel pixels per image that a stacked walk (see :func:`_stacks`)
-    costs: each row of each rectangle, over the images, rounded as the kernel
-    tiles it and weighted by the share of the taps it reduces over."""
+def _tiled_pixels(d, stacked):
+    """Full-kernel pixels per image that a walk costs as the kernel tiles it:
+    each rectangle (stacked: each row of each rectangle, over the images,
+    see :func:`_stacks`) rounded as the kernel tiles it and weighted by the
+    share of the taps it reduces over."""
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
+    rows = [_class(q, d.out_height, ylo, yhi, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
+            for q in range(_class_count(d.out_height, ylo, yhi))]
     columns = [_class(q, d.out_width, xlo, xhi, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
                for q in range(_class_count(d.out_width, xlo, xhi))]
+    images = d.batch if stacked else 1
     total = 0.0
-    for y in range(d.out_height):
-        row_taps = _tap_range(y, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)[1]
+    for _, ny, _, ni in rows:
         for _, nx, _, nj in columns:
-            total += _run_pixels(d.batch * nx) * row_taps * nj
-    return total / (d.batch * d.kernel_taps)
+            run = _run_pixels(images * nx) * ny if stacked else _run_pixels(ny * nx)
+            total += run * ni * nj
+    return total / (images * d.kernel_taps)
+
+
+def _interior_pixels(d):
+    """Outputs of one plane whose taps all fall inside the input."""
+    ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
+    xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
+    return (yhi - ylo) * (xhi - xlo)
 
 
 def _walk_pixels(d):
     """Pixels per image that the per-image walk is priced at: the interior
     rounded as the kernel tiles it, each border pixel one (see :func:`_plan`)."""
-    ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
-    xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
-    interior = (yhi - ylo) * (xhi - xlo)
+    interior = _interior_pixels(d)
     return _run_pixels(interior) + d.out_height * d.out_width - interior
 
 
@@ -204,15 +213,20 @@ def _stacks(g):
     other), so that those tiles fill up while every pixel still reduces over
     its own taps only: no zero-padded copy, and no product of a padding zero.
     Chosen at batch > 1 on planes of at most ``UKERNEL_STACK_PIXELS`` outputs
-    when it is priced below the per-image walk (on a zero-padded copy where
-    one would be made): at batch 2, GoogLeNet's 7x7 5x5 layers ran 12 %
-    slower stacked (border rows of two pixels), at batch 3 9 % faster.
+    that have a border, when it is priced below the per-image walk (on a
+    zero-padded copy where one would be made): at batch 2, GoogLeNet's 7x7
+    5x5 layers ran 12 % slower stacked (border rows of two pixels), at batch
+    3 9 % faster.  Without a border there is nothing to gain: 7x7 1x1 layers
+    ran 4-25 % slower stacked at batch 8 (ResNet-50's layer4 512 -> 2048:
+    11.4 against 9.1 ms on one thread), their 7-pixel rows over the images
+    making more short tiles, each streaming the whole reduction's weights.
     """
-    if g.batch < 2 or g.out_height * g.out_width > UKERNEL_STACK_PIXELS:
+    d = KernelGeometry(*kernel_geometry(g))
+    if (g.batch < 2 or g.out_height * g.out_width > UKERNEL_STACK_PIXELS
+            or _interior_pixels(d) == g.out_height * g.out_width):
         return False
-    per_image = _staged_geometry(g, (False, True, 1)) if _pads(g) else g
-    return _stacked_pixels(KernelGeometry(*kernel_geometry(g))) < _walk_pixels(
-        KernelGeometry(*kernel_geometry(per_image)))
+    per_image = KernelGeometry(*kernel_geometry(_staged_geometry(g, (False, True, 1)) if _pads(g) else g))
+    return _tiled_pixels(d, True) < UKERNEL_STACK_MARGIN * _tiled_pixels(per_image, False)
 
 
 # ----------------------------------------------------------------- the kernel
@@ -463,11 +477,9 @@ def _pads(g):
     """Whether an image's outputs are few (at most ``UKERNEL_PAD_PIXELS``)
     and mostly border ones: those whose taps do not all fall inside the
     input are more than ``1 - UKERNEL_PAD_INTERIOR`` of them."""
-    d = KernelGeometry(*kernel_geometry(g))
-    ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
-    xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
     pixels = g.out_height * g.out_width
-    return pixels <= UKERNEL_PAD_PIXELS and (yhi - ylo) * (xhi - xlo) <= UKERNEL_PAD_INTERIOR * pixels
+    return (pixels <= UKERNEL_PAD_PIXELS
+            and _interior_pixels(KernelGeometry(*kernel_geometry(g))) <= UKERNEL_PAD_INTERIOR * pixels)
 
 
 def _staging(g, nhwc, stacked):
@@ -528,7 +540,7 @@ def _plan(g, threads, nhwc=False):
     kernel behind im2col, which it beats by 1.3x), but they reduce over fewer
     taps, which roughly pays for the rounding.  Stacked, every row of every
     rectangle is priced as the kernel tiles it, at its share of the taps
-    (:func:`_stacked_pixels`).  A staged call (see
+    (:func:`_tiled_pixels`).  A staged call (see
     :func:`_staging`) runs a chunk of images at a time on their copy.
     """
     stacked = _stacks(g)
@@ -537,7 +549,7 @@ def _plan(g, threads, nhwc=False):
     launched = kernel_geometry(run)
     d = KernelGeometry(*launched)
     plane_tiles = int(_plane_tiles(launched, stacked)) if g.out_height > 0 and g.out_width > 0 else 0
-    pixels = round(_stacked_pixels(d)) if stacked else _walk_pixels(d)
+    pixels = round(_tiled_pixels(d, True)) if stacked else _walk_pixels(d)
     mg = g.out_channels_per_group
     blocks = ceil_div(mg, NR)
     # Threads share channel blocks before tiles: a plane's tiles are not equal
