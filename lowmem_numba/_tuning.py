@@ -141,9 +141,10 @@ UKERNEL_PACK_COST = 1.4
 #: nor read back.  A functional call's time minus a prepacked layer's, one
 #: thread (``python perf/pack_speed.py``): median 1.04 over the 92 weight
 #: shapes of the tables, 0.62-1.9 for 80 % of them (more only for RGB layers'
-#: and 1x1 reductions' few weights, where a call's fixed cost shows); a later
-#: run, in a noisier phase, 0.73 (0-2.0 for 80 %).
-UKERNEL_PACK_IN_KERNEL_COST = 1.0
+#: and 1x1 reductions' few weights, where a call's fixed cost shows); three
+#: later runs 0.73, 0.70 and 0.67: priced at 0.7, about the median of the four
+#: (a difference of two noisy times: runs an hour apart move it by 1.5x).
+UKERNEL_PACK_IN_KERNEL_COST = 0.7
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9
@@ -268,5 +269,7 @@ WINOGRAD_IN_KERNEL_TILES = 64
 #: thread, on 8 layers of 7x7 to 14x14 at batch 1: F(2x2,3x3) 0.09-1.23
 #: (median 0.92), F(4x4,3x3) 0.27-0.94 (0.54), F(2x2,5x5) 1.26 (one layer).
 #: ``python perf/pack_speed.py`` (every weight shape of the tables on 14x14,
-#: results/pack_speed.md) then gave medians of 1.00, 0.74 and 1.66.
-WINOGRAD_PACK_IN_KERNEL_COST = {"winograd-2x2-3x3": 0.9, "winograd-4x4-3x3": 0.55, "winograd-2x2-5x5": 1.3}
+#: results/pack_speed.md) then gave medians of 1.00, 0.74 and 1.66, and two
+#: later runs (depthwise shapes left out) 1.49, 0.79, 1.85 and 0.63, 0.58,
+#: 1.12: priced at about the median of the four, as UKERNEL_PACK_IN_KERNEL_COST.
+WINOGRAD_PACK_IN_KERNEL_COST = {"winograd-2x2-3x3": 0.95, "winograd-4x4-3x3": 0.65, "winograd-2x2-5x5": 1.45}

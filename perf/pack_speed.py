@@ -148,6 +148,8 @@ def _in_kernel_rows(algorithm_name, threads, copy_rate):
         args = dict(stride=stride, padding=padding, groups=groups, algorithm=algorithm_name, threads=threads)
         if not ln.supports(algorithm_name, x_shape, w_shape, stride, padding, 1, groups):
             continue
+        if groups > 1 and c == groups:
+            continue  # depthwise: a few KiB of weights, run by the depthwise families
         g = make_geometry(x_shape, w_shape, stride, padding, 1, groups)
         algorithm = registry.get(algorithm_name)
         if algorithm.plan(g, threads).packed_weight_elements:
