@@ -68,9 +68,10 @@ copies and runs as many images at a time as fit in ``UKERNEL_STAGE_ELEMENTS``
 Threads
 -------
 Items of ``prange`` are (image x group, or group when the images are
-stacked) x output-channel blocks x runs of tiles, cut by :func:`lowmem_numba._split.split_work`; inside an item, blocks of
-``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a tile's input
-stays in cache while every weight block passes over it.
+stacked) x output-channel blocks x runs of tiles, cut by
+:func:`lowmem_numba._split.split_work`; inside an item, blocks of
+``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a
+tile's input stays in cache while every weight block passes over it.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ from .._plan import KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
-                       UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN,
+                       UKERNEL_STACK_PIXELS, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
@@ -540,8 +541,9 @@ def _plan(g, threads, nhwc=False):
     kernel behind im2col, which it beats by 1.3x), but they reduce over fewer
     taps, which roughly pays for the rounding.  Stacked, every row of every
     rectangle is priced as the kernel tiles it, at its share of the taps
-    (:func:`_tiled_pixels`).  A staged call (see
-    :func:`_staging`) runs a chunk of images at a time on their copy.
+    (:func:`_tiled_pixels`; the stacking decision prices the per-image walk
+    alike, to compare like with like).  A staged call (see :func:`_staging`)
+    runs a chunk of images at a time on their copy.
     """
     stacked = _stacks(g)
     staging = _staging(g, nhwc, stacked)
@@ -662,12 +664,13 @@ for _name, _unsupported, _what, _claims in (
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights; one NR·C/g·kh·kw block per "
                               "parallel item when a batch-1 call packs them in the kernel)"
-                              + ("" if _name.startswith("pointwise") else
-                                 " + k·C·Hp·Wp, a copy of k images (as many as fit in "
-                                 f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): zero-padded (Hp·Wp) when "
-                                 f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones"
-                                 + ("" if _nhwc else f", or channels-last (H·W) when C ≤ {UKERNEL_FOLD_CHANNELS} "
-                                    "(groups 1, dilation_w 1)")),
+                              + " + k·C·Hp·Wp, a copy of k images (as many as fit in "
+                                f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): zero-padded (Hp·Wp) when "
+                                f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones, and the "
+                                "images are not stacked"
+                              + ("" if _nhwc or _name.startswith("pointwise")
+                                 else f"; or channels-last (H·W) when C ≤ {UKERNEL_FOLD_CHANNELS} "
+                                      "(groups 1, dilation_w 1)"),
             unsupported=_unsupported,
             packed_weight_elements=packed_elements,
             pack_weights=_pack_weights,
