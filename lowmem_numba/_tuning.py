@@ -135,8 +135,8 @@ PACK_COST = 7
 #: has a later run at 1.09, in a faster phase of the machine: kept, since that
 #: times the pass alone, not the kernel then reading the packed copy back).
 UKERNEL_PACK_COST = 1.4
-#: The same packing done inside the kernel (a batch-1 call packs each block of
-#: output channels into scratch right before its tiles), in plain-copy
+#: The same packing done inside the kernel (a batch-1 or stacked call packs
+#: each block of output channels into scratch right before its tiles), in plain-copy
 #: elements per packed element: the packed copy is neither written to memory
 #: nor read back.  A functional call's time minus a prepacked layer's, one
 #: thread (``python perf/pack_speed.py``): median 1.04 over the 92 weight

@@ -313,12 +313,13 @@ def test_workspace_is_the_packed_weights_only():
 @settings(max_examples=30, deadline=None)
 @given(case=st.one_of(cases(), wide_cases()), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
        layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]))
-def test_batch_one_calls_pack_inside_the_kernel(name, case, seed, with_bias, layout, threads):
-    """A functional batch-1 call whose threads share the channel blocks packs
-    each block into scratch of its own inside the kernel: no packed copy of
-    the weights, one block per parallel item in the workspace, and the
-    reference's result (every configuration, both layouts, 1-2 threads)."""
-    case = dataclasses.replace(case, batch=1)
+def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, seed, with_bias, layout, threads):
+    """A functional call whose items' tiles span the batch (batch 1, or the
+    images stacked), in one launch, and whose threads share the channel
+    blocks packs each block into scratch of its own inside the kernel: no
+    packed copy of the weights, one block per parallel item in the
+    workspace, and the reference's result (every configuration, both
+    layouts, batch 1-3, 1-2 threads)."""
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
         return
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
@@ -326,9 +327,11 @@ def test_batch_one_calls_pack_inside_the_kernel(name, case, seed, with_bias, lay
         return
     kernel_layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
     plan = ln._registry.get(name).plan(g, threads, kernel_layout)
-    m_chunks, t_chunks, _, _, packs, _, _, _ = plan.kernel.tiling
+    m_chunks, t_chunks, _, _, packs, stacked, _, staging = plan.kernel.tiling
+    one_launch = staging is None or staging[2] == case.batch
+    assert packs == ((case.batch == 1 or stacked) and one_launch and t_chunks == 1)
     assume(packs)
-    assert t_chunks == 1 and plan.packed_weight_elements == 0
+    assert plan.packed_weight_elements == 0
     block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
     staged_copy = ln._registry.get(name).plan(g, threads, kernel_layout, prepacked=True).workspace_elements
     assert plan.workspace_elements == case.groups * m_chunks * block + staged_copy

@@ -15,8 +15,9 @@ contiguous run of ``NV`` vector loads; ``VL x VL`` blocks of the weight rows are
 transposed in registers (:func:`pack_lanes`).  That is the only workspace
 (besides the few-channel copy below): persistent in a
 :class:`~lowmem_numba.Conv2d`, per call in the functional API.  A functional
-call at batch 1 whose threads share the channel blocks (not the tiles) packs
-inside the kernel instead: each parallel item packs one block at a time into
+call whose parallel items' tiles span the batch (batch 1, or the images
+stacked), run in one launch, and whose threads share the channel blocks (not
+the tiles) packs inside the kernel instead: each parallel item packs one block at a time into
 scratch of its own and runs all its tiles on it, so the packed weights are
 never written to memory and read back, and the workspace is one block per
 item (:func:`_plan_packing`).  The tile kernel's stack buffer for edge tiles
@@ -582,14 +583,16 @@ def _plan_packing(g, threads, nhwc=False):
     them itself; None when the call should pack them first.
 
     Each parallel item packs its channel blocks, one at a time, into a block of
-    scratch of its own, right before sweeping all its tiles on it.  Only at
-    batch 1 with no cut across the tiles (every block then packed exactly
-    once): the packed weights are not written to memory and read back, and
+    scratch of its own, right before sweeping all its tiles on it.  Only where
+    the items' tiles span the batch (batch 1, or the images stacked), in one
+    launch, with no cut across the tiles: every block is then packed exactly
+    once, the packed weights are not written to memory and read back, and
     the workspace holds one block per item instead of all of them.
     """
     plan = _plan(g, threads, nhwc)
     m_chunks, t_chunks, plane_tiles, _, _, stacked, launched, staging = plan.tiling
-    if g.batch != 1 or t_chunks != 1:
+    one_launch = staging is None or staging[2] == g.batch
+    if not (g.batch == 1 or stacked) or not one_launch or t_chunks != 1:
         return None
     return dataclasses.replace(
         plan, tiling=(m_chunks, t_chunks, plane_tiles, max(1, plane_tiles), True, stacked, launched, staging),
@@ -663,7 +666,7 @@ for _name, _unsupported, _what, _claims in (
             summary=f"{_what} on an own {_TILE_TEXT} reducing over channels and taps in registers; "
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights; one NR·C/g·kh·kw block per "
-                              "parallel item when a batch-1 call packs them in the kernel)"
+                              "parallel item when a call packs them in the kernel: batch 1, or stacked images)"
                               + " + k·C·Hp·Wp, a copy of k images (as many as fit in "
                                 f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): zero-padded (Hp·Wp) when "
                                 f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones, and the "
