@@ -230,7 +230,11 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             assert block % winograd.MR == 0 or (blocks > 1 and blocks * block - tiles < blocks)
             assert plan.workspace_elements == slots * (
                 alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64)) + (alpha + m) * m * block * winograd.NR)
-            assert plan.workspace_bytes <= 2 * 2**20  # the default tile block's target
+            # The default tile block's target, unless one block holds every
+            # tile because the transformed weights exceed the L3 cache.
+            whole = (tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
+                     and 4 * winograd.packed_elements(g, name) > winograd.l3_bytes())
+            assert plan.workspace_bytes <= 2 * 2**20 or (whole and block >= tiles)
             functional = registry.get(name).plan(g, threads)
             if tiles <= winograd.WINOGRAD_IN_KERNEL_TILES:
                 # The kernel transforms the weights: one tile block of all
