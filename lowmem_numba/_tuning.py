@@ -173,9 +173,10 @@ UKERNEL_FOLD_CHANNELS = 4
 #: alternating processes each): at batch 1, one thread, 7x7 images ran
 #: 1.12-1.20x faster (ResNet-50 layer4 3x3, interior 51 %; GoogLeNet 5a/5b
 #: 5x5, 18 %, and 5b 3x3); GoogLeNet's 14x14 5x5 layers (51 %) even at batch
-#: 1 and 10-20 % slower at batch 8 on two threads (a padded call runs an image
-#: at a time, and one 14x14 image splits worse than the batch); 73 %
-#: interiors (28x28 5x5, 14x14 3x3) 0.96x.
+#: 1 and 10-20 % slower at batch 8 on two threads (a padded call then ran an
+#: image at a time, and one 14x14 image splits worse than the batch); 73 %
+#: interiors (28x28 5x5, 14x14 3x3) 0.96x.  At larger batches the images are
+#: stacked instead (UKERNEL_STACK_PIXELS).
 UKERNEL_PAD_INTERIOR = 0.6
 UKERNEL_PAD_PIXELS = 64
 #: Micro-kernel algorithms: at batch > 1, planes of at most this many outputs
@@ -194,9 +195,12 @@ UKERNEL_STACK_PIXELS = 196
 #: per-image at batch 8, one thread, against priced: ResNet-50 layer4 3x3
 #: stride 2 0.94 against 0.92, layer3 3x3 (14x14) 1.04 against 0.97.
 UKERNEL_STACK_MARGIN = 0.95
-#: direct-ukernel: float32 elements of the images staged (and then run) at once,
-#: a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5 layers
-#: hold 5.8-11 images in it.
+#: direct-ukernel: float32 elements of the images staged (copied, then run) at
+#: once, a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5
+#: layers hold 5.8-11 images in it: zero-padded, 8 at a time against one
+#: (prepacked, batch 8, three alternating runs), 5a took 0.78 against 0.82 ms
+#: on one thread and 0.40-0.42 against 0.47-0.62 on two (two launches fewer
+#: per image); they are stacked at batch 8 now, padded at batch 2.
 UKERNEL_STAGE_ELEMENTS = 64 * 2**10
 #: Winograd's per-call weight transform ``G w G^T`` (transposes, then the
 #: transform in registers), in plain-copy elements per transformed element,
@@ -251,9 +255,11 @@ WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 WINOGRAD_PACK_CHANNELS = 16
 #: Winograd, functional calls: the kernel transforms the weights itself (one
 #: block of output channels at a time, into scratch that stays in cache) when
-#: the batch has at most this many tiles, which one tile block then holds.
-#: Measured at batch 1 (at batch 8 the 7x7 images of ResNet-50's layer4 have
-#: 32 tiles on F(4x4,3x3), 128 on F(2x2,3x3): see winograd._plan_packing).  Past it, the
+#: the batch has at most this many tiles, which one tile block then holds
+#: (winograd.tile_block holds them in one block for prepacked weights too,
+#: when those exceed the L3 cache).  Measured at batch 1 (at batch 8 the 7x7
+#: images of ResNet-50's layer4 have 32 tiles on F(4x4,3x3), 128 on
+#: F(2x2,3x3): see winograd._plan_packing).  Past it, the
 #: block's transformed inputs (a^2 x tiles x C/g) leave L2 and are streamed
 #: once per block of output channels: with no limit, one thread, two
 #: alternating runs, VGG-16 conv3_2 on F(4x4,3x3) (196 tiles) took 23-27 ms
