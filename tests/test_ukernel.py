@@ -341,10 +341,10 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_few_channel_layers_read_a_channels_last_copy(channels):
     """NCHW layers with at most UKERNEL_FOLD_CHANNELS input channels (RGB first
-    layers) run on a channels-last copy of each image, so that the tap and
-    channel loops fold: one image's copy is the only scratch, and every image
-    of the batch gets its own output (all three images fit in
-    UKERNEL_STAGE_ELEMENTS: they are copied and run at once)."""
+    layers) run on a channels-last copy of the images, so that the tap and
+    channel loops fold: the copy is the only scratch (all three images fit
+    in UKERNEL_STAGE_ELEMENTS: they are copied and run at once), and every
+    image of the batch gets its own output."""
     from lowmem_numba._tuning import UKERNEL_FOLD_CHANNELS
 
     assert channels <= UKERNEL_FOLD_CHANNELS
@@ -365,10 +365,20 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1] is None
 
 
+@pytest.fixture
+def forget_plans():
+    """Memoised plans forgotten before and after the test (which patches what
+    planning sees; requested after ``monkeypatch``, it is torn down first)."""
+    ln._memo.clear_all()
+    yield
+    ln._memo.clear_all()
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("hw, k, padding, stride", [(7, 3, 1, 1), (7, 5, 2, 1), (9, 5, (3, 1), (2, 1)), (5, 7, 4, 2)])
 @pytest.mark.parametrize("fitting, images", [(1, 1), (2, 2), (3, 3), (5, 3)])
-def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, fitting, images, monkeypatch):
+def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, fitting, images, monkeypatch,
+                                                forget_plans):
     """Small images whose outputs are mostly border outputs are copied
     zero-padded (unless stacked: not here), so that every tile runs full, as
     many at a time as UKERNEL_STAGE_ELEMENTS holds (here ``fitting`` images)
@@ -379,15 +389,6 @@ def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, 
     padded_image = 20 * (hw + g.pad_top + g.pad_bottom) * (hw + 2 + g.pad_left + g.pad_right)
     monkeypatch.setattr(ukernel, "UKERNEL_STAGE_ELEMENTS", fitting * padded_image + padded_image - 1)
     monkeypatch.setattr(ukernel, "_stacks", lambda g: False)
-    ln._memo.clear_all()
-    try:
-        _check_small_images(layout, hw, k, padding, stride, images, g, padded_image)
-    finally:
-        ln._memo.clear_all()  # forget the plans made under the patched budget
-
-
-def _check_small_images(layout, hw, k, padding, stride, images, g, padded_image):
-    x_shape, w_shape = (3, 20, hw, hw + 2), (37, 20, k, k)
     name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")
     plan = ln._registry.get(name).plan(g, 2, layout, prepacked=True)
     assert plan.kernel.tiling[-1] == (layout == "NHWC", True, images)
