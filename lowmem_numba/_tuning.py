@@ -166,7 +166,8 @@ PIXELS_RUN_BYTES = 196608
 #: conv1 even.  With 16-48 channels (GoogLeNet's 5x5 layers) it gained
 #: nothing and the copy cost up to 10 %.
 UKERNEL_FOLD_CHANNELS = 4
-#: direct-ukernel copies each image zero-padded first when its output plane
+#: direct-ukernel copies each image zero-padded first (now its rows only: see
+#: ukernel._staging) when its output plane
 #: has at most UKERNEL_PAD_PIXELS outputs and those whose taps all fall inside
 #: the input are at most UKERNEL_PAD_INTERIOR of them: border outputs
 #: otherwise run as short runs and single pixels.  Padded against not (two

@@ -379,14 +379,15 @@ def forget_plans():
 @pytest.mark.parametrize("fitting, images", [(1, 1), (2, 2), (3, 3), (5, 3)])
 def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, fitting, images, monkeypatch,
                                                 forget_plans):
-    """Small images whose outputs are mostly border outputs are copied
-    zero-padded (unless stacked: not here), so that every tile runs full, as
+    """Small images whose outputs are mostly border outputs are copied with
+    their rows zero-padded (unless stacked: not here), so that every row runs
+    whole, as
     many at a time as UKERNEL_STAGE_ELEMENTS holds (here ``fitting`` images)
     in equal chunks of the batch of 3 (2 + 1 when two fit); the copy is the
     scratch."""
     x_shape, w_shape = (3, 20, hw, hw + 2), (37, 20, k, k)
     g = make_geometry(x_shape, w_shape, stride, padding)
-    padded_image = 20 * (hw + g.pad_top + g.pad_bottom) * (hw + 2 + g.pad_left + g.pad_right)
+    padded_image = 20 * hw * (hw + 2 + g.pad_left + g.pad_right)  # rows padded, not columns
     monkeypatch.setattr(ukernel, "UKERNEL_STAGE_ELEMENTS", fitting * padded_image + padded_image - 1)
     monkeypatch.setattr(ukernel, "_stacks", lambda g: False)
     name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")

@@ -61,8 +61,9 @@ most ``UKERNEL_FOLD_CHANNELS`` input channels (RGB first layers, whose
 3-step channel loop costs more than its work) the NCHW kernel therefore
 copies each image channels-last first (``C*H*W`` floats of scratch per image).
 Likewise an image of at most ``UKERNEL_PAD_PIXELS`` outputs that are mostly
-border outputs (a 7x7 image under a 3x3 or 5x5 kernel) is copied
-zero-padded, so that every tile runs full (:func:`_staging`).  A staged call
+border outputs (a 7x7 image under a 3x3 or 5x5 kernel) is copied with its
+rows zero-padded, so that every output row is one run of the interior
+(:func:`_staging`).  A staged call
 copies and runs as many images at a time as fit in ``UKERNEL_STAGE_ELEMENTS``
 (one, for a 224x224 RGB image).
 
@@ -450,29 +451,28 @@ def packed_elements(g) -> int:
 
 
 @njit(parallel=True, cache=True)
-def _stage(x, x_at, x_image, x_cstep, x_ystep, x_xstep, C, H, W, dest, images, channels_last, top, left, HP, WP):
+def _stage(x, x_at, x_image, x_cstep, x_ystep, x_xstep, C, H, W, dest, images, channels_last, left, WP):
     """``images`` images (``x_image`` elements apart from ``x_at``) copied
-    into ``dest`` one after the other, each as an ``HP x WP`` plane per
-    channel with the input at ``(top, left)`` and zeros around it,
+    into ``dest`` one after the other, each as an ``H x WP`` plane per channel
+    with the input rows at column ``left`` and zeros around them,
     channels-last or not."""
-    for row in prange(images * HP):
-        n = row // HP
-        yp = row - n * HP
-        y = yp - top
-        image_at = x_at + n * x_image
-        staged_at = n * C * HP * WP
+    for row in prange(images * H):
+        n = row // H
+        y = row - n * H
+        src_row = x_at + n * x_image + y * x_ystep
+        staged_at = n * C * H * WP
         for xp in range(WP):
             xx = xp - left
-            inside = 0 <= y < H and 0 <= xx < W
-            src = image_at + y * x_ystep + xx * x_xstep
+            inside = 0 <= xx < W
+            src = src_row + xx * x_xstep
             if channels_last:
-                at = staged_at + (yp * WP + xp) * C
+                at = staged_at + (y * WP + xp) * C
                 for c in range(C):
                     dest[(at + c) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
             else:
-                at = staged_at + yp * WP + xp
+                at = staged_at + y * WP + xp
                 for c in range(C):
-                    dest[(at + c * HP * WP) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
+                    dest[(at + c * H * WP) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
 
 
 def _pads(g):
@@ -492,9 +492,15 @@ def _staging(g, nhwc, stacked):
     * NCHW with at most ``UKERNEL_FOLD_CHANNELS`` channels (one group,
       dilation 1): channels-last, so that the tap and channel loops fold;
     * few outputs, mostly border ones (:func:`_pads`), unless the images are
-      ``stacked`` (see :func:`_stacks`): zero-padded, so that every output
-      is interior and the tiles run full (the border otherwise runs as short
-      runs and single pixels).
+      ``stacked`` (see :func:`_stacks`): each row zero-padded, so that no
+      column is a border one and the rows run as whole runs (the border
+      otherwise runs as short runs and single pixels), while the border rows
+      still reduce over their own kernel rows only.  Padded all round, every
+      tile ran full but the padding's products too: 7-10 % slower on one
+      thread at batch 1 (GoogLeNet's 7x7 5x5 layers 0.115 against 0.107 ms,
+      ResNet-50's layer4 3x3 2.46-2.52 against 2.18-2.27 ms, GoogLeNet's 5b
+      3x3 0.63-0.64 against 0.58; two alternating runs), within 3 % either
+      way on two.
 
     As many images as fit in ``UKERNEL_STAGE_ELEMENTS`` (at least one) are
     staged and run at once, in equal chunks of the batch.
@@ -511,19 +517,16 @@ def _staging(g, nhwc, stacked):
 
 def _staged_elements(g, padded):
     """float32 elements of one staged image."""
-    if not padded:
-        return g.in_channels * g.height * g.width
-    return g.in_channels * (g.height + g.pad_top + g.pad_bottom) * (g.width + g.pad_left + g.pad_right)
+    return g.in_channels * g.height * (g.width + (g.pad_left + g.pad_right if padded else 0))
 
 
 def _staged_geometry(g, staging):
-    """The geometry the kernel runs on for one chunk of staged images."""
+    """The geometry the kernel runs on for one chunk of staged images (a
+    zero-padded copy is padded along the rows only: see :func:`_staging`)."""
     _, padded, images = staging
     if not padded:
         return dataclasses.replace(g, batch=images)
-    return dataclasses.replace(g, batch=images, height=g.height + g.pad_top + g.pad_bottom,
-                               width=g.width + g.pad_left + g.pad_right, pad_top=0, pad_bottom=0, pad_left=0,
-                               pad_right=0)
+    return dataclasses.replace(g, batch=images, width=g.width + g.pad_left + g.pad_right, pad_left=0, pad_right=0)
 
 
 def _plan(g, threads, nhwc=False):
@@ -623,7 +626,7 @@ def _make_compute(nhwc):
             return
         channels_last, padded, images = staging
         C, H, W = g.in_channels, g.height, g.width
-        top, left = (g.pad_top, g.pad_left) if padded else (0, 0)
+        left = g.pad_left if padded else 0
         image, plane = C * H * W, g.out_channels * g.out_height * g.out_width
         pixel = C if nhwc else 1
         staged = KernelGeometry(*launched)
@@ -631,7 +634,7 @@ def _make_compute(nhwc):
             count = min(images, g.batch - n)
             if padded:
                 _stage(x, n * image, image, 1 if nhwc else H * W, W * pixel, pixel, C, H, W, scratch, count,
-                       channels_last, top, left, staged.height, staged.width)
+                       channels_last, left, staged.width)
             else:  # channels-last only
                 transpose_blocks(x, n * image, scratch, 0, count, C, H * W)
             chunk, tiles = launched, plane_tiles
@@ -667,8 +670,8 @@ for _name, _unsupported, _what, _claims in (
                     f"input read in place, borders by clipped taps, {'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula="g·⌈M/g/NR⌉·NR·C/g·kh·kw (packed weights; one NR·C/g·kh·kw block per "
                               "parallel item when a call packs them in the kernel: batch 1, or stacked images)"
-                              + " + k·C·Hp·Wp, a copy of k images (as many as fit in "
-                                f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): zero-padded (Hp·Wp) when "
+                              + " + k·C·H·Wp, a copy of k images (as many as fit in "
+                                f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): rows zero-padded (Wp) when "
                                 f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones, and the "
                                 "images are not stacked"
                               + ("" if _nhwc or _name.startswith("pointwise")
