@@ -195,6 +195,11 @@ UKERNEL_STACK_PIXELS = 196
 #: pixels (each streams the whole weight block).  Measured stacked over
 #: per-image at batch 8, one thread, against priced: ResNet-50 layer4 3x3
 #: stride 2 0.94 against 0.92, layer3 3x3 (14x14) 1.04 against 0.97.
+#: ``python perf/stack_speed.py`` (results/stack_speed.md) times every layer
+#: of the tables the rule considers: stacked, the 5x5 layers run at 0.73-0.91
+#: of the per-image walk, ResNet-50's layer4 stride 2 at 0.83-0.93; but since
+#: the small-image copy pads the rows only, 7x7 3x3 layers (priced 0.86) gain
+#: nothing (0.94-1.19), a loss the margin cannot tell from those gains.
 UKERNEL_STACK_MARGIN = 0.95
 #: direct-ukernel: float32 elements of the images staged (copied, then run) at
 #: once, a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5
