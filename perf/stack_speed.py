@@ -28,27 +28,24 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def candidate_layers():
-    """Distinct (C, M, H, W, k, stride, padding) of the tables that the
-    stacking rule considers, with a layer naming each."""
-    from lowmem_numba._tuning import UKERNEL_STACK_PIXELS
+def candidate_layers(batch):
+    """Distinct (C, M, H, W, k, stride, padding) of the tables' one-group
+    layers that the stacking rule considers at ``batch``, with a layer naming
+    each (depthwise layers have their own families)."""
+    from lowmem_numba._algorithms import ukernel
+    from lowmem_numba._geometry import make_geometry
     from lowmem_numba.bench import NETWORKS, layers
 
     seen = {}
     for layer in (layer for network in NETWORKS for layer in layers(network)):
-        if layer.groups != 1 or layer.kernel_h == 1:
-            continue  # depthwise layers have their own families; 1x1 layers have no border
         key = (layer.in_channels, layer.out_channels, layer.height, layer.width, layer.kernel_h, layer.stride,
                layer.padding)
-        seen.setdefault(key, f"{layer.network}/{layer.name}")
-    out = {}
-    for key, name in seen.items():
-        c, m, h, w, k, stride, padding = key
-        ho = (h + 2 * padding - k) // stride + 1
-        wo = (w + 2 * padding - k) // stride + 1
-        if ho * wo <= UKERNEL_STACK_PIXELS:
-            out[key] = name
-    return out
+        if layer.groups != 1 or key in seen:
+            continue
+        g = make_geometry((batch, *key[:1], *key[2:4]), (key[1], key[0], key[4], key[4]), key[5], key[6])
+        if ukernel._stacking_ratio(g) is not None:
+            seen[key] = f"{layer.network}/{layer.name}"
+    return seen
 
 
 def main(argv=None) -> None:
@@ -62,21 +59,15 @@ def main(argv=None) -> None:
     from lowmem_numba import _memo
     from lowmem_numba._algorithms import ukernel
     from lowmem_numba._geometry import make_geometry
-    from lowmem_numba._kernel_geometry import KernelGeometry, kernel_geometry
     from lowmem_numba._tuning import UKERNEL_STACK_MARGIN
     from lowmem_numba.bench import measure
 
     rule = ukernel._stacks
     rows = []
-    for (c, m, h, w, k, stride, padding), name in candidate_layers().items():
+    for (c, m, h, w, k, stride, padding), name in candidate_layers(args.batch).items():
         x_shape, w_shape = (args.batch, c, h, w), (m, c, k, k)
         g = make_geometry(x_shape, w_shape, stride, padding)
-        d = KernelGeometry(*kernel_geometry(g))
-        if ukernel._interior_pixels(d) == g.out_height * g.out_width:
-            continue  # no border
-        per_image = KernelGeometry(*kernel_geometry(
-            ukernel._staged_geometry(g, (False, True, 1)) if ukernel._pads(g) else g))
-        priced = ukernel._tiled_pixels(d, True) / ukernel._tiled_pixels(per_image, False)
+        priced = ukernel._stacking_ratio(g)
         rng = np.random.default_rng(0)
         x = rng.standard_normal(x_shape, dtype=np.float32)
         weight = rng.standard_normal(w_shape, dtype=np.float32)

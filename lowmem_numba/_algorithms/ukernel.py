@@ -224,12 +224,23 @@ def _stacks(g):
     11.4 against 9.1 ms on one thread), their 7-pixel rows over the images
     making more short tiles, each streaming the whole reduction's weights.
     """
+    ratio = _stacking_ratio(g)
+    return ratio is not None and ratio < UKERNEL_STACK_MARGIN
+
+
+def _stacking_ratio(g):
+    """The stacked walk's price over the per-image walk's (on the row-padded
+    copy where one would be made), both priced by :func:`_tiled_pixels`; None
+    where stacking is not considered (batch 1, planes over
+    ``UKERNEL_STACK_PIXELS`` outputs or without a border) or gains nothing
+    (no output reduces over any tap: every tap falls in the padding)."""
     d = KernelGeometry(*kernel_geometry(g))
     if (g.batch < 2 or g.out_height * g.out_width > UKERNEL_STACK_PIXELS
             or _interior_pixels(d) == g.out_height * g.out_width):
-        return False
+        return None
     per_image = KernelGeometry(*kernel_geometry(_staged_geometry(g, (False, True, 1)) if _pads(g) else g))
-    return _tiled_pixels(d, True) < UKERNEL_STACK_MARGIN * _tiled_pixels(per_image, False)
+    walked = _tiled_pixels(per_image, False)
+    return _tiled_pixels(d, True) / walked if walked else None
 
 
 # ----------------------------------------------------------------- the kernel

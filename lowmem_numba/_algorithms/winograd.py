@@ -562,10 +562,9 @@ def tile_block(g, name) -> int:
     11 MB) it cost 12 % (2.17 against 2.44 ms), so there blocks stay small.
     """
     _, alpha, tiles = _sizes(g, name)
-    everything = g.batch * tiles
-    if (everything <= WINOGRAD_IN_KERNEL_TILES
-            and FLOAT32_BYTES * packed_elements(g, name) > l3_bytes()):
-        return ceil_div(max(everything, 1), MR) * MR
+    whole = _whole_batch_block(g, name)
+    if whole is not None and FLOAT32_BYTES * packed_elements(g, name) > l3_bytes():
+        return whole
     per_tile = 4 * alpha * alpha * (g.channels_per_group + NR)
     fit = int(l2_bytes() * WINOGRAD_SLOT_CACHE_FRACTION) // (per_tile * MR)
     return MR * max(1, min(fit, ceil_div(max(tiles, 1), MR)))
@@ -672,11 +671,15 @@ def _plan_packing(g, threads, name):
     image, 32 in all; one thread) 18.5-20.7 ms against 10.6-11.0 transformed
     in the kernel.
     """
-    _, _, per_image = _sizes(g, name)
-    tiles = g.batch * per_image
-    if tiles > WINOGRAD_IN_KERNEL_TILES:
-        return None
-    return _plan(g, threads, name, block=ceil_div(tiles, MR) * MR, packs=True)
+    block = _whole_batch_block(g, name)
+    return None if block is None else _plan(g, threads, name, block=block, packs=True)
+
+
+def _whole_batch_block(g, name):
+    """A tile block holding every tile of the batch, in whole micro-kernel
+    tiles, when the batch has at most ``WINOGRAD_IN_KERNEL_TILES``; else None."""
+    tiles = g.batch * _sizes(g, name)[2]
+    return ceil_div(max(tiles, 1), MR) * MR if tiles <= WINOGRAD_IN_KERNEL_TILES else None
 
 
 def _plan(g, threads, name, block=None, packs=False):
