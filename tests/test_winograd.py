@@ -234,7 +234,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             # tile because the transformed weights exceed the L3 cache.
             whole = (tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
                      and 4 * winograd.packed_elements(g, name) > winograd.l3_bytes())
-            assert plan.workspace_bytes <= 2 * 2**20 or (whole and block >= tiles)
+            assert plan.workspace_bytes <= 2 * winograd.l2_bytes() or (whole and block >= tiles)
             functional = registry.get(name).plan(g, threads)
             if tiles <= winograd.WINOGRAD_IN_KERNEL_TILES:
                 # The kernel transforms the weights: one tile block of all
