@@ -87,10 +87,11 @@ from numba import prange
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half, transpose_block
 from .._layout import transpose_blocks
-from .._plan import KernelPlan
+from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
-from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_PLANE_BYTES, UKERNEL_NCHW_PLANE_STEP_COST,
+                       UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
                        UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN,
                        UKERNEL_STACK_PIXELS, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
@@ -581,6 +582,11 @@ def _plan(g, threads, nhwc=False):
     copy = _staged_elements(g, staging[1]) if staging else 0  # per image
     chunks = ceil_div(g.batch, staging[2]) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
+    # NCHW input on planes of a page or more: every (tile, channel block,
+    # channel, kernel row) starts a stream of its own (see
+    # UKERNEL_NCHW_PLANE_STEP_COST).
+    planar = not (nhwc or (staging and staging[0])) and FLOAT32_BYTES * d.height * d.width >= UKERNEL_NCHW_PLANE_BYTES
+    plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h if planar else 0  # per image
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
     return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, False, stacked,
@@ -588,7 +594,8 @@ def _plan(g, threads, nhwc=False):
                       scratch_elements=copy * (staging[2] if staging else 0),
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
-                                                + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))),
+                                                + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
+                                                + plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST),
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
