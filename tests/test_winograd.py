@@ -247,7 +247,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
                     alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64))
                     + (alpha + m) * m * block * winograd.NR
                     + r * r * (winograd.WINOGRAD_PACK_CHANNELS + 1) * winograd.NR
-                    + alpha * alpha * min(c, 128) * winograd.NR)
+                    + alpha * alpha * (min(c, 128) + 1) * winograd.NR)
             else:
                 # Per call: the transformed weights and the transform's scratch.
                 assert not functional.kernel.tiling[-1]

@@ -61,7 +61,8 @@ functional API builds per call, through per-thread staging of its own
 (:func:`lowmem_numba._microkernel.make_separable_transform`) and rounds once.
 Transformed inside the kernel, they take instead, per thread, their staging
 and one reduction block of them (r^2 (``WINOGRAD_PACK_CHANNELS`` + 1) NR +
-a^2 min(C/g, ``WINOGRAD_REDUCTION_BLOCK``) NR).
+a^2 (min(C/g, ``WINOGRAD_REDUCTION_BLOCK``) + 1) NR: each point's block one
+NR row longer than its channels, see :func:`_winograd_conv`).
 ``tile_block`` is chosen so that one thread's ``V`` and ``Z`` fill half of L2
 (:func:`tile_block`), at least one micro-kernel tile (``MR`` tiles).
 """
@@ -425,14 +426,25 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                     # Reduction blocks outside, points inside: each block's
                     # weights are transformed once into the slot's scratch,
                     # where they stay in cache for all points and tiles.
+                    # Each point's block is one NR row longer than its
+                    # channels: at depth * NR floats (16 KiB for 128
+                    # channels) the transform's a^2 stores per vector fell in
+                    # one L1 set and evicted each other.  On a 2-core Intel
+                    # Xeon, one thread, functional batch-1 calls, two
+                    # alternating runs each: F(4x4,3x3) on GoogLeNet's 4e
+                    # 3x3 (160 -> 320, 14x14) 1.25-1.28 -> 0.92 ms, AlexNet's
+                    # conv4 (384, 13x13) 3.41-3.44 -> 2.41-2.43, ResNet-50's
+                    # layer4 3x3 (512, 7x7) 4.25-4.40 -> 2.43-2.54;
+                    # F(2x2,3x3) 10-27 % faster.
                     first = (g * mg + mb * NR) * cg * taps
                     for c0 in range(0, cg, depth):
                         c1 = min(cg, c0 + depth)
                         _transform_channels(raw, first, cg * taps, nr, taps, c0, c1, WINOGRAD_PACK_CHANNELS,
                                             scratch[w_stage:u_off], offsets, variant, scratch, u_off,
-                                            depth * NR)
+                                            (depth + 1) * NR)
                         for t in range(points):
-                            _products(scratch, u_off + t * depth * NR, scratch, v_base + t * tile_block * cg + c0,
+                            _products(scratch, u_off + t * (depth + 1) * NR, scratch,
+                                      v_base + t * tile_block * cg + c0,
                                       cg, z_base + t * tile_block * NR, count, tile_block, c1 - c0,
                                       half, bias, 0 if c0 == 0 else ACCUMULATE)
                 else:
@@ -657,7 +669,7 @@ def _slot_elements(g, name, block, packs=False):
     # V and Z, the staged and row-transformed channels of a tile, R and Y;
     # when the kernel transforms the weights, their staging and one reduction
     # block of them.
-    weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * _reduction_block(g) * NR
+    weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * (_reduction_block(g) + 1) * NR
     return (alpha * alpha * (block * (cg + NR) + 2 * _stage_channels(g))
             + (alpha + m) * m * block * NR + (weights if packs else 0))
 
@@ -854,7 +866,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
             workspace_formula=f"{_alpha * _alpha}·M·C/g (transformed weights) + "
                               f"threads·{_alpha * _alpha}·tile_block·(C/g + NR); when a functional call's batch "
                               f"has at most {WINOGRAD_IN_KERNEL_TILES} tiles no transformed weights, instead per "
-                              f"thread {_alpha * _alpha}·min(C/g, {WINOGRAD_REDUCTION_BLOCK})·NR of them",
+                              f"thread {_alpha * _alpha}·(min(C/g, {WINOGRAD_REDUCTION_BLOCK}) + 1)·NR of them",
             unsupported=_unsupported(_name),
             packed_weight_elements=functools.partial(packed_elements, name=_name),
             pack_cost=WINOGRAD_PACK_COST[_name],
