@@ -299,5 +299,9 @@ WINOGRAD_IN_KERNEL_TILES = 64
 #: ``python perf/pack_speed.py`` (every weight shape of the tables on 14x14,
 #: results/pack_speed.md) then gave medians of 1.00, 0.74 and 1.66, and two
 #: later runs (depthwise shapes left out) 1.49, 0.79, 1.85 and 0.63, 0.58,
-#: 1.12: priced at about the median of the four, as UKERNEL_PACK_IN_KERNEL_COST.
-WINOGRAD_PACK_IN_KERNEL_COST = {"winograd-2x2-3x3": 0.95, "winograd-4x4-3x3": 0.65, "winograd-2x2-5x5": 1.45}
+#: 1.12.  Those ran with the transformed block's points 16 KiB apart (all in
+#: one L1 set); one NR row of padding per point (winograd._winograd_conv)
+#: then gave, on a 2-core Intel Xeon where the aliased layout had cost 1.20,
+#: 1.19 and 1.71, medians of 0.60, 0.50, 1.26 and 0.62, 0.54, 1.04 (two
+#: runs): priced at about those.
+WINOGRAD_PACK_IN_KERNEL_COST = {"winograd-2x2-3x3": 0.6, "winograd-4x4-3x3": 0.5, "winograd-2x2-5x5": 1.15}
