@@ -216,7 +216,11 @@ UKERNEL_STACK_PIXELS = 196
 #: of the per-image walk, ResNet-50's layer4 stride 2 at 0.83-0.93; but since
 #: the small-image copy pads the rows only, 7x7 3x3 layers (priced 0.86) gain
 #: nothing (0.94-1.19), a loss the margin cannot tell from those gains.
-UKERNEL_STACK_MARGIN = 0.95
+#: AlexNet's 13x13 3x3 layers (priced 0.933) gained nothing either, on an AMD
+#: EPYC (0.99-1.03) and on an Intel Xeon (0.89-1.12: 1.06 / 0.98 / 1.12 on
+#: one thread), where layer4 stride 2 (priced 0.917) ran at 0.95-0.99 and
+#: the 5x5 layers at 0.80-0.96: 0.925 keeps those and leaves AlexNet.
+UKERNEL_STACK_MARGIN = 0.925
 #: direct-ukernel: float32 elements of the images staged (copied, then run) at
 #: once, a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5
 #: layers hold 5.8-11 images in it: zero-padded, 8 at a time against one
