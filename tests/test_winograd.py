@@ -252,7 +252,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
                 # Per call: the transformed weights and the transform's scratch.
                 assert not functional.kernel.tiling[-1]
                 per_call = functional.workspace_elements - plan.workspace_elements
-                transformed = alpha * alpha * -(-mm // winograd.NR) * winograd.NR * c
+                transformed = alpha * alpha * (-(-mm // winograd.NR) * winograd.NR * c + winograd.NR)
                 assert per_call == transformed + winograd.pack_scratch_elements(g, threads, name)
             assert ln.workspace_bytes(name, x_shape, w_shape, padding=r // 2, threads=threads) == \
                 functional.workspace_bytes
@@ -369,8 +369,9 @@ def test_tile_block_shrinks_to_fit_memory_limit():
 @given(data=st.data())
 def test_transformed_weights_are_g_w_gt_rounded_once(name, data):
     """``U = G w G^T`` per kernel, computed in float64 and rounded once, in the
-    layout ``[group][point][channel block][C/g][NR]`` with lanes past M/g zero,
-    for channel counts on and off the transposes' ``VL x VL`` blocks."""
+    layout ``[group][point][channel block][C/g][NR]`` with lanes past M/g zero
+    and ``NR`` unused floats after each point's blocks (never written), for
+    channel counts on and off the transposes' ``VL x VL`` blocks."""
     m, r, _ = winograd.VARIANTS[name]
     alpha = m + r - 1
     groups = data.draw(st.integers(1, 2), label="groups")
@@ -391,6 +392,9 @@ def test_transformed_weights_are_g_w_gt_rounded_once(name, data):
         scratch = np.full(algorithm.pack_scratch_elements(g, threads), np.nan, np.float32)
         with ln._threads.kernel_threads(threads, blas=False):
             algorithm.pack_weights(w.reshape(-1), g, dest, scratch)
+        points = dest.reshape(groups * alpha * alpha, winograd.point_stride(g))
+        assert np.isnan(points[:, -nr:]).all()
+        dest = points[:, :-nr].reshape(-1)
         # One rounding of the float64 value: within half an ulp of it.
         np.testing.assert_array_less(np.abs(dest - expected), np.spacing(np.abs(expected).astype(np.float32)) * 0.5
                                      + 1e-12 * np.abs(u).max())

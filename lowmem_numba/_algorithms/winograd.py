@@ -55,7 +55,8 @@ Per thread: ``V`` (a^2 * tile_block * C/g), ``Z`` (a^2 * tile_block * NR),
 the staging of one tile's channels, at most ``WINOGRAD_STAGE_CHANNELS`` at a
 time (2 a^2 min(C/g, 64)), and the inverse transform's passes (a m + m^2)
 tile_block NR; plus the transformed weights ``a^2 * M * C/g`` (rounded up to
-NR channels per group), which a :class:`~lowmem_numba.Conv2d` keeps and the
+NR channels per group, and NR floats more per point and group: see
+:func:`point_stride`), which a :class:`~lowmem_numba.Conv2d` keeps and the
 functional API builds per call, through per-thread staging of its own
 (:func:`pack_scratch_elements`): the transform runs in float64 registers
 (:func:`lowmem_numba._microkernel.make_separable_transform`) and rounds once.
@@ -385,6 +386,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
     points = alpha * alpha
     cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
     m_blocks = (mg + NR - 1) // NR
+    point_step = m_blocks * cg * NR + NR  # point_stride
     tiles_x = (d.out_width + tile - 1) // tile
     tiles = ((d.out_height + tile - 1) // tile) * tiles_x
     span = d.batch * tiles  # a group's tiles over the batch: blocks run across images
@@ -449,7 +451,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                                       half, bias, 0 if c0 == 0 else ACCUMULATE)
                 else:
                     for t in range(points):
-                        w_at = ((g * points + t) * m_blocks + mb) * cg * NR
+                        w_at = (g * points + t) * point_step + mb * cg * NR
                         # The reduction over C/g runs in blocks of `depth`
                         # channels, each block's sums added into Z by the
                         # micro-kernel: blocked summation, as BLAS does (see
@@ -483,7 +485,8 @@ def _weight_transform(variant, src, s_off, s_step, dst, d_off, d_step):
 @njit(parallel=True, cache=True)
 def _pack(weight, dest, geometry, variant, alpha, channel_block, stages, slots):
     """``U = G w G^T`` per (output, input) channel, in float64, rounded once,
-    as ``[group][point][channel block][C/g][NR]`` (lanes past M/g zero).
+    as ``[group][point][channel block][C/g][NR]`` (lanes past M/g zero), each
+    point's blocks followed by ``NR`` unused floats (:func:`point_stride`).
 
     Items are (group, block of ``NR`` output channels), in ``slots`` equal
     runs, each slot working in its own part of ``stages`` (see
@@ -502,14 +505,14 @@ def _pack(weight, dest, geometry, variant, alpha, channel_block, stages, slots):
     # tap rows are not a multiple of 4 KiB apart (16 channels x 32 lanes x 4 B).
     stage_row = (channel_block + 1) * NR
     offsets = scatter_offsets(taps, channel_block + 1)
-    point_step = m_blocks * cg * NR
+    point_step = m_blocks * cg * NR + NR  # point_stride
     for slot in prange(slots):
         stage = stages[slot * taps * stage_row:(slot + 1) * taps * stage_row]
         for item in range(slot * items // slots, (slot + 1) * items // slots):
             g, mb = item // m_blocks, item % m_blocks
             _transform_channels(weight, (g * mg + mb * NR) * cg * taps, cg * taps, min(NR, mg - mb * NR), taps,
                                 0, cg, channel_block, stage, offsets, variant, dest,
-                                (g * points * m_blocks + mb) * cg * NR, point_step)
+                                g * points * point_step + mb * cg * NR, point_step)
 
 
 @njit(cache=True, nogil=True)
@@ -678,9 +681,20 @@ def _reduction_block(g):
     return min(WINOGRAD_REDUCTION_BLOCK, g.channels_per_group)
 
 
+def point_stride(g) -> int:
+    """Floats from one transform point's weights to the next in the
+    transformed weights: the point's ``ceil(M/g / NR) * C/g * NR``, plus
+    ``NR`` unused.  Without that row, the points of a layer whose C/g times
+    its channel blocks is a multiple of 32 were a multiple of 4 KiB apart,
+    so the a^2 stores of each transformed vector fell in one L1 set and
+    evicted each other: F(4x4,3x3) transformed 256 -> 256 channels in 1.60
+    ms, 250 or 257 input channels in 0.67-0.87 (Intel Xeon, one thread)."""
+    return ceil_div(g.out_channels_per_group, NR) * g.channels_per_group * NR + NR
+
+
 def packed_elements(g, name) -> int:
     _, alpha, _ = _sizes(g, name)
-    return g.groups * alpha * alpha * ceil_div(g.out_channels_per_group, NR) * NR * g.channels_per_group
+    return g.groups * alpha * alpha * point_stride(g)
 
 
 def _plan_within(g, threads, scratch_elements, name):
