@@ -233,8 +233,12 @@ UKERNEL_STAGE_ELEMENTS = 64 * 2**10
 #: by variant: medians 2.01, 2.02 and 3.24 over the layer tables' 3x3 and 5x5
 #: weights (same script).  The 5x5 transform has 6.7 multiply-adds per
 #: transformed element, the 3x3 ones 3.5.  When the transform ran in float64
-#: loops over memory, it cost 6-11 copies per element.
-WINOGRAD_PACK_COST = {"winograd-2x2-3x3": 2.0, "winograd-4x4-3x3": 2.0, "winograd-2x2-5x5": 3.2}
+#: loops over memory, it cost 6-11 copies per element.  Those medians were
+#: measured with the transform points a multiple of 4 KiB apart on most
+#: layers (winograd.point_stride); padded, on a 2-core Intel Xeon (where the
+#: aliased layout measured 1.31-1.50, 1.35-1.40 and 1.81-1.90), two runs gave
+#: 0.91 / 0.89, 0.78 / 0.80 and 1.45 / 1.48.
+WINOGRAD_PACK_COST = {"winograd-2x2-3x3": 0.9, "winograd-4x4-3x3": 0.8, "winograd-2x2-5x5": 1.5}
 #: Side of the square blocks layout transposes and weight repacking work in
 #: (a 32x32 float32 tile's reads and writes both stay in L1).
 TRANSPOSE_TILE = 32
