@@ -637,7 +637,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
     for channels ``m < mc`` with ``has_bias != 0``.
     Full vectors are stored whole, a partial last one element by element.
     3 vectors x 8 channels: 24 accumulators, 3 loads and 8 broadcasts per 24
-    FMAs, and 3 prefetches of the input ``PREFETCH_STEPS`` steps ahead.  Arrays are C-contiguous float32 (``offsets`` int64).
+    FMAs, and 3 prefetches of the input ``PREFETCH_STEPS`` steps ahead.
+    Arrays are C-contiguous float32 (``offsets`` int64).
     """
 
     def pixel_tile(typingctx, w, w_off, x, x_off, offsets, o_first, count, out, o_off, o_mstep, valid, mc,

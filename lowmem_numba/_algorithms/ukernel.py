@@ -559,7 +559,9 @@ def _plan(g, threads, nhwc=False):
     rectangle is priced as the kernel tiles it, at its share of the taps
     (:func:`_tiled_pixels`; the stacking decision prices the per-image walk
     alike, to compare like with like).  A staged call (see :func:`_staging`)
-    runs a chunk of images at a time on their copy.
+    runs a chunk of images at a time on their copy.  NCHW input planes of a
+    page or more add a stream start per tile, channel block, channel and
+    kernel row (``UKERNEL_NCHW_PLANE_STEP_COST``).
     """
     stacked = _stacks(g)
     staging = _staging(g, nhwc, stacked)
