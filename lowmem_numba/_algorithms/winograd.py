@@ -877,7 +877,7 @@ for _name, (_m, _r, _points) in VARIANTS.items():
             summary=f"Winograd F({_m}x{_m},{_r}x{_r}) at points {_point_text}: {_alpha * _alpha} "
                     f"products per tile block on the micro-kernel, transforms fused per thread, "
                     f"{'NHWC' if _nhwc else 'NCHW'}.",
-            workspace_formula=f"{_alpha * _alpha}·M·C/g (transformed weights) + "
+            workspace_formula=f"{_alpha * _alpha}·(M·C/g + g·NR) (transformed weights) + "
                               f"threads·{_alpha * _alpha}·tile_block·(C/g + NR); when a functional call's batch "
                               f"has at most {WINOGRAD_IN_KERNEL_TILES} tiles no transformed weights, instead per "
                               f"thread {_alpha * _alpha}·(min(C/g, {WINOGRAD_REDUCTION_BLOCK}) + 1)·NR of them",
