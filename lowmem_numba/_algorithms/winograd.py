@@ -386,7 +386,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
     points = alpha * alpha
     cg, mg, G = d.channels_per_group, d.out_channels_per_group, d.groups
     m_blocks = (mg + NR - 1) // NR
-    point_step = m_blocks * cg * NR + NR  # point_stride
+    point_step = _point_step(m_blocks, cg)
     tiles_x = (d.out_width + tile - 1) // tile
     tiles = ((d.out_height + tile - 1) // tile) * tiles_x
     span = d.batch * tiles  # a group's tiles over the batch: blocks run across images
@@ -439,14 +439,13 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                     # layer4 3x3 (512, 7x7) 4.25-4.40 -> 2.43-2.54;
                     # F(2x2,3x3) 10-27 % faster.
                     first = (g * mg + mb * NR) * cg * taps
+                    block_step = (depth + 1) * NR
                     for c0 in range(0, cg, depth):
                         c1 = min(cg, c0 + depth)
                         _transform_channels(raw, first, cg * taps, nr, taps, c0, c1, WINOGRAD_PACK_CHANNELS,
-                                            scratch[w_stage:u_off], offsets, variant, scratch, u_off,
-                                            (depth + 1) * NR)
+                                            scratch[w_stage:u_off], offsets, variant, scratch, u_off, block_step)
                         for t in range(points):
-                            _products(scratch, u_off + t * (depth + 1) * NR, scratch,
-                                      v_base + t * tile_block * cg + c0,
+                            _products(scratch, u_off + t * block_step, scratch, v_base + t * tile_block * cg + c0,
                                       cg, z_base + t * tile_block * NR, count, tile_block, c1 - c0,
                                       half, bias, 0 if c0 == 0 else ACCUMULATE)
                 else:
@@ -505,7 +504,7 @@ def _pack(weight, dest, geometry, variant, alpha, channel_block, stages, slots):
     # tap rows are not a multiple of 4 KiB apart (16 channels x 32 lanes x 4 B).
     stage_row = (channel_block + 1) * NR
     offsets = scatter_offsets(taps, channel_block + 1)
-    point_step = m_blocks * cg * NR + NR  # point_stride
+    point_step = _point_step(m_blocks, cg)
     for slot in prange(slots):
         stage = stages[slot * taps * stage_row:(slot + 1) * taps * stage_row]
         for item in range(slot * items // slots, (slot + 1) * items // slots):
@@ -681,6 +680,12 @@ def _reduction_block(g):
     return min(WINOGRAD_REDUCTION_BLOCK, g.channels_per_group)
 
 
+@njit(cache=True, nogil=True)
+def _point_step(m_blocks, cg):
+    """See :func:`point_stride`."""
+    return m_blocks * cg * NR + NR
+
+
 def point_stride(g) -> int:
     """Floats from one transform point's weights to the next in the
     transformed weights: the point's ``ceil(M/g / NR) * C/g * NR``, plus
@@ -689,7 +694,7 @@ def point_stride(g) -> int:
     so the a^2 stores of each transformed vector fell in one L1 set and
     evicted each other: F(4x4,3x3) transformed 256 -> 256 channels in 1.60
     ms, 250 or 257 input channels in 0.67-0.87 (Intel Xeon, one thread)."""
-    return ceil_div(g.out_channels_per_group, NR) * g.channels_per_group * NR + NR
+    return int(_point_step(ceil_div(g.out_channels_per_group, NR), g.channels_per_group))
 
 
 def packed_elements(g, name) -> int:
