@@ -680,10 +680,12 @@ def _reduction_block(g):
     return min(WINOGRAD_REDUCTION_BLOCK, g.channels_per_group)
 
 
-@njit(cache=True, nogil=True)
-def _point_step(m_blocks, cg):
-    """See :func:`point_stride`."""
+def _point_floats(m_blocks, cg):
+    """See :func:`point_stride`; compiled as ``_point_step`` for the kernels."""
     return m_blocks * cg * NR + NR
+
+
+_point_step = njit(cache=True, nogil=True)(_point_floats)
 
 
 def point_stride(g) -> int:
@@ -694,7 +696,8 @@ def point_stride(g) -> int:
     so the a^2 stores of each transformed vector fell in one L1 set and
     evicted each other: F(4x4,3x3) transformed 256 -> 256 channels in 1.60
     ms, 250 or 257 input channels in 0.67-0.87 (Intel Xeon, one thread)."""
-    return int(_point_step(ceil_div(g.out_channels_per_group, NR), g.channels_per_group))
+    # The plain function: planning runs no compiled code (tests/test_threads.py).
+    return _point_floats(ceil_div(g.out_channels_per_group, NR), g.channels_per_group)
 
 
 def packed_elements(g, name) -> int:
