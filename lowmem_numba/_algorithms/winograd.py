@@ -236,40 +236,39 @@ def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v
             base = ((n * H + y0) * W + x0) * C + g * cg + c0
             for i in range(alpha):
                 _transform(bt, x, base + i * W * C, C, buf, t_off + i * alpha * cs, cs, cs)
-        elif not nhwc and gather == 0:
-            # Channel by channel (see _gather_channels): a channel's rows of
-            # the tile, then the next channel's.
-            i0, i1 = max(0, -y0), min(alpha, H - y0)
-            j0, j1 = max(0, -x0), min(alpha, W - x0)
-            if i0 > 0 or j0 > 0 or i1 < alpha or j1 < alpha:
-                buf[p_off:p_off + alpha * alpha * cs] = 0.0
-            for c in range(cs):
-                plane = (n * C + g * cg + c0 + c) * H * W
-                for i in range(i0, i1):
-                    row = plane + (y0 + i) * W + x0
-                    at = p_off + i * alpha * cs + c
-                    for j in range(j0, j1):
-                        buf[at + j * cs] = x[row + j]
-            for i in range(alpha):
-                _transform(bt, buf, p_off + i * alpha * cs, cs, buf, t_off + i * alpha * cs, cs, cs)
         else:
-            # Stage the tile as [i][j][c] with its zeros.
-            step = cs if nhwc else gather
-            for cc in range(0, cs, step):
-                ce = min(cs, cc + step)
-                for i in range(alpha):
-                    for j in range(alpha):
-                        at = p_off + (i * alpha + j) * cs
-                        staged = buf[at + cc:at + ce]
-                        iy, ix = y0 + i, x0 + j
-                        if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                            staged[:] = 0.0
-                        elif nhwc:
-                            pixel = ((n * H + iy) * W + ix) * C + g * cg + c0 + cc
-                            staged[:] = x[pixel:pixel + ce - cc]
-                        else:
-                            plane = (n * C + g * cg + c0 + cc) * H * W + iy * W + ix
-                            staged[:] = x[plane:plane + (ce - cc) * H * W:H * W]
+            # Stage the tile as [i][j][c] with its zeros, then transform its rows.
+            if not nhwc and gather == 0:
+                # Channel by channel (see _gather_channels): a channel's rows
+                # of the tile, then the next channel's.
+                i0, i1 = max(0, -y0), min(alpha, H - y0)
+                j0, j1 = max(0, -x0), min(alpha, W - x0)
+                if i0 > 0 or j0 > 0 or i1 < alpha or j1 < alpha:
+                    buf[p_off:p_off + alpha * alpha * cs] = 0.0
+                for c in range(cs):
+                    plane = (n * C + g * cg + c0 + c) * H * W
+                    for i in range(i0, i1):
+                        row = plane + (y0 + i) * W + x0
+                        at = p_off + i * alpha * cs + c
+                        for j in range(j0, j1):
+                            buf[at + j * cs] = x[row + j]
+            else:
+                step = cs if nhwc else gather
+                for cc in range(0, cs, step):
+                    ce = min(cs, cc + step)
+                    for i in range(alpha):
+                        for j in range(alpha):
+                            at = p_off + (i * alpha + j) * cs
+                            staged = buf[at + cc:at + ce]
+                            iy, ix = y0 + i, x0 + j
+                            if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                                staged[:] = 0.0
+                            elif nhwc:
+                                pixel = ((n * H + iy) * W + ix) * C + g * cg + c0 + cc
+                                staged[:] = x[pixel:pixel + ce - cc]
+                            else:
+                                plane = (n * C + g * cg + c0 + cc) * H * W + iy * W + ix
+                                staged[:] = x[plane:plane + (ce - cc) * H * W:H * W]
             for i in range(alpha):
                 _transform(bt, buf, p_off + i * alpha * cs, cs, buf, t_off + i * alpha * cs, cs, cs)
         for k in range(alpha):
@@ -439,7 +438,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
                     # layer4 3x3 (512, 7x7) 4.25-4.40 -> 2.43-2.54;
                     # F(2x2,3x3) 10-27 % faster.
                     first = (g * mg + mb * NR) * cg * taps
-                    block_step = (depth + 1) * NR
+                    block_step = _point_step(1, depth)  # one NR row of padding, as point_stride
                     for c0 in range(0, cg, depth):
                         c1 = min(cg, c0 + depth)
                         _transform_channels(raw, first, cg * taps, nr, taps, c0, c1, WINOGRAD_PACK_CHANNELS,
@@ -671,7 +670,7 @@ def _slot_elements(g, name, block, packs=False):
     # V and Z, the staged and row-transformed channels of a tile, R and Y;
     # when the kernel transforms the weights, their staging and one reduction
     # block of them.
-    weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * (_reduction_block(g) + 1) * NR
+    weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * _point_floats(1, _reduction_block(g))
     return (alpha * alpha * (block * (cg + NR) + 2 * _stage_channels(g))
             + (alpha + m) * m * block * NR + (weights if packs else 0))
 
@@ -681,7 +680,10 @@ def _reduction_block(g):
 
 
 def _point_floats(m_blocks, cg):
-    """See :func:`point_stride`; compiled as ``_point_step`` for the kernels."""
+    """Floats of one transform point's weights for ``m_blocks`` channel blocks
+    of ``cg`` channels, plus one unused NR row (see :func:`point_stride`; the
+    in-kernel transform's blocks are one channel block of ``depth``); compiled
+    as ``_point_step`` for the kernels."""
     return m_blocks * cg * NR + NR
 
 
