@@ -5,8 +5,8 @@
   pixels and channels would change a guard.
 * direct-pixels against the float64 reference over hypothesis shapes (every
   stride, padding, dilation and groups; both layouts; batch > 1), rows and
-  channel counts spanning several tiles, planes read in place (1x1, stride 1)
-  with a moved-back last tile, NaN/inf propagation.
+  channel counts spanning several tiles, 1x1 stride-1 planes packed into
+  panels with a moved-back last tile, NaN/inf propagation.
 """
 
 import dataclasses
@@ -21,6 +21,7 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._geometry import make_geometry
+from lowmem_numba._tuning import PIXELS_RUN_BYTES
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -95,22 +96,40 @@ def test_nan_and_inf_propagate_as_in_reference(case, seed, layout):
     assert_nonfinite_like_reference(NAME, case, seed, layout, every=50)
 
 
+def _at_line_offset(a, floats):
+    """A C-contiguous copy of ``a`` starting ``floats`` floats past a cache line."""
+    store = np.empty(a.size + 32, np.float32)
+    start = (-store.ctypes.data // 4) % 16 + floats
+    view = store[start:start + a.size].reshape(a.shape)
+    view[...] = a
+    return view
+
+
+@pytest.mark.parametrize("line_offset", [0, 1, 4])
 @pytest.mark.parametrize("c, hw, m, groups", [(40, 7, 19, 1), (16, 14, 24, 1), (12, 12, 10, 2), (5, 8, 3, 1),
                                               (3, 23, 9, 1)])
-def test_planes_read_in_place(c, hw, m, groups):
-    """1x1, stride 1, no padding: the planes are read in place (no staged
-    copy), each plane one row whose last tile ends at the plane's end (49 and
-    196 pixels are not whole tiles), over a batch and both thread counts."""
+def test_planes_read_in_place(c, hw, m, groups, line_offset):
+    """1x1, stride 1, no padding: no staged copy; each plane is one row, its
+    last tile moved back to end at the plane's end (49 and 196 pixels are
+    not whole tiles), read in place when every tile starts on a cache line
+    (an aligned input, planes of whole lines: 64 and 144 pixels at
+    ``line_offset`` 0), else copied a run of tiles at a time into packed
+    panels (one per thread); over a batch and both thread counts."""
     rng = np.random.default_rng(hw)
-    x = rng.integers(-3, 4, (3, c, hw, hw)).astype(np.float32)
+    x = _at_line_offset(rng.integers(-3, 4, (3, c, hw, hw)).astype(np.float32), line_offset)
     w = rng.integers(-3, 4, (m, c // groups, 1, 1)).astype(np.float32)
     b = rng.integers(-3, 4, m).astype(np.float32)
     g = make_geometry(x.shape, w.shape, groups=groups)
     in_place = hw * hw >= pixels.SPAN
     assert pixels._in_place(g) == in_place
     plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
-    assert plan.workspace_elements == pixels._table_elements(g) + (0 if in_place else plan.kernel.scratch_elements
-                                                                   - pixels._table_elements(g))
+    table = pixels._table_elements(g)
+    if in_place:
+        unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
+        slots = 2 if plan.kernel.parallel_items > 1 else 1
+        assert plan.workspace_elements == table + slots * unit_block * c // groups * pixels.SPAN + 16
+    else:
+        assert plan.workspace_elements == plan.kernel.scratch_elements > table
     expected = conv2d_reference(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), groups)
     layer = ln.Conv2d(w, b, groups=groups, algorithm=NAME)
     for threads in (1, 2):
