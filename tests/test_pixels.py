@@ -107,29 +107,26 @@ def _at_line_offset(a, floats):
 
 @pytest.mark.parametrize("line_offset", [0, 1, 4])
 @pytest.mark.parametrize("c, hw, m, groups", [(40, 7, 19, 1), (16, 14, 24, 1), (12, 12, 10, 2), (5, 8, 3, 1),
-                                              (3, 23, 9, 1)])
+                                              (3, 23, 9, 1), (20, 4, 17, 1), (9, 1, 5, 1)])
 def test_planes_read_in_place(c, hw, m, groups, line_offset):
-    """1x1, stride 1, no padding: no staged copy; each plane is one row, its
-    last tile moved back to end at the plane's end (49 and 196 pixels are
-    not whole tiles), read in place when every tile starts on a cache line
-    (an aligned input, planes of whole lines: 64 and 144 pixels at
-    ``line_offset`` 0), else copied a run of tiles at a time into packed
-    panels (one per thread); over a batch and both thread counts."""
+    """1x1, stride 1, no padding: no staged copy; each plane is one row of
+    tiles, the last one short unless the plane is whole tiles (144 pixels
+    is; 49, 196, 64, 529, 16 and 1 are not).  Read in place when every tile
+    starts on a cache line (an aligned input, planes of whole lines: 144, 64
+    and 16 pixels at ``line_offset`` 0), else copied a run of tiles at a
+    time into packed panels (one per thread); over a batch and both thread
+    counts."""
     rng = np.random.default_rng(hw)
     x = _at_line_offset(rng.integers(-3, 4, (3, c, hw, hw)).astype(np.float32), line_offset)
     w = rng.integers(-3, 4, (m, c // groups, 1, 1)).astype(np.float32)
     b = rng.integers(-3, 4, m).astype(np.float32)
     g = make_geometry(x.shape, w.shape, groups=groups)
-    in_place = hw * hw >= pixels.SPAN
-    assert pixels._in_place(g) == in_place
+    assert pixels._in_place(g)
     plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
-    table = pixels._table_elements(g)
-    if in_place:
-        unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
-        slots = 2 if plan.kernel.parallel_items > 1 else 1
-        assert plan.workspace_elements == table + slots * unit_block * c // groups * pixels.SPAN + 16
-    else:
-        assert plan.workspace_elements == plan.kernel.scratch_elements > table
+    unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
+    slots = 2 if plan.kernel.parallel_items > 1 else 1
+    assert plan.workspace_elements == (pixels._table_elements(g)
+                                       + slots * unit_block * c // groups * pixels.SPAN + 16)
     expected = conv2d_reference(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), groups)
     layer = ln.Conv2d(w, b, groups=groups, algorithm=NAME)
     for threads in (1, 2):

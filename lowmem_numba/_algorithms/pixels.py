@@ -16,20 +16,19 @@ input through a table of one offset per (channel, tap).
 Input
 -----
 A 1x1 kernel at stride 1 without padding needs no padded copy: each image's
-planes are one row of ``H*W`` pixels, and each thread copies its runs of
-tiles (below) into a packed panel, tile by tile, the ``SPAN`` pixels of
-every input channel contiguous (a row's last tile, in whole vectors, is
-moved back to end at the row's end, rewriting up to ``SPAN - 1`` of its
-predecessor's outputs with the same values).  Read in place instead, every
-reduction step loads from a new plane (a new page) at whatever alignment
-numpy gave the input: on the Intel Xeon kind, one thread, in-place reads ran
-1x1 256->128 on 56x56 at 144-152 GFLOP/s from a 16-byte-aligned input and
-166-167 from a 64-byte-aligned one; the panels, which start on a cache line,
-made the input's alignment irrelevant (152-159 either way) and ran as fast
-as or faster than in-place reads on every 1x1 layer tried, M = 32 to 1024
-(interleaved in one process, best of 11, torch at 145-170 alongside).
-The copy is not priced as moved elements: it runs from cache and replaces
-the in-place reads it saves.
+planes are one row of ``H*W`` pixels.  The tiles read them in place when
+every tile's input starts on a cache line (a 64-byte-aligned input, planes
+of whole lines); otherwise each thread copies its runs of tiles (below) into
+a packed panel that starts on a line, tile by tile, the ``SPAN`` pixels of
+every input channel contiguous (a short last tile zero-padded to whole
+vectors).  Read in place from a misaligned input, every vector load straddles
+two lines: on the Intel Xeon kind, one thread, 1x1 256->128 on 56x56 ran at
+144-152 GFLOP/s from a 16-byte-aligned input and 166-167 from a
+64-byte-aligned one; the panels made the alignment irrelevant (152-159
+either way), while on an aligned input they cost 2-5 % (ResNet's 1x1
+layers, interleaved in one process, best of 24; torch at 145-170
+alongside).  The copy is not priced as moved elements: it runs from cache
+and replaces reads that cost as much.
 Any other layer first copies each image into a zero-padded
 buffer split by column phase (``stride_w`` phases of every padded row), so
 that the input of a tap for consecutive output pixels is consecutive at any
@@ -103,19 +102,25 @@ def _fill_offsets(table, d, in_place, staged_rows, phase_len):
 
 @njit(cache=True, nogil=True)
 def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, row_len):
-    """Copy the input of ``count`` consecutive whole tiles of one row into
+    """Copy the input of ``count`` consecutive tiles of one row into
     ``panels`` from ``panel`` on, tile by tile, each as ``reduction`` runs
     of ``SPAN`` floats (its input at every step, contiguous): tile ``t``
-    covers pixels ``x0 = first_x0 + t*SPAN``, moved back to end at the row's
-    end (``x0 <= row_len - SPAN``)."""
+    covers pixels ``first_x0 + t*SPAN`` on, up to ``SPAN`` of them before
+    the row's end.  A short last tile's runs are zero-padded to whole
+    vectors (lanes never stored, but whatever lay there could be denormal
+    numbers, which cost a microcode assist per FMA on some CPUs)."""
     for t in range(count):
-        src = x_at + min(first_x0 + t * SPAN, row_len - SPAN)
+        x0 = first_x0 + t * SPAN
+        valid = min(SPAN, row_len - x0)
+        lanes = (valid + VL - 1) // VL * VL
         dst = panel + t * reduction * SPAN
         for k in range(reduction):
-            at = src + offsets[k]
+            at = x_at + x0 + offsets[k]
             to = dst + k * SPAN
-            for q in range(SPAN):
+            for q in range(valid):
                 panels[(to + q) & NONNEG] = x[(at + q) & NONNEG]
+            for q in range(valid, lanes):
+                panels[(to + q) & NONNEG] = np.float32(0.0)
 
 
 @njit(parallel=True, cache=True)
@@ -126,8 +131,9 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     items shared by ``slots`` threads.  ``table_store`` holds two int64
     offset tables: the input's, and that of a tile in a packed panel.
     ``in_place`` (1x1 planes, one row each): the tiles read the planes where
-    they are if every tile starts on a cache line, else each slot copies a
-    run of tiles into its share of ``panels`` and the tiles read it there."""
+    they are if every tile starts on a cache line (then a plane is whole
+    vectors, which the tiles read exactly), else each slot copies a run of
+    tiles into its share of ``panels`` and the tiles read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     tables = table_store.view(np.int64)
@@ -169,9 +175,6 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
                         x0 = unit % tiles * SPAN
                         valid = min(SPAN, row_len - x0)
                         vectors = (valid + VL - 1) // VL
-                        if in_place:  # whole tiles, the last one moved back (rewriting outputs with equal values)
-                            x0 = min(x0, row_len - SPAN)
-                            valid, vectors = SPAN, PIXEL_VECTORS
                         src, src_at, table = x, n * x_image + g * x_group + r * row_step + x0, offsets
                         if pack:
                             src, src_at, table = panels, panel + (unit - run) * reduction * SPAN, packed_offsets
@@ -231,11 +234,10 @@ def _pack(w, wp, geometry):
 # ----------------------------------------------------------------- plan
 
 def _in_place(g):
-    """Whether the kernel reads the input planes as they are: a 1x1 kernel at
-    stride 1 without padding, on planes of at least one full tile (so that
-    a moved-back last tile stays in its plane)."""
+    """Whether the input needs no padded copy: a 1x1 kernel at stride 1
+    without padding (each plane is then one row of ``H*W`` pixels)."""
     return ((g.kernel_h, g.kernel_w) == (1, 1) and g.stride == (1, 1)
-            and not any(p for pair in g.padding for p in pair) and g.height * g.width >= SPAN)
+            and not any(p for pair in g.padding for p in pair))
 
 
 def _staged_shape(g):
@@ -262,9 +264,8 @@ def _plan(g, threads):
         row = g.stride_w * phase_len
         x_image, x_group, row_step = 0, g.channels_per_group * staged_rows * row, g.stride_h * row
         staged = g.in_channels * staged_rows * row
-    # Lanes computed, channels in whole blocks: whole vectors of every row;
-    # in place, whole tiles (a 7x7 plane computes 96 lanes for 49 pixels).
-    pixels = units * SPAN if in_place else rows * ceil_div(row_len, VL) * VL
+    # Lanes computed: whole vectors of every row, channels in whole blocks.
+    pixels = rows * ceil_div(row_len, VL) * VL
     table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
