@@ -559,9 +559,10 @@ def _plan(g, threads, nhwc=False):
     rectangle is priced as the kernel tiles it, at its share of the taps
     (:func:`_tiled_pixels`; the stacking decision prices the per-image walk
     alike, to compare like with like).  A staged call (see :func:`_staging`)
-    runs a chunk of images at a time on their copy.  NCHW input planes of a
-    page or more add a stream start per tile, channel block, channel and
-    kernel row (``UKERNEL_NCHW_PLANE_STEP_COST``).
+    runs a chunk of images at a time on their copy.  NCHW input adds a
+    stream start per tile, channel block, channel and kernel row
+    (``UKERNEL_NCHW_PLANE_STEP_COST``), scaled by the share of a page a
+    plane is (at most 1).
     """
     stacked = _stacks(g)
     staging = _staging(g, nhwc, stacked)
@@ -584,11 +585,12 @@ def _plan(g, threads, nhwc=False):
     copy = _staged_elements(g, staging[1]) if staging else 0  # per image
     chunks = ceil_div(g.batch, staging[2]) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
-    # NCHW input on planes of a page or more: every (tile, channel block,
-    # channel, kernel row) starts a stream of its own (see
-    # UKERNEL_NCHW_PLANE_STEP_COST).
-    planar = not (nhwc or (staging and staging[0])) and FLOAT32_BYTES * d.height * d.width >= UKERNEL_NCHW_PLANE_BYTES
-    plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h if planar else 0  # per image
+    # NCHW input: every (tile, channel block, channel, kernel row) starts a
+    # stream of its own, on a new page for the share of steps a plane is of
+    # a page (see UKERNEL_NCHW_PLANE_STEP_COST).
+    planar = not (nhwc or (staging and staging[0]))
+    page_share = min(1.0, FLOAT32_BYTES * d.height * d.width / UKERNEL_NCHW_PLANE_BYTES) if planar else 0.0
+    plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h * page_share  # per image
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
     return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, False, stacked,
@@ -597,7 +599,7 @@ def _plan(g, threads, nhwc=False):
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
-                                                + plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST),
+                                                + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)),
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
