@@ -108,7 +108,7 @@ def _at_line_offset(a, floats):
 @pytest.mark.parametrize("line_offset", [0, 1, 4])
 @pytest.mark.parametrize("c, hw, m, groups", [(40, 7, 19, 1), (16, 14, 24, 1), (12, 12, 10, 2), (5, 8, 3, 1),
                                               (3, 23, 9, 1), (20, 4, 17, 1), (9, 1, 5, 1)])
-def test_planes_read_in_place(c, hw, m, groups, line_offset):
+def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
     """1x1, stride 1, no padding: no staged copy; each plane is one row of
     tiles, the last one short unless the plane is whole tiles (144 pixels
     is; 49, 196, 64, 529, 16 and 1 are not).  Read in place when every tile
@@ -116,21 +116,37 @@ def test_planes_read_in_place(c, hw, m, groups, line_offset):
     and 16 pixels at ``line_offset`` 0), else copied a run of tiles at a
     time into packed panels (one per thread); over a batch and both thread
     counts."""
-    rng = np.random.default_rng(hw)
-    x = _at_line_offset(rng.integers(-3, 4, (3, c, hw, hw)).astype(np.float32), line_offset)
+    _check_pointwise((3, c, hw, hw), m, groups, (1, 1), line_offset)
+
+
+@pytest.mark.parametrize("shape, stride", [((3, 24, 28, 28), (2, 2)), ((2, 10, 13, 9), (2, 3)),
+                                           ((1, 7, 14, 14), (3, 1)), ((2, 5, 3, 2), (2, 2)),
+                                           ((1, 6, 30, 200), (1, 4))])
+def test_strided_pointwise_planes_are_gathered(shape, stride):
+    """1x1 at a stride, no padding: the output planes are rows of tiles as at
+    stride 1, each tile's input gathered into the panels (odd sizes, output
+    rows that end inside a tile, a 2x1 output)."""
+    _check_pointwise(shape, 11, 1, stride, 1)
+
+
+def _check_pointwise(x_shape, m, groups, stride, line_offset):
+    rng = np.random.default_rng(x_shape[2])
+    c = x_shape[1]
+    x = _at_line_offset(rng.integers(-3, 4, x_shape).astype(np.float32), line_offset)
     w = rng.integers(-3, 4, (m, c // groups, 1, 1)).astype(np.float32)
     b = rng.integers(-3, 4, m).astype(np.float32)
-    g = make_geometry(x.shape, w.shape, groups=groups)
-    assert pixels._in_place(g)
+    g = make_geometry(x.shape, w.shape, stride, groups=groups)
+    assert pixels._pointwise(g)
     plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
     unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
     slots = 2 if plan.kernel.parallel_items > 1 else 1
     assert plan.workspace_elements == (pixels._table_elements(g)
                                        + slots * unit_block * c // groups * pixels.SPAN + 16)
-    expected = conv2d_reference(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), groups)
-    layer = ln.Conv2d(w, b, groups=groups, algorithm=NAME)
+    expected = conv2d_reference(x, w, b, stride, ((0, 0), (0, 0)), (1, 1), groups)
+    layer = ln.Conv2d(w, b, stride=stride, groups=groups, algorithm=NAME)
     for threads in (1, 2):
-        np.testing.assert_array_equal(ln.conv2d(x, w, b, groups=groups, algorithm=NAME, threads=threads), expected)
+        np.testing.assert_array_equal(ln.conv2d(x, w, b, stride, groups=groups, algorithm=NAME, threads=threads),
+                                      expected)
         np.testing.assert_array_equal(layer(x), expected)
 
 

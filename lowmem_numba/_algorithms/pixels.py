@@ -15,13 +15,17 @@ input through a table of one offset per (channel, tap).
 
 Input
 -----
-A 1x1 kernel at stride 1 without padding needs no padded copy: each image's
-planes are one row of ``H*W`` pixels.  The tiles read them in place when
-every tile's input starts on a cache line (a 64-byte-aligned input, planes
-of whole lines); otherwise each thread copies its runs of tiles (below) into
-a packed panel that starts on a line, tile by tile, the ``SPAN`` pixels of
-every input channel contiguous (a short last tile zero-padded to whole
-vectors).  Read in place from a misaligned input, every vector load straddles
+A 1x1 kernel without padding needs no padded copy: each output plane is one
+row of ``Ho*Wo`` pixels.  At stride 1 the tiles read the input planes in
+place when every tile's input starts on a cache line (a 64-byte-aligned
+input, planes of whole lines); otherwise each thread copies its runs of
+tiles (below) into a packed panel that starts on a line, tile by tile, the
+``SPAN`` pixels of every input channel contiguous (a short last tile
+zero-padded to whole vectors), gathered from every ``stride``-th row and
+column at a stride.  Staged by rows instead, ResNet-50's 1x1 stride-2
+downsample (512->1024, 28x28 -> 14x14) ran at half direct-ukernel's speed:
+14 pixels per row fill one vector, whose steps then issue 9 loads for 8
+FMAs.  Read in place from a misaligned input, every vector load straddles
 two lines: on the Intel Xeon kind, one thread, 1x1 256->128 on 56x56 ran at
 144-152 GFLOP/s from a 16-byte-aligned input and 166-167 from a
 64-byte-aligned one; the panels made the alignment irrelevant (152-159
@@ -42,7 +46,7 @@ Threads
 Items are (image x group) x channel-block chunks x chunks of (row, tile)
 units, cut by :func:`lowmem_numba._split.split_work`; each of ``min(threads,
 items)`` slots takes a contiguous share of them and owns one panel (1x1
-stride 1).  Inside an item, runs of
+without padding).  Inside an item, runs of
 tiles whose input fits ``PIXELS_RUN_BYTES`` are swept once per channel block,
 so the input stays in cache and the outputs go to one block's planes at a
 time: with every block over each tile instead (64 planes written at once on
@@ -83,15 +87,15 @@ def _run_tile(vectors, w, w_at, x, x_at, offsets, count, out, o_at, o_mstep, val
 
 
 @njit(cache=True, nogil=True)
-def _fill_offsets(table, d, in_place, staged_rows, phase_len):
+def _fill_offsets(table, d, pointwise, staged_rows, phase_len):
     """The input offset of every (channel, tap) of a group, in the weights'
-    (c, i, j) order: in place, channel planes; staged, see :func:`_stage`."""
+    (c, i, j) order: pointwise, channel planes; staged, see :func:`_stage`."""
     row = d.stride_w * phase_len
     k = 0
     for c in range(d.channels_per_group):
         for i in range(d.kernel_h):
             for j in range(d.kernel_w):
-                if in_place:
+                if pointwise:
                     table[k] = c * d.height * d.width
                 else:
                     column = j * d.dilation_w
@@ -101,44 +105,62 @@ def _fill_offsets(table, d, in_place, staged_rows, phase_len):
 
 
 @njit(cache=True, nogil=True)
-def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, row_len):
-    """Copy the input of ``count`` consecutive tiles of one row into
-    ``panels`` from ``panel`` on, tile by tile, each as ``reduction`` runs
-    of ``SPAN`` floats (its input at every step, contiguous): tile ``t``
-    covers pixels ``first_x0 + t*SPAN`` on, up to ``SPAN`` of them before
-    the row's end.  A short last tile's runs are zero-padded to whole
-    vectors (lanes never stored, but whatever lay there could be denormal
-    numbers, which cost a microcode assist per FMA on some CPUs)."""
+def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, d):
+    """Copy the input of ``count`` consecutive tiles of a 1x1 layer's output
+    planes (one row of ``Ho*Wo`` pixels each) into ``panels`` from ``panel``
+    on, tile by tile, each as ``reduction`` runs of ``SPAN`` floats (its
+    input at every step, contiguous): tile ``t`` covers output pixels
+    ``first_x0 + t*SPAN`` on, up to ``SPAN`` of them before the plane's end,
+    pixel ``(y, x)`` reading input pixel ``(y*stride_h, x*stride_w)``.  A
+    short last tile's runs are zero-padded to whole vectors (lanes never
+    stored, but whatever lay there could be denormal numbers, which cost a
+    microcode assist per FMA on some CPUs)."""
+    Wo = d.out_width
+    row_len = d.out_height * Wo
+    dense = d.stride_h == 1 and d.stride_w == 1
     for t in range(count):
         x0 = first_x0 + t * SPAN
         valid = min(SPAN, row_len - x0)
         lanes = (valid + VL - 1) // VL * VL
         dst = panel + t * reduction * SPAN
         for k in range(reduction):
-            at = x_at + x0 + offsets[k]
             to = dst + k * SPAN
-            for q in range(valid):
-                panels[(to + q) & NONNEG] = x[(at + q) & NONNEG]
+            if dense:
+                at = x_at + x0 + offsets[k]
+                for q in range(valid):
+                    panels[(to + q) & NONNEG] = x[(at + q) & NONNEG]
+            else:  # the tile's pixels row by row: a strided run per output row
+                q = 0
+                y, xx = x0 // Wo, x0 % Wo
+                while q < valid:
+                    run = min(Wo - xx, valid - q)
+                    at = x_at + offsets[k] + y * d.stride_h * d.width + xx * d.stride_w
+                    for u in range(run):
+                        panels[(to + q + u) & NONNEG] = x[(at + u * d.stride_w) & NONNEG]
+                    q += run
+                    xx = 0
+                    y += 1
             for q in range(valid, lanes):
                 panels[(to + q) & NONNEG] = np.float32(0.0)
 
 
 @njit(parallel=True, cache=True)
 def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
-                 in_place, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots):
+                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
     items shared by ``slots`` threads.  ``table_store`` holds two int64
     offset tables: the input's, and that of a tile in a packed panel.
-    ``in_place`` (1x1 planes, one row each): the tiles read the planes where
-    they are if every tile starts on a cache line (then a plane is whole
-    vectors, which the tiles read exactly), else each slot copies a run of
-    tiles into its share of ``panels`` and the tiles read it there."""
+    ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
+    the tiles read the input planes where they are if the stride is 1 and
+    every tile starts on a cache line (then a plane is whole vectors, which
+    the tiles read exactly), else each slot copies a run of tiles into its
+    share of ``panels`` and the tiles read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     tables = table_store.view(np.int64)
     offsets, packed_offsets = tables[:reduction], tables[reduction:2 * reduction]
-    _fill_offsets(offsets, d, in_place, staged_rows, phase_len)
+    _fill_offsets(offsets, d, pointwise, staged_rows, phase_len)
     for k in range(reduction):
         packed_offsets[k] = k * SPAN
     G, M = d.groups, d.out_channels
@@ -153,7 +175,7 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     # Tiles start SPAN floats apart, planes H*W: all on cache lines if the
     # first does and a plane is whole lines.  Panels start on a line.
     aligned = x.ctypes.data % (LINE * FLOAT32_BYTES) == 0 and (d.height * d.width) % LINE == 0
-    pack = in_place and not aligned
+    pack = pointwise and not (aligned and d.stride_h == 1 and d.stride_w == 1)
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pack else 0
     for slot in prange(slots):
         panel = first + slot * panel_size
@@ -168,7 +190,7 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
                 run_end = min(u_end, run + unit_block)
                 if pack:  # one row: unit = tile
                     _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run * SPAN,
-                              run_end - run, row_len)
+                              run_end - run, d)
                 for mb in range(mb0, mb1):
                     for unit in range(run, run_end):
                         r = unit // tiles
@@ -233,11 +255,11 @@ def _pack(w, wp, geometry):
 
 # ----------------------------------------------------------------- plan
 
-def _in_place(g):
-    """Whether the input needs no padded copy: a 1x1 kernel at stride 1
-    without padding (each plane is then one row of ``H*W`` pixels)."""
-    return ((g.kernel_h, g.kernel_w) == (1, 1) and g.stride == (1, 1)
-            and not any(p for pair in g.padding for p in pair))
+def _pointwise(g):
+    """Whether the input needs no padded copy: a 1x1 kernel without padding
+    (each output plane is then one row of ``Ho*Wo`` pixels, read in place
+    or gathered into panels at any stride)."""
+    return (g.kernel_h, g.kernel_w) == (1, 1) and not any(p for pair in g.padding for p in pair)
 
 
 def _staged_shape(g):
@@ -250,13 +272,13 @@ def _staged_shape(g):
 def _plan(g, threads):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return KernelPlan(tiling=(), parallel_items=1)
-    in_place = _in_place(g)
-    rows, row_len = (1, g.out_height * g.out_width) if in_place else (g.out_height, g.out_width)
-    images = g.batch if in_place else 1  # staged: one image per launch
+    pointwise = _pointwise(g)
+    rows, row_len = (1, g.out_height * g.out_width) if pointwise else (g.out_height, g.out_width)
+    images = g.batch if pointwise else 1  # staged: one image per launch
     blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)
     units = rows * ceil_div(row_len, SPAN)
     split = split_work(images * g.groups, blocks, max(1, units), threads, min_rows=1, min_cols=1)
-    if in_place:
+    if pointwise:
         x_image, x_group, row_step = g.in_channels * g.height * g.width, g.channels_per_group * g.height * g.width, 0
         staged = 0
     else:
@@ -269,14 +291,19 @@ def _plan(g, threads):
     table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
-    panels = _panel_elements(g, slots, unit_block) if in_place else 0
-    tiling = (images, x_image, x_group, row_step, rows, row_len, in_place, split.row_blocks, split.col_tiles,
+    # A strided 1x1 layer's panels gather every input value a tile reads, once
+    # per chunk of channel blocks (stride 1: a copy that replaces reads of
+    # equal cost, or none; see the module docstring).
+    strided = pointwise and g.stride != (1, 1)
+    gathered = g.in_channels * g.out_height * g.out_width * split.row_blocks if strided else 0
+    panels = _panel_elements(g, slots, unit_block) if pointwise else 0
+    tiling = (images, x_image, x_group, row_step, rows, row_len, pointwise, split.row_blocks, split.col_tiles,
               unit_block, table, staged, slots, panels)
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
                       gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
                               g.channels_per_group * g.kernel_taps),),
-                      moved_elements=g.batch * staged, parallel_items=split.items,
-                      launches=1 if in_place else 2 * g.batch)
+                      moved_elements=g.batch * (staged + gathered), parallel_items=split.items,
+                      launches=1 if pointwise else 2 * g.batch)
 
 
 def _table_elements(g):
@@ -293,12 +320,12 @@ def _panel_elements(g, slots, unit_block):
 def _compute(x, weights, bias, out, scratch, g, kernel):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return
-    (images, x_image, x_group, row_step, rows, row_len, in_place, m_chunks, u_chunks, unit_block, table,
+    (images, x_image, x_group, row_step, rows, row_len, pointwise, m_chunks, u_chunks, unit_block, table,
      staged, slots, panels) = kernel.tiling
     geometry = kernel_geometry(g)
     table_store = scratch[:table]
     panel_store = scratch[table + staged:table + staged + panels]
-    if in_place:
+    if pointwise:
         _pixels_conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
                      rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots)
         return
@@ -327,10 +354,10 @@ register(Algorithm(
     calls_blas=False,
     summary=f"Direct convolution on an own register tile of {PIXEL_CHANNELS} output channels by "
             f"{SPAN} output pixels (pixels in the lanes, stored straight into NCHW planes); "
-            "1x1 stride-1 layers copy runs of tiles into packed panels, others stage a zero-padded copy split by "
-            "column phase.",
+            "1x1 layers without padding read the input in place or gather runs of tiles into packed panels, "
+            "others stage a zero-padded copy split by column phase.",
     workspace_formula=f"g·⌈M/g/{PIXEL_CHANNELS}⌉·{PIXEL_CHANNELS}·C/g·kh·kw (packed weights) "
-                      "+ C·rows·stride_w·(Wo + slack) (a padded copy of one image), or for 1x1, stride 1, no "
+                      "+ C·rows·stride_w·(Wo + slack) (a padded copy of one image), or for 1x1 without "
                       f"padding: threads·run·C/g·{SPAN} + 16 (packed input panels; run = tiles of {SPAN} pixels "
                       f"whose input fits {PIXELS_RUN_BYTES // 1024} KiB)",
     unsupported=lambda g: None,
