@@ -157,8 +157,9 @@ UKERNEL_NCHW_STORE_COST = 0.6
 #: channel and kernel row starts a stream no hardware prefetcher follows (the
 #: tile kernels' own prefetch hides part of it), on a new page for the share
 #: of steps a plane is of UKERNEL_NCHW_PLANE_BYTES (a page; at most all of
-#: them).  In plain-copy elements per start on a new page.  On a 2-core Intel Xeon (AVX-512, 2 MiB L2), one thread, best of
-#: three alternating processes, the model without it predicted 1x1 256->128
+#: them).  In plain-copy elements per start on a new page.  On a 2-core
+#: Intel Xeon (AVX-512, 2 MiB L2), one thread, best of three alternating
+#: processes, the model without it predicted 1x1 256->128
 #: and 256->64 on 56x56, and 1x1 256->512 at stride 2, 1.13 / 0.57 / 1.15 ms
 #: against 1.58 / 0.80 / 1.64 measured (1.7-1.8 ns per start, 6.3-6.7 copies
 #: at the calibrated 3.7 G floats/s), while 512->256 on 28x28 (3 KiB planes)

@@ -31,8 +31,8 @@ two lines: on the Intel Xeon kind, one thread, 1x1 256->128 on 56x56 ran at
 64-byte-aligned one; the panels made the alignment irrelevant (152-159
 either way), while on an aligned input they cost 2-5 % (ResNet's 1x1
 layers, interleaved in one process, best of 24; torch at 145-170
-alongside).  The copy is not priced as moved elements: it runs from cache
-and replaces reads that cost as much.
+alongside).  At stride 1 the copy is not priced as moved elements (it
+runs from cache and replaces reads that cost as much); a strided gather is.
 Any other layer first copies each image into a zero-padded
 buffer split by column phase (``stride_w`` phases of every padded row), so
 that the input of a tap for consecutive output pixels is consecutive at any
