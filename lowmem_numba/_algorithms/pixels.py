@@ -67,7 +67,7 @@ from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import PIXELS_RUN_BYTES
+from .._tuning import PIXELS_RUN_BYTES, UKERNEL_PACK_COST
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -363,6 +363,7 @@ register(Algorithm(
     unsupported=lambda g: None,
     packed_weight_elements=_packed_elements,
     pack_weights=_pack_weights,
+    pack_cost=UKERNEL_PACK_COST,
     pack_launches=0,  # a serial copy
     plan_kernel=_plan,
     compute=_compute,
