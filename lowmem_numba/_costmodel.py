@@ -11,7 +11,12 @@ measured rate, and threads scale by a measured efficiency.  GEMMs on the
 library's own micro-kernel are priced on their own curve, ``ukernel_peak
 e(k)``: their plans state pixels and channels already rounded up to whole
 register tiles, and the kernel runs every whole tile at the same speed (the
-BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).  The
+BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).
+direct-pixels' pixel-lane tile has a curve of its own (``pixels_peak``,
+``pixels_half_k``): it stores its sums as they lie, so a short reduction
+costs it less (on the Intel kind, 1x1 reductions of 16 / 64 ran at 0.85 /
+1.0 of its long-reduction speed in a loop over cached tiles, where the
+channel-lane tile's curve gives 0.46 / 0.78).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -53,6 +58,8 @@ class Calibration:
     vector_rate: float = 3.6e10  # flop/s of a family's own vectorised loops (DEFAULTS.vector_rate)
     ukernel_peak: float = 1.1e11  # flop/s of the micro-kernel on long reductions (DEFAULTS.ukernel_peak)
     ukernel_half_k: float = 14.0  # reduction length at which the micro-kernel runs at half of it
+    pixels_peak: float = 1.1e11  # the same two of direct-pixels' pixel-lane tile (DEFAULTS.pixels_peak)
+    pixels_half_k: float = 14.0
 
 
 def _efficiency(size, half):
@@ -83,7 +90,9 @@ def predict_seconds(plan, c: Calibration) -> float:
         if count == 0 or m == 0 or n == 0 or k == 0:
             continue
         if not plan.gemms_on_blas:
-            serial += count * 2.0 * m * n * k / (c.ukernel_peak * _efficiency(k, c.ukernel_half_k))
+            peak, half = ((c.pixels_peak, c.pixels_half_k) if plan.tile_kernel == "pixels"
+                          else (c.ukernel_peak, c.ukernel_half_k))
+            serial += count * 2.0 * m * n * k / (peak * _efficiency(k, half))
             continue
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
         serial += count * 2.0 * m * n * k / rate
@@ -114,9 +123,10 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 5  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+_CALIBRATION_VERSION = 6  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
                           # here): a stored launch cost from before steered small layers wrongly;
-                          # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k)
+                          # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
+                          # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k)
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -172,6 +182,8 @@ PLAUSIBLE = {
     # 15-21 here (the register tile is set up and stored once per reduction)
     "ukernel_peak": (1e9, 2e12),
     "ukernel_half_k": (0.05, 1024.0),
+    "pixels_peak": (1e9, 2e12),
+    "pixels_half_k": (0.05, 1024.0),
 }
 
 #: Root-mean-square log residual of the GEMM fit above which the timings are
@@ -185,11 +197,11 @@ _MAX_FIT_RMS = 0.1
 #: only spreads small layers, whose launch cost the model prices anyway.
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
                        direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
-                       ukernel_peak=1.1e11, ukernel_half_k=14.0)
+                       ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
-           "launch": ("launch_seconds",), "ukernel": ("ukernel_peak", "ukernel_half_k")}
+           "launch": ("launch_seconds",), "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k")}
 
 
 @dataclass(frozen=True)
@@ -432,16 +444,21 @@ def fit_reduction(rates: dict):
 
 
 def _measure_ukernel(best):
-
+    # Both register tiles on 1x1 layers (32x32 pixels, 256 output channels),
+    # each in the layout it stores without transposing: the channel-lane
+    # tile in NHWC, direct-pixels' pixel-lane tile in NCHW.
     calls, flops = {}, {}
     for k in _UKERNEL_REDUCTIONS:
-        plan, calls[k] = _prepacked_call("direct-ukernel-nhwc", (1, k, 32, 32), (256, k, 1, 1), 0,
-                                         layout="NHWC")
-        flops[k] = sum(2.0 * count * m * n * kk for count, m, n, kk in plan.gemms)
+        for tile, name, layout in (("ukernel", "direct-ukernel-nhwc", "NHWC"), ("pixels", "direct-pixels", "NCHW")):
+            plan, calls[tile, k] = _prepacked_call(name, (1, k, 32, 32), (256, k, 1, 1), 0, layout=layout)
+            flops[tile, k] = sum(2.0 * count * m * n * kk for count, m, n, kk in plan.gemms)
     with kernel_threads(1):
         _interleaved_best(calls, best)
-    peak, half = fit_reduction({k: flops[k] / best[k] for k in calls})
-    return {"ukernel_peak": peak, "ukernel_half_k": half}
+    constants = {}
+    for tile in ("ukernel", "pixels"):
+        peak, half = fit_reduction({k: flops[tile, k] / best[tile, k] for k in _UKERNEL_REDUCTIONS})
+        constants.update({f"{tile}_peak": peak, f"{tile}_half_k": half})
+    return constants
 
 
 def _measure_launch(best):
@@ -648,9 +665,10 @@ def describe(c: Calibration, threads=None) -> list:
             lines.append(f"{t} threads: {1 + (t - 1) * c.thread_efficiency:.2f}x one thread on large layers "
                          f"(thread efficiency {c.thread_efficiency:.2f})")
     lines.append(f"kernel launch: {c.launch_seconds * 1e6:.1f} us")
-    lines.append(f"micro-kernel: {c.ukernel_peak / 1e9:.1f} GFLOP/s on long reductions; "
-                 f"a reduction of 64 runs at {eff(64, c.ukernel_half_k):.0f} % of it, "
-                 f"16 at {eff(16, c.ukernel_half_k):.0f} % (half-saturation {c.ukernel_half_k:.1f})")
+    for what, peak, half in (("micro-kernel", c.ukernel_peak, c.ukernel_half_k),
+                             ("direct-pixels' tile", c.pixels_peak, c.pixels_half_k)):
+        lines.append(f"{what}: {peak / 1e9:.1f} GFLOP/s on long reductions; a reduction of 64 runs at "
+                     f"{eff(64, half):.0f} % of it, 16 at {eff(16, half):.0f} % (half-saturation {half:.1f})")
     return lines
 
 

@@ -122,6 +122,9 @@ class CallPlan:
         for the library's micro-kernel, whose weights come packed.
     pack_launches : int
         Parallel regions the per-call packing starts (the algorithm's).
+    tile_kernel : str
+        The register tile that runs the GEMMs when not on BLAS (the
+        algorithm's: ``"ukernel"`` or ``"pixels"``), priced on its own curve.
     """
 
     algorithm: str
@@ -139,6 +142,7 @@ class CallPlan:
     packing_scratch_elements: int = 0
     gemms_on_blas: bool = True
     pack_launches: int = 1
+    tile_kernel: str = "ukernel"
 
     @property
     def workspace_elements(self) -> int:

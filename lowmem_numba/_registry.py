@@ -85,6 +85,10 @@ class Algorithm:
         Whether its kernel calls BLAS (sgemm), which the execution layer then
         holds at one thread; kernels on the library's own micro-kernel or
         loops skip that (a few microseconds per call).
+    tile_kernel : {"ukernel", "pixels"}
+        Which of the library's register tiles runs its GEMMs when it does not
+        call BLAS (each has its own calibrated efficiency curve): the
+        channel-lane tile, or direct-pixels' pixel-lane one.
     """
 
     name: str
@@ -105,6 +109,7 @@ class Algorithm:
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True
     pack_launches: int = 1
+    tile_kernel: str = "ukernel"
 
     def plan(self, geometry: ConvGeometry, threads: int, layout: str = "NCHW",
              prepacked: bool = False, memory_limit: Optional[int] = None) -> CallPlan:
@@ -180,7 +185,8 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
-                    into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas, algorithm.pack_launches)
+                    into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas, algorithm.pack_launches,
+                    algorithm.tile_kernel)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -202,6 +202,17 @@ def test_micro_kernel_gemms_are_priced_on_their_own_curve():
         # The same GEMMs on BLAS at the same peak and reduction curve cost more: e(m) e(n) and copies.
         same = dataclasses.replace(c, gemm_peak=1e11, half_k=20.0)
         assert costmodel.predict_seconds(_gemms_plan(3, m, n, k), same) > expected * 1.01
+        # direct-pixels' tile on its own constants.
+        pixels = dataclasses.replace(plan, tile_kernel="pixels")
+        own = dataclasses.replace(c, pixels_peak=2e11, pixels_half_k=5.0)
+        assert costmodel.predict_seconds(pixels, own) == pytest.approx(
+            3 * 2.0 * m * n * k / (2e11 * k / (k + 5.0)), rel=1e-9)
+
+
+def test_direct_pixels_plans_name_their_tile():
+    g = make_geometry((1, 64, 28, 28), (32, 64, 1, 1))
+    assert ln._registry.get("direct-pixels").plan(g, 1).tile_kernel == "pixels"
+    assert ln._registry.get("direct-ukernel").plan(g, 1).tile_kernel == "ukernel"
 
 
 def _large_layer_threads():

@@ -365,6 +365,7 @@ register(Algorithm(
     pack_weights=_pack_weights,
     pack_cost=UKERNEL_PACK_COST,
     pack_launches=0,  # a serial copy
+    tile_kernel="pixels",
     plan_kernel=_plan,
     compute=_compute,
     claims="any kernel, stride, padding, dilation and groups; NCHW",
