@@ -14,9 +14,10 @@ register tiles, and the kernel runs every whole tile at the same speed (the
 BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).
 direct-pixels' pixel-lane tile has a curve of its own (``pixels_peak``,
 ``pixels_half_k``): it stores its sums as they lie, so a short reduction
-costs it less (on the Intel kind, 1x1 reductions of 16 / 64 ran at 0.85 /
-1.0 of its long-reduction speed in a loop over cached tiles, where the
-channel-lane tile's curve gives 0.46 / 0.78).  The
+costs it less (on the Intel kind its half-saturation reduction came out
+9.2-13.0 against the channel-lane tile's 17.9-23.7; in a loop over cached
+tiles, reductions of 16 / 64 ran at 0.85 / 1.0 of its long-reduction
+speed).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -201,7 +202,8 @@ DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, co
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
-           "launch": ("launch_seconds",), "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k")}
+           "launch": ("launch_seconds",),
+           "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k")}
 
 
 @dataclass(frozen=True)

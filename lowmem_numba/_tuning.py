@@ -180,6 +180,15 @@ UKERNEL_NCHW_PLANE_BYTES = 4096
 #: 48 pixels x C/g x kh x kw floats each) stays in cache while every channel
 #: block passes over them, so the outputs go to one block's planes at a time.
 PIXELS_RUN_BYTES = 196608
+#: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
+#: plain-copy elements per gathered element (each channel's run of a tile
+#: is a strided read from a new plane).  On the Intel kind, one thread,
+#: ResNet-50's layer2 downsample (256->512, 56x56 -> 28x28) ran 0.21 ms over
+#: the prediction with gathers priced as copies, about 1 ns per gathered
+#: element (3.7 copies); at batch 8, 4 ns.  Priced as copies, two threads
+#: (each gathering the whole input for its half of the channel blocks) ran
+#: layer3's downsample in 1.28 ms, direct-ukernel in 0.85.
+PIXELS_GATHER_COST = 4
 #: direct-ukernel (NCHW) on layers with at most this many input channels
 #: (one group, dilation 1) reads a channels-last copy of each image, so that
 #: its tap and channel loops fold into one run per row of taps.  On the

@@ -67,7 +67,7 @@ from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import PIXELS_RUN_BYTES, UKERNEL_PACK_COST
+from .._tuning import PIXELS_GATHER_COST, PIXELS_RUN_BYTES, UKERNEL_PACK_COST
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -292,8 +292,8 @@ def _plan(g, threads):
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
     # A strided 1x1 layer's panels gather every input value a tile reads, once
-    # per chunk of channel blocks (stride 1: a copy that replaces reads of
-    # equal cost, or none; see the module docstring).
+    # per chunk of channel blocks, at PIXELS_GATHER_COST (stride 1: a copy
+    # that replaces reads of equal cost, or none; see the module docstring).
     strided = pointwise and g.stride != (1, 1)
     gathered = g.in_channels * g.out_height * g.out_width * split.row_blocks if strided else 0
     panels = _panel_elements(g, slots, unit_block) if pointwise else 0
@@ -302,7 +302,8 @@ def _plan(g, threads):
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
                       gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
                               g.channels_per_group * g.kernel_taps),),
-                      moved_elements=g.batch * (staged + gathered), parallel_items=split.items,
+                      moved_elements=g.batch * (staged + round(gathered * PIXELS_GATHER_COST)),
+                      parallel_items=split.items,
                       launches=1 if pointwise else 2 * g.batch)
 
 
