@@ -5,8 +5,9 @@
   pixels and channels would change a guard.
 * direct-pixels against the float64 reference over hypothesis shapes (every
   stride, padding, dilation and groups; both layouts; batch > 1), rows and
-  channel counts spanning several tiles, 1x1 stride-1 planes packed into
-  panels with a moved-back last tile, NaN/inf propagation.
+  channel counts spanning several tiles, 1x1 layers without padding (planes
+  read in place or copied into panels, strided ones gathered, a short last
+  tile), NaN/inf propagation.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._geometry import make_geometry
-from lowmem_numba._tuning import PIXELS_RUN_BYTES
+from lowmem_numba._tuning import PIXELS_GATHER_COST, PIXELS_RUN_BYTES
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -142,6 +143,9 @@ def _check_pointwise(x_shape, m, groups, stride, line_offset):
     slots = 2 if plan.kernel.parallel_items > 1 else 1
     assert plan.workspace_elements == (pixels._table_elements(g)
                                        + slots * unit_block * c // groups * pixels.SPAN + 16)
+    # A strided layer's gathers are priced: each chunk of channel blocks gathers every input value it reads.
+    gathered = c * g.out_height * g.out_width * plan.kernel.tiling[7] if stride != (1, 1) else 0
+    assert plan.kernel.moved_elements == g.batch * round(gathered * PIXELS_GATHER_COST)
     expected = conv2d_reference(x, w, b, stride, ((0, 0), (0, 0)), (1, 1), groups)
     layer = ln.Conv2d(w, b, stride=stride, groups=groups, algorithm=NAME)
     for threads in (1, 2):
