@@ -173,8 +173,10 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     items = images * G * m_chunks * u_chunks
     panel_size = unit_block * reduction * SPAN
     # Tiles start SPAN floats apart, planes H*W: all on cache lines if the
-    # first does and a plane is whole lines.  Panels start on a line.
-    aligned = x.ctypes.data % (LINE * FLOAT32_BYTES) == 0 and (d.height * d.width) % LINE == 0
+    # first does and a plane and a tile are whole lines (a tile is not with
+    # AVX2's 8-float vectors).  Panels start on a line.
+    aligned = (x.ctypes.data % (LINE * FLOAT32_BYTES) == 0 and (d.height * d.width) % LINE == 0
+               and SPAN % LINE == 0)
     pack = pointwise and not (aligned and d.stride_h == 1 and d.stride_w == 1)
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pack else 0
     for slot in prange(slots):
