@@ -161,13 +161,14 @@ def _splat(builder, scalar, vty):
                                   ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
 
 
-def _prefetch(builder, base, index):
-    """Hint the cache line holding ``base[index]`` into L1 (never faults)."""
+def _prefetch(builder, base, index, locality=3):
+    """Hint the cache line holding ``base[index]`` into L1 (``locality`` 3)
+    or L2 (2); never faults."""
     i8p = ir.IntType(8).as_pointer()
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3),
                                         "llvm.prefetch.p0")
     ptr = builder.bitcast(_element_ptr(builder, base, index), i8p)
-    builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
+    builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), locality),
                       ir.Constant(ir.IntType(32), 1)])
 
 
@@ -358,6 +359,22 @@ def _is_f32_array(t):
 
 def _is_i64_array(t):
     return isinstance(t, types.Array) and t.dtype == types.int64 and t.layout == "C"
+
+
+@intrinsic
+def prefetch_to_l2(typingctx, array, index):
+    """Hint the cache line holding ``array[index]`` (a C-contiguous float32
+    array, an int64 index) into L2; an address outside the array is harmless
+    (a prefetch never faults)."""
+    if not (_is_f32_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        index64 = context.cast(builder, args[1], signature.args[1], types.int64)
+        _prefetch(builder, data, index64, locality=2)
+        return context.get_dummy_value()
+    return types.void(array, index), codegen
 
 
 def make_tile_kernel(mr_max, nv=NV, vl=VL):

@@ -180,6 +180,19 @@ UKERNEL_NCHW_PLANE_BYTES = 4096
 #: 48 pixels x C/g x kh x kw floats each) stays in cache while every channel
 #: block passes over them, so the outputs go to one block's planes at a time.
 PIXELS_RUN_BYTES = 196608
+#: Input bytes ahead (whole channels, at least one) that direct-pixels'
+#: panel copy hints into L2 while it copies a run of tiles channel by
+#: channel.  At batch 8 the input comes from beyond L2, and each channel's run
+#: (768 bytes of a 56x56 plane for 256 channels) lies on its own pages, which
+#: the hardware prefetchers do not follow.  Intel Xeon kind, one thread, 1x1
+#: on 56x56 at batch 8 from a 16-byte-aligned input, best of 11 interleaved
+#: with torch (116-141 GFLOP/s): 256->64 ran at 67 GFLOP/s without, 96-105 two
+#: channels ahead, 98-106 eight, 98 sixteen, 85 thirty-two; 256->128 at 93,
+#: 117-123, 119-126, 119-122, 113-125.  In bytes, so that short runs of many
+#: channels and long runs of few are hinted alike: one channel ahead instead,
+#: ResNet's 256->64 at batch 8 took 7.5 ms against 7.2, 256->128 14.2 against
+#: 13.0, and batch 1 is within noise (best of three alternating processes).
+PIXELS_PACK_PREFETCH_BYTES = 6144
 #: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
 #: plain-copy elements per gathered element (each channel's run of a tile
 #: is a strided read from a new plane).  On the Intel kind, one thread,

@@ -63,11 +63,11 @@ import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles
+from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefetch_to_l2
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import PIXELS_GATHER_COST, PIXELS_RUN_BYTES, UKERNEL_PACK_COST
+from .._tuning import PIXELS_GATHER_COST, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, UKERNEL_PACK_COST
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -105,6 +105,26 @@ def _fill_offsets(table, d, pointwise, staged_rows, phase_len):
 
 
 @njit(cache=True, nogil=True)
+def _prefetch_run(x, at, first_x0, stop, d):
+    """Hint into L2 the input lines one channel of a run of 1x1 tiles reads:
+    output pixels ``first_x0`` to ``stop`` of a plane whose input starts at
+    ``x[at]`` (row by row at a stride)."""
+    if d.stride_h == 1 and d.stride_w == 1:
+        for i in range(first_x0, stop, LINE):
+            prefetch_to_l2(x, at + i)
+        prefetch_to_l2(x, at + stop - 1)
+        return
+    Wo = d.out_width
+    for y in range(first_x0 // Wo, (stop - 1) // Wo + 1):
+        row = at + y * d.stride_h * d.width
+        lo = max(first_x0, y * Wo) - y * Wo
+        hi = min(stop, (y + 1) * Wo) - y * Wo
+        for i in range(lo * d.stride_w, (hi - 1) * d.stride_w + 1, LINE):
+            prefetch_to_l2(x, row + i)
+        prefetch_to_l2(x, row + (hi - 1) * d.stride_w)
+
+
+@njit(cache=True, nogil=True)
 def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, d):
     """Copy the input of ``count`` consecutive tiles of a 1x1 layer's output
     planes (one row of ``Ho*Wo`` pixels each) into ``panels`` from ``panel``
@@ -114,17 +134,23 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, d):
     pixel ``(y, x)`` reading input pixel ``(y*stride_h, x*stride_w)``.  A
     short last tile's runs are zero-padded to whole vectors (lanes never
     stored, but whatever lay there could be denormal numbers, which cost a
-    microcode assist per FMA on some CPUs)."""
+    microcode assist per FMA on some CPUs).  Channel by channel, with the
+    input of a channel ``PIXELS_PACK_PREFETCH_BYTES`` ahead hinted into L2:
+    each channel's run lies on other pages, where no hardware prefetcher
+    follows."""
     Wo = d.out_width
     row_len = d.out_height * Wo
+    stop = min(first_x0 + count * SPAN, row_len)
     dense = d.stride_h == 1 and d.stride_w == 1
-    for t in range(count):
-        x0 = first_x0 + t * SPAN
-        valid = min(SPAN, row_len - x0)
-        lanes = (valid + VL - 1) // VL * VL
-        dst = panel + t * reduction * SPAN
-        for k in range(reduction):
-            to = dst + k * SPAN
+    ahead = max(1, PIXELS_PACK_PREFETCH_BYTES // (FLOAT32_BYTES * (stop - first_x0)))
+    for k in range(reduction):
+        if k + ahead < reduction:
+            _prefetch_run(x, x_at + offsets[k + ahead], first_x0, stop, d)
+        for t in range(count):
+            x0 = first_x0 + t * SPAN
+            valid = min(SPAN, row_len - x0)
+            lanes = (valid + VL - 1) // VL * VL
+            to = panel + (t * reduction + k) * SPAN
             if dense:
                 at = x_at + x0 + offsets[k]
                 for q in range(valid):
