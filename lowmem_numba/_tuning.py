@@ -193,6 +193,18 @@ PIXELS_RUN_BYTES = 196608
 #: ResNet's 256->64 at batch 8 took 7.5 ms against 7.2, 256->128 14.2 against
 #: 13.0, and batch 1 is within noise (best of three alternating processes).
 PIXELS_PACK_PREFETCH_BYTES = 6144
+#: Largest input (all its images) that direct-pixels' 1x1 stride-1 layers
+#: read in place rather than through packed panels (with planes of whole
+#: vectors; see the module docstring).  Read in place, the tiles rely on
+#: their own prefetch a few steps ahead, which covers cache latency but not
+#: memory's; the panel copy hints whole runs into L2 (PIXELS_PACK_PREFETCH_BYTES).
+#: Intel Xeon kind, 16-byte-aligned inputs, best of three alternating
+#: processes: in place against panels, batch 1, one thread, ResNet-50's and
+#: MobileNet's 1x1 layers on 56x56 and 28x28 ran 1.06-1.20x faster
+#: (GoogLeNet's 256->32 on 28x28 1.50x); at batch 8, one thread, 6.4-12.8 MB
+#: inputs 1.03-1.36x faster, while ResNet's 256->128 on 56x56 (25.7 MB) ran
+#: 16.3 ms against 13.5 (256->64: 7.3 against 7.4).
+PIXELS_IN_PLACE_BYTES = 16 * 2**20
 #: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
 #: plain-copy elements per gathered element (each channel's run of a tile
 #: is a strided read from a new plane).  On the Intel kind, one thread,

@@ -112,12 +112,31 @@ def _at_line_offset(a, floats):
 def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
     """1x1, stride 1, no padding: no staged copy; each plane is one row of
     tiles, the last one short unless the plane is whole tiles (144 pixels
-    is; 49, 196, 64, 529, 16 and 1 are not).  Read in place when every tile
-    starts on a cache line (an aligned input, planes of whole lines: 144, 64
-    and 16 pixels at ``line_offset`` 0), else copied a run of tiles at a
-    time into packed panels (one per thread); over a batch and both thread
-    counts."""
+    is; 49, 196, 64, 529, 16 and 1 are not).  Read in place on planes of
+    whole vectors (144, 64 and 16 pixels), the tiles shifted onto vector
+    boundaries behind a short head tile (15 or 12 pixels at ``line_offset``
+    1 or 4, none at 0), else copied a run of tiles at a time into packed
+    panels (one per thread); over a batch and both thread counts."""
     _check_pointwise((3, c, hw, hw), m, groups, (1, 1), line_offset)
+
+
+@pytest.mark.parametrize("line_offset", range(16))
+@pytest.mark.parametrize("row_len", [16, 48, 64, 784, 3136])
+def test_in_place_tiles_start_on_vector_boundaries(line_offset, row_len):
+    """The tiles of a plane read in place cover it once, in order, and all
+    but the head tile start on a vector boundary of the input."""
+    x = _at_line_offset(np.zeros(row_len + 16, np.float32), line_offset)
+    head = pixels.vector_head(x.ctypes.data)
+    assert 0 <= head < mk.VL and (x.ctypes.data + 4 * head) % (4 * mk.VL) == 0
+    covered = 0
+    for k in range(row_len // pixels.SPAN + 2):
+        x0, valid = pixels._unit_span(k, head, 1, row_len)
+        if valid <= 0:
+            continue
+        assert x0 == covered and valid <= (head if k == 0 else pixels.SPAN)
+        assert k == 0 or (x.ctypes.data + 4 * x0) % (4 * mk.VL) == 0
+        covered += valid
+    assert covered == row_len
 
 
 @pytest.mark.parametrize("shape, stride", [((3, 24, 28, 28), (2, 2)), ((2, 10, 13, 9), (2, 3)),

@@ -16,23 +16,30 @@ input through a table of one offset per (channel, tap).
 Input
 -----
 A 1x1 kernel without padding needs no padded copy: each output plane is one
-row of ``Ho*Wo`` pixels.  At stride 1 the tiles read the input planes in
-place when every tile's input starts on a cache line (a 64-byte-aligned
-input, planes of whole lines); otherwise each thread copies its runs of
-tiles (below) into a packed panel that starts on a line, tile by tile, the
-``SPAN`` pixels of every input channel contiguous (a short last tile
-zero-padded to whole vectors), gathered from every ``stride``-th row and
-column at a stride.  Staged by rows instead, ResNet-50's 1x1 stride-2
+row of ``Ho*Wo`` pixels.  At stride 1, on planes of whole vectors and inputs
+of at most ``PIXELS_IN_PLACE_BYTES``, the tiles read the input planes in
+place, every plane's tiles starting on a vector boundary: the ``head``
+pixels before a plane's first boundary (the same in every plane) are a
+short tile of their own (:func:`_unit_span`).  Otherwise each thread copies
+its runs of tiles (below) into a packed panel that starts on a line, tile by
+tile, the ``SPAN`` pixels of every input channel contiguous (a short last
+tile zero-padded to whole vectors), gathered from every ``stride``-th row
+and column at a stride.  Staged by rows instead, ResNet-50's 1x1 stride-2
 downsample (512->1024, 28x28 -> 14x14) ran at half direct-ukernel's speed:
 14 pixels per row fill one vector, whose steps then issue 9 loads for 8
-FMAs.  Read in place from a misaligned input, every vector load straddles
-two lines: on the Intel Xeon kind, one thread, 1x1 256->128 on 56x56 ran at
-144-152 GFLOP/s from a 16-byte-aligned input and 166-167 from a
-64-byte-aligned one; the panels made the alignment irrelevant (152-159
-either way), while on an aligned input they cost 2-5 % (ResNet's 1x1
-layers, interleaved in one process, best of 24; torch at 145-170
-alongside).  At stride 1 the copy is not priced as moved elements (it
-runs from cache and replaces reads that cost as much); a strided gather is.
+FMAs.  Read in place with tiles off the vector boundaries (a numpy array
+starts 16 bytes past a line), every vector load straddles two lines: on the
+Intel Xeon kind, one thread, 1x1 256->128 on 56x56 ran at 144-152 GFLOP/s
+from a 16-byte-aligned input and 166-167 from a 64-byte-aligned one; the
+panels ran at 152-159 either way, but the copy costs most where the
+reduction is long and the output channels few.  Tiles shifted onto the
+boundaries, the 16-byte-aligned inputs of ResNet's and MobileNet's 1x1
+layers on 56x56 and 28x28 planes ran 1.06-1.20x faster than through the
+panels at batch 1 (one thread, best of three alternating processes), as
+fast as 64-byte-aligned ones; for memory-sized inputs see
+``PIXELS_IN_PLACE_BYTES``.  At stride 1 the copy is not priced as moved
+elements (it runs from cache and replaces reads that cost as much); a
+strided gather is.
 Any other layer first copies each image into a zero-padded
 buffer split by column phase (``stride_w`` phases of every padded row), so
 that the input of a tap for consecutive output pixels is consecutive at any
@@ -67,7 +74,8 @@ from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefe
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import PIXELS_GATHER_COST, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, UKERNEL_PACK_COST
+from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES,
+                       UKERNEL_PACK_COST)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -105,6 +113,22 @@ def _fill_offsets(table, d, pointwise, staged_rows, phase_len):
 
 
 @njit(cache=True, nogil=True)
+def vector_head(address):
+    """Floats from a float32 at byte ``address`` to the next vector boundary."""
+    return (-address // FLOAT32_BYTES) % VL
+
+
+@njit(cache=True, nogil=True)
+def _unit_span(k, head, lead, row_len):
+    """``(x0, valid)``: the output pixels ``x0`` to ``x0 + valid`` of tile
+    ``k`` of a row of ``row_len``.  Tiles ``lead`` on are ``SPAN`` pixels
+    from ``head`` on; with ``lead`` 1 (1x1 layers), tile 0 covers the
+    ``head`` pixels before them (``valid`` 0 if ``head`` is 0)."""
+    x0 = min(row_len, max(0, head + (k - lead) * SPAN))
+    return x0, min(row_len, head + (k - lead + 1) * SPAN) - x0
+
+
+@njit(cache=True, nogil=True)
 def _prefetch_run(x, at, first_x0, stop, d):
     """Hint into L2 the input lines one channel of a run of 1x1 tiles reads:
     output pixels ``first_x0`` to ``stop`` of a plane whose input starts at
@@ -125,30 +149,32 @@ def _prefetch_run(x, at, first_x0, stop, d):
 
 
 @njit(cache=True, nogil=True)
-def _pack_run(x, x_at, offsets, reduction, panels, panel, first_x0, count, d):
-    """Copy the input of ``count`` consecutive tiles of a 1x1 layer's output
-    planes (one row of ``Ho*Wo`` pixels each) into ``panels`` from ``panel``
-    on, tile by tile, each as ``reduction`` runs of ``SPAN`` floats (its
-    input at every step, contiguous): tile ``t`` covers output pixels
-    ``first_x0 + t*SPAN`` on, up to ``SPAN`` of them before the plane's end,
-    pixel ``(y, x)`` reading input pixel ``(y*stride_h, x*stride_w)``.  A
-    short last tile's runs are zero-padded to whole vectors (lanes never
-    stored, but whatever lay there could be denormal numbers, which cost a
-    microcode assist per FMA on some CPUs).  Channel by channel, with the
+def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, d):
+    """Copy the input of tiles ``first`` to ``first + count`` of a 1x1
+    layer's output planes (one row of ``Ho*Wo`` pixels each, tiles from
+    :func:`_unit_span` without a head) into ``panels`` from ``panel`` on,
+    tile by tile, each as ``reduction`` runs of ``SPAN`` floats (its input
+    at every step, contiguous), pixel ``(y, x)`` reading input pixel
+    ``(y*stride_h, x*stride_w)``.  A short last tile's runs are zero-padded
+    to whole vectors (lanes never stored, but whatever lay there could be
+    denormal numbers, which cost a microcode assist per FMA on some CPUs).  Channel by channel, with the
     input of a channel ``PIXELS_PACK_PREFETCH_BYTES`` ahead hinted into L2:
     each channel's run lies on other pages, where no hardware prefetcher
     follows."""
     Wo = d.out_width
     row_len = d.out_height * Wo
-    stop = min(first_x0 + count * SPAN, row_len)
+    first_x0 = _unit_span(first, 0, 1, row_len)[0]
+    last_x0, last_valid = _unit_span(first + count - 1, 0, 1, row_len)
+    stop = last_x0 + last_valid
+    if stop <= first_x0:
+        return
     dense = d.stride_h == 1 and d.stride_w == 1
     ahead = max(1, PIXELS_PACK_PREFETCH_BYTES // (FLOAT32_BYTES * (stop - first_x0)))
     for k in range(reduction):
         if k + ahead < reduction:
             _prefetch_run(x, x_at + offsets[k + ahead], first_x0, stop, d)
         for t in range(count):
-            x0 = first_x0 + t * SPAN
-            valid = min(SPAN, row_len - x0)
+            x0, valid = _unit_span(first + t, 0, 1, row_len)
             lanes = (valid + VL - 1) // VL * VL
             to = panel + (t * reduction + k) * SPAN
             if dense:
@@ -178,10 +204,11 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     items shared by ``slots`` threads.  ``table_store`` holds two int64
     offset tables: the input's, and that of a tile in a packed panel.
     ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
-    the tiles read the input planes where they are if the stride is 1 and
-    every tile starts on a cache line (then a plane is whole vectors, which
-    the tiles read exactly), else each slot copies a run of tiles into its
-    share of ``panels`` and the tiles read it there."""
+    the tiles read the input planes where they are if the stride is 1, the
+    planes are whole vectors and the input at most ``PIXELS_IN_PLACE_BYTES``,
+    from the first vector-aligned pixel of a plane on (the pixels before it are a tile of their own: see
+    :func:`_unit_span`), else each slot copies a run of tiles into its share
+    of ``panels`` and the tiles read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     tables = table_store.view(np.int64)
@@ -193,17 +220,24 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     mg = d.out_channels_per_group
     blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
     plane = d.out_height * d.out_width
-    tiles = (row_len + SPAN - 1) // SPAN
-    units = rows * tiles
+    lead = 1 if pointwise else 0
+    row_units = (row_len + SPAN - 1) // SPAN + lead
+    units = rows * row_units
     has_bias = 1 if bias.size else 0
     items = images * G * m_chunks * u_chunks
     panel_size = unit_block * reduction * SPAN
-    # Tiles start SPAN floats apart, planes H*W: all on cache lines if the
-    # first does and a plane and a tile are whole lines (a tile is not with
-    # AVX2's 8-float vectors).  Panels start on a line.
-    aligned = (x.ctypes.data % (LINE * FLOAT32_BYTES) == 0 and (d.height * d.width) % LINE == 0
-               and SPAN % LINE == 0)
-    pack = pointwise and not (aligned and d.stride_h == 1 and d.stride_w == 1)
+    # Read in place, every plane starts at the same offset from a vector
+    # boundary when planes are whole vectors: the tiles then start on vector
+    # boundaries ``head`` floats into each plane, and no load straddles two
+    # cache lines.  A plane's last vector may read past its end (into the
+    # next plane, or past the input's end on the last): an aligned vector
+    # holding a valid value lies in that value's cache line, so it never
+    # faults, and its lanes past the end are never stored.  Panels start on
+    # a line.
+    pack = pointwise and not (d.stride_h == 1 and d.stride_w == 1 and (d.height * d.width) % VL == 0
+                              and x.ctypes.data % FLOAT32_BYTES == 0
+                              and images * x_image * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES)
+    head = vector_head(x.ctypes.data) if pointwise and not pack else 0
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pack else 0
     for slot in prange(slots):
         panel = first + slot * panel_size
@@ -217,13 +251,14 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
             for run in range(u_begin, u_end, unit_block):
                 run_end = min(u_end, run + unit_block)
                 if pack:  # one row: unit = tile
-                    _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run * SPAN,
+                    _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run,
                               run_end - run, d)
                 for mb in range(mb0, mb1):
                     for unit in range(run, run_end):
-                        r = unit // tiles
-                        x0 = unit % tiles * SPAN
-                        valid = min(SPAN, row_len - x0)
+                        r = unit // row_units
+                        x0, valid = _unit_span(unit % row_units, head, lead, row_len)
+                        if valid <= 0:
+                            continue
                         vectors = (valid + VL - 1) // VL
                         src, src_at, table = x, n * x_image + g * x_group + r * row_step + x0, offsets
                         if pack:
@@ -304,7 +339,7 @@ def _plan(g, threads):
     rows, row_len = (1, g.out_height * g.out_width) if pointwise else (g.out_height, g.out_width)
     images = g.batch if pointwise else 1  # staged: one image per launch
     blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)
-    units = rows * ceil_div(row_len, SPAN)
+    units = rows * (ceil_div(row_len, SPAN) + (1 if pointwise else 0))  # see _unit_span
     split = split_work(images * g.groups, blocks, max(1, units), threads, min_rows=1, min_cols=1)
     if pointwise:
         x_image, x_group, row_step = g.in_channels * g.height * g.width, g.channels_per_group * g.height * g.width, 0
