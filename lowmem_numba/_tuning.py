@@ -205,6 +205,17 @@ PIXELS_PACK_PREFETCH_BYTES = 6144
 #: inputs 1.03-1.36x faster, while ResNet's 256->128 on 56x56 (25.7 MB) ran
 #: 16.3 ms against 13.5 (256->64: 7.3 against 7.4).
 PIXELS_IN_PLACE_BYTES = 16 * 2**20
+#: Output channels per group from which direct-pixels' 1x1 stride-1 layers
+#: whose planes are not whole vectors (14x14, 7x7) copy their input into
+#: packed panels rather than read it in place, where most vector loads
+#: straddle two cache lines: the copy pays off only over many channel blocks.
+#: Intel Xeon kind, batch 1, one thread, 16-byte-aligned inputs, best of three
+#: alternating processes, in place against panels: GoogLeNet's 480->16, ->64,
+#: ->192 on 14x14 in 0.040 / 0.096 / 0.258 ms against 0.076 / 0.133 / 0.295,
+#: 832->32 on 7x7 0.041 against 0.057, ResNet's 1024->256 on 14x14 0.77
+#: against 0.81; MobileNet's 512->512 on 14x14 0.76 against 0.74 and
+#: 1024->1024 on 7x7 1.03 against 0.93.
+PIXELS_PACK_MIN_CHANNELS = 512
 #: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
 #: plain-copy elements per gathered element (each channel's run of a tile
 #: is a strided read from a new plane).  On the Intel kind, one thread,

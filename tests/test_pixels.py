@@ -10,7 +10,10 @@
   tile), NaN/inf propagation.
 """
 
+import ctypes
 import dataclasses
+import mmap
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +25,8 @@ import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._geometry import make_geometry
-from lowmem_numba._tuning import PIXELS_GATHER_COST, PIXELS_RUN_BYTES
+from lowmem_numba._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
+                                  PIXELS_RUN_BYTES)
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -112,12 +116,55 @@ def _at_line_offset(a, floats):
 def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
     """1x1, stride 1, no padding: no staged copy; each plane is one row of
     tiles, the last one short unless the plane is whole tiles (144 pixels
-    is; 49, 196, 64, 529, 16 and 1 are not).  Read in place on planes of
-    whole vectors (144, 64 and 16 pixels), the tiles shifted onto vector
+    is; 49, 196, 64, 529, 16 and 1 are not).  Read in place (every case has
+    fewer than PIXELS_PACK_MIN_CHANNELS output channels): on planes of whole
+    vectors (144, 64 and 16 pixels) with the tiles shifted onto vector
     boundaries behind a short head tile (15 or 12 pixels at ``line_offset``
-    1 or 4, none at 0), else copied a run of tiles at a time into packed
-    panels (one per thread); over a batch and both thread counts."""
+    1 or 4, none at 0); over a batch and both thread counts."""
     _check_pointwise((3, c, hw, hw), m, groups, (1, 1), line_offset)
+
+
+@pytest.mark.parametrize("x_shape, m, line_offset", [((3, 6, 7, 7), 520, 4), ((2, 3, 14, 14), 512, 0),
+                                                     ((1, 65, 256, 256), 3, 4)])
+def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
+    """1x1, stride 1, no padding, through packed panels: planes that are not
+    whole vectors under at least PIXELS_PACK_MIN_CHANNELS output channels,
+    and an input larger than PIXELS_IN_PLACE_BYTES."""
+    c, h, w = x_shape[1:]
+    assert (h * w % mk.VL and m >= PIXELS_PACK_MIN_CHANNELS) or 4 * np.prod(x_shape) > PIXELS_IN_PLACE_BYTES
+    _check_pointwise(x_shape, m, 1, (1, 1), line_offset)
+
+
+def _ending_at_unreadable_page(a):
+    """A C-contiguous copy of ``a`` whose last float is the last before a
+    page that cannot be read: any read past its end faults."""
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    store = mmap.mmap(-1, pages * page)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(store))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(address + (pages - 1) * page, page, 0) != 0:
+        pytest.skip("mprotect is not available")
+    view = np.frombuffer(store, np.float32, count=a.size, offset=(pages - 1) * page - a.nbytes).reshape(a.shape)
+    view[...] = a
+    return view
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through the C library")
+@pytest.mark.parametrize("c, hw, m", [(7, 7, 5), (9, 14, 3), (3, 1, 2), (5, 4, 9), (2, 23, 17)])
+def test_in_place_planes_never_read_past_the_input(c, hw, m):
+    """Read in place, a plane's last vector reaches past the plane (lanes
+    never stored): the tile whose last vector would leave the input goes
+    through a panel instead.  The input ends right before an unreadable
+    page, for planes of whole vectors (16 pixels) and not (49, 196, 1, 529),
+    over a batch and both thread counts."""
+    rng = np.random.default_rng(hw)
+    x = _ending_at_unreadable_page(rng.integers(-3, 4, (2, c, hw, hw)).astype(np.float32))
+    w = rng.integers(-3, 4, (m, c, 1, 1)).astype(np.float32)
+    expected = conv2d_reference(x, w, None, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(ln.conv2d(x, w, algorithm=NAME, threads=threads), expected)
 
 
 @pytest.mark.parametrize("line_offset", range(16))

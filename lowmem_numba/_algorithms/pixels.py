@@ -16,11 +16,16 @@ input through a table of one offset per (channel, tap).
 Input
 -----
 A 1x1 kernel without padding needs no padded copy: each output plane is one
-row of ``Ho*Wo`` pixels.  At stride 1, on planes of whole vectors and inputs
-of at most ``PIXELS_IN_PLACE_BYTES``, the tiles read the input planes in
-place, every plane's tiles starting on a vector boundary: the ``head``
-pixels before a plane's first boundary (the same in every plane) are a
-short tile of their own (:func:`_unit_span`).  Otherwise each thread copies
+row of ``Ho*Wo`` pixels.  At stride 1, on inputs of at most
+``PIXELS_IN_PLACE_BYTES``, the tiles read the input planes in place: on
+planes of whole vectors every plane's tiles start on a vector boundary (the
+``head`` pixels before a plane's first boundary, the same in every plane,
+are a short tile of their own: :func:`_unit_span`); other planes (14x14,
+7x7) start anywhere, their loads mostly straddling two lines, which costs
+less than a copy unless there are ``PIXELS_PACK_MIN_CHANNELS`` output
+channels per group to share it.  A plane's last vector may reach into the
+next plane (lanes never stored); the tile that would read past the input's
+end goes through a panel (below).  Otherwise each thread copies
 its runs of tiles (below) into a packed panel that starts on a line, tile by
 tile, the ``SPAN`` pixels of every input channel contiguous (a short last
 tile zero-padded to whole vectors), gathered from every ``stride``-th row
@@ -74,8 +79,8 @@ from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefe
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES,
-                       UKERNEL_PACK_COST)
+from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
+                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, UKERNEL_PACK_COST)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -149,10 +154,10 @@ def _prefetch_run(x, at, first_x0, stop, d):
 
 
 @njit(cache=True, nogil=True)
-def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, d):
+def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d):
     """Copy the input of tiles ``first`` to ``first + count`` of a 1x1
     layer's output planes (one row of ``Ho*Wo`` pixels each, tiles from
-    :func:`_unit_span` without a head) into ``panels`` from ``panel`` on,
+    :func:`_unit_span` after ``head``) into ``panels`` from ``panel`` on,
     tile by tile, each as ``reduction`` runs of ``SPAN`` floats (its input
     at every step, contiguous), pixel ``(y, x)`` reading input pixel
     ``(y*stride_h, x*stride_w)``.  A short last tile's runs are zero-padded
@@ -163,8 +168,8 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, d):
     follows."""
     Wo = d.out_width
     row_len = d.out_height * Wo
-    first_x0 = _unit_span(first, 0, 1, row_len)[0]
-    last_x0, last_valid = _unit_span(first + count - 1, 0, 1, row_len)
+    first_x0 = _unit_span(first, head, 1, row_len)[0]
+    last_x0, last_valid = _unit_span(first + count - 1, head, 1, row_len)
     stop = last_x0 + last_valid
     if stop <= first_x0:
         return
@@ -174,7 +179,7 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, d):
         if k + ahead < reduction:
             _prefetch_run(x, x_at + offsets[k + ahead], first_x0, stop, d)
         for t in range(count):
-            x0, valid = _unit_span(first + t, 0, 1, row_len)
+            x0, valid = _unit_span(first + t, head, 1, row_len)
             lanes = (valid + VL - 1) // VL * VL
             to = panel + (t * reduction + k) * SPAN
             if dense:
@@ -230,15 +235,15 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     # boundary when planes are whole vectors: the tiles then start on vector
     # boundaries ``head`` floats into each plane, and no load straddles two
     # cache lines.  A plane's last vector may read past its end (into the
-    # next plane, or past the input's end on the last): an aligned vector
-    # holding a valid value lies in that value's cache line, so it never
-    # faults, and its lanes past the end are never stored.  Panels start on
-    # a line.
-    pack = pointwise and not (d.stride_h == 1 and d.stride_w == 1 and (d.height * d.width) % VL == 0
-                              and x.ctypes.data % FLOAT32_BYTES == 0
-                              and images * x_image * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES)
-    head = vector_head(x.ctypes.data) if pointwise and not pack else 0
-    first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pack else 0
+    # next plane; lanes never stored), so a tile that would read past the
+    # input's end goes through its panel.  Panels start on a line.
+    whole_vectors = (d.height * d.width) % VL == 0
+    in_place = (pointwise and d.stride_h == 1 and d.stride_w == 1 and x.ctypes.data % FLOAT32_BYTES == 0
+                and images * x_image * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
+                and (whole_vectors or mg < PIXELS_PACK_MIN_CHANNELS))
+    pack = pointwise and not in_place
+    head = vector_head(x.ctypes.data) if in_place and whole_vectors else 0
+    first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pointwise else 0
     for slot in prange(slots):
         panel = first + slot * panel_size
         for item in range(slot * items // slots, (slot + 1) * items // slots):
@@ -252,7 +257,7 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
                 run_end = min(u_end, run + unit_block)
                 if pack:  # one row: unit = tile
                     _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run,
-                              run_end - run, d)
+                              run_end - run, 0, d)
                 for mb in range(mb0, mb1):
                     for unit in range(run, run_end):
                         r = unit // row_units
@@ -261,8 +266,14 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
                             continue
                         vectors = (valid + VL - 1) // VL
                         src, src_at, table = x, n * x_image + g * x_group + r * row_step + x0, offsets
+                        at = panel + (unit - run) * reduction * SPAN
                         if pack:
-                            src, src_at, table = panels, panel + (unit - run) * reduction * SPAN, packed_offsets
+                            src, src_at, table = panels, at, packed_offsets
+                        elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
+                            if mb == mb0:
+                                _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
+                                          head, d)
+                            src, src_at, table = panels, at, packed_offsets
                         _run_tile(vectors, wp, (g * blocks + mb) * reduction * PIXEL_CHANNELS, src, src_at, table,
                                   reduction, out, (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0,
                                   plane, valid, min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS), bias,
