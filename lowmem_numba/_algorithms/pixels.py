@@ -209,11 +209,9 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
     items shared by ``slots`` threads.  ``table_store`` holds two int64
     offset tables: the input's, and that of a tile in a packed panel.
     ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
-    the tiles read the input planes where they are if the stride is 1, the
-    planes are whole vectors and the input at most ``PIXELS_IN_PLACE_BYTES``,
-    from the first vector-aligned pixel of a plane on (the pixels before it are a tile of their own: see
-    :func:`_unit_span`), else each slot copies a run of tiles into its share
-    of ``panels`` and the tiles read it there."""
+    the tiles read the input planes where they are when ``in_place`` below
+    holds (the module docstring says when), else each slot copies a run of
+    tiles into its share of ``panels`` and the tiles read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     tables = table_store.view(np.int64)
