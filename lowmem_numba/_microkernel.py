@@ -638,44 +638,51 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
     lanes by ``channels`` output channels (direct convolution into NCHW
     planes: each channel's pixels are stored as they lie in its plane).
 
-    ``pixel_tile(w, w_off, x, x_off, offsets, o_first, count, out, o_off,
-    o_mstep, valid, mc, bias, b_off, has_bias)`` computes, for ``m < mc`` and
-    ``q < valid`` (``valid <= vectors*vl``, ``mc <= channels``)::
+    ``pixel_tile(w, w_off, w_mstep, x, x_off, offsets, o_first, count, out,
+    o_off, o_mstep, valid, mc, bias, b_off, has_bias)`` computes, for
+    ``m < mc`` and ``q < valid`` (``valid <= vectors*vl``, ``mc <= channels``)::
 
         out[o_off + m*o_mstep + q] = (bias[b_off + m] if has_bias else 0)
-            + sum_{k < count} w[w_off + k*channels + m] * x[x_off + offsets[o_first + k] + q]
+            + sum_{k < count} w[w_off + m*w_mstep + k] * x[x_off + offsets[o_first + k] + q]
 
     in reduction order, one ``llvm.fma`` per step.  The input is the vector
     operand (``vl`` consecutive values per load, any alignment), the weights
-    the broadcast one, packed ``channels`` per step and zero-padded by the
-    caller.  Lanes ``q >= valid`` are computed from whatever lies there (the
-    caller keeps ``x_off + offsets[.] + vectors*vl`` in bounds) and never
-    stored; channels ``m >= mc`` are never stored, and the bias is read only
-    for channels ``m < mc`` with ``has_bias != 0``.
+    the broadcast one, read as given: one row of ``count`` per channel,
+    ``w_mstep`` apart (channels ``m >= mc`` read row ``mc - 1``; a broadcast
+    costs one load whether the row is packed with others or not, and the
+    rows stay in cache over the reduction).  Lanes ``q >= valid`` are
+    computed from whatever lies there (the caller keeps ``x_off +
+    offsets[.] + vectors*vl`` in bounds) and never stored; channels
+    ``m >= mc`` are never stored, and the bias is read only for channels
+    ``m < mc`` with ``has_bias != 0``.
     Full vectors are stored whole, a partial last one element by element.
     3 vectors x 8 channels: 24 accumulators, 3 loads and 8 broadcasts per 24
     FMAs, and 3 prefetches of the input ``PREFETCH_STEPS`` steps ahead.
     Arrays are C-contiguous float32 (``offsets`` int64).
     """
 
-    def pixel_tile(typingctx, w, w_off, x, x_off, offsets, o_first, count, out, o_off, o_mstep, valid, mc,
-                   bias, b_off, has_bias):
+    def pixel_tile(typingctx, w, w_off, w_mstep, x, x_off, offsets, o_first, count, out, o_off, o_mstep, valid,
+                   mc, bias, b_off, has_bias):
         if not (all(_is_f32_array(a) for a in (w, x, out, bias)) and _is_i64_array(offsets)):
             return None
         i64 = types.int64
-        sig = types.void(w, i64, x, i64, offsets, i64, i64, out, i64, i64, i64, i64, bias, i64, i64)
+        sig = types.void(w, i64, i64, x, i64, offsets, i64, i64, out, i64, i64, i64, i64, bias, i64, i64)
 
         def codegen(context, builder, signature, args):
-            (w_v, w_off_v, x_v, x_off_v, offsets_v, o_first_v, count_v, out_v, o_off_v, o_mstep_v, valid_v,
-             mc_v, bias_v, b_off_v, has_bias_v) = args
+            (w_v, w_off_v, w_mstep_v, x_v, x_off_v, offsets_v, o_first_v, count_v, out_v, o_off_v, o_mstep_v,
+             valid_v, mc_v, bias_v, b_off_v, has_bias_v) = args
             vty = ir.VectorType(_F32, vl)
             zero = ir.Constant(vty, [0.0] * vl)
             fma = _fma(builder, vty)
             w_ptr, x_ptr, t_ptr, o_ptr, b_ptr = (
                 context.make_array(signature.args[k])(context, builder, value).data
-                for k, value in ((0, w_v), (2, x_v), (4, offsets_v), (7, out_v), (12, bias_v)))
+                for k, value in ((0, w_v), (3, x_v), (5, offsets_v), (8, out_v), (13, bias_v)))
             # Accumulators in allocas: mem2reg keeps them in registers.
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(channels)]
+            last_m = builder.sub(mc_v, _const(1))
+            w_rows = [builder.add(w_off_v, builder.mul(builder.select(builder.icmp_signed("<", _const(m), last_m),
+                                                                      _const(m), last_m), w_mstep_v))
+                      for m in range(channels)]
             with cgutils.for_range(builder, count_v) as loop:
                 k = loop.index
                 offset = builder.load(_element_ptr(builder, t_ptr, builder.add(o_first_v, k)))
@@ -689,10 +696,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL):
                 for p in range(vectors):
                     _prefetch(builder, x_ptr, builder.add(ahead, _const(p * vl)))
                 inputs = [_load_vector(builder, x_ptr, builder.add(at, _const(p * vl)), vty) for p in range(vectors)]
-                w_at = builder.add(w_off_v, builder.mul(k, _const(channels)))
                 for m in range(channels):
-                    weight = _splat(builder, builder.load(_element_ptr(builder, w_ptr, builder.add(w_at, _const(m)))),
-                                    vty)
+                    weight = _splat(builder, builder.load(_element_ptr(builder, w_ptr, builder.add(w_rows[m], k))), vty)
                     for p in range(vectors):
                         builder.store(builder.call(fma, [inputs[p], weight, builder.load(accs[m][p])]), accs[m][p])
             bias_on = builder.icmp_signed("!=", has_bias_v, _const(0))

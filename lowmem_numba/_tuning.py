@@ -134,10 +134,8 @@ PACK_COST = 7
 #: smallest (``python perf/pack_speed.py``, one thread; results/pack_speed.md
 #: has a later run at 1.09, in a faster phase of the machine: kept, since that
 #: times the pass alone, not the kernel then reading the packed copy back).
-#: direct-pixels' packing (8 channels per step, a gather) has the same price:
-#: median 1.28 over the same shapes, 1.11-2.17 for 80 % of them, on the Intel
-#: kind; priced at PACK_COST's 7 before, functional calls sent ResNet's and
-#: MobileNet's 1x1 layers to conv-1x1-gemm, up to 1.3x slower.
+#: direct-pixels' packing (8 channels per step, a gather), before it read the
+#: weights as given, measured the same: median 1.28 over the same shapes.
 UKERNEL_PACK_COST = 1.4
 #: The same packing done inside the kernel (a batch-1 or stacked call packs
 #: each block of output channels into scratch right before its tiles), in plain-copy

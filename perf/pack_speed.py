@@ -34,7 +34,7 @@ from lowmem_numba._tuning import UKERNEL_PACK_IN_KERNEL_COST, WINOGRAD_PACK_IN_K
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: One algorithm per packing routine (the -nhwc twins pack alike).
-ALGORITHMS = ("direct-ukernel", "direct-pixels", "winograd-2x2-3x3", "winograd-4x4-3x3", "winograd-2x2-5x5",
+ALGORITHMS = ("direct-ukernel", "winograd-2x2-3x3", "winograd-4x4-3x3", "winograd-2x2-5x5",
               "kn2row", "kn2col", "kn2row-aa-ab", "kn2row-aa-atb", "im2row-scan-ab-ik", "mec-col",
               "depthwise-nhwc")
 #: The families that pack inside the kernel at batch 1, and the cost each is priced at.

@@ -36,14 +36,37 @@ GUARD = 29
 
 
 @njit
-def _run_tile(vectors, w, w_off, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off, has_bias):
-    pixels._run_tile(vectors, w, w_off, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off,
-                     has_bias)
+def _run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off,
+              has_bias):
+    pixels._run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias,
+                     b_off, has_bias)
+
+
+def _ending_at_unreadable_page(a):
+    """A C-contiguous copy of ``a`` whose last float is the last before a
+    page that cannot be read: any read past its end faults (on Linux; a
+    plain copy elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return a.copy()
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    store = mmap.mmap(-1, pages * page)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(store))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(address + (pages - 1) * page, page, 0) != 0:
+        pytest.skip("mprotect is not available")
+    view = np.frombuffer(store, np.float32, count=a.size, offset=(pages - 1) * page - a.nbytes).reshape(a.shape)
+    view[...] = a
+    return view
 
 
 @pytest.mark.parametrize("vectors", range(1, mk.PIXEL_VECTORS + 1))
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias):
+    """The tile reads ``mc`` weight rows ``w_mstep`` apart (the last one
+    ends right before an unreadable page: channels past ``mc`` must not read
+    further) and stores only its ``valid`` pixels of its ``mc`` channels."""
     rng = np.random.default_rng(vectors)
     pc, vl = mk.PIXEL_CHANNELS, mk.VL
     count = 7
@@ -51,8 +74,8 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias):
         if not (vectors - 1) * vl < valid <= vectors * vl:
             continue
         for mc in sorted({1, pc - 1, pc}):
-            w = rng.integers(-3, 4, count * pc).astype(np.float32)
-            w.reshape(count, pc)[:, mc:] = np.nan  # padded channels: never stored
+            w_mstep = count + 3
+            w = _ending_at_unreadable_page(rng.integers(-3, 4, (mc - 1) * w_mstep + count).astype(np.float32))
             offsets = rng.permutation(np.arange(count, dtype=np.int64) * 3 * vl)
             x = rng.integers(-3, 4, count * 3 * vl + vectors * vl).astype(np.float32)
             for k in range(count):  # lanes past `valid` may be anything
@@ -60,10 +83,12 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias):
             bias = rng.integers(-3, 4, mc + 2).astype(np.float32)
             o_mstep = vectors * vl + 5
             out = np.full(GUARD + pc * o_mstep + GUARD, np.nan, np.float32)
-            _run_tile(vectors, w, 0, x, 0, offsets, count, out, GUARD, o_mstep, valid, mc, bias, 2, int(with_bias))
+            _run_tile(vectors, w, 0, w_mstep, x, 0, offsets, count, out, GUARD, o_mstep, valid, mc, bias, 2,
+                      int(with_bias))
             expected = np.full_like(out, np.nan)
             for m in range(mc):
-                sums = sum(w[k * pc + m].astype(np.float64) * x[offsets[k]:offsets[k] + valid] for k in range(count))
+                sums = sum(w[m * w_mstep + k].astype(np.float64) * x[offsets[k]:offsets[k] + valid]
+                           for k in range(count))
                 expected[GUARD + m * o_mstep:GUARD + m * o_mstep + valid] = sums + (bias[2 + m] if with_bias else 0)
             np.testing.assert_array_equal(out, expected.astype(np.float32), err_msg=f"valid={valid} mc={mc}")
 
@@ -133,22 +158,6 @@ def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
     c, h, w = x_shape[1:]
     assert (h * w % mk.VL and m >= PIXELS_PACK_MIN_CHANNELS) or 4 * np.prod(x_shape) > PIXELS_IN_PLACE_BYTES
     _check_pointwise(x_shape, m, 1, (1, 1), line_offset)
-
-
-def _ending_at_unreadable_page(a):
-    """A C-contiguous copy of ``a`` whose last float is the last before a
-    page that cannot be read: any read past its end faults."""
-    page = mmap.PAGESIZE
-    pages = -(-a.nbytes // page) + 1
-    store = mmap.mmap(-1, pages * page)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(store))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.mprotect(address + (pages - 1) * page, page, 0) != 0:
-        pytest.skip("mprotect is not available")
-    view = np.frombuffer(store, np.float32, count=a.size, offset=(pages - 1) * page - a.nbytes).reshape(a.shape)
-    view[...] = a
-    return view
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through the C library")
@@ -233,7 +242,7 @@ def test_first_layer_shapes_and_workspace():
         rows, phase_len = pixels._staged_shape(g)
         assert phase_len >= g.out_width + (k - 1) // s + mk.VL
         assert ln.workspace_bytes(NAME, x.shape, w.shape, stride=s, padding=p, threads=2) == 4 * (
-            pixels._packed_elements(g) + pixels._table_elements(g) + 3 * rows * s * phase_len)
+            pixels._table_elements(g) + 3 * rows * s * phase_len)
         case = _case(x.shape, w.shape, s, p)
         for threads in (1, 2):
             assert_close_to_reference(ln.conv2d(x, w, b, stride=s, padding=p, algorithm=NAME, threads=threads),

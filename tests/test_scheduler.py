@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import lowmem_numba as ln
 from lowmem_numba import _scheduler as scheduler
 from lowmem_numba._cache import read_store, update_store
+from lowmem_numba._geometry import make_geometry
 from lowmem_numba._costmodel import Calibration
 from lowmem_numba.bench._networks import NETWORKS, layers
 from strategies import cases
@@ -151,12 +152,15 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 def test_layers_plan_without_their_persistent_weights():
     # On AlexNet conv3 the repacked weights alone (3.4 MiB) exceed 1 MiB, so a
-    # functional call at batch 2 must fall back to the loop nest; a layer
-    # keeps them packed.  At batch 1 the micro-kernel packs them block by
-    # block inside the kernel, in well under 1 MiB.
+    # functional call at batch 2 must run an algorithm that reads them as
+    # given (direct-pixels, which stages one image at a time, or the loop
+    # nest); a layer keeps them packed.  At batch 1 the micro-kernel packs
+    # them block by block inside the kernel, in well under 1 MiB.
     layer = next(l for l in layers("alexnet") if l.name == "conv3")
     functional = ln.plan(layer.x_shape(2), layer.w_shape, memory_limit=2**20, **layer.conv_args)
-    assert functional.algorithm == "direct-sum2d"
+    assert functional.algorithm in ("direct-pixels", "direct-sum2d") and functional.workspace_bytes <= 2**20
+    g = make_geometry(layer.x_shape(2), layer.w_shape, **layer.conv_args)
+    assert ln._registry.get(functional.algorithm).packed_weight_elements(g) == 0
     single = ln.plan(layer.x_shape(), layer.w_shape, memory_limit=2**20, **layer.conv_args)
     assert single.algorithm.startswith("direct-ukernel") and single.workspace_bytes <= 2**20
     packed = ln.plan(layer.x_shape(), layer.w_shape, memory_limit=2**20, prepacked=True, **layer.conv_args)

@@ -65,8 +65,14 @@ time: with every block over each tile instead (64 planes written at once on
 MobileNet's pw1), batch 8 ran 1.1-1.7x slower than direct-ukernel; with runs,
 pw1 takes 6.9 ms against 8.4 and conv1 2.7 against 4.0 (one thread).
 
-Weights are packed per group as ``[channel block][C/g * kh * kw][PIXEL_CHANNELS]``
-(the reduction in the weights' own (c, i, j) order), zero-padded channels.
+The weights are read as given, each output channel's ``C/g * kh * kw``
+values in the (c, i, j) order of the reduction: the tile broadcasts one
+weight per channel and step, one load whether the channels' weights are
+packed together or not.  Packed ``[channel block][C/g*kh*kw][8]`` instead,
+ResNet's, MobileNet's and GoogLeNet's 1x1 and first layers ran within
+0.98-1.06x of reading them as given (batch 1, one thread, best of three
+alternating processes), and every functional call paid the packing
+(``UKERNEL_PACK_COST`` copies per weight, 0.12 ms on MobileNet's 512->512).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, UKERNEL_PACK_COST)
+                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -90,13 +96,14 @@ SPAN = PIXEL_VECTORS * VL
 
 
 @njit(cache=True, nogil=True)
-def _run_tile(vectors, w, w_at, x, x_at, offsets, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias):
+def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, count, out, o_at, o_mstep, valid, mc, bias, b_off,
+              has_bias):
     if vectors == 3:
-        _tile3(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        _tile3(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     elif vectors == 2:
-        _tile2(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        _tile2(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     else:
-        _tile1(w, w_at, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        _tile1(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
 
 
 @njit(cache=True, nogil=True)
@@ -202,7 +209,7 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d)
 
 
 @njit(parallel=True, cache=True)
-def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
+def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
                  pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
@@ -272,7 +279,7 @@ def _pixels_conv(x, wp, bias, out, table_store, panels, geometry, images, x_imag
                                 _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
                                           head, d)
                             src, src_at, table = panels, at, packed_offsets
-                        _run_tile(vectors, wp, (g * blocks + mb) * reduction * PIXEL_CHANNELS, src, src_at, table,
+                        _run_tile(vectors, w, (g * mg + mb * PIXEL_CHANNELS) * reduction, reduction, src, src_at, table,
                                   reduction, out, (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0,
                                   plane, valid, min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS), bias,
                                   g * mg + mb * PIXEL_CHANNELS, has_bias)
@@ -306,23 +313,6 @@ def _stage(x, x_at, geometry, dest, rows, phase_len):
             for u in range(hi - lo):
                 dest[(base + lo + u) & NONNEG] = x[(first + u * S) & NONNEG]
             dest[base + hi:base + phase_len] = 0.0
-
-
-@njit(cache=True)
-def _pack(w, wp, geometry):
-    """``wp[((g*blocks + b)*K + k)*PC + l] = w[(g*mg + b*PC + l)*K + k]``,
-    zeros for channels past M/g (``K = C/g*kh*kw``, ``PC = PIXEL_CHANNELS``)."""
-    d = KernelGeometry(*geometry)
-    mg = d.out_channels_per_group
-    K = d.channels_per_group * d.kernel_taps
-    blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
-    for gb in range(d.groups * blocks):
-        g = gb // blocks
-        b = gb % blocks
-        for k in range(K):
-            for lane in range(PIXEL_CHANNELS):
-                m = b * PIXEL_CHANNELS + lane
-                wp[(gb * K + k) * PIXEL_CHANNELS + lane] = w[(g * mg + m) * K + k] if m < mg else np.float32(0.0)
 
 
 # ----------------------------------------------------------------- plan
@@ -412,15 +402,6 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
                      phase_len, slots)
 
 
-def _packed_elements(g) -> int:
-    return (g.groups * ceil_div(g.out_channels_per_group, PIXEL_CHANNELS) * PIXEL_CHANNELS
-            * g.channels_per_group * g.kernel_taps)
-
-
-def _pack_weights(weight, g, dest):
-    _pack(weight, dest, kernel_geometry(g))
-
-
 register(Algorithm(
     name="direct-pixels",
     family="ukernel",
@@ -429,15 +410,12 @@ register(Algorithm(
             f"{SPAN} output pixels (pixels in the lanes, stored straight into NCHW planes); "
             "1x1 layers without padding read the input in place or gather runs of tiles into packed panels, "
             "others stage a zero-padded copy split by column phase.",
-    workspace_formula=f"g·⌈M/g/{PIXEL_CHANNELS}⌉·{PIXEL_CHANNELS}·C/g·kh·kw (packed weights) "
-                      "+ C·rows·stride_w·(Wo + slack) (a padded copy of one image), or for 1x1 without "
+    workspace_formula="C·rows·stride_w·(Wo + slack) (a padded copy of one image), or for 1x1 without "
                       f"padding: threads·run·C/g·{SPAN} + 16 (packed input panels; run = tiles of {SPAN} pixels "
                       f"whose input fits {PIXELS_RUN_BYTES // 1024} KiB)",
     unsupported=lambda g: None,
-    packed_weight_elements=_packed_elements,
-    pack_weights=_pack_weights,
-    pack_cost=UKERNEL_PACK_COST,
-    pack_launches=0,  # a serial copy
+    packed_weight_elements=lambda g: 0,
+    pack_weights=None,
     tile_kernel="pixels",
     plan_kernel=_plan,
     compute=_compute,
