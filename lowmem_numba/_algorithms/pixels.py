@@ -169,10 +169,10 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d)
     at every step, contiguous), pixel ``(y, x)`` reading input pixel
     ``(y*stride_h, x*stride_w)``.  A short last tile's runs are zero-padded
     to whole vectors (lanes never stored, but whatever lay there could be
-    denormal numbers, which cost a microcode assist per FMA on some CPUs).  Channel by channel, with the
-    input of a channel ``PIXELS_PACK_PREFETCH_BYTES`` ahead hinted into L2:
-    each channel's run lies on other pages, where no hardware prefetcher
-    follows."""
+    denormal numbers, which cost a microcode assist per FMA on some CPUs).
+    Channel by channel, with the input of a channel
+    ``PIXELS_PACK_PREFETCH_BYTES`` ahead hinted into L2: each channel's run
+    lies on other pages, where no hardware prefetcher follows."""
     Wo = d.out_width
     row_len = d.out_height * Wo
     first_x0 = _unit_span(first, head, 1, row_len)[0]
