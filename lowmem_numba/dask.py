@@ -311,8 +311,9 @@ class _Stack:
     def of(cls, layers):
         states = []
         for layer in layers:
+            # The workspace and the last call's plan are this process's own.
             state = {key: (dict(value) if isinstance(value, dict) else value)
-                     for key, value in vars(layer).items() if key != "workspace"}
+                     for key, value in vars(layer).items() if key not in ("workspace", "_repeat")}
             states.append(state)
         volatile = ("_planned_bytes",)
         token = tokenize([{k: v for k, v in s.items() if k not in volatile} for s in states])
@@ -331,6 +332,7 @@ class _Stack:
             layer = Conv2d.__new__(Conv2d)
             layer.__dict__.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in state.items()})
             layer.workspace = Workspace()
+            layer._repeat = None
             layers.append(layer)
         return layers
 

@@ -1,8 +1,10 @@
 """Repeated calls reuse their validated plan, and still validate everything per call.
 
-The API memoises what depends only on shapes and arguments (``_memo``); these
-tests make sure a memoised call never lets through what a first call would
-refuse, and that anything that changes planning is part of the key.
+The API memoises what depends only on shapes and arguments (``_memo``), and a
+``Conv2d`` repeats its last call on an input of the same shape without even
+that lookup; these tests make sure a memoised or repeated call never lets
+through what a first call would refuse, and that anything that changes
+planning is part of the key.
 """
 
 from __future__ import annotations
@@ -174,3 +176,82 @@ def test_odd_arguments_get_the_validating_error():
                 ln.conv2d(X, W, **{"padding": 1, name: value})
     with pytest.raises(TypeError, match="threads"):
         ln.conv2d(X, W, padding=1, threads=structured)
+
+
+def test_a_layer_repeats_its_last_call_without_planning_again(monkeypatch):
+    """A Conv2d called again on the same shape skips prepare_call (counted
+    here), with or without an out, with the same result; another shape
+    still goes through it."""
+    from lowmem_numba import _layer
+
+    layer = ln.Conv2d(W, padding=1)
+    first = layer(X)
+    calls = []
+    monkeypatch.setattr(_layer, "prepare_call", lambda *a, **k: calls.append(1) or _api.prepare_call(*a, **k))
+    np.testing.assert_array_equal(layer(X), first)
+    np.testing.assert_array_equal(layer(X.copy()), first)
+    out = np.empty_like(first)
+    assert layer(X, out=out) is out
+    np.testing.assert_array_equal(out, first)
+    assert calls == []
+    layer(np.concatenate([X, X]))                 # another shape
+    assert len(calls) == 1
+
+
+def test_a_repeated_layer_call_still_refuses_what_a_first_call_would():
+    layer = ln.Conv2d(W, padding=1)
+    layer(X)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        layer(X.astype(np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        layer(X.astype(">f4"))
+    with pytest.raises(TypeError, match="MaskedArray"):
+        layer(np.ma.masked_array(X))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        layer(X.tolist())
+    out = layer(X)
+    with pytest.raises(ValueError, match="out must have shape"):
+        layer(X, out=out[:, :2])
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        layer(X, out=np.empty(out.shape[:-1] + (2 * out.shape[-1],), np.float32)[..., ::2])
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        layer(X, out=out.astype(np.float64))
+    shared = np.zeros(X.size + out.size, np.float32)
+    x_in_shared = shared[:X.size].reshape(X.shape)
+    x_in_shared[...] = X
+    layer(x_in_shared)
+    with pytest.raises(ValueError, match="overlap"):
+        layer(x_in_shared, out=shared[X.size - 1:-1].reshape(out.shape))
+
+
+def test_a_repeated_layer_call_sees_reassigned_attributes():
+    """Attributes a user may reassign between calls (the workspace, the
+    algorithm, the threads) are part of what a repeated call checks."""
+    layer = ln.Conv2d(W, padding=1, algorithm="im2col-copy-long-ab-ki")
+    reference = layer(X)
+    needed = layer.workspace_bytes
+    layer.workspace = ln.Workspace(needed - 4, fixed=True)
+    with pytest.raises(ValueError, match="workspace is fixed"):
+        layer(X)
+    layer.workspace = ln.Workspace(needed, fixed=True)
+    np.testing.assert_array_equal(layer(X), reference)
+    layer.threads = 1
+    np.testing.assert_array_equal(layer(X), reference)
+    assert layer._repeat.plan.threads == 1
+
+
+def test_a_repeated_layer_call_plans_again_when_the_algorithms_change(monkeypatch):
+    from lowmem_numba import _layer
+
+    layer = ln.Conv2d(W, padding=1)
+    layer(X)
+    calls = []
+    monkeypatch.setattr(_layer, "prepare_call", lambda *a, **k: calls.append(1) or _api.prepare_call(*a, **k))
+    base = registry.get("direct-sum2d")
+    registry.register(registry.Algorithm(**{**base.__dict__, "name": "test-memo-layer-extra"}))
+    try:
+        layer(X)
+    finally:
+        registry.unregister("test-memo-layer-extra")
+    layer(X)
+    assert len(calls) == 2

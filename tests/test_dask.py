@@ -198,6 +198,22 @@ def test_the_weight_payload_counts_its_loads():
     assert copy.token == stack.token and lnd._process_report()["weight_loads"] == before + 1
 
 
+def test_layers_called_locally_travel_without_their_last_call():
+    """A layer keeps its last call's plan (with its workspace and algorithm
+    objects) to repeat it: that stays in its process.  The payload of a
+    layer called before and after it was built pickles with plain pickle,
+    has the same token, and its rebuilt layers run."""
+    layer = ln.Conv2d(_rand(3, 2, 3, 3), padding=1)
+    x = _rand(2, 2, 5, 5)
+    expected = layer(x)
+    stack = lnd._Stack.of([layer])
+    layer(_rand(1, 2, 5, 5))
+    again = lnd._Stack.of([layer])
+    assert again.token == stack.token and all("_repeat" not in state for state in again.states)
+    (rebuilt,) = pickle.loads(pickle.dumps(again)).build()
+    np.testing.assert_array_equal(rebuilt(x), expected)
+
+
 # -- validation when the graph is built ---------------------------------------------------------------------
 
 def _poison(block):
