@@ -27,13 +27,15 @@ from ._workspace import Workspace, check_workspace
 
 class _Repeat(NamedTuple):
     """A layer's last call: repeated on an input of the same shape and dtype
-    while :meth:`Conv2d._call_state` is unchanged, it skips the validation and
-    memo lookup of :func:`~lowmem_numba._api.prepare_call` (building and
+    while the objects of :meth:`Conv2d._call_state` are the same ones (held
+    here, so that no other object takes one's id), it skips the validation
+    and memo lookup of :func:`~lowmem_numba._api.prepare_call` (building and
     hashing the memo key alone took 2.1 of a 12.8 us call); an ``out`` is
     still checked."""
 
     x_shape: tuple
     state: tuple
+    state_ids: tuple
     plan: object
     algorithm: object
     out_shape: tuple
@@ -167,7 +169,7 @@ class Conv2d:
         """
         repeat = self._repeat
         if (repeat is not None and type(x) is np.ndarray and x.dtype == np.float32 and x.shape == repeat.x_shape
-                and repeat.state == self._call_state()):
+                and repeat.state_ids == tuple(map(id, self._call_state()))):
             if out is None:
                 out = np.empty(repeat.out_shape, dtype=np.float32)
             else:
@@ -181,13 +183,16 @@ class Conv2d:
         if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
             return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
-        self._repeat = _Repeat(x.shape, state, call.plan, call.algorithm, call.out.shape, weights)
+        self._repeat = _Repeat(x.shape, state, tuple(map(id, state)), call.plan, call.algorithm, call.out.shape,
+                               weights)
         return launch(call, x, weights, self.bias)
 
     def _call_state(self) -> tuple:
         """What a call's plan depends on besides the input's shape: the
         layer's arguments (attributes a user may reassign), the workspace, and
-        what :func:`~lowmem_numba._api.prepare_call` keys its memo on."""
+        what :func:`~lowmem_numba._api.prepare_call` keys its memo on.
+        Compared by identity: a reassigned attribute plans again, even if
+        equal (a new bias array, say, is validated)."""
         auto = isinstance(self.algorithm, str) and self.algorithm == "auto"
         return (self.algorithm, self.threads, self.layout, self.memory_limit, self.winograd, self.bias,
                 self.workspace, max_threads(), registry.generation(), loaded_calibration() if auto else None)

@@ -238,6 +238,13 @@ def test_a_repeated_layer_call_sees_reassigned_attributes():
     layer.threads = 1
     np.testing.assert_array_equal(layer(X), reference)
     assert layer._repeat.plan.threads == 1
+    layer.bias = np.ones(4, np.float32)
+    np.testing.assert_allclose(layer(X), reference + 1, rtol=1e-6, atol=1e-5)
+    layer.bias = np.full(4, 2, np.float32)        # another array: compared by identity, not by value
+    np.testing.assert_allclose(layer(X), reference + 2, rtol=1e-6, atol=1e-5)
+    layer.bias = np.ones(5, np.float32)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        layer(X)
 
 
 def test_a_repeated_layer_call_plans_again_when_the_algorithms_change(monkeypatch):
