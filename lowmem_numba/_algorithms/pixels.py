@@ -141,6 +141,13 @@ def _unit_span(k, head, lead, row_len):
 
 
 @njit(cache=True, nogil=True)
+def _row_units(row_len, pointwise):
+    """Tiles of a row in :func:`_unit_span`'s numbering: a 1x1 layer's rows
+    (whole planes) have the head tile besides, possibly empty."""
+    return (row_len + SPAN - 1) // SPAN + (1 if pointwise else 0)
+
+
+@njit(cache=True, nogil=True)
 def _prefetch_run(x, at, first_x0, stop, d):
     """Hint into L2 the input lines one channel of a run of 1x1 tiles reads:
     output pixels ``first_x0`` to ``stop`` of a plane whose input starts at
@@ -231,7 +238,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
     plane = d.out_height * d.out_width
     lead = 1 if pointwise else 0
-    row_units = (row_len + SPAN - 1) // SPAN + lead
+    row_units = _row_units(row_len, pointwise)
     units = rows * row_units
     has_bias = 1 if bias.size else 0
     items = images * G * m_chunks * u_chunks
@@ -338,7 +345,7 @@ def _plan(g, threads):
     rows, row_len = (1, g.out_height * g.out_width) if pointwise else (g.out_height, g.out_width)
     images = g.batch if pointwise else 1  # staged: one image per launch
     blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)
-    units = rows * (ceil_div(row_len, SPAN) + (1 if pointwise else 0))  # see _unit_span
+    units = rows * _row_units(row_len, pointwise)
     split = split_work(images * g.groups, blocks, max(1, units), threads, min_rows=1, min_cols=1)
     if pointwise:
         x_image, x_group, row_step = g.in_channels * g.height * g.width, g.channels_per_group * g.height * g.width, 0
