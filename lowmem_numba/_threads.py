@@ -209,12 +209,38 @@ def _started_layer() -> Optional[str]:
     """
     global _layer
     if _layer is None:
+        openmp_counts = _openmp_thread_counts()
         numba.get_num_threads()
+        _restore_openmp_thread_counts(openmp_counts)
         try:
             _layer = numba.threading_layer()
         except ValueError:  # not started after all: treat as unknown
             return None
     return _layer
+
+
+def _openmp_thread_counts():
+    """``[(controller, its thread count)]`` of every OpenMP runtime loaded."""
+    from threadpoolctl import ThreadpoolController
+
+    controllers = ThreadpoolController().select(user_api="openmp").lib_controllers
+    return [(controller, controller.num_threads) for controller in controllers]
+
+
+def _restore_openmp_thread_counts(counts) -> None:
+    """Set back the OpenMP thread counts that starting Numba's layer changed.
+
+    Numba's ``omp`` layer sets the calling thread's OpenMP thread count to
+    ``NUMBA_NUM_THREADS`` when it starts, in the OpenMP runtime already
+    loaded if there is one (GNU OpenMP is shared by its soname): a caller's
+    ``torch.set_num_threads(1)`` (or ``omp_set_num_threads``) became 2 on
+    this 2-core machine after the library's first kernel, and torch then
+    ran on 2 threads.  Numba's own regions name their thread count, so they
+    do not read it.
+    """
+    for controller, count in counts:
+        if controller.num_threads != count:
+            controller.set_num_threads(count)
 
 
 _layer: Optional[str] = None

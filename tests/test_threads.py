@@ -337,3 +337,34 @@ def test_blas_is_held_whichever_python_thread_controls_threadpoolctl():
     before = line.split(" held ")[0]
     assert "held [1] [1]" in line, line
     assert line.endswith("after " + before.split("before ")[1]), line
+
+
+OPENMP_COUNT_KEPT = """
+    import ctypes
+    import ctypes.util
+    import numpy as np
+
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        print("no libgomp")
+        raise SystemExit
+    gomp = ctypes.CDLL(name)  # loaded first, as torch or scikit-learn load it
+    gomp.omp_set_num_threads(1)
+    import numba
+    import lowmem_numba as ln
+
+    x = np.ones((1, 4, 9, 9), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    ln.conv2d(x, w, padding=1, algorithm="direct-ukernel")
+    print("openmp", gomp.omp_get_max_threads(), "numba", numba.get_num_threads(), numba.threading_layer())
+"""
+
+
+def test_starting_numbas_openmp_layer_keeps_the_callers_openmp_thread_count():
+    # Numba's omp layer set the caller's OpenMP count to NUMBA_NUM_THREADS
+    # when it started: a torch.set_num_threads(1) before the first call was lost.
+    result = run_python(OPENMP_COUNT_KEPT, {"NUMBA_THREADING_LAYER": "omp", "NUMBA_NUM_THREADS": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    if "no libgomp" in result.stdout:
+        pytest.skip("GNU OpenMP not found")
+    assert result.stdout.strip().splitlines()[-1] == "openmp 1 numba 3 omp", result.stdout
