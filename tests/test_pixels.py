@@ -36,10 +36,10 @@ GUARD = 29
 
 
 @njit
-def _run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias, b_off,
-              has_bias):
-    pixels._run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, count, out, o_off, o_mstep, valid, mc, bias,
-                     b_off, has_bias)
+def _run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, x_kstep, count, out, o_off, o_mstep, valid, mc, bias,
+              b_off, has_bias):
+    pixels._run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, x_kstep, count, out, o_off, o_mstep, valid, mc,
+                     bias, b_off, has_bias)
 
 
 def _ending_at_unreadable_page(a):
@@ -63,28 +63,35 @@ def _ending_at_unreadable_page(a):
 
 @pytest.mark.parametrize("vectors", range(1, mk.PIXEL_VECTORS + 1))
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias):
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("count", [1, 7, mk.PREFETCH_STEPS, mk.PREFETCH_STEPS + 1, 3 * mk.PREFETCH_STEPS + 2])
+def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, count):
     """The tile reads ``mc`` weight rows ``w_mstep`` apart (the last one
     ends right before an unreadable page: channels past ``mc`` must not read
-    further) and stores only its ``valid`` pixels of its ``mc`` channels."""
+    further) and stores only its ``valid`` pixels of its ``mc`` channels;
+    every step counts, in the prefetching loop and in the last
+    ``PREFETCH_STEPS`` (a loop of their own); the input of step ``k`` is
+    at ``offsets[k]`` (in any order), or ``k * x_kstep`` when strided."""
     rng = np.random.default_rng(vectors)
     pc, vl = mk.PIXEL_CHANNELS, mk.VL
-    count = 7
     for valid in sorted({1, vl - 1, vl, (vectors - 1) * vl + 1, vectors * vl}):
         if not (vectors - 1) * vl < valid <= vectors * vl:
             continue
         for mc in sorted({1, pc - 1, pc}):
             w_mstep = count + 3
             w = _ending_at_unreadable_page(rng.integers(-3, 4, (mc - 1) * w_mstep + count).astype(np.float32))
-            offsets = rng.permutation(np.arange(count, dtype=np.int64) * 3 * vl)
-            x = rng.integers(-3, 4, count * 3 * vl + vectors * vl).astype(np.float32)
+            x_kstep = 3 * vl + 1
+            steps = np.arange(count, dtype=np.int64) * x_kstep
+            offsets = steps if strided else rng.permutation(steps)
+            x = rng.integers(-3, 4, count * x_kstep + vectors * vl).astype(np.float32)
             for k in range(count):  # lanes past `valid` may be anything
                 x[offsets[k] + valid:offsets[k] + vectors * vl] = np.nan
             bias = rng.integers(-3, 4, mc + 2).astype(np.float32)
             o_mstep = vectors * vl + 5
             out = np.full(GUARD + pc * o_mstep + GUARD, np.nan, np.float32)
-            _run_tile(vectors, w, 0, w_mstep, x, 0, offsets, count, out, GUARD, o_mstep, valid, mc, bias, 2,
-                      int(with_bias))
+            table = np.full(count, -10**9, np.int64) if strided else offsets  # strided: the table is not read
+            _run_tile(vectors, w, 0, w_mstep, x, 0, table, x_kstep if strided else 0, count, out, GUARD, o_mstep,
+                      valid, mc, bias, 2, int(with_bias))
             expected = np.full_like(out, np.nan)
             for m in range(mc):
                 sums = sum(w[m * w_mstep + k].astype(np.float64) * x[offsets[k]:offsets[k] + valid]

@@ -81,7 +81,7 @@ import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefetch_to_l2
+from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefetch_to_l2, strided_pixel_tiles
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
@@ -90,15 +90,27 @@ from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MI
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
+_strided1, _strided2, _strided3 = strided_pixel_tiles
 assert PIXEL_VECTORS == 3
 #: Output pixels one full tile covers.
 SPAN = PIXEL_VECTORS * VL
 
 
 @njit(cache=True, nogil=True)
-def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, count, out, o_at, o_mstep, valid, mc, bias, b_off,
-              has_bias):
-    if vectors == 3:
+def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
+              b_off, has_bias):
+    """One tile of ``vectors`` vectors, reading step ``k``'s input at
+    ``x_at + offsets[k]``, or, with ``x_kstep > 0``, at ``x_at + k*x_kstep``
+    (a 1x1 layer's planes or a panel's runs: the strided tile, which loads
+    no offsets)."""
+    if x_kstep > 0:
+        if vectors == 3:
+            _strided3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        elif vectors == 2:
+            _strided2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        else:
+            _strided1(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+    elif vectors == 3:
         _tile3(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     elif vectors == 2:
         _tile2(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
@@ -220,19 +232,18 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                  pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
-    items shared by ``slots`` threads.  ``table_store`` holds two int64
-    offset tables: the input's, and that of a tile in a packed panel.
+    items shared by ``slots`` threads.  ``table_store`` holds the int64
+    offset of every reduction step's input (of a 1x1 layer, its channel
+    planes, which the strided tile steps through without reading it).
     ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
     the tiles read the input planes where they are when ``in_place`` below
     holds (the module docstring says when), else each slot copies a run of
     tiles into its share of ``panels`` and the tiles read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
-    tables = table_store.view(np.int64)
-    offsets, packed_offsets = tables[:reduction], tables[reduction:2 * reduction]
+    offsets = table_store.view(np.int64)[:reduction]
     _fill_offsets(offsets, d, pointwise, staged_rows, phase_len)
-    for k in range(reduction):
-        packed_offsets[k] = k * SPAN
+    plane_step = d.height * d.width if pointwise else 0  # 1x1: step k reads channel plane k
     G, M = d.groups, d.out_channels
     mg = d.out_channels_per_group
     blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
@@ -277,17 +288,18 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                         if valid <= 0:
                             continue
                         vectors = (valid + VL - 1) // VL
-                        src, src_at, table = x, n * x_image + g * x_group + r * row_step + x0, offsets
+                        src, src_at, kstep = x, n * x_image + g * x_group + r * row_step + x0, plane_step
                         at = panel + (unit - run) * reduction * SPAN
                         if pack:
-                            src, src_at, table = panels, at, packed_offsets
+                            src, src_at, kstep = panels, at, SPAN
                         elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
                             if mb == mb0:
                                 _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
                                           head, d)
-                            src, src_at, table = panels, at, packed_offsets
-                        _run_tile(vectors, w, (g * mg + mb * PIXEL_CHANNELS) * reduction, reduction, src, src_at, table,
-                                  reduction, out, (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0,
+                            src, src_at, kstep = panels, at, SPAN
+                        _run_tile(vectors, w, (g * mg + mb * PIXEL_CHANNELS) * reduction, reduction, src, src_at,
+                                  offsets, kstep, reduction, out,
+                                  (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0,
                                   plane, valid, min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS), bias,
                                   g * mg + mb * PIXEL_CHANNELS, has_bias)
 
@@ -377,8 +389,8 @@ def _plan(g, threads):
 
 
 def _table_elements(g):
-    """float32 elements holding the two int64 offset tables, in whole vectors."""
-    return ceil_div(2 * 2 * g.channels_per_group * g.kernel_taps, VL) * VL
+    """float32 elements holding the int64 offset table, in whole vectors."""
+    return ceil_div(2 * g.channels_per_group * g.kernel_taps, VL) * VL
 
 
 def _panel_elements(g, slots, unit_block):
