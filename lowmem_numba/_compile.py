@@ -25,11 +25,19 @@ Cache.  Kernels are declared with :func:`njit` (this module's), which takes
    for that place and no other) kernels are compiled in every process, and one
    RuntimeWarning says why.
 
+A cached kernel is reused only while the sources of the whole package are
+unchanged (:data:`PACKAGE_STAMP`), not only its own file, which is all Numba
+checks: a kernel inlines the micro-kernel intrinsics of ``_microkernel`` and
+jitted helpers of other modules, so an edit there (a ``git pull`` into an
+editable install) left kernels of the other modules running the old code
+from their cache, silently.
+
 :data:`CACHE_DIR` and :data:`CACHE_REASON` record the outcome.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
@@ -148,6 +156,49 @@ def _decide() -> None:
         )
 
 
+def _package_stamp() -> str:
+    """A digest of every Python source of the package (paths and contents)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as source:
+                    digest.update(hashlib.sha256(source.read()).digest())
+    return digest.hexdigest()
+
+
+#: What a cached kernel's freshness is checked against, besides its own file.
+PACKAGE_STAMP: str = _package_stamp()
+
+
+class _PackageStampedLocator:
+    """A Numba cache locator whose source stamp is its own file's and the
+    package's (:data:`PACKAGE_STAMP`); everything else is the locator's."""
+
+    def __init__(self, locator):
+        self._locator = locator
+
+    def __getattr__(self, name):
+        return getattr(self._locator, name)
+
+    def get_source_stamp(self):
+        return self._locator.get_source_stamp(), PACKAGE_STAMP
+
+
+class _StampedCacheImpl(caching.CompileResultCacheImpl):
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._locator = _PackageStampedLocator(self._locator)
+
+
+class _StampedCache(caching.FunctionCache):
+    _impl_class = _StampedCacheImpl
+
+
 class _FallbackLocator(caching.UserProvidedCacheLocator):
     # Numba's locator for NUMBA_CACHE_DIR, pointed at CACHE_DIR instead, so that
     # the process-wide numba.config is left alone for other libraries.
@@ -163,7 +214,7 @@ class _FallbackLocator(caching.UserProvidedCacheLocator):
         return super(caching.UserProvidedCacheLocator, cls).from_function(py_func, py_file)
 
 
-class _FallbackCacheImpl(caching.CompileResultCacheImpl):
+class _FallbackCacheImpl(_StampedCacheImpl):
     _locator_classes = [_FallbackLocator]
 
 
@@ -174,7 +225,7 @@ class _FallbackCache(caching.FunctionCache):
 def _enable_cache(dispatcher) -> None:
     if CACHE_MODE == "numba":
         try:
-            dispatcher.enable_caching()
+            dispatcher._cache = _StampedCache(dispatcher.py_func)  # what enable_caching does, stamped
             return
         except RuntimeError:
             # Numba could cache this package's top directory but not this

@@ -271,3 +271,41 @@ def test_every_kernel_module_compiles_through_the_cache_policy():
     offenders = [str(path.relative_to(package)) for path in package.rglob("*.py")
                  if path.name != "_compile.py" and direct.search(path.read_text())]
     assert offenders == [], "use `from lowmem_numba._compile import njit` in " + ", ".join(offenders)
+
+
+RUN_PIXELS = """
+    import numpy as np
+    import lowmem_numba as ln
+    from lowmem_numba._algorithms import pixels
+
+    print(ln.__file__)
+    x = np.ones((1, 4, 8, 8), np.float32)
+    w = np.ones((8, 4, 1, 1), np.float32)
+    assert (ln.conv2d(x, w, algorithm="direct-pixels", threads=1) == 4).all()
+    stats = pixels._pixels_conv.stats
+    print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
+"""
+
+
+def test_an_edit_to_another_module_of_the_package_invalidates_cached_kernels(tmp_path):
+    # direct-pixels' kernel inlines _microkernel's tile: Numba alone checks
+    # only pixels.py, and kept running the old tile from its cache.
+    site = tmp_path / "site"
+    shutil.copytree(Path(ln.__file__).parent, site / "lowmem_numba",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(site), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():  # from tmp_path: `python -c` puts the working directory first on the path
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN_PIXELS)], capture_output=True,
+                                text=True, env={**os.environ, **env}, cwd=str(tmp_path), timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        package, counts = result.stdout.split("\n", 1)
+        assert package == str(site / "lowmem_numba" / "__init__.py"), package
+        return _counts(counts)
+
+    assert run() == {"hits": 0, "misses": 1}
+    assert run() == {"hits": 1, "misses": 0}
+    microkernel = site / "lowmem_numba" / "_microkernel.py"
+    microkernel.write_text(microkernel.read_text() + "\n# edited\n")
+    assert run() == {"hits": 0, "misses": 1}
+    assert run() == {"hits": 1, "misses": 0}
