@@ -667,10 +667,11 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
     own without them.  Against one loop clamping the prefetched step to the
     last (an extra compare and select per step) and reading the table,
     direct-pixels ran ResNet's, MobileNet's and GoogLeNet's 1x1 layers
-    1.01-1.07x faster (batch 1 and 8, one thread, best of three alternating
-    processes); prefetching past the tile instead (into the next image's
-    planes on a 1x1 layer), MobileNet's pw1 (32 channels) ran 3-6 % slower,
-    and prefetching only the first and last vector 2-10 % slower.
+    1.01-1.08x faster (Intel Xeon, batch 1 and 8 on one thread, batch 1 on
+    two; best of two or three alternating processes); prefetching past the
+    tile instead (into the next image's planes on a 1x1 layer), MobileNet's
+    pw1 (32 channels) ran 3-6 % slower, and prefetching only the first and
+    last vector 2-10 % slower.
     Arrays are C-contiguous float32 (``offsets`` int64).
     """
 

@@ -11,7 +11,8 @@ pixels are stored as they lie in its plane:
 :func:`~lowmem_numba._microkernel.make_pixel_tile_kernel` keeps
 ``PIXEL_CHANNELS`` channels by up to ``PIXEL_VECTORS`` vectors of ``VL``
 pixels in registers over the whole reduction ``C/g * kh * kw``, reading the
-input through a table of one offset per (channel, tap).
+input through a table of one offset per (channel, tap), or, on 1x1 layers
+(one channel plane per step), at a stride.
 
 Input
 -----
