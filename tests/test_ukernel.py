@@ -252,6 +252,28 @@ def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bi
 
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=25, deadline=None)
+@given(batch=st.integers(2, 9), height=st.integers(1, 12), width=st.integers(1, 12), groups=st.sampled_from([1, 3]),
+       c_per_group=st.integers(1, 9), m_per_group=st.sampled_from([1, mk.VL + 1, mk.NR + 3]),
+       dilation=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1), with_bias=st.booleans(),
+       threads=st.sampled_from([1, 2]))
+def test_small_1x1_planes_walk_one_row_per_image_exactly(name, batch, height, width, groups, c_per_group,
+                                                         m_per_group, dilation, seed, with_bias, threads):
+    """A 1x1 layer without stride or padding on planes of at most half a tile
+    block is walked as one row of H*W pixels per image, the images stacked
+    (the plan says so), and is exact in the kernel's own layout."""
+    assume(2 * height * width <= ukernel.UKERNEL_TILE_BLOCK * mk.MR)
+    case = Case(batch, groups * c_per_group, height, width, groups * m_per_group, (1, 1), (1, 1), ((0, 0), (0, 0)),
+                (dilation, dilation), groups)
+    layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
+    g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
+    tiling = ln._registry.get(name).plan(g, threads, layout).kernel.tiling
+    walked = ukernel.KernelGeometry(*tiling[6])
+    assert tiling[5] and (walked.height, walked.width, walked.batch) == (1, height * width, batch)
+    assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None)
 @given(case=wide_cases(), seed=st.integers(0, 2**32 - 1))
 def test_close_on_real_data(name, case, seed):
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):

@@ -38,7 +38,9 @@ small planes (7x7, 14x14) the border is much of the plane and its short runs
 waste most of a tile; at batch > 1 the images are then stacked
 (:func:`_stacks`): each output row of a rectangle is walked over all the
 images, so a border column of a batch of 8 is one tile of 8 pixels, each
-reducing over its own taps.
+reducing over its own taps.  Small planes of a 1x1 layer without stride or
+padding are stacked as one row of ``H*W`` pixels per image
+(:func:`_walked_geometry`), so that each weight block serves several images.
 
 Limits
 ------
@@ -220,13 +222,39 @@ def _stacks(g):
     that have a border, when it is priced below the per-image walk (on a
     zero-padded copy where one would be made): at batch 2, GoogLeNet's 7x7
     5x5 layers ran 12 % slower stacked (border rows of two pixels), at batch
-    3 9 % faster.  Without a border there is nothing to gain: 7x7 1x1 layers
-    ran 4-25 % slower stacked at batch 8 (ResNet-50's layer4 512 -> 2048:
-    11.4 against 9.1 ms on one thread), their 7-pixel rows over the images
-    making more short tiles, each streaming the whole reduction's weights.
+    3 9 % faster.  Without a border there is nothing to gain this way: 7x7
+    1x1 layers ran 4-25 % slower stacked at batch 8 (ResNet-50's layer4 512
+    -> 2048: 11.4 against 9.1 ms on one thread), their 7-pixel rows over the
+    images making more short tiles, each streaming the whole reduction's
+    weights; such layers are stacked as one row per image instead
+    (:func:`_walked_geometry`).
     """
     ratio = _stacking_ratio(g)
     return ratio is not None and ratio < UKERNEL_STACK_MARGIN
+
+
+def _walked_geometry(g):
+    """``(geometry, stacked)``: the geometry the kernel walks, and whether
+    its images are stacked (:func:`_stacks`).
+
+    A 1x1 layer without stride or padding whose planes hold at most half
+    the pixels a block of ``UKERNEL_TILE_BLOCK`` tiles covers is walked as
+    one row of ``H*W`` pixels per image, the images stacked: the batch is
+    then one rectangle of whole tiles, and every weight block serves the
+    tiles of two images or more per sweep, where the per-image walk streamed
+    all the weights once per image (through a short last tile each).  At
+    batch 8 (Intel Xeon, best of three alternating processes) ResNet-50's
+    and MobileNet's 7x7 1x1 layers and GoogLeNet's 5b 1x1 ran 1.02-1.19x
+    faster on one thread and 1.0-1.18x on two with prepacked weights, and
+    functional calls (which then pack the weights inside the kernel) 1.05-1.19x
+    and 1.04-1.36x; 14x14 planes (a tile block of under one image) ran 10 %
+    slower, so they keep the per-image walk.
+    """
+    if (g.batch > 1 and (g.kernel_h, g.kernel_w) == (1, 1) and (g.stride_h, g.stride_w) == (1, 1)
+            and not any((g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
+            and 2 * g.height * g.width <= UKERNEL_TILE_BLOCK * MR):
+        return dataclasses.replace(g, height=1, width=g.height * g.width), True
+    return g, _stacks(g)
 
 
 def _stacking_ratio(g):
@@ -564,7 +592,7 @@ def _plan(g, threads, nhwc=False):
     (``UKERNEL_NCHW_PLANE_STEP_COST``), scaled by the share of a page a
     plane is (at most 1).
     """
-    stacked = _stacks(g)
+    g, stacked = _walked_geometry(g)
     staging = _staging(g, nhwc, stacked)
     run = _staged_geometry(g, staging) if staging else g
     launched = kernel_geometry(run)
