@@ -9,8 +9,8 @@ Two tables:
   no memory limit;
 * ``layer-1MiB``: :class:`lowmem_numba.Conv2d` layers built with
   ``memory_limit=1 MiB`` (weights prepacked once), beside torch's transient
-  memory on the same layer (``--torch-memory``: measured by the OS in a fresh
-  process per layer, batch 1).
+  memory on the same layer (measured by the OS in a fresh process per layer,
+  batch 1; ``--no-torch-memory`` skips it).
 
 Each engine runs in its own fresh process (ours as this script's ``--worker``,
 torch through :func:`lowmem_numba.bench.torch_runs`), ``--rounds`` times (2), interleaved
@@ -25,7 +25,7 @@ Writes ``perf/results/vs_torch.md``, ``vs_torch.json`` (every time) and
 
 Usage::
 
-    python perf/vs_torch.py --rounds 3            # everything (about 10 minutes on 2 cores)
+    python perf/vs_torch.py --rounds 2            # everything (about 10 minutes on 2 cores)
     python perf/vs_torch.py --networks vgg16 --batches 1 --threads 1 --modes auto
 """
 
@@ -256,7 +256,9 @@ def main(argv=None):
     parser.add_argument("--min-seconds", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved processes per engine; each layer keeps its best call")
-    parser.add_argument("--torch-memory", action="store_true", help="measure torch's transient memory")
+    parser.add_argument("--torch-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure torch's transient memory per layer for the 1 MiB table (a process per "
+                             "layer, a few minutes)")
     parser.add_argument("--output", type=Path, default=RESULTS / "vs_torch.md")
     args = parser.parse_args(argv)
     if args.worker:
