@@ -128,7 +128,8 @@ _PIXELS = 2
 #
 # The helpers are inlined into the kernels (``inline="always"``): a call of a
 # compiled function with array arguments costs reference-count updates of
-# each array, atomic operations that cost more than a short run itself.
+# each array, atomic operations that cost more than a short run itself (see
+# lowmem_numba._compile).
 
 @njit(cache=True, nogil=True, inline="always")
 def _run33(src, o, v, mk, mo, out, at, n, b, add):

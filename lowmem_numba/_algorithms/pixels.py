@@ -97,7 +97,7 @@ assert PIXEL_VECTORS == 3
 SPAN = PIXEL_VECTORS * VL
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
               b_off, has_bias):
     """One tile of ``vectors`` vectors, reading step ``k``'s input at

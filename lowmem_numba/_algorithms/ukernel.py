@@ -274,7 +274,7 @@ def _stacking_ratio(g):
 
 # ----------------------------------------------------------------- the kernel
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
           x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias):
     """One micro-kernel tile on the variant that fits it: ``small`` rows

@@ -190,7 +190,7 @@ def matrices(name: str) -> tuple:
     return arrays
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _transform(mat, src, s_off, s_step, dst, d_off, d_step, n):
     """``dst[d_off + k*d_step + c] = sum_l mat[k, l] * src[s_off + l*s_step + c]``
     for ``c < n``, applying only the non-zero coefficients (so 0 * inf never
@@ -220,7 +220,7 @@ def _transform(mat, src, s_off, s_step, dst, d_off, d_step, n):
 # ----------------------------------------------------------------- the kernel
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v_step, chunk, gather):
     """``B^T d B`` of the ``alpha x alpha`` input tile at (y0, x0) (may reach
     into the padding) for every channel of group ``g``, into
@@ -275,7 +275,7 @@ def _input_tile(x, d, nhwc, n, g, y0, x0, bt, alpha, buf, p_off, t_off, v_off, v
             _transform(bt, buf, t_off + k * cs, alpha * cs, buf, v_off + c0 + k * v_step, alpha * v_step, cs)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, tile, buf, z_off, r_off, y_off,
                   block, bias, by_channel):
     """``A^T Z A`` of ``count`` tiles' ``Z[point][tile][lane]`` (channels m0 ..
@@ -351,7 +351,7 @@ def _slot_units(slot, slots, units, m_chunks, blocks, tile_block, tiles):
     return first, max(first, end)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, mode):
     """``Z[tile][lane] (+)= sum_c V[tile][c] U[c][lane]`` for one point's
     ``count`` tiles (rows ``x_row`` apart from ``x_at``) and ``kc`` channels of
