@@ -223,6 +223,16 @@ PIXELS_PACK_MIN_CHANNELS = 512
 #: (each gathering the whole input for its half of the channel blocks) ran
 #: layer3's downsample in 1.28 ms, direct-ukernel in 0.85.
 PIXELS_GATHER_COST = 4
+#: What direct-pixels' tiles of 0 to 3 vectors cost, in vectors of a full
+#: (3-vector) tile's time: a row's last tile is as wide as the row's rest,
+#: and the narrower ones do less work per load and per tile.  Intel Xeon kind,
+#: one thread, batch 1, 3x3 96->208 and 5x5 32->128 on 14 rows of 16, 32,
+#: 48, 64 and 96 pixels: per vector of a row 45.2 / 29.5 / 27.9 / 32.0 /
+#: 28.1 us and 24.0 / 16.5 / 15.3 / 17.1 / 15.4 us.  Priced as whole vectors
+#: at the full tile's rate, GoogLeNet's 14x14 3x3 and 5x5 layers (one vector
+#: per row) ran 1.5-1.6x slower than predicted, and "auto" put them on
+#: direct-pixels, which the channel-lane tile beat by 1.2-1.5x.
+PIXELS_TILE_VECTORS = (0.0, 1.6, 2.1, 3.0)
 #: direct-ukernel (NCHW) on layers with at most this many input channels
 #: (one group, dilation 1) reads a channels-last copy of each image, so that
 #: its tap and channel loops fold into one run per row of taps.  On the

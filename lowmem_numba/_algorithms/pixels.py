@@ -87,7 +87,7 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES)
+                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -368,8 +368,10 @@ def _plan(g, threads):
         row = g.stride_w * phase_len
         x_image, x_group, row_step = 0, g.channels_per_group * staged_rows * row, g.stride_h * row
         staged = g.in_channels * staged_rows * row
-    # Lanes computed: whole vectors of every row, channels in whole blocks.
-    pixels = rows * ceil_div(row_len, VL) * VL
+    # Lanes computed: whole vectors of every row, a row's narrower last tile
+    # priced at what it costs (PIXELS_TILE_VECTORS); channels in whole blocks.
+    full, rest = divmod(ceil_div(row_len, VL), PIXEL_VECTORS)
+    pixels = round(rows * (full * PIXEL_VECTORS + PIXELS_TILE_VECTORS[rest]) * VL)
     table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
