@@ -15,7 +15,7 @@ BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).
 direct-pixels' pixel-lane tile has a curve of its own (``pixels_peak``,
 ``pixels_half_k``): it stores its sums as they lie, so a short reduction
 costs it less (on the Intel kind its half-saturation reduction came out
-7.5-8.1 against the channel-lane tile's 14.7-16.0).  The
+7.5-12.4 against the channel-lane tile's 14.7-17.7 in five calibrations).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -126,8 +126,8 @@ _CALIBRATION_VERSION = 7  # 3: vector_rate; 4: launch_seconds after the fixed-co
                           # here): a stored launch cost from before steered small layers wrongly;
                           # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
                           # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
-                          # 7: the tile helpers inlined (half-saturation reductions 19 -> 15
-                          # and 12 -> 8 here)
+                          # 7: the tile helpers inlined (half-saturation reductions 19-24 ->
+                          # 15-18 and 12-13 -> 8-12 here)
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -180,7 +180,7 @@ PLAUSIBLE = {
     # one parallel kernel launch, thread limits included: 4.3 us here
     "launch_seconds": (1e-7, 1e-2),
     # the micro-kernel: as the GEMM peak; its half-saturation reduction is
-    # 15-16 here (the register tile is set up and stored once per reduction)
+    # 15-18 here (the register tile is set up and stored once per reduction)
     "ukernel_peak": (1e9, 2e12),
     "ukernel_half_k": (0.05, 1024.0),
     "pixels_peak": (1e9, 2e12),
