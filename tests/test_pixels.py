@@ -24,6 +24,7 @@ from numba import njit
 import lowmem_numba as ln
 from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
+from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
 from lowmem_numba._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
                                   PIXELS_RUN_BYTES)
@@ -219,7 +220,7 @@ def _check_pointwise(x_shape, m, groups, stride, line_offset):
     w = rng.integers(-3, 4, (m, c // groups, 1, 1)).astype(np.float32)
     b = rng.integers(-3, 4, m).astype(np.float32)
     g = make_geometry(x.shape, w.shape, stride, groups=groups)
-    assert pixels._pointwise(g)
+    assert unpadded_1x1(g)
     plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
     unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
     slots = 2 if plan.kernel.parallel_items > 1 else 1

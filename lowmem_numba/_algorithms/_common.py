@@ -105,6 +105,12 @@ def bias_cols(out, offset, rows, cols, ld, bias, bias_offset, add):
                 out[base + j] = bias[bias_offset + j]
 
 
+def unpadded_1x1(g) -> bool:
+    """Whether ``g`` has a 1x1 kernel and no padding: each output plane is
+    then its input's pixels (at the stride), read where they lie."""
+    return (g.kernel_h, g.kernel_w) == (1, 1) and not any(p for pair in g.padding for p in pair)
+
+
 def split_gemms(count, m, n, k, threads, *, min_rows, min_cols, prefer="cols"):
     """Cut ``count`` equal m x n x k GEMMs into parallel tiles (one
     :func:`~lowmem_numba._split.split_work` rule) and describe the tiles.

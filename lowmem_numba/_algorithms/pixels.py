@@ -88,7 +88,7 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
                        PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
-from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
+from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
 _strided1, _strided2, _strided3 = strided_pixel_tiles
@@ -337,13 +337,6 @@ def _stage(x, x_at, geometry, dest, rows, phase_len):
 
 # ----------------------------------------------------------------- plan
 
-def _pointwise(g):
-    """Whether the input needs no padded copy: a 1x1 kernel without padding
-    (each output plane is then one row of ``Ho*Wo`` pixels, read in place
-    or gathered into panels at any stride)."""
-    return (g.kernel_h, g.kernel_w) == (1, 1) and not any(p for pair in g.padding for p in pair)
-
-
 def _staged_shape(g):
     """``(rows, phase_len)`` of a staged image."""
     rows = (g.out_height - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1
@@ -354,7 +347,9 @@ def _staged_shape(g):
 def _plan(g, threads):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return KernelPlan(tiling=(), parallel_items=1)
-    pointwise = _pointwise(g)
+    # A 1x1 kernel without padding needs no padded copy: each output plane is
+    # one row of Ho*Wo pixels, read in place or gathered into panels.
+    pointwise = unpadded_1x1(g)
     rows, row_len = (1, g.out_height * g.out_width) if pointwise else (g.out_height, g.out_width)
     images = g.batch if pointwise else 1  # staged: one image per launch
     blocks = ceil_div(g.out_channels_per_group, PIXEL_CHANNELS)

@@ -97,7 +97,7 @@ from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_PLANE
                        UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN,
                        UKERNEL_STACK_PIXELS, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
-from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds
+from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -250,8 +250,7 @@ def _walked_geometry(g):
     and 1.04-1.36x; 14x14 planes (a tile block of under one image) ran 10 %
     slower, so they keep the per-image walk.
     """
-    if (g.batch > 1 and (g.kernel_h, g.kernel_w) == (1, 1) and (g.stride_h, g.stride_w) == (1, 1)
-            and not any((g.pad_top, g.pad_bottom, g.pad_left, g.pad_right))
+    if (g.batch > 1 and unpadded_1x1(g) and (g.stride_h, g.stride_w) == (1, 1)
             and 2 * g.height * g.width <= UKERNEL_TILE_BLOCK * MR):
         return dataclasses.replace(g, height=1, width=g.height * g.width), True
     return g, _stacks(g)
