@@ -119,7 +119,7 @@ def test_warm_layer_call_allocates_nothing_in_numba():
     # image at a time, to keep their buffer at one image.
     result = run_python(NRT_LAYER, {"NUMBA_NRT_STATS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    from lowmem_numba._algorithms import pixels
+    from lowmem_numba._algorithms._common import unpadded_1x1
 
     for line in result.stdout.strip().splitlines():
         name, *counts = line.split()
@@ -128,7 +128,7 @@ def test_warm_layer_call_allocates_nothing_in_numba():
         # index tables per thread (tens of bytes, not per tile).
         assert single == larger and single <= 24, line
         native = ln._registry.get(name).input_layout == ln._registry.get(name).output_layout == "NCHW"
-        staged = name == "direct-pixels" and not pixels._pointwise(
+        staged = name == "direct-pixels" and not unpadded_1x1(
             ln._geometry.make_geometry((3, 8, 12, 12), (8, 8, 3, 3), padding=1))
         assert batch_of_3 == (3 * single if staged or not native else single), line
 
