@@ -8,7 +8,7 @@ import numpy as np
 
 from ._execute import prepare_weights
 from . import _registry as registry
-from ._api import Call, choose_algorithm, launch, prepare_call, resolve_algorithm
+from ._api import choose_algorithm, launch, prepare_call, resolve_algorithm
 from ._costmodel import loaded_calibration
 from ._geometry import (
     check_array,
@@ -174,7 +174,7 @@ class Conv2d:
                 out = np.empty(repeat.out_shape, dtype=np.float32)
             else:
                 check_out(out, repeat.out_shape, {"x": x, "bias": self.bias})
-            return launch(Call(repeat.plan, repeat.algorithm, out, self.workspace), x, repeat.weights, self.bias)
+            return launch(repeat.plan, out, self.workspace, x, repeat.weights, self.bias)
         state = self._call_state()
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True,
@@ -185,7 +185,7 @@ class Conv2d:
         weights = self._weights_for(call.algorithm, call.geometry)
         self._repeat = _Repeat(x.shape, state, tuple(map(id, state)), call.plan, call.algorithm, call.out.shape,
                                weights)
-        return launch(call, x, weights, self.bias)
+        return launch(call.plan, call.out, call.workspace, x, weights, self.bias)
 
     def _call_state(self) -> tuple:
         """What a call's plan depends on besides the input's shape: the

@@ -13,6 +13,7 @@ that sizes the workspace stores the parallel plan that setup then runs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 from ._tuning import PACK_COST, TRANSPOSE_COST
@@ -144,10 +145,11 @@ class CallPlan:
     pack_launches: int = 1
     tile_kernel: str = "ukernel"
 
-    @property
+    @cached_property
     def workspace_elements(self) -> int:
         """float32 elements of temporary memory: packed weights (and their
-        packing's scratch), scratch, layout buffers."""
+        packing's scratch), scratch, layout buffers (read on every call:
+        worked out once)."""
         if self.runs == 0:
             return 0
         return (self.packed_weight_elements + self.packing_scratch_elements + self.kernel.scratch_elements

@@ -155,11 +155,22 @@ def _numba_thread_functions():
     Numba's own ``get_num_threads`` / ``set_num_threads`` call them after
     validating and making sure the layer is launched, on every call: 0.7 and
     1.1 us against 0.15 and 0.3 us (timeit), about 2 us of the fixed cost of
-    a call that runs on fewer threads than its caller.
+    a call that runs on fewer threads than its caller.  Found once, after the
+    layer has started (they are the started layer's own).
     """
-    get = getattr(_numba_parallel, "_get_num_threads", None)
-    set_ = getattr(_numba_parallel, "_set_num_threads", None)
-    return None if get is None or set_ is None or _started_layer() is None else (get, set_)
+    global _thread_functions
+    if _thread_functions is None:
+        if _started_layer() is None:
+            return None
+        get = getattr(_numba_parallel, "_get_num_threads", None)
+        set_ = getattr(_numba_parallel, "_set_num_threads", None)
+        if get is None or set_ is None:
+            return None
+        _thread_functions = (get, set_)
+    return _thread_functions
+
+
+_thread_functions = None
 
 
 def numba_thread_count() -> int:
@@ -173,7 +184,7 @@ def _swap_num_threads(count: int) -> int:
     the previous count (see :func:`_numba_thread_functions`)."""
     if not 1 <= count <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"thread count {count} outside 1..{numba.config.NUMBA_NUM_THREADS}")
-    functions = _numba_thread_functions()
+    functions = _thread_functions if _thread_functions is not None else _numba_thread_functions()
     if functions is None:
         previous = numba.get_num_threads()
         if count != previous:
@@ -184,6 +195,17 @@ def _swap_num_threads(count: int) -> int:
     if count != previous:
         set_(count)
     return previous
+
+
+def _set_num_threads(count: int) -> None:
+    """Set this Python thread's Numba thread count back to ``count``, a
+    count :func:`_swap_num_threads` returned (valid; one C call, without
+    reading the current count first)."""
+    functions = _thread_functions if _thread_functions is not None else _numba_thread_functions()
+    if functions is None:
+        numba.set_num_threads(count)
+    else:
+        functions[1](count)
 
 
 @contextmanager
@@ -312,7 +334,9 @@ class kernel_threads:
     and leaving from 13.5 to 8.7 us with the BLAS hold and a thread-count
     change (timeit), for layers that take 10-100 us; the thread counts set
     through C (:func:`_numba_thread_functions`, :class:`_BlasThreads`) then
-    took it to 3.9 us (2.1 us without the BLAS hold).
+    took it to 3.9 us (2.1 us without the BLAS hold); finding them once and
+    setting the count back without reading it first, to 1.4 us (with a
+    thread-count change, without the BLAS hold; 0.8 without the change).
     """
 
     __slots__ = ("_count", "_blas", "_lock", "_previous", "_entered")
@@ -330,7 +354,7 @@ class kernel_threads:
             raise RuntimeError("a kernel_threads instance can be entered once; create one per with-block")
         self._entered = True
         _check_not_forked_from_openmp()
-        if _started_layer() not in _THREAD_SAFE_LAYERS:
+        if (_layer if _layer is not None else _started_layer()) not in _THREAD_SAFE_LAYERS:
             self._lock = _serial_lock  # the lock of this process, even if a fork replaces it later
             self._lock.acquire()
         try:
@@ -358,7 +382,7 @@ class kernel_threads:
     def _restore_numba(self):
         try:
             if self._previous is not None:
-                _swap_num_threads(self._previous)
+                _set_num_threads(self._previous)
                 self._previous = None
         finally:
             if self._lock is not None:

@@ -172,6 +172,26 @@ def test_fixed_workspace_too_small_raises_and_growable_grows_once():
         ln.conv2d(x, w, workspace=np.empty(10, np.float32))
 
 
+def test_lease_grows_refuses_when_fixed_and_always_releases_the_arena():
+    arena = ln.Workspace(16)
+    with arena.lease(4) as buffer:
+        assert buffer.size == 4 and buffer.dtype == np.float32
+        assert not arena._lock.acquire(blocking=False)  # held while leased
+    with arena.lease(40) as buffer:
+        assert buffer.size == 40
+    assert arena.grow_count == 1 and arena.nbytes == 160
+    with pytest.raises(RuntimeError, match="inside"):
+        with arena.lease(8):
+            raise RuntimeError("inside")
+    fixed = ln.Workspace(16, fixed=True)
+    with pytest.raises(ValueError, match="fixed at 16 bytes"):
+        with fixed.lease(5):
+            pass
+    for workspace in (arena, fixed):  # released after the errors
+        assert workspace._lock.acquire(blocking=False)
+        workspace._lock.release()
+
+
 def test_network_arena_is_the_largest_not_the_sum():
     shapes = [(1, 3, 32, 32), (1, 16, 32, 32), (1, 32, 16, 16)]
     layers = [ln.Conv2d(integers((16, 3, 3, 3)), padding=1, algorithm="im2col-copy-self-ab-ki"),
