@@ -327,16 +327,29 @@ WINOGRAD_REDUCTION_BLOCK = 128
 #: read by one tile block (each block streams its channel chunk's weights,
 #: a^2 M C/g floats: from the L3 cache, or from memory when they exceed it,
 #: as the 38 MB of F(4x4,3x3) on 512 -> 512 channels do here), all in
-#: plain-copy elements.  Fitted together (non-negative least squares of the
-#: relative error) to the time the plan left unexplained on 50 layers x
-#: variants x batch 1 and 8, one thread (the 3x3 and 5x5 stride-1 layers of
-#: AlexNet, VGG-16 to 56x56, GoogLeNet and ResNet-50), each layer's timing
-#: divided by direct-ukernel's measured / predicted ratio there to take out
-#: the machine's phase: 114, 0.195 and 0.81 (kept as 114, 0.2 and 0.8).
-#: Measured / predicted then has median 1.01, 90th percentile 1.10 and worst 1.49 (F(4x4,3x3) on ResNet-50's
-#: layer4 at batch 1), against 1.16 / 2.47 without them once the
-#: micro-kernel had its own calibration.
-WINOGRAD_TILE_POINT_COST = 114
+#: plain-copy elements.  First fitted together (non-negative least squares
+#: of the relative error) to the time the plan left unexplained on 50 layers
+#: x variants x batch 1 and 8, one thread (the 3x3 and 5x5 stride-1 layers
+#: of AlexNet, VGG-16 to 56x56, GoogLeNet and ResNet-50): 114, 0.195 and
+#: 0.81 (kept as 114, 0.2 and 0.8).
+#: Since the input transform runs in registers (a vector of channels at a
+#: time), the transforms cost less than their elements moved as plain
+#: copies, and by how much depends on the variant: WINOGRAD_TRANSFORM_COST
+#: scales the transforms' elements (2 per transformed input element, 1 per
+#: product read and output written), and the point cost is per variant.
+#: Both refitted per variant (grid search of the RMS log error) on the same
+#: layers, batch 1 and 8, one thread, Intel Xeon kind, under one
+#: calibration: measured / predicted went from median 0.93 / 1.06 /
+#: 0.66 (RMS log error 0.121 / 0.132 / 0.412) to 1.01 / 1.02 / 0.96 (0.085 /
+#: 0.110 / 0.144) for F(2x2,3x3) / F(4x4,3x3) / F(2x2,5x5).  F(2x2,5x5) had
+#: been priced 1.5x too slow: on GoogLeNet's inception3b 5x5 at batch 8 it
+#: ran 4.34-4.68 ms against direct-ukernel's 5.16-5.19, predicted 7.0 against
+#: 5.5, and "auto" kept direct-ukernel.  On 13x13 and 14x14 images the 3x3
+#: variants now often tie on price, and F(2x2,3x3) (smaller rounding errors)
+#: is picked: measured 0.87-1.03x F(4x4,3x3)'s time on one thread, 0.95-1.11x
+#: on two (AlexNet conv3-5, GoogLeNet 4a-4e, ResNet-50 layer3, VGG-16 conv5).
+WINOGRAD_TILE_POINT_COST = {"winograd-2x2-3x3": 170, "winograd-4x4-3x3": 165, "winograd-2x2-5x5": 60}
+WINOGRAD_TRANSFORM_COST = {"winograd-2x2-3x3": 0.5, "winograd-4x4-3x3": 1.2, "winograd-2x2-5x5": 0.4}
 WINOGRAD_WEIGHT_READ_COST = 0.2
 WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 #: Winograd weight transform: input channels staged (transposed to lanes) at

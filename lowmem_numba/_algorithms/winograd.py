@@ -88,7 +88,8 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (WINOGRAD_IN_KERNEL_TILES, WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST,
                        WINOGRAD_PACK_IN_KERNEL_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
-                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST, WINOGRAD_WEIGHT_MEMORY_READ_COST,
+                       WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST, WINOGRAD_TRANSFORM_COST,
+                       WINOGRAD_WEIGHT_MEMORY_READ_COST,
                        WINOGRAD_WEIGHT_READ_COST)
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry
 from .ukernel import pack_lanes, run_tile, scatter_offsets
@@ -815,10 +816,11 @@ def _plan(g, threads, name, block=None, packs=False):
     F(2x2,3x3) there, 6.9 ms).  Priced as ``a^2`` products per group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
     them) x C/g in reductions of at most ``WINOGRAD_REDUCTION_BLOCK``, plus
-    the transforms as elements moved, the transformed weights each tile
+    the transforms as elements moved (scaled per variant by
+    ``WINOGRAD_TRANSFORM_COST``), the transformed weights each tile
     block reads (``WINOGRAD_WEIGHT_READ_COST``, or
     ``WINOGRAD_WEIGHT_MEMORY_READ_COST`` when they exceed the L3 cache) and a
-    fixed cost per tile and point (``WINOGRAD_TILE_POINT_COST``)."""
+    fixed cost per tile and point (``WINOGRAD_TILE_POINT_COST``, per variant)."""
     m, alpha, per_image = _sizes(g, name)
     tiles = g.batch * per_image  # a group's tiles over the batch: the space blocks cut
     points = alpha * alpha
@@ -846,8 +848,9 @@ def _plan(g, threads, name, block=None, packs=False):
     channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
     # Transforms: each input tile staged and written as V; Z read and each
     # output written once (the separable passes run in L1).
-    moved = g.groups * tiles * (2 * points * cg * m_chunks + (points + m * m) * channels
-                              + points * WINOGRAD_TILE_POINT_COST)
+    moved = g.groups * tiles * round(WINOGRAD_TRANSFORM_COST[name] * (2 * points * cg * m_chunks
+                                                                     + (points + m * m) * channels)
+                                     + points * WINOGRAD_TILE_POINT_COST[name])
     # Every tile block streams the transformed weights of its channel chunk:
     # from the L3 cache, or from memory when they do not fit in it.
     # Transformed in the kernel, they are read from the slot's scratch once
