@@ -159,14 +159,15 @@ def _numba_thread_functions():
     layer has started (they are the started layer's own).
     """
     global _thread_functions
-    if _thread_functions is None:
-        if _started_layer() is None:
-            return None
-        get = getattr(_numba_parallel, "_get_num_threads", None)
-        set_ = getattr(_numba_parallel, "_set_num_threads", None)
-        if get is None or set_ is None:
-            return None
-        _thread_functions = (get, set_)
+    if _thread_functions is not None:
+        return _thread_functions
+    if _started_layer() is None:
+        return None
+    get = getattr(_numba_parallel, "_get_num_threads", None)
+    set_ = getattr(_numba_parallel, "_set_num_threads", None)
+    if get is None or set_ is None:
+        return None
+    _thread_functions = (get, set_)
     return _thread_functions
 
 
@@ -184,7 +185,7 @@ def _swap_num_threads(count: int) -> int:
     the previous count (see :func:`_numba_thread_functions`)."""
     if not 1 <= count <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"thread count {count} outside 1..{numba.config.NUMBA_NUM_THREADS}")
-    functions = _thread_functions if _thread_functions is not None else _numba_thread_functions()
+    functions = _numba_thread_functions()
     if functions is None:
         previous = numba.get_num_threads()
         if count != previous:
@@ -197,11 +198,11 @@ def _swap_num_threads(count: int) -> int:
     return previous
 
 
-def _set_num_threads(count: int) -> None:
+def _restore_num_threads(count: int) -> None:
     """Set this Python thread's Numba thread count back to ``count``, a
     count :func:`_swap_num_threads` returned (valid; one C call, without
     reading the current count first)."""
-    functions = _thread_functions if _thread_functions is not None else _numba_thread_functions()
+    functions = _numba_thread_functions()
     if functions is None:
         numba.set_num_threads(count)
     else:
@@ -382,7 +383,7 @@ class kernel_threads:
     def _restore_numba(self):
         try:
             if self._previous is not None:
-                _set_num_threads(self._previous)
+                _restore_num_threads(self._previous)
                 self._previous = None
         finally:
             if self._lock is not None:

@@ -9,6 +9,7 @@ workspace, not the sum, and repeated calls allocate nothing.
 from __future__ import annotations
 
 import threading
+
 import numpy as np
 
 from ._geometry import check_flag

@@ -1,6 +1,7 @@
 """Threads: several Python threads at once, BLAS held at one thread and restored."""
 
 import threading
+import types
 
 import numba
 import numpy as np
@@ -261,6 +262,26 @@ def test_kernel_threads_restores_after_an_exception():
     assert blas_threads() == before
     assert not threads_module.inside_kernel_threads()
     assert threads_module._blas_depth == 0
+
+
+@pytest.mark.parametrize("through", ["C functions", "numba's own"])
+def test_kernel_threads_sets_and_restores_the_callers_numba_count(monkeypatch, through):
+    """Both ways of setting the count: the threading layer's C functions
+    (found once), and numba.set_num_threads where they are missing."""
+    if through == "numba's own":
+        monkeypatch.setattr(threads_module, "_thread_functions", None)
+        monkeypatch.setattr(threads_module, "_numba_parallel", types.SimpleNamespace())
+    maximum = numba.config.NUMBA_NUM_THREADS
+    for caller in {1, maximum}:
+        numba.set_num_threads(caller)
+        try:
+            for count in {1, maximum}:
+                with threads_module.kernel_threads(count, blas=False):
+                    assert numba.get_num_threads() == count
+                assert numba.get_num_threads() == caller
+        finally:
+            numba.set_num_threads(maximum)
+    assert (threads_module._numba_thread_functions() is None) == (through == "numba's own")
 
 
 def test_calls_blas_says_which_kernels_call_blas():
