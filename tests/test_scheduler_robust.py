@@ -127,6 +127,29 @@ def test_implausible_measurement_falls_back_and_is_not_stored(fresh_cache, monke
     assert len(attempts) == 2 * costmodel._ATTEMPTS
 
 
+@pytest.mark.parametrize("measurements, expected", [((0.47, 0.9), 0.9), ((0.5, 0.5, 0.5), 0.5)])
+def test_a_doubtful_thread_efficiency_is_measured_again_and_the_last_stands(fresh_cache, monkeypatch,
+                                                                            measurements, expected):
+    """Below DOUBTFUL_BELOW: measured again (a busy core next door is often
+    gone a moment later), but a value that stays low is the machine's (2-way
+    SMT gives about 0.5), not a reason to fall back."""
+    attempts = []
+
+    def threads(best):
+        attempts.append(1)
+        return {"thread_efficiency": measurements[len(attempts) - 1]}
+
+    fakes = {"gemm": lambda best: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
+             "copy": lambda best: {"copy_rate": 5e9}, "direct": lambda best: {"direct_rate": 2e9},
+             "threads": threads, "launch": lambda best: {"launch_seconds": 1e-5}}
+    monkeypatch.setattr(costmodel, "_MEASURE", fakes)
+    monkeypatch.setattr(costmodel, "_PAUSE_SECONDS", 0.0)
+    run = costmodel.calibrate_run()
+    assert len(attempts) == len(measurements) == min(len(measurements), costmodel._ATTEMPTS)
+    assert run.calibration.thread_efficiency == expected and not run.fallbacks
+    assert run.remeasured == ("threads",) * (len(measurements) - 1)
+
+
 def test_a_plausible_calibration_is_stored_and_reused(fresh_cache, monkeypatch):
     calls = []
     monkeypatch.setattr(costmodel, "calibrate_run", _fake_run(calls))
