@@ -191,7 +191,7 @@ PLAUSIBLE = {
 #: Values below these are measured again like implausible ones (up to
 #: ``_ATTEMPTS``, keeping the best timings), but the last measurement stands:
 #: they happen on some machines, and more often on a disturbed one.  On the
-#: 2-core Intel Xeon kind, whose clean calibrations give 0.87-0.95, one
+#: 2-core Intel Xeon kind, whose clean calibrations give 0.84-0.95, one
 #: calibration took 0.47 while the other core was busy; the model then
 #: priced two threads at 1.47x one, kept 1 MiB layers on one thread
 #: (VGG-16's conv3_2 at batch 1 on Winograd F(4x4,3x3), 10.4 ms, where
