@@ -106,6 +106,14 @@ def test_concurrent_first_calls_calibrate_once(fresh_cache, monkeypatch):
     assert len(calls) == 1 and len(results) == 8 and all(r is results[0] for r in results)
 
 
+def _clean_measures(threads):
+    """Stand-ins for costmodel._MEASURE: clean, plausible groups, with
+    ``threads`` measuring the thread efficiency."""
+    return {"gemm": lambda best: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
+            "copy": lambda best: {"copy_rate": 5e9}, "direct": lambda best: {"direct_rate": 2e9},
+            "threads": threads, "launch": lambda best: {"launch_seconds": 1e-5}}
+
+
 def test_implausible_measurement_falls_back_and_is_not_stored(fresh_cache, monkeypatch):
     attempts = []
 
@@ -113,10 +121,7 @@ def test_implausible_measurement_falls_back_and_is_not_stored(fresh_cache, monke
         attempts.append(1)
         return {"thread_efficiency": 0.05}  # another process took the second core
 
-    fakes = {"gemm": lambda best: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
-             "copy": lambda best: {"copy_rate": 5e9}, "direct": lambda best: {"direct_rate": 2e9},
-             "threads": hogged, "launch": lambda best: {"launch_seconds": 1e-5}}
-    monkeypatch.setattr(costmodel, "_MEASURE", fakes)
+    monkeypatch.setattr(costmodel, "_MEASURE", _clean_measures(threads=hogged))
     monkeypatch.setattr(costmodel, "_PAUSE_SECONDS", 0.0)
     result = costmodel.calibration()
     assert len(attempts) == costmodel._ATTEMPTS
@@ -139,10 +144,7 @@ def test_a_doubtful_thread_efficiency_is_measured_again_and_the_last_stands(fres
         attempts.append(1)
         return {"thread_efficiency": measurements[len(attempts) - 1]}
 
-    fakes = {"gemm": lambda best: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
-             "copy": lambda best: {"copy_rate": 5e9}, "direct": lambda best: {"direct_rate": 2e9},
-             "threads": threads, "launch": lambda best: {"launch_seconds": 1e-5}}
-    monkeypatch.setattr(costmodel, "_MEASURE", fakes)
+    monkeypatch.setattr(costmodel, "_MEASURE", _clean_measures(threads=threads))
     monkeypatch.setattr(costmodel, "_PAUSE_SECONDS", 0.0)
     run = costmodel.calibrate_run()
     assert len(attempts) == len(measurements) == min(len(measurements), costmodel._ATTEMPTS)
