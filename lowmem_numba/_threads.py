@@ -355,7 +355,7 @@ class kernel_threads:
             raise RuntimeError("a kernel_threads instance can be entered once; create one per with-block")
         self._entered = True
         _check_not_forked_from_openmp()
-        if (_layer if _layer is not None else _started_layer()) not in _THREAD_SAFE_LAYERS:
+        if _started_layer() not in _THREAD_SAFE_LAYERS:
             self._lock = _serial_lock  # the lock of this process, even if a fork replaces it later
             self._lock.acquire()
         try:
