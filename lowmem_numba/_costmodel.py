@@ -122,13 +122,15 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 8  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+_CALIBRATION_VERSION = 9  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
                           # here): a stored launch cost from before steered small layers wrongly;
                           # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
                           # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
                           # 7: the tile helpers inlined (half-saturation reductions 19-24 ->
                           # 15-18 and 12-13 -> 8-12 here); 8: a low thread efficiency is measured
-                          # again (DOUBTFUL_BELOW), and one stored from a disturbed run is dropped
+                          # again (DOUBTFUL_BELOW), and one stored from a disturbed run is dropped;
+                          # 9: packed weights and scratch start on a cache line (aligned_empty), so
+                          # the tiles' curves are measured again
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output

@@ -17,6 +17,7 @@ from . import _registry as registry
 from ._plan import CallPlan
 from ._layout import transpose_blocks
 from ._threads import kernel_threads, max_threads
+from ._workspace import aligned_empty
 
 
 def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.ndarray:
@@ -24,8 +25,10 @@ def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.
     or a contiguous copy when the kernel reads them as given."""
     packed = algorithm.packed_weight_elements(geometry)
     if not packed:
-        return np.array(weight_flat, dtype=np.float32, copy=True)
-    dest = np.empty(packed, dtype=np.float32)
+        dest = aligned_empty(weight_flat.size)
+        dest[:] = weight_flat
+        return dest
+    dest = aligned_empty(packed)
     with kernel_threads():  # packing may run a parallel kernel
         _pack(algorithm, weight_flat, geometry, dest, max_threads(), None)
     return dest
@@ -38,7 +41,7 @@ def _pack(algorithm, weight_flat, geometry, dest, threads, scratch):
         algorithm.pack_weights(weight_flat, geometry, dest)
         return
     if scratch is None:
-        scratch = np.empty(algorithm.pack_scratch_elements(geometry, threads), dtype=np.float32)
+        scratch = aligned_empty(algorithm.pack_scratch_elements(geometry, threads))
     algorithm.pack_weights(weight_flat, geometry, dest, scratch)
 
 
@@ -63,7 +66,7 @@ def execute(plan: CallPlan, x_flat, weight_flat, bias, out_flat, workspace=None)
         return
     elements = plan.workspace_elements
     if workspace is None:
-        _execute_in(plan, x_flat, weight_flat, bias, out_flat, np.empty(elements, dtype=np.float32))
+        _execute_in(plan, x_flat, weight_flat, bias, out_flat, aligned_empty(elements))
         return
     with workspace.lease(elements) as buffer:
         _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer)

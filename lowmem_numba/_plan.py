@@ -20,6 +20,9 @@ from ._tuning import PACK_COST, TRANSPOSE_COST
 
 #: Bytes of one float32 element.
 FLOAT32_BYTES = 4
+#: Bytes of one cache line: every buffer the library allocates starts on one
+#: (see ``_workspace.aligned_empty``).
+CACHE_LINE_BYTES = 64
 
 
 class Gemms(NamedTuple):

@@ -192,6 +192,30 @@ def test_lease_grows_refuses_when_fixed_and_always_releases_the_arena():
         workspace._lock.release()
 
 
+@pytest.mark.parametrize("elements", [1, 17, 1000, 300_000])  # 1.2 MB: mapped pages, 16 bytes past a page
+def test_every_buffer_the_library_allocates_starts_on_a_cache_line(elements, monkeypatch):
+    from lowmem_numba import _execute
+
+    def line_offset(array):
+        return array.ctypes.data % 64
+
+    arena = ln.Workspace(4 * elements)
+    assert arena.nbytes == 4 * elements and line_offset(arena._buffer) == 0
+    with arena.lease(elements + 100) as grown:
+        assert grown.size == elements + 100 and line_offset(grown) == 0
+    g = ln._geometry.make_geometry((1, 16, 8, 8), (elements // 16 + 1, 16, 1, 1))
+    for name in ("direct-ukernel", "direct-pixels"):  # packed, and a copy as given
+        algorithm = ln._registry.get(name)
+        weights = np.arange(16 * (elements // 16 + 1), dtype=np.float32)
+        assert line_offset(_execute.prepare_weights(algorithm, weights, g)) == 0
+    fresh = []
+    run = _execute._execute_in
+    monkeypatch.setattr(_execute, "_execute_in", lambda *args: (fresh.append(args[-1]), run(*args)))
+    x = np.ones((1, 16, 8, 8), np.float32)
+    ln.conv2d(x, np.ones((elements // 16 + 1, 16, 3, 3), np.float32), padding=1, algorithm="direct-ukernel")
+    assert fresh and all(line_offset(buffer) == 0 for buffer in fresh)
+
+
 def test_network_arena_is_the_largest_not_the_sum():
     shapes = [(1, 3, 32, 32), (1, 16, 32, 32), (1, 32, 16, 16)]
     layers = [ln.Conv2d(integers((16, 3, 3, 3)), padding=1, algorithm="im2col-copy-self-ab-ki"),

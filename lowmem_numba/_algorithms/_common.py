@@ -14,7 +14,7 @@ from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._kernel_geometry import KernelGeometry, kernel_geometry  # noqa: F401  (re-exported)
-from .._plan import Gemms, KernelPlan
+from .._plan import CACHE_LINE_BYTES, FLOAT32_BYTES, Gemms, KernelPlan
 from .._split import split_work
 from .._tuning import GEMM_MIN_ROWS, PATCH_GEMM_MIN_COLS, PATCH_RUN_COST
 from .._blas import gemm
@@ -33,10 +33,11 @@ def ceil_div(a: int, b: int) -> int:
 
 
 #: float32 elements in one 64-byte cache line.  Per-thread buffers start on
-#: their own lines and at least one line apart: two threads refilling buffers
-#: that shared a line for every 7x7 plane ran slower together than one alone
-#: (false sharing, measured on the depthwise kernels).
-LINE = 16
+#: their own lines (the workspace itself starts on one) and at least one line
+#: apart: two threads refilling buffers that shared a line for every 7x7
+#: plane ran slower together than one alone (false sharing, measured on the
+#: depthwise kernels).
+LINE = CACHE_LINE_BYTES // FLOAT32_BYTES
 
 
 def whole_lines(elements: int) -> int:
