@@ -67,11 +67,12 @@ class Algorithm:
         ``(geometry, threads) -> int``: float32 scratch ``pack_weights`` needs;
         it then takes it as a fourth argument (None: it needs none).
     plan_kernel_packing : callable or None
-        ``(geometry, threads) -> KernelPlan or None``: for a family whose
-        kernel can pack the weights itself, the plan of a one-run call whose
-        weights arrive as given (outside a ``memory_limit``); ``compute`` then
-        gets them unpacked, and no packed copy is made (None from it, or no
-        such function: the call packs them first).
+        ``(geometry, threads, scratch_elements) -> KernelPlan or None``: for a
+        family whose kernel can pack the weights itself, the plan of a one-run
+        call whose weights arrive as given, with at most ``scratch_elements``
+        of scratch (None: no ``memory_limit``); ``compute`` then gets them
+        unpacked, and no packed copy is made (None from it, or no such
+        function: the call packs them first).
     plan_kernel_within : callable or None
         ``(geometry, threads, scratch_elements) -> KernelPlan``: for a family
         whose tiling can shrink, the plan whose scratch fits that many
@@ -105,7 +106,7 @@ class Algorithm:
     claims: str = "any kernel, stride, padding, dilation and groups"
     pack_cost: float = PACK_COST
     pack_scratch_elements: Optional[Callable[[ConvGeometry, int], int]] = None
-    plan_kernel_packing: Optional[Callable[[ConvGeometry, int], Optional[KernelPlan]]] = None
+    plan_kernel_packing: Optional[Callable[[ConvGeometry, int, Optional[int]], Optional[KernelPlan]]] = None
     plan_kernel_within: Optional[Callable[[ConvGeometry, int, int], KernelPlan]] = None
     calls_blas: bool = True
     pack_launches: int = 1
@@ -169,9 +170,11 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
     run_geometry = dataclasses.replace(g, batch=1) if converting and g.batch else g
     runs = 0 if g.batch == 0 else (g.batch if converting else 1)
     packed = 0 if prepacked or runs == 0 else algorithm.packed_weight_elements(g)
+    # Scratch elements the kernel may use under the limit, besides the layout buffers.
+    budget = None if memory_limit is None else max(0, memory_limit // FLOAT32_BYTES - (into + back))
     kernel = None
-    if packed and runs == 1 and memory_limit is None and algorithm.plan_kernel_packing is not None:
-        kernel = algorithm.plan_kernel_packing(run_geometry, threads)
+    if packed and runs == 1 and algorithm.plan_kernel_packing is not None:
+        kernel = algorithm.plan_kernel_packing(run_geometry, threads, budget)
         if kernel is not None:  # the kernel packs the weights itself
             packed = 0
     packing_scratch = (algorithm.pack_scratch_elements(g, threads)
@@ -179,8 +182,7 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
     if kernel is None and memory_limit is None:
         kernel = algorithm.plan_kernel(run_geometry, threads)
     elif kernel is None:
-        budget = memory_limit // FLOAT32_BYTES - (packed + packing_scratch + into + back)
-        kernel = algorithm.plan_kernel_within(run_geometry, threads, max(0, budget))
+        kernel = algorithm.plan_kernel_within(run_geometry, threads, max(0, budget - (packed + packing_scratch)))
     if not isinstance(kernel, KernelPlan):
         raise TypeError(f"{algorithm.name}: plan_kernel must return a KernelPlan; got "
                         f"{type(kernel).__name__}")

@@ -282,6 +282,20 @@ UKERNEL_STACK_PIXELS = 196
 #: one thread), where layer4 stride 2 (priced 0.917) ran at 0.95-0.99 and
 #: the 5x5 layers at 0.80-0.96: 0.925 keeps those and leaves AlexNet.
 UKERNEL_STACK_MARGIN = 0.925
+#: direct-ukernel: NCHW images stacked (see UKERNEL_STACK_PIXELS) under a
+#: kernel of several taps, with at least this many input channels per group,
+#: are copied channels-last, the whole batch at once (ukernel._staging).
+#: Read in place, each step of a stacked tile broadcasts pixels of two or
+#: three images from the next channel's planes: over 512 channels a tap's
+#: channel loop reads more lines than L1 holds, and every tap reads them
+#: again; channels-last, a line serves 16 steps.  Intel Xeon, copied over in
+#: place, best of interleaved runs: ResNet-50's layer4 3x3 stride 2 at batch
+#: 8 1.29-1.34x faster on one thread and 1.16 on two, 1.13x at batch 4; its
+#: layer4 3x3 1.16x (functional calls, old code against new, two alternating
+#: processes: 1.29-1.35x on one thread at batch 4 and 8, 1.15-1.18x on two);
+#: GoogLeNet's 5b 3x3 (192 channels) 1.04x, its 5x5 layers (16-48 channels)
+#: 0.88-1.01x.
+UKERNEL_STACK_COPY_CHANNELS = 256
 #: direct-ukernel: float32 elements of the images staged (copied, then run) at
 #: once, a quarter of a 1 MiB L2; at least one image.  GoogLeNet's 7x7 5x5
 #: layers hold 5.8-11 images in it: zero-padded, 8 at a time against one

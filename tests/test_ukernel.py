@@ -231,11 +231,13 @@ def test_exact_against_reference(name, case, seed, with_bias, layout, threads):
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=30, deadline=None)
 @given(case=st.one_of(cases(), wide_cases()), batch=st.integers(2, 14), seed=st.integers(0, 2**32 - 1),
-       with_bias=st.booleans(), threads=st.sampled_from([1, 2]))
-def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bias, threads):
+       with_bias=st.booleans(), threads=st.sampled_from([1, 2]), copied=st.booleans())
+def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bias, threads, copied):
     """Every claimed configuration with the images stacked into the
     rectangles (forced here whatever the price, at batch 2-14: walks of one
-    tile and of several) is exact, in the kernel's own layout."""
+    tile and of several) is exact, in the kernel's own layout; NCHW images
+    read in place, or (``copied``: forced here at any channel count; kernels
+    of several taps) from a channels-last copy of the whole batch."""
     case = dataclasses.replace(case, batch=batch, kernel=(1, 1) if name.startswith("pointwise") else case.kernel)
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
         return
@@ -243,8 +245,12 @@ def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bi
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
     ln._memo.clear_all()
     try:
-        with mock.patch.object(ukernel, "_stacks", lambda g: True):
-            assert ln._registry.get(name).plan(g, threads, layout).kernel.tiling[5]
+        with mock.patch.object(ukernel, "_stacks", lambda g: True), \
+                mock.patch.object(ukernel, "UKERNEL_STACK_COPY_CHANNELS", 1 if copied else 2**31):
+            tiling = ln._registry.get(name).plan(g, threads, layout).kernel.tiling
+            assert tiling[5]
+            if copied and layout == "NCHW" and g.kernel_h * g.kernel_w > 1 and g.out_height > 0 and g.out_width > 0:
+                assert tiling[-1] == (True, False, batch)
             assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
     finally:
         ln._memo.clear_all()  # forget the plans made while forced
@@ -385,6 +391,42 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
         assert_close_to_reference(got, x, w, b, case)
     wide = make_geometry((1, UKERNEL_FOLD_CHANNELS + 1, 64, 64), (40, UKERNEL_FOLD_CHANNELS + 1, 3, 3), 1, 1)
     assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1] is None
+
+
+def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_limit():
+    """ResNet-50's layer4 3x3 stride 2 at batch 4: stacked, its 512-channel
+    images are read from a channels-last copy of the batch (the scratch), or
+    in place when a ``memory_limit`` cannot hold the copy, prepacked or not;
+    exact both ways."""
+    from lowmem_numba._tuning import UKERNEL_STACK_COPY_CHANNELS
+
+    x_shape, w_shape = (4, 512, 14, 14), (512, 512, 3, 3)
+    assert w_shape[1] >= UKERNEL_STACK_COPY_CHANNELS
+    g = make_geometry(x_shape, w_shape, 2, 1)
+    algorithm = ln._registry.get("direct-ukernel")
+    copy = 4 * 512 * 14 * 14
+    free = algorithm.plan(g, 2, prepacked=True)
+    assert free.kernel.tiling[5] and free.kernel.tiling[-1] == (True, False, 4)
+    assert free.workspace_elements == copy
+    limited = algorithm.plan(g, 2, prepacked=True, memory_limit=4 * copy - 4)
+    assert limited.kernel.tiling[5] and limited.kernel.tiling[-1] is None and limited.workspace_elements == 0
+    # Functional calls pack the weights inside the kernel, block by block,
+    # beside the copy or (under the limit) without it.
+    packing = algorithm.plan(g, 2)
+    assert packing.kernel.tiling[4] and packing.kernel.tiling[-1] == (True, False, 4)
+    assert packing.packed_weight_elements == 0 and packing.workspace_elements > copy
+    block = 9 * 512 * ukernel.NR  # one thread's block of packed weights
+    for limit in (2**20, 4 * (copy + block) - 4):  # the copy alone over the limit, or with the block
+        packing_within = algorithm.plan(g, 1, memory_limit=limit)
+        assert packing_within.kernel.tiling[4] and packing_within.kernel.tiling[-1] is None
+        assert packing_within.packed_weight_elements == 0 and packing_within.workspace_elements == block
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, w_shape).astype(np.float32)
+    expected = conv2d_reference(x, w, None, (2, 2), ((1, 1), (1, 1)))
+    for limit in (None, 4 * copy - 4):
+        layer = ln.Conv2d(w, stride=2, padding=1, algorithm="direct-ukernel", memory_limit=limit, threads=2)
+        np.testing.assert_array_equal(layer(x), expected)
 
 
 @pytest.fixture

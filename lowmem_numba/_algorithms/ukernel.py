@@ -61,7 +61,10 @@ taps is one contiguous run of ``kw*C`` values (as in the packed weights), and
 the kernel folds its tap and channel loops into one; for NCHW layers of at
 most ``UKERNEL_FOLD_CHANNELS`` input channels (RGB first layers, whose
 3-step channel loop costs more than its work) the NCHW kernel therefore
-copies each image channels-last first (``C*H*W`` floats of scratch per image).
+copies each image channels-last first (``C*H*W`` floats of scratch per image),
+and so does it with the whole batch when the images are stacked (see
+Borders) and have many channels (``UKERNEL_STACK_COPY_CHANNELS``), unless a
+``memory_limit`` cannot hold the copy.
 Likewise an image of at most ``UKERNEL_PAD_PIXELS`` outputs that are mostly
 border outputs (a 7x7 image under a 3x3 or 5x5 kernel) is copied with its
 rows zero-padded, so that every output row is one run of the interior
@@ -93,9 +96,9 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_PLANE_BYTES, UKERNEL_NCHW_PLANE_STEP_COST,
-                       UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_STACK_MARGIN,
-                       UKERNEL_STACK_PIXELS, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR,
+                       UKERNEL_PAD_PIXELS, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
+                       UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
@@ -523,7 +526,7 @@ def _pads(g):
             and _interior_pixels(KernelGeometry(*kernel_geometry(g))) <= UKERNEL_PAD_INTERIOR * pixels)
 
 
-def _staging(g, nhwc, stacked):
+def _staging(g, nhwc, stacked, scratch_budget=None):
     """How the kernel reads the images: ``(channels_last, padded, images)``
     of the copies it stages first, ``images`` at a time, or None to read the
     input in place.
@@ -539,17 +542,31 @@ def _staging(g, nhwc, stacked):
       thread at batch 1 (GoogLeNet's 7x7 5x5 layers 0.115 against 0.107 ms,
       ResNet-50's layer4 3x3 2.46-2.52 against 2.18-2.27 ms, GoogLeNet's 5b
       3x3 0.63-0.64 against 0.58; two alternating runs), within 3 % either
-      way on two.
+      way on two;
+    * NCHW images stacked (see :func:`_stacks`) under a kernel of several
+      taps, of at least ``UKERNEL_STACK_COPY_CHANNELS`` channels per group:
+      the whole batch channels-last (the stacked walk needs every image in
+      one copy), if it fits ``scratch_budget`` elements (a call under a
+      ``memory_limit``; None: no limit).  Not 1x1 layers walked as one row
+      per image (:func:`_walked_geometry`), whose tiles broadcast one run of
+      consecutive pixels per step: copied, ResNet-50's and MobileNet's 7x7
+      1x1 layers and GoogLeNet's 5b 1x1 ran 0.86-0.98x as fast at batch 8.
 
     As many images as fit in ``UKERNEL_STAGE_ELEMENTS`` (at least one) are
-    staged and run at once, in equal chunks of the batch.
+    staged and run at once, in equal chunks of the batch, except for the
+    stacked channels-last copy (the whole batch).
     """
     fold = (not nhwc and g.groups == 1 and g.dilation_w == 1
             and g.in_channels <= UKERNEL_FOLD_CHANNELS and g.kernel_w > 1)
     padded = not stacked and _pads(g)
-    if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0 or not (fold or padded):
+    wide = (stacked and not nhwc and g.kernel_h * g.kernel_w > 1
+            and g.channels_per_group >= UKERNEL_STACK_COPY_CHANNELS)
+    if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0 or not (fold or padded or wide):
         return None
     copy = _staged_elements(g, padded)
+    if wide:
+        fits = scratch_budget is None or copy * g.batch <= scratch_budget
+        return (True, False, g.batch) if fits else None
     fitting = max(1, min(g.batch, UKERNEL_STAGE_ELEMENTS // copy))
     return (nhwc or fold, padded, ceil_div(g.batch, ceil_div(g.batch, fitting)))
 
@@ -568,8 +585,10 @@ def _staged_geometry(g, staging):
     return dataclasses.replace(g, batch=images, width=g.width + g.pad_left + g.pad_right, pad_left=0, pad_right=0)
 
 
-def _plan(g, threads, nhwc=False):
-    """How the kernel cuts one call, and its work for the cost model.
+def _plan(g, threads, scratch_budget=None, nhwc=False):
+    """How the kernel cuts one call, and its work for the cost model; under
+    a ``memory_limit``, with at most ``scratch_budget`` elements of scratch
+    where it can (see :func:`_staging`; None: no limit).
 
     Work items are (image x group) x channel-block chunks x tile-range chunks
     (groups x ... when the images are stacked: their tiles span the batch).
@@ -592,7 +611,7 @@ def _plan(g, threads, nhwc=False):
     plane is (at most 1).
     """
     g, stacked = _walked_geometry(g)
-    staging = _staging(g, nhwc, stacked)
+    staging = _staging(g, nhwc, stacked, scratch_budget)
     run = _staged_geometry(g, staging) if staging else g
     launched = kernel_geometry(run)
     d = KernelGeometry(*launched)
@@ -630,7 +649,7 @@ def _plan(g, threads, nhwc=False):
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
-def _plan_packing(g, threads, nhwc=False):
+def _plan_packing(g, threads, scratch_budget=None, nhwc=False):
     """The plan of a call whose weights arrive as given, when the kernel packs
     them itself; None when the call should pack them first.
 
@@ -639,9 +658,20 @@ def _plan_packing(g, threads, nhwc=False):
     the items' tiles span the batch (batch 1, or the images stacked), in one
     launch, with no cut across the tiles: every block is then packed exactly
     once, the packed weights are not written to memory and read back, and
-    the workspace holds one block per item instead of all of them.
+    the workspace holds one block per item instead of all of them.  Under a
+    ``memory_limit`` (``scratch_budget`` elements; None: none) the images are
+    read in place rather than from a copy (see :func:`_staging`) if the copy
+    and the blocks do not fit together.
     """
-    plan = _plan(g, threads, nhwc)
+    packing = _packing_plan(g, threads, scratch_budget, nhwc)
+    if packing is not None and scratch_budget is not None and packing.scratch_elements > scratch_budget:
+        packing = _packing_plan(g, threads, 0, nhwc)
+    return packing
+
+
+def _packing_plan(g, threads, scratch_budget, nhwc):
+    """:func:`_plan_packing` with ``scratch_budget`` elements for the copy."""
+    plan = _plan(g, threads, scratch_budget, nhwc=nhwc)
     m_chunks, t_chunks, plane_tiles, _, _, stacked, launched, staging = plan.tiling
     one_launch = staging is None or staging[2] == g.batch
     if not (g.batch == 1 or stacked) or not one_launch or t_chunks != 1:
@@ -724,13 +754,16 @@ for _name, _unsupported, _what, _claims in (
                                 f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones, and the "
                                 "images are not stacked"
                               + ("" if _nhwc or _name.startswith("pointwise")
-                                 else f"; or channels-last (H·W) when C ≤ {UKERNEL_FOLD_CHANNELS} "
-                                      "(groups 1, dilation_w 1)"),
+                                 else f"; or channels-last: k images when C ≤ {UKERNEL_FOLD_CHANNELS} (groups 1, "
+                                      "dilation_w 1), or the whole batch (N·C·H·W) when the images are stacked, "
+                                      f"the kernel is larger than 1x1 and C/g ≥ {UKERNEL_STACK_COPY_CHANNELS}, "
+                                      "unless a memory_limit cannot hold it"),
             unsupported=_unsupported,
             packed_weight_elements=packed_elements,
             pack_weights=_pack_weights,
             pack_cost=UKERNEL_PACK_COST,
             plan_kernel=functools.partial(_plan, nhwc=_nhwc),
+            plan_kernel_within=functools.partial(_plan, nhwc=_nhwc),
             claims=_claims,
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",

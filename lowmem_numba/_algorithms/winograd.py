@@ -774,9 +774,11 @@ def _largest_share(g, threads, block, tiles):
     return largest
 
 
-def _plan_packing(g, threads, name):
+def _plan_packing(g, threads, scratch_budget, name):
     """The plan of a call whose weights arrive as given, when the kernel
-    transforms them itself; None when the call should transform them first.
+    transforms them itself; None when the call should transform them first
+    (or, under a ``memory_limit``, when its scratch exceeds
+    ``scratch_budget`` elements; None: no limit).
 
     When the batch has at most ``WINOGRAD_IN_KERNEL_TILES`` tiles: one tile
     block then holds all of a group's tiles over the batch, so each block of
@@ -790,7 +792,8 @@ def _plan_packing(g, threads, name):
     in the kernel.
     """
     block = _whole_batch_block(g, name)
-    return None if block is None else _plan(g, threads, name, block=block, packs=True)
+    plan = None if block is None else _plan(g, threads, name, block=block, packs=True)
+    return None if plan is None or (scratch_budget is not None and plan.scratch_elements > scratch_budget) else plan
 
 
 def _whole_batch_block(g, name):
