@@ -53,6 +53,8 @@ class Workspace:
     -----
     A workspace serves one call at a time: calls from several Python threads
     sharing it take turns.  Give each thread its own workspace to overlap them.
+    Its buffer starts on a 64-byte cache line (``nbytes`` counts the usable
+    bytes; the allocation is up to 64 bytes larger).
     """
 
     def __init__(self, nbytes: int = 0, *, fixed: bool = False):
