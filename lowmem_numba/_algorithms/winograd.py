@@ -37,7 +37,8 @@ of them (a block may end one image and start the next), in turn:
    the bias, clipping the partial tiles at the right and bottom edges.
 
 A functional call whose batch has at most ``WINOGRAD_IN_KERNEL_TILES``
-tiles transforms the weights inside the kernel (:func:`_plan_packing`): one
+tiles transforms the weights inside the kernel (:func:`_plan_packing`; under
+a ``memory_limit`` too, if its scratch fits): one
 tile block holds all of a group's tiles over the batch, and step
 2 runs per reduction block of ``WINOGRAD_REDUCTION_BLOCK`` input channels,
 whose weights the slot transforms into its own scratch first, then per point;
