@@ -154,6 +154,30 @@ UKERNEL_PACK_IN_KERNEL_COST = 0.7
 #: 0.442 / 0.70 / 0.574 / 2.58 measured, batch 1, one thread), and put them on
 #: it rather than on direct-pixels, which stores pixel vectors as they lie.
 UKERNEL_NCHW_STORE_COST = 0.6
+#: The micro-kernel's general tile store (the tile spilled to the stack and
+#: stored value by value), in plain-copy elements per output it stores: edge
+#: tiles short of their kernel's rows or channels, and in NCHW tiles whose
+#: pixels are not consecutive in the output (spanning two rows of a
+#: rectangle, or two images of a stacked walk: the transposed vector store
+#: needs consecutive pixels).  Without it and UKERNEL_STACK_SEGMENT_COST the
+#: model priced GoogLeNet's 14x14 and 7x7 5x5 and 3x3 layers 1.2-1.4x too
+#: fast (stacked at batch 4 and 8, and 14x14 5x5 at batch 1 and 2), against
+#: 0.97-1.07x for AlexNet's conv3, GoogLeNet's 4a/4e 3x3 and 3a 5x5 and
+#: ResNet-50's layer3 3x3, whose tiles are mostly whole rows, and kept
+#: direct-ukernel on 4e's 5x5 where Winograd F(2x2,5x5) ran 1.2-1.3x faster
+#: (Intel Xeon kind, one thread, functional calls).  Fitted with
+#: UKERNEL_STACK_SEGMENT_COST by ``python perf/ukernel_model_fit.py`` (least
+#: squares of the relative error on 15 layers at batch 1, 2, 4 and 8, the
+#: rest of the prediction scaled by the machine's phase, 1.01-1.09 in three
+#: runs): 4.5 and 0.84 (first two runs, which counted full-width rectangles'
+#: tiles as spanning rows: 5.7 / 5.6 and 1.08 / 0.85); every call then within
+#: 0.81-1.14x of the fit, 55 of 60 within 0.9-1.1x.
+UKERNEL_GENERAL_STORE_COST = 4.5
+#: Stacked NCHW walks (ukernel._stacks) read in place: a tile spanning images
+#: reads each image's part of every input plane as a stream of its own (on
+#: other pages), in plain-copy elements per further image per tile, channel
+#: block, input channel and kernel row.  Fitted with UKERNEL_GENERAL_STORE_COST.
+UKERNEL_STACK_SEGMENT_COST = 0.85
 #: The NCHW micro-kernel's input reads: each reduction step broadcasts its
 #: pixels from the next channel's plane, so every tile, channel block,
 #: channel and kernel row starts a stream no hardware prefetcher follows (the

@@ -519,3 +519,73 @@ def test_nchw_plans_price_a_stream_per_plane_step(layout, hw, kernel, stride, gr
     share = min(1, 4 * hw * hw / UKERNEL_NCHW_PLANE_BYTES) if layout == "NCHW" else 0
     assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(
         steps * UKERNEL_NCHW_PLANE_STEP_COST * share, abs=batch)
+
+
+def _walk_stores_by_tile(d, stacked, nchw):
+    """:func:`ukernel._walk_stores` tile by tile, from the kernel's walk:
+    every tile the kernel runs (whole ``MR`` tiles, a short remainder on
+    ``SMALL_MR`` ones), its pixels' output offsets, and whether the tile
+    kernel stores it through its general path."""
+    images = d.batch if stacked else 1
+    o_ystep = d.out_channels * d.out_height * d.out_width if stacked else d.out_width
+    general = starts = 0
+    for ny, ni, nx, _ in ukernel._rectangles(d):
+        walks = [images * nx] * ny if stacked else [ny * nx]
+        for pixels in walks:
+            for p0 in range(0, pixels, mk.MR):
+                mr = min(mk.MR, pixels - p0)
+                step = mk.SMALL_MR if mr <= mk.MR - mk.SMALL_MR else mk.MR
+                for s in range(p0, p0 + mr, step):
+                    count = min(step, p0 + mr - s)
+                    offsets = [(p // nx) * o_ystep + p % nx for p in range(s, s + count)]
+                    consecutive = offsets == list(range(offsets[0], offsets[0] + count))
+                    if count < step or (nchw and not consecutive):
+                        general += count
+                    if stacked:
+                        starts += ni * (len({p // nx for p in range(s, s + count)}) - 1)
+    return general / images, starts / images if stacked else 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.integers(1, 30), height=st.integers(1, 40), width=st.integers(1, 40), kernel=st.integers(1, 6),
+       stride=st.integers(1, 3), padding=st.integers(0, 3), dilation=st.integers(1, 2), stacked=st.booleans(),
+       nchw=st.booleans())
+def test_walk_stores_count_the_tiles_the_kernel_runs(batch, height, width, kernel, stride, padding, dilation,
+                                                     stacked, nchw):
+    """The closed form behind UKERNEL_GENERAL_STORE_COST and
+    UKERNEL_STACK_SEGMENT_COST equals a count over the kernel's tiles."""
+    assume((height + 2 * padding - dilation * (kernel - 1)) >= 1 and (width + 2 * padding - dilation * (kernel - 1)) >= 1)
+    g = make_geometry((batch, 3, height, width), (5, 3, kernel, kernel), stride, padding, dilation)
+    d = ukernel.KernelGeometry(*ukernel.kernel_geometry(g))
+    assert ukernel._walk_stores(d, stacked, nchw) == pytest.approx(_walk_stores_by_tile(d, stacked, nchw))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("batch, c, m, hw, kernel", [(8, 16, 48, 14, 5), (8, 160, 320, 7, 3), (1, 32, 128, 14, 5),
+                                                    (2, 24, 40, 13, 3), (8, 64, 24, 28, 3)])
+def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw, kernel, monkeypatch, forget_plans):
+    """direct-ukernel's plan adds UKERNEL_GENERAL_STORE_COST copies per output
+    stored through the general path (a last channel block narrower than its
+    tile kernel: all its outputs) and, stacked on NCHW input read in place,
+    UKERNEL_STACK_SEGMENT_COST per segment start, channel block and channel."""
+    from lowmem_numba._tuning import UKERNEL_GENERAL_STORE_COST, UKERNEL_STACK_SEGMENT_COST
+
+    name = "direct-ukernel" if layout == "NCHW" else "direct-ukernel-nhwc"
+    g = make_geometry((batch, c, hw, hw), (m, c, kernel, kernel), 1, kernel // 2)
+    plan = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
+    ln._memo.clear_all()
+    monkeypatch.setattr(ukernel, "UKERNEL_GENERAL_STORE_COST", 0)
+    monkeypatch.setattr(ukernel, "UKERNEL_STACK_SEGMENT_COST", 0)
+    free = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
+    tiling = plan.kernel.tiling
+    stacked, staging, d = tiling[5], tiling[7], ukernel.KernelGeometry(*tiling[6])
+    general, starts = _walk_stores_by_tile(d, stacked, layout == "NCHW")
+    last = m - (-(-m // mk.NR) - 1) * mk.NR
+    narrow = 0 if last in (mk.VL, mk.NR) else last
+    outputs = general * (m - narrow) + d.out_height * d.out_width * narrow
+    planar = layout == "NCHW" and not (staging and staging[0])
+    segment_steps = starts * -(-m // mk.NR) * c if planar else 0
+    expected = batch * (outputs * UKERNEL_GENERAL_STORE_COST + segment_steps * UKERNEL_STACK_SEGMENT_COST)
+    assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(expected, abs=2)
+    if (batch, hw, kernel) == (8, 14, 5) and layout == "NCHW":  # a stacked walk spanning images: both terms
+        assert stacked and general and starts

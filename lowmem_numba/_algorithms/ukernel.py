@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 from numba import prange
@@ -95,9 +96,11 @@ from .._layout import transpose_blocks
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
-from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_NCHW_PLANE_BYTES, UKERNEL_NCHW_PLANE_STEP_COST,
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_PLANE_BYTES,
+                       UKERNEL_NCHW_PLANE_STEP_COST,
                        UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR,
                        UKERNEL_PAD_PIXELS, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
+                       UKERNEL_STACK_SEGMENT_COST,
                        UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
@@ -178,24 +181,96 @@ def _run_pixels(pixels):
     return full * MR + (ceil_div(rest, SMALL_MR) * SMALL_MR if rest <= MR - SMALL_MR else MR)
 
 
-def _tiled_pixels(d, stacked):
-    """Full-kernel pixels per image that a walk costs as the kernel tiles it:
-    each rectangle (stacked: each row of each rectangle, over the images,
-    see :func:`_stacks`) rounded as the kernel tiles it and weighted by the
-    share of the taps it reduces over."""
+def _rectangles(d):
+    """``(ny, ni, nx, nj)`` of every rectangle of a plane's walk: ``ny`` rows
+    of ``nx`` output pixels that reduce over ``ni`` kernel rows of ``nj``
+    taps (the border indices one by one, the interior as one run, along
+    each dimension)."""
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
     rows = [_class(q, d.out_height, ylo, yhi, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
             for q in range(_class_count(d.out_height, ylo, yhi))]
     columns = [_class(q, d.out_width, xlo, xhi, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
                for q in range(_class_count(d.out_width, xlo, xhi))]
+    return [(ny, ni, nx, nj) for _, ny, _, ni in rows for _, nx, _, nj in columns]
+
+
+def _tiled_pixels(d, stacked):
+    """Full-kernel pixels per image that a walk costs as the kernel tiles it:
+    each rectangle (stacked: each row of each rectangle, over the images,
+    see :func:`_stacks`) rounded as the kernel tiles it and weighted by the
+    share of the taps it reduces over."""
     images = d.batch if stacked else 1
     total = 0.0
-    for _, ny, _, ni in rows:
-        for _, nx, _, nj in columns:
-            run = _run_pixels(images * nx) * ny if stacked else _run_pixels(ny * nx)
-            total += run * ni * nj
+    for ny, ni, nx, nj in _rectangles(d):
+        run = _run_pixels(images * nx) * ny if stacked else _run_pixels(ny * nx)
+        total += run * ni * nj
     return total / (images * d.kernel_taps)
+
+
+def _run_stores(length, segment, nchw):
+    """``(general, starts)`` of a run of ``length`` output pixels that the
+    kernel tiles as it walks them (whole ``MR`` tiles, a short remainder on
+    ``SMALL_MR`` tiles), ``segment`` consecutive pixels at a time lying
+    together in the output (a row of a plane; stacked, one image's part):
+    the pixels of tiles stored through the tile kernel's general path (tiles
+    short of their kernel's rows, and with ``nchw`` tiles spanning two
+    segments, which the transposed vector store cannot write), and the
+    segment starts that fall inside a tile.  In closed form over the whole
+    tiles (runs can be millions of pixels long)."""
+    full, rest = divmod(length, MR)
+    covered = full * MR
+    # Segment starts inside whole tiles: multiples of ``segment`` below the
+    # end of the last whole tile that are not tile starts.
+    starts = (covered - 1) // segment - (covered - 1) // math.lcm(segment, MR) if full else 0
+    general = 0
+    if nchw and full:  # shorter segments than a tile: every tile spans two
+        general = covered if segment < MR else starts * MR
+    step = SMALL_MR if rest <= MR - SMALL_MR else MR
+    for first in range(covered, length, step):
+        pixels = min(step, length - first)
+        inside = (first + pixels - 1) // segment - first // segment
+        starts += inside
+        if pixels < step or (nchw and inside):
+            general += pixels
+    return general, starts
+
+
+def _walk_stores(d, stacked, nchw):
+    """Per image, ``(general, starts)`` of the kernel's walk of ``d`` (see
+    :func:`_run_stores`): pixels stored through the general path, and, of a
+    ``stacked`` walk, the image boundaries inside tiles times the kernel rows
+    those tiles reduce over (each a further input stream of every channel).
+    A rectangle's rows lie one after another in the output when they are
+    whole rows of the plane (stacked: whole planes of one channel).
+
+    Stacked walks (planes of at most ``UKERNEL_STACK_PIXELS`` outputs, or a
+    1x1 layer's one row) go rectangle by rectangle; the per-image walk in
+    closed form over the border's rows and columns, which a huge padding
+    makes billions of (border rows and columns are one pixel thick, corners
+    single pixels: see :func:`_plane_tiles`)."""
+    if stacked:
+        general = starts = 0
+        plane = d.out_height * d.out_width
+        for ny, ni, nx, _ in _rectangles(d):  # each row of the rectangle, over the images
+            length = d.batch * nx
+            row_general, row_starts = _run_stores(length, length if nx == plane * d.out_channels else nx, nchw)
+            general += ny * row_general
+            starts += ny * ni * _run_stores(length, nx, nchw)[1]
+        return general / d.batch, starts / d.batch
+    HO, WO = d.out_height, d.out_width
+    ylo, yhi = _interior(HO, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
+    xlo, xhi = _interior(WO, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
+    ny, nx = yhi - ylo, xhi - xlo  # interior run lengths
+    by, bx = HO - ny, WO - nx      # border rows and columns
+    general = by * bx  # corners: single-pixel tiles
+    if nx:  # each border row's interior: one row
+        general += by * _run_stores(nx, nx, nchw)[0]
+    if ny:  # each border column's interior: a pixel per row
+        general += bx * _run_stores(ny, ny if WO == 1 else 1, nchw)[0]
+    if ny and nx:
+        general += _run_stores(ny * nx, ny * nx if nx == WO else nx, nchw)[0]
+    return general, 0.0
 
 
 def _interior_pixels(d):
@@ -608,7 +683,12 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     runs a chunk of images at a time on their copy.  NCHW input adds a
     stream start per tile, channel block, channel and kernel row
     (``UKERNEL_NCHW_PLANE_STEP_COST``), scaled by the share of a page a
-    plane is (at most 1).
+    plane is (at most 1).  Outputs the tile kernel stores through its general
+    path (edge tiles, and in NCHW tiles whose pixels are not consecutive in
+    the output) cost ``UKERNEL_GENERAL_STORE_COST`` each, and a stacked tile
+    reading NCHW images in place adds a stream per further image it spans,
+    per channel block, channel and kernel row (``UKERNEL_STACK_SEGMENT_COST``;
+    :func:`_walk_stores`).
     """
     g, stacked = _walked_geometry(g)
     staging = _staging(g, nhwc, stacked, scratch_budget)
@@ -637,6 +717,13 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     planar = not (nhwc or (staging and staging[0]))
     page_share = min(1.0, FLOAT32_BYTES * d.height * d.width / UKERNEL_NCHW_PLANE_BYTES) if planar else 0.0
     plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h * page_share  # per image
+    # Outputs the tile kernel stores through its general path, and the input
+    # streams stacked tiles add per image they span (see
+    # UKERNEL_GENERAL_STORE_COST and UKERNEL_STACK_SEGMENT_COST), per image.
+    general, segment_starts = _walk_stores(d, stacked, not nhwc)
+    narrow = last if last not in (VL, NR) else 0  # a last block narrower than its tile: all general
+    general_outputs = general * (mg - narrow) + d.out_height * d.out_width * narrow
+    segment_steps = segment_starts * blocks * d.channels_per_group if planar else 0.0
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
     return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, False, stacked,
@@ -645,7 +732,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
-                                                + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)),
+                                                + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)
+                                                + round(g.groups * (general_outputs * UKERNEL_GENERAL_STORE_COST
+                                                                    + segment_steps * UKERNEL_STACK_SEGMENT_COST))),
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
