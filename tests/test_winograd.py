@@ -229,7 +229,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             blocks = -(-tiles // block)
             assert block % winograd.MR == 0 or (blocks > 1 and blocks * block - tiles < blocks)
             assert plan.workspace_elements == slots * (
-                alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64)) + (alpha + m) * m * block * winograd.NR)
+                alpha * alpha * (block * (c + winograd.NR) + 2 * max(min(c, 64), winograd.VL)) + (alpha + m) * m * block * winograd.NR)
             # The default tile block's target, unless one block holds every
             # tile because the transformed weights exceed the L3 cache.
             whole = (tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
@@ -244,7 +244,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
                     functional.kernel.tiling[-1]
                 assert packs and block == -(-tiles // winograd.MR) * winograd.MR
                 assert functional.workspace_elements == slots * (
-                    alpha * alpha * (block * (c + winograd.NR) + 2 * min(c, 64))
+                    alpha * alpha * (block * (c + winograd.NR) + 2 * max(min(c, 64), winograd.VL))
                     + (alpha + m) * m * block * winograd.NR
                     + r * r * (winograd.WINOGRAD_PACK_CHANNELS + 1) * winograd.NR
                     + alpha * alpha * (min(c, 128) + 1) * winograd.NR)
