@@ -160,7 +160,7 @@ UKERNEL_NCHW_STORE_COST = 0.6
 #: pixels are not consecutive in the output (spanning two rows of a
 #: rectangle, or two images of a stacked walk: the transposed vector store
 #: needs consecutive pixels).  Without it and UKERNEL_STACK_SEGMENT_COST the
-#: model priced GoogLeNet's 14x14 and 7x7 5x5 and 3x3 layers 1.2-1.4x too
+#: model priced GoogLeNet's 14x14 and 7x7 5x5 and 3x3 layers up to 1.4x too
 #: fast (stacked at batch 4 and 8, and 14x14 5x5 at batch 1 and 2), against
 #: 0.97-1.07x for AlexNet's conv3, GoogLeNet's 4a/4e 3x3 and 3a 5x5 and
 #: ResNet-50's layer3 3x3, whose tiles are mostly whole rows, and kept
@@ -171,7 +171,11 @@ UKERNEL_NCHW_STORE_COST = 0.6
 #: rest of the prediction scaled by the machine's phase, 1.01-1.09 in three
 #: runs): 4.5 and 0.84 (first two runs, which counted full-width rectangles'
 #: tiles as spanning rows: 5.7 / 5.6 and 1.08 / 0.85); every call then within
-#: 0.81-1.14x of the fit, 55 of 60 within 0.9-1.1x.
+#: 0.81-1.14x of the fit (0.83-1.39x without the two terms), 50 of 60 within
+#: 0.9-1.1x.  The 12 picks that changed on the five tables (batch 1 and 8, one
+#: and two threads, functional and under a 1 MiB limit, all to Winograd) ran
+#: 1.02-1.52x faster than the old ones (GoogLeNet's 4e 5x5 at batch 8, one
+#: thread: 1.71 -> 1.32 ms).
 UKERNEL_GENERAL_STORE_COST = 4.5
 #: Stacked NCHW walks (ukernel._stacks) read in place: a tile spanning images
 #: reads each image's part of every input plane as a stream of its own (on
