@@ -554,7 +554,8 @@ def test_walk_stores_count_the_tiles_the_kernel_runs(batch, height, width, kerne
                                                      stacked, nchw):
     """The closed form behind UKERNEL_GENERAL_STORE_COST and
     UKERNEL_STACK_SEGMENT_COST equals a count over the kernel's tiles."""
-    assume((height + 2 * padding - dilation * (kernel - 1)) >= 1 and (width + 2 * padding - dilation * (kernel - 1)) >= 1)
+    reach = dilation * (kernel - 1)
+    assume(height + 2 * padding - reach >= 1 and width + 2 * padding - reach >= 1)
     g = make_geometry((batch, 3, height, width), (5, 3, kernel, kernel), stride, padding, dilation)
     d = ukernel.KernelGeometry(*ukernel.kernel_geometry(g))
     assert ukernel._walk_stores(d, stacked, nchw) == pytest.approx(_walk_stores_by_tile(d, stacked, nchw))

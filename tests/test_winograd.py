@@ -228,8 +228,9 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             tiles = winograd._sizes(g, name)[2]
             blocks = -(-tiles // block)
             assert block % winograd.MR == 0 or (blocks > 1 and blocks * block - tiles < blocks)
+            staging = 2 * max(min(c, 64), winograd.VL)  # a tile's staged and row-transformed channels
             assert plan.workspace_elements == slots * (
-                alpha * alpha * (block * (c + winograd.NR) + 2 * max(min(c, 64), winograd.VL)) + (alpha + m) * m * block * winograd.NR)
+                alpha * alpha * (block * (c + winograd.NR) + staging) + (alpha + m) * m * block * winograd.NR)
             # The default tile block's target, unless one block holds every
             # tile because the transformed weights exceed the L3 cache.
             whole = (tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
@@ -244,7 +245,7 @@ def test_workspace_follows_the_formula_and_stays_small(name):
                     functional.kernel.tiling[-1]
                 assert packs and block == -(-tiles // winograd.MR) * winograd.MR
                 assert functional.workspace_elements == slots * (
-                    alpha * alpha * (block * (c + winograd.NR) + 2 * max(min(c, 64), winograd.VL))
+                    alpha * alpha * (block * (c + winograd.NR) + staging)
                     + (alpha + m) * m * block * winograd.NR
                     + r * r * (winograd.WINOGRAD_PACK_CHANNELS + 1) * winograd.NR
                     + alpha * alpha * (min(c, 128) + 1) * winograd.NR)
