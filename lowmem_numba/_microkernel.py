@@ -641,7 +641,7 @@ def make_depthwise_row_kernel(pixels, stride, vl=VL):
     return intrinsic(depthwise)
 
 
-def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
+def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False, copies=False):
     """A Numba intrinsic for a tile of ``vectors * vl`` output pixels in the
     lanes by ``channels`` output channels (direct convolution into NCHW
     planes: each channel's pixels are stored as they lie in its plane).
@@ -690,6 +690,9 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
             kstep_v, *rest_v = rest_v
         else:
             offsets_v, o_first_v, *rest_v = rest_v
+        if copies:
+            *rest_v, panel_v, p_off_v, p_kstep_v = rest_v
+            p_ptr = context.make_array(signature.args[-3])(context, builder, panel_v).data
         (count_v, out_v, o_off_v, o_mstep_v, valid_v, mc_v, bias_v, b_off_v, has_bias_v) = rest_v
         at_out = 7 if strided else 8  # the position of out among the arguments
         vty = ir.VectorType(_F32, vl)
@@ -720,6 +723,10 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
                 for p in range(vectors):
                     _prefetch(builder, x_ptr, builder.add(ahead, _const(p * vl)))
             inputs = [_load_vector(builder, x_ptr, builder.add(at, _const(p * vl)), vty) for p in range(vectors)]
+            if copies:  # the step's input, into the panel the next channel blocks read
+                to = builder.add(p_off_v, builder.mul(k, p_kstep_v))
+                for p in range(vectors):
+                    _store_vector(builder, inputs[p], p_ptr, builder.add(to, _const(p * vl)))
             for m in range(channels):
                 weight = _splat(builder, builder.load(_element_ptr(builder, w_ptr, builder.add(w_rows[m], k))), vty)
                 for p in range(vectors):
@@ -757,13 +764,18 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
                                 builder.store(value, _element_ptr(builder, o_ptr, at))
         return context.get_dummy_value()
 
-    def typed(w, x, out, bias, step_args, tables_ok):
-        if not (all(_is_f32_array(a) for a in (w, x, out, bias)) and tables_ok):
+    def typed(w, x, out, bias, step_args, tables_ok, panel_args=()):
+        if not (all(_is_f32_array(a) for a in (w, x, out, bias, *panel_args[:1])) and tables_ok):
             return None
         i64 = types.int64
-        return types.void(w, i64, i64, x, i64, *step_args, i64, out, i64, i64, i64, i64, bias, i64, i64), codegen
+        return types.void(w, i64, i64, x, i64, *step_args, i64, out, i64, i64, i64, i64, bias, i64, i64,
+                          *panel_args), codegen
 
-    if strided:
+    if copies:
+        def pixel_tile(typingctx, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc,
+                       bias, b_off, has_bias, panel, p_off, p_kstep):
+            return typed(w, x, out, bias, (types.int64,), True, (panel, types.int64, types.int64))
+    elif strided:
         def pixel_tile(typingctx, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc,
                        bias, b_off, has_bias):
             return typed(w, x, out, bias, (types.int64,), True)
@@ -772,7 +784,8 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False):
                        valid, mc, bias, b_off, has_bias):
             return typed(w, x, out, bias, (offsets, types.int64), _is_i64_array(offsets))
 
-    pixel_tile.__name__ = f"pixel_tile_{vectors}x{vl}x{channels}" + ("_strided" if strided else "")
+    pixel_tile.__name__ = (f"pixel_tile_{vectors}x{vl}x{channels}" + ("_strided" if strided else "")
+                           + ("_copying" if copies else ""))
     return intrinsic(pixel_tile)
 
 
@@ -807,4 +820,7 @@ PIXEL_VECTORS = 3
 PIXEL_CHANNELS = 8
 pixel_tiles = tuple(make_pixel_tile_kernel(v, PIXEL_CHANNELS) for v in range(1, PIXEL_VECTORS + 1))
 strided_pixel_tiles = tuple(make_pixel_tile_kernel(v, PIXEL_CHANNELS, strided=True)
+                            for v in range(1, PIXEL_VECTORS + 1))
+#: The strided tiles that also copy each step's input vectors into a panel.
+copying_pixel_tiles = tuple(make_pixel_tile_kernel(v, PIXEL_CHANNELS, strided=True, copies=True)
                             for v in range(1, PIXEL_VECTORS + 1))

@@ -242,6 +242,25 @@ PIXELS_IN_PLACE_BYTES = 16 * 2**20
 #: against 0.81; MobileNet's 512->512 on 14x14 0.76 against 0.74 and
 #: 1024->1024 on 7x7 1.03 against 0.93.
 PIXELS_PACK_MIN_CHANNELS = 512
+#: direct-pixels' 1x1 stride-1 layers read in place: with at least this many
+#: input channels per group and an input (all its images) of at most
+#: PIXELS_COPY_MAX_BYTES, the first channel block of each run of tiles copies
+#: every input vector it loads into the slot's panel (three more stores per
+#: 24 FMAs), and the item's other channel blocks read the run there, one
+#: contiguous stream, instead of a plane (a new page on 56x56) per step.
+#: Intel Xeon kind, functional calls, best of four alternating processes
+#: against the code before (us), batch 1, one thread: ResNet-50's 256->64 on
+#: 56x56 559 / 576 (medians 563 / 591), 256->128 on 56x56 1028 / 1056 (1031 /
+#: 1086), 512->256 on 28x28 996 / 998, GoogLeNet's 480->192 on 14x14 185 /
+#: 191; two threads (best of three) 327 / 360, 552 / 619, 498 / 544, 113 /
+#: 117.  MobileNet's 128->128 on 56x56 gained 1.02x on one thread and lost
+#: 0.95x on two, and on 64 and 32 channels the copy cost more than it saved
+#: (64->64 on 56x56 168 / 156, pw1 407-449 / 397-408), hence 256.  At batch
+#: 8 (12.8 MB inputs) the extra stores slowed the memory-bound 512->256 on
+#: 28x28 and 128->128 on 56x56 by 1.04-1.12x, hence the size bound
+#: (GoogLeNet's 480->192 on 14x14 at batch 8, 3 MB: 1698 / 1793).
+PIXELS_COPY_MIN_REDUCTION = 256
+PIXELS_COPY_MAX_BYTES = 4 * 2**20
 #: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
 #: plain-copy elements per gathered element (each channel's run of a tile
 #: is a strided read from a new plane).  On the Intel kind, one thread,

@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import mmap
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -43,6 +44,13 @@ def _run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, x_kstep, count, out
                      bias, b_off, has_bias)
 
 
+@njit
+def _run_copying_tile(vectors, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc, bias,
+                      b_off, has_bias, panel, p_off):
+    pixels._run_copying_tile(vectors, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc,
+                             bias, b_off, has_bias, panel, p_off)
+
+
 def _ending_at_unreadable_page(a):
     """A C-contiguous copy of ``a`` whose last float is the last before a
     page that cannot be read: any read past its end faults (on Linux; a
@@ -64,7 +72,7 @@ def _ending_at_unreadable_page(a):
 
 @pytest.mark.parametrize("vectors", range(1, mk.PIXEL_VECTORS + 1))
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("strided", [False, True, "copying"])
 @pytest.mark.parametrize("count", [1, 7, mk.PREFETCH_STEPS, mk.PREFETCH_STEPS + 1, 3 * mk.PREFETCH_STEPS + 2])
 def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, count):
     """The tile reads ``mc`` weight rows ``w_mstep`` apart (the last one
@@ -72,7 +80,9 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, c
     further) and stores only its ``valid`` pixels of its ``mc`` channels;
     every step counts, in the prefetching loop and in the last
     ``PREFETCH_STEPS`` (a loop of their own); the input of step ``k`` is
-    at ``offsets[k]`` (in any order), or ``k * x_kstep`` when strided."""
+    at ``offsets[k]`` (in any order), or ``k * x_kstep`` when strided; the
+    copying tile also stores each step's ``vectors`` input vectors into a
+    panel, ``SPAN`` floats a step, and nothing else there."""
     rng = np.random.default_rng(vectors)
     pc, vl = mk.PIXEL_CHANNELS, mk.VL
     for valid in sorted({1, vl - 1, vl, (vectors - 1) * vl + 1, vectors * vl}):
@@ -91,8 +101,18 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, c
             o_mstep = vectors * vl + 5
             out = np.full(GUARD + pc * o_mstep + GUARD, np.nan, np.float32)
             table = np.full(count, -10**9, np.int64) if strided else offsets  # strided: the table is not read
-            _run_tile(vectors, w, 0, w_mstep, x, 0, table, x_kstep if strided else 0, count, out, GUARD, o_mstep,
-                      valid, mc, bias, 2, int(with_bias))
+            panel = np.full(GUARD + count * pixels.SPAN + GUARD, -7.0, np.float32)
+            if strided == "copying":
+                _run_copying_tile(vectors, w, 0, w_mstep, x, 0, x_kstep, count, out, GUARD, o_mstep, valid, mc, bias,
+                                  2, int(with_bias), panel, GUARD)
+                copied = np.full_like(panel, -7.0)
+                for k in range(count):
+                    at = GUARD + k * pixels.SPAN
+                    copied[at:at + vectors * vl] = x[offsets[k]:offsets[k] + vectors * vl]
+                np.testing.assert_array_equal(panel, copied)
+            else:
+                _run_tile(vectors, w, 0, w_mstep, x, 0, table, x_kstep if strided else 0, count, out, GUARD, o_mstep,
+                          valid, mc, bias, 2, int(with_bias))
             expected = np.full_like(out, np.nan)
             for m in range(mc):
                 sums = sum(w[m * w_mstep + k].astype(np.float64) * x[offsets[k]:offsets[k] + valid]
@@ -155,6 +175,42 @@ def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
     boundaries behind a short head tile (15 or 12 pixels at ``line_offset``
     1 or 4, none at 0); over a batch and both thread counts."""
     _check_pointwise((3, c, hw, hw), m, groups, (1, 1), line_offset)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 3), c_per_group=st.integers(1, 9), groups=st.sampled_from([1, 2]),
+       hw=st.sampled_from([1, 4, 7, 8, 12, 14]),
+       m_per_group=st.sampled_from([mk.PIXEL_CHANNELS + 1, 2 * mk.PIXEL_CHANNELS, 3 * mk.PIXEL_CHANNELS + 5]),
+       line_offset=st.sampled_from([0, 1, 4]))
+def test_first_channel_block_copies_for_the_others(batch, c_per_group, groups, hw, m_per_group, line_offset):
+    """1x1 planes read in place under several channel blocks, the first
+    block of each run copying its input into the panel that the others read
+    (forced here on short reductions: PIXELS_COPY_MIN_REDUCTION is 128), exact
+    over a batch, groups, planes of whole vectors or not, both thread counts."""
+    ln._memo.clear_all()
+    try:
+        with mock.patch.object(pixels, "PIXELS_COPY_MIN_REDUCTION", 1):
+            g = make_geometry((batch, groups * c_per_group, hw, hw), (groups * m_per_group, c_per_group, 1, 1),
+                              groups=groups)
+            assert ln._registry.get(NAME).plan(g, 2).kernel.tiling[14]
+            _check_pointwise((batch, groups * c_per_group, hw, hw), groups * m_per_group, groups, (1, 1), line_offset)
+    finally:
+        ln._memo.clear_all()
+
+
+def test_copying_needs_long_reductions_and_small_inputs():
+    """The plan copies on 1x1 stride-1 layers of PIXELS_COPY_MIN_REDUCTION
+    channels or more per group whose input fits PIXELS_COPY_MAX_BYTES."""
+    from lowmem_numba._tuning import PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION
+
+    def copies(x_shape, w_shape, groups=1):
+        return ln._registry.get(NAME).plan(make_geometry(x_shape, w_shape, groups=groups), 1).kernel.tiling[14]
+
+    c = PIXELS_COPY_MIN_REDUCTION
+    assert copies((1, c, 28, 28), (64, c, 1, 1)) and not copies((1, c - 1, 28, 28), (64, c - 1, 1, 1))
+    assert not copies((1, 2 * c - 2, 28, 28), (64, c - 1, 1, 1), 2) and copies((1, 2 * c, 8, 8), (64, c, 1, 1), 2)
+    hw = int((PIXELS_COPY_MAX_BYTES // (4 * c)) ** 0.5)
+    assert copies((1, c, hw, hw), (64, c, 1, 1)) and not copies((2, c, hw, hw), (64, c, 1, 1))
 
 
 @pytest.mark.parametrize("x_shape, m, line_offset", [((3, 6, 7, 7), 520, 4), ((2, 3, 14, 14), 512, 0),

@@ -26,8 +26,13 @@ are a short tile of their own: :func:`_unit_span`); other planes (14x14,
 less than a copy unless there are ``PIXELS_PACK_MIN_CHANNELS`` output
 channels per group to share it.  A plane's last vector may reach into the
 next plane (lanes never stored); the tile that would read past the input's
-end goes through a panel (below).  Otherwise each thread copies
-its runs of tiles (below) into a packed panel that starts on a line, tile by
+end goes through a panel (below).  On long reductions
+(``PIXELS_COPY_MIN_REDUCTION``) over inputs of at most
+``PIXELS_COPY_MAX_BYTES``, the first channel block of each run of tiles stores
+what it loads from the planes into the thread's panel as well, and the other
+blocks read the run from there: one contiguous stream instead of a plane (a
+new page on 56x56 planes) per reduction step.  Not read in place, each
+thread copies its runs of tiles (below) into a packed panel that starts on a line, tile by
 tile, the ``SPAN`` pixels of every input channel contiguous (a short last
 tile zero-padded to whole vectors), gathered from every ``stride``-th row
 and column at a stride.  Staged by rows instead, ResNet-50's 1x1 stride-2
@@ -82,16 +87,18 @@ import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import PIXEL_CHANNELS, PIXEL_VECTORS, VL, pixel_tiles, prefetch_to_l2, strided_pixel_tiles
+from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_tiles, pixel_tiles, prefetch_to_l2,
+                            strided_pixel_tiles)
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
+from .._tuning import (PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
+                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
 _strided1, _strided2, _strided3 = strided_pixel_tiles
+_copying1, _copying2, _copying3 = copying_pixel_tiles
 assert PIXEL_VECTORS == 3
 #: Output pixels one full tile covers.
 SPAN = PIXEL_VECTORS * VL
@@ -117,6 +124,23 @@ def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, 
         _tile2(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     else:
         _tile1(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_copying_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
+                      b_off, has_bias, panel, p_at):
+    """:func:`_run_tile` on a 1x1 layer's planes that also copies each
+    step's input vectors into ``panel`` from ``p_at`` on, ``SPAN`` floats a
+    step, as :func:`_pack_run` lays a tile out."""
+    if vectors == 3:
+        _copying3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias,
+                  panel, p_at, SPAN)
+    elif vectors == 2:
+        _copying2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias,
+                  panel, p_at, SPAN)
+    else:
+        _copying1(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias,
+                  panel, p_at, SPAN)
 
 
 @njit(cache=True, nogil=True)
@@ -230,7 +254,7 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d)
 
 @njit(parallel=True, cache=True)
 def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
-                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots):
+                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots, copies):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
     items shared by ``slots`` threads.  ``table_store`` holds the int64
@@ -239,7 +263,9 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
     the tiles read the input planes where they are when ``in_place`` below
     holds (the module docstring says when), else each slot copies a run of
-    tiles into its share of ``panels`` and the tiles read it there."""
+    tiles into its share of ``panels`` and the tiles read it there.  Read in
+    place with ``copies``, a run's first channel block copies the input it
+    reads into the panel, and the item's other blocks read it there."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     offsets = table_store.view(np.int64)[:reduction]
@@ -291,6 +317,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                         vectors = (valid + VL - 1) // VL
                         src, src_at, kstep = x, n * x_image + g * x_group + r * row_step + x0, plane_step
                         at = panel + (unit - run) * reduction * SPAN
+                        copying = False
                         if pack:
                             src, src_at, kstep = panels, at, SPAN
                         elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
@@ -298,11 +325,23 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                                 _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
                                           head, d)
                             src, src_at, kstep = panels, at, SPAN
-                        _run_tile(vectors, w, (g * mg + mb * PIXEL_CHANNELS) * reduction, reduction, src, src_at,
-                                  offsets, kstep, reduction, out,
-                                  (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0,
-                                  plane, valid, min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS), bias,
-                                  g * mg + mb * PIXEL_CHANNELS, has_bias)
+                        elif in_place and copies and mb1 - mb0 > 1:
+                            # The first channel block reads the planes and copies what it
+                            # reads into the panel, which the other blocks then read.
+                            if mb == mb0:
+                                copying = True
+                            else:
+                                src, src_at, kstep = panels, at, SPAN
+                        w_at = (g * mg + mb * PIXEL_CHANNELS) * reduction
+                        o_at = (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0
+                        mc = min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS)
+                        if copying:
+                            _run_copying_tile(vectors, w, w_at, reduction, src, src_at, kstep, reduction, out, o_at,
+                                              plane, valid, mc, bias, g * mg + mb * PIXEL_CHANNELS, has_bias,
+                                              panels, at)
+                        else:
+                            _run_tile(vectors, w, w_at, reduction, src, src_at, offsets, kstep, reduction, out, o_at,
+                                      plane, valid, mc, bias, g * mg + mb * PIXEL_CHANNELS, has_bias)
 
 
 @njit(parallel=True, cache=True)
@@ -376,8 +415,12 @@ def _plan(g, threads):
     strided = pointwise and g.stride != (1, 1)
     gathered = g.in_channels * g.out_height * g.out_width * split.row_blocks if strided else 0
     panels = _panel_elements(g, slots, unit_block) if pointwise else 0
+    # Read in place, the first channel block copies its tiles' input into the
+    # panel for the other blocks (see PIXELS_COPY_MIN_REDUCTION).
+    copies = (pointwise and g.channels_per_group >= PIXELS_COPY_MIN_REDUCTION
+              and FLOAT32_BYTES * g.batch * g.in_channels * g.height * g.width <= PIXELS_COPY_MAX_BYTES)
     tiling = (images, x_image, x_group, row_step, rows, row_len, pointwise, split.row_blocks, split.col_tiles,
-              unit_block, table, staged, slots, panels)
+              unit_block, table, staged, slots, panels, copies)
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
                       gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
                               g.channels_per_group * g.kernel_taps),),
@@ -401,13 +444,13 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return
     (images, x_image, x_group, row_step, rows, row_len, pointwise, m_chunks, u_chunks, unit_block, table,
-     staged, slots, panels) = kernel.tiling
+     staged, slots, panels, copies) = kernel.tiling
     geometry = kernel_geometry(g)
     table_store = scratch[:table]
     panel_store = scratch[table + staged:table + staged + panels]
     if pointwise:
         _pixels_conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
-                     rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots)
+                     rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies)
         return
     staged_rows, phase_len = _staged_shape(g)
     image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
@@ -416,7 +459,7 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
         _stage(x, n * image, geometry, buffer, staged_rows, phase_len)
         _pixels_conv(buffer, weights, bias, out[n * plane:(n + 1) * plane], table_store, panel_store, geometry, 1,
                      x_image, x_group, row_step, rows, row_len, False, m_chunks, u_chunks, unit_block, staged_rows,
-                     phase_len, slots)
+                     phase_len, slots, False)
 
 
 register(Algorithm(
