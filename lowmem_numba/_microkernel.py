@@ -680,8 +680,12 @@ def make_pixel_tile_kernel(vectors, channels, vl=VL, strided=False, copies=False
     tile instead (into the next image's planes on a 1x1 layer), MobileNet's
     pw1 (32 channels) ran 3-6 % slower, and prefetching only the first and
     last vector 2-10 % slower.
+    With ``copies`` (strided only), three more arguments ``panel, p_off,
+    p_kstep``: each step's ``vectors`` input vectors are also stored at
+    ``panel[p_off + k*p_kstep:][:vectors*vl]``, for other tiles to read there.
     Arrays are C-contiguous float32 (``offsets`` int64).
     """
+    assert strided or not copies, "only the strided tile copies its input"
 
     def codegen(context, builder, signature, args):
         w_v, w_off_v, w_mstep_v, x_v, x_off_v = args[:5]

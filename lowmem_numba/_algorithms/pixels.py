@@ -32,8 +32,8 @@ end goes through a panel (below).  On long reductions
 what it loads from the planes into the thread's panel as well, and the other
 blocks read the run from there: one contiguous stream instead of a plane (a
 new page on 56x56 planes) per reduction step.  Not read in place, each
-thread copies its runs of tiles (below) into a packed panel that starts on a line, tile by
-tile, the ``SPAN`` pixels of every input channel contiguous (a short last
+thread copies its runs of tiles (below) into a packed panel that starts on a
+line, tile by tile, the ``SPAN`` pixels of every input channel contiguous (a short last
 tile zero-padded to whole vectors), gathered from every ``stride``-th row
 and column at a stride.  Staged by rows instead, ResNet-50's 1x1 stride-2
 downsample (512->1024, 28x28 -> 14x14) ran at half direct-ukernel's speed:
