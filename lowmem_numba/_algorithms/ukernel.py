@@ -97,11 +97,10 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_PLANE_BYTES,
-                       UKERNEL_NCHW_PLANE_STEP_COST,
-                       UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR,
-                       UKERNEL_PAD_PIXELS, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
-                       UKERNEL_STACK_SEGMENT_COST,
-                       UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_NCHW_PLANE_STEP_COST, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
+                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS,
+                       UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
+                       UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
@@ -254,15 +253,15 @@ def _walk_stores(d, stacked, nchw):
         plane = d.out_height * d.out_width
         for ny, ni, nx, _ in _rectangles(d):  # each row of the rectangle, over the images
             length = d.batch * nx
-            row_general, row_starts = _run_stores(length, length if nx == plane * d.out_channels else nx, nchw)
+            row_general, row_starts = _run_stores(length, nx, nchw)
+            if nx == plane * d.out_channels:  # the images' rows follow one another in the output
+                row_general = _run_stores(length, length, nchw)[0]
             general += ny * row_general
-            starts += ny * ni * _run_stores(length, nx, nchw)[1]
+            starts += ny * ni * row_starts
         return general / d.batch, starts / d.batch
     HO, WO = d.out_height, d.out_width
-    ylo, yhi = _interior(HO, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
-    xlo, xhi = _interior(WO, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
-    ny, nx = yhi - ylo, xhi - xlo  # interior run lengths
-    by, bx = HO - ny, WO - nx      # border rows and columns
+    ny, nx = _interior_extent(d)  # interior run lengths
+    by, bx = HO - ny, WO - nx     # border rows and columns
     general = by * bx  # corners: single-pixel tiles
     if nx:  # each border row's interior: one row
         general += by * _run_stores(nx, nx, nchw)[0]
@@ -273,11 +272,18 @@ def _walk_stores(d, stacked, nchw):
     return general, 0.0
 
 
-def _interior_pixels(d):
-    """Outputs of one plane whose taps all fall inside the input."""
+def _interior_extent(d):
+    """``(rows, columns)`` of the outputs of one plane whose taps all fall
+    inside the input."""
     ylo, yhi = _interior(d.out_height, d.height, d.stride_h, d.dilation_h, d.pad_top, d.kernel_h)
     xlo, xhi = _interior(d.out_width, d.width, d.stride_w, d.dilation_w, d.pad_left, d.kernel_w)
-    return (yhi - ylo) * (xhi - xlo)
+    return yhi - ylo, xhi - xlo
+
+
+def _interior_pixels(d):
+    """Outputs of one plane whose taps all fall inside the input."""
+    rows, columns = _interior_extent(d)
+    return rows * columns
 
 
 def _walk_pixels(d):

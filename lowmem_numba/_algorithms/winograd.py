@@ -456,8 +456,9 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
         v_base = slot * slot_elements
         z_base = v_base + points * tile_block * cg
         p_off = z_base + points * tile_block * NR
-        t_off = p_off + points * max(chunk, VL)
-        r_off = t_off + points * max(chunk, VL)
+        stage_floats = points * max(chunk, VL)  # a tile's staged channels, at least a vector (see _input_tile)
+        t_off = p_off + stage_floats
+        r_off = t_off + stage_floats
         y_off = r_off + alpha * tile * tile_block * NR
         w_stage = y_off + tile * tile * tile_block * NR
         u_off = w_stage + taps * (WINOGRAD_PACK_CHANNELS + 1) * NR
