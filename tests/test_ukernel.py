@@ -393,12 +393,16 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1] is None
 
 
-def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_limit():
+def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_limit(monkeypatch, forget_plans):
     """ResNet-50's layer4 3x3 stride 2 at batch 4: stacked, its 512-channel
     images are read from a channels-last copy of the batch (the scratch), or
     in place when a ``memory_limit`` cannot hold the copy, prepacked or not;
-    exact both ways."""
+    exact both ways.  Stacking is forced: the model stacks this layer on
+    AVX-512's 12-pixel tiles, not on AVX2's 6-pixel ones, which leave its
+    7-pixel rows less to gain."""
     from lowmem_numba._tuning import UKERNEL_STACK_COPY_CHANNELS
+
+    monkeypatch.setattr(ukernel, "_stacks", lambda g: g.batch > 1)
 
     x_shape, w_shape = (4, 512, 14, 14), (512, 512, 3, 3)
     assert w_shape[1] >= UKERNEL_STACK_COPY_CHANNELS
@@ -573,6 +577,9 @@ def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw
 
     name = "direct-ukernel" if layout == "NCHW" else "direct-ukernel-nhwc"
     g = make_geometry((batch, c, hw, hw), (m, c, kernel, kernel), 1, kernel // 2)
+    spanning = (batch, hw, kernel) == (8, 14, 5) and layout == "NCHW"
+    if spanning:  # stacked as on AVX-512 (AVX2's 6-pixel tiles leave it per image)
+        monkeypatch.setattr(ukernel, "_stacks", lambda g: True)
     plan = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
     ln._memo.clear_all()
     monkeypatch.setattr(ukernel, "UKERNEL_GENERAL_STORE_COST", 0)
@@ -587,6 +594,7 @@ def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw
     planar = layout == "NCHW" and not (staging and staging[0])
     segment_steps = starts * -(-m // mk.NR) * c if planar else 0
     expected = batch * (outputs * UKERNEL_GENERAL_STORE_COST + segment_steps * UKERNEL_STACK_SEGMENT_COST)
-    assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(expected, abs=2)
-    if (batch, hw, kernel) == (8, 14, 5) and layout == "NCHW":  # a stacked walk spanning images: both terms
+    # The plan rounds its moved elements per image: up to half an element each.
+    assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(expected, abs=batch)
+    if spanning:  # a stacked walk spanning images: both terms
         assert stacked and general and starts

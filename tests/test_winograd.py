@@ -140,15 +140,21 @@ def relative_errors(got, x, w, padding):
 
 @pytest.mark.parametrize("data", ["random", "ones-and-ramps"])
 @pytest.mark.parametrize("name, shape, mean_bound, max_bound", [
-    # The issue's bounds on the mean error; the max error of F(4x4,3x3) and
-    # F(2x2,5x5) reaches 14x and 9x im2col's (perf/results/winograd_accuracy.md).
-    ("winograd-2x2-3x3", (256, 14, 14, 64, 3), 2.0, 2.0),
-    ("winograd-4x4-3x3", (256, 14, 14, 64, 3), 10.0, 20.0),
-    ("winograd-2x2-5x5", (96, 14, 14, 64, 5), 10.0, 20.0),
+    # The issue's bounds on the mean error against im2col's.  The max error is
+    # bounded against the plain loop nest's (direct-sum2d: one fixed summation
+    # order) rather than im2col's, which depends on the BLAS kernel: OpenBLAS's
+    # AVX2 sgemm on AMD Zen 3 sums these 2304-term dot products in blocks (max
+    # 3.5e-7 against the loop nest's 1.4e-6), so F(4x4,3x3)'s max error (8.1e-6,
+    # 6x the loop nest's) came to 23x im2col's there against 14-18x on AVX-512.
+    ("winograd-2x2-3x3", (256, 14, 14, 64, 3), 2.0, 1.0),
+    ("winograd-4x4-3x3", (256, 14, 14, 64, 3), 10.0, 12.0),
+    ("winograd-2x2-5x5", (96, 14, 14, 64, 5), 10.0, 6.0),
 ])
 def test_error_within_a_factor_of_im2col(name, shape, mean_bound, max_bound, data):
     """F(2x2,3x3) no worse than 2x the im2col error, F(4x4,3x3) (and
-    F(2x2,5x5)) no worse than 10x, in the mean over the outputs."""
+    F(2x2,5x5)) no worse than 10x, in the mean over the outputs; the largest
+    error within a factor of the plain float32 loop nest's (one thread each,
+    so that no split of the work changes a summation order)."""
     c, h, w_, m, r = shape
     rng = np.random.default_rng(5)
     if data == "random":
@@ -161,12 +167,12 @@ def test_error_within_a_factor_of_im2col(name, shape, mean_bound, max_bound, dat
         w = np.full((m, c, r, r), 1.0 / (c * r * r), np.float32)
         w[::3] = np.linspace(0.1, 1.3, r * r, dtype=np.float32).reshape(r, r)
     padding = ((r // 2, r // 2), (r // 2, r // 2))
-    got = ln.conv2d(x, w, padding=r // 2, algorithm=name)
-    reference = ln.conv2d(x, w, padding=r // 2, algorithm="im2col-copy-self-ab-ki")
-    got_max, got_mean = relative_errors(got, x, w, padding)
-    ref_max, ref_mean = relative_errors(reference, x, w, padding)
-    assert got_mean <= mean_bound * max(ref_mean, 2.0**-24)
-    assert got_max <= max_bound * max(ref_max, 2.0**-24)
+    got_max, got_mean = relative_errors(ln.conv2d(x, w, padding=r // 2, algorithm=name, threads=1), x, w, padding)
+    _, im2col_mean = relative_errors(ln.conv2d(x, w, padding=r // 2, algorithm="im2col-copy-self-ab-ki", threads=1),
+                                     x, w, padding)
+    loop_max, _ = relative_errors(ln.conv2d(x, w, padding=r // 2, algorithm="direct-sum2d", threads=1), x, w, padding)
+    assert got_mean <= mean_bound * max(im2col_mean, 2.0**-24)
+    assert got_max <= max_bound * max(loop_max, 2.0**-24)
 
 
 def reach(name):
