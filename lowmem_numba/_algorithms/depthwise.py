@@ -452,19 +452,18 @@ def _depthwise_nchw(x, w, bias, out, scratch, geometry, flat, band_rows, slots, 
                     _fill_phases(x, pairs, xp, scratch, bits, base, d, y0 + amin, y1 - y0 + amax - amin,
                                  phase_size, lead, WO)
                 count = (y1 - y0) * WO
+                # One call site per helper, whichever array the taps read: each
+                # inlined copy of a run helper is compile time (LLVM's).
+                src = x if inside else scratch
                 if same33:
                     # Tap (0, 0) of the band's first output: input row y0 - 1,
                     # column -1, in place or in the buffer (row 0 = y0 - 1).
+                    first = xp + r_lo * W - 1 if inside else base + lead - 1
                     for k in range(mult):
                         m = c * mult + k
                         b = bias[m] if has_bias else np.float32(0.0)
                         at = (n * M + m) * plane_out + y0 * WO
-                        if inside:
-                            _run_same33(x, xp + r_lo * W - 1, W, scratch, mask_len, 3 * mask_len, w, m * 9, out,
-                                        at, count, b)
-                        else:
-                            _run_same33(scratch, base + lead - 1, W, scratch, mask_len, 3 * mask_len, w, m * 9,
-                                        out, at, count, b)
+                        _run_same33(src, first, W, scratch, mask_len, 3 * mask_len, w, m * 9, out, at, count, b)
                     continue
                 if inside:
                     for i in range(KH):
@@ -477,10 +476,7 @@ def _depthwise_nchw(x, w, bias, out, scratch, geometry, flat, band_rows, slots, 
                     m = c * mult + k
                     b = bias[m] if has_bias else np.float32(0.0)
                     at = (n * M + m) * plane_out + y0 * WO
-                    if inside:
-                        _runs(x, toff, mcol, scratch, w, m * taps, KH, KW, o, v, mo, out, at, count, b)
-                    else:
-                        _runs(scratch, toff, mcol, scratch, w, m * taps, KH, KW, o, v, mo, out, at, count, b)
+                    _runs(src, toff, mcol, scratch, w, m * taps, KH, KW, o, v, mo, out, at, count, b)
             else:
                 # Input rows [a, e) of the band, each split into its sw column
                 # phases; one run per output row.
