@@ -253,8 +253,9 @@ PIXELS_PACK_MIN_CHANNELS = 512
 #: 56x56 559 / 576 (medians 563 / 591), 256->128 on 56x56 1028 / 1056 (1031 /
 #: 1086), 512->256 on 28x28 996 / 998, GoogLeNet's 480->192 on 14x14 185 /
 #: 191; two threads, best of three, twice: 327 / 360 and 316 / 328, 552 /
-#: 619 and 542 / 562, 498 / 544 and 488 / 482, 113 / 117.  MobileNet's 128->128 on 56x56 gained 1.02x on one thread and lost
-#: 0.95x on two, and on 64 and 32 channels the copy cost more than it saved
+#: 619 and 542 / 562, 498 / 544 and 488 / 482, 113 / 117.  MobileNet's
+#: 128->128 on 56x56 gained 1.02x on one thread and lost 0.95x on two, and
+#: on 64 and 32 channels the copy cost more than it saved
 #: (64->64 on 56x56 168 / 156, pw1 407-449 / 397-408), hence 256.  At batch
 #: 8 (12.8 MB inputs) the extra stores slowed the memory-bound 512->256 on
 #: 28x28 and 128->128 on 56x56 by 1.04-1.12x, hence the size bound

@@ -185,7 +185,7 @@ def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
 def test_first_channel_block_copies_for_the_others(batch, c_per_group, groups, hw, m_per_group, line_offset):
     """1x1 planes read in place under several channel blocks, the first
     block of each run copying its input into the panel that the others read
-    (forced here on short reductions: PIXELS_COPY_MIN_REDUCTION is 128), exact
+    (forced here on short reductions: PIXELS_COPY_MIN_REDUCTION patched to 1), exact
     over a batch, groups, planes of whole vectors or not, both thread counts."""
     ln._memo.clear_all()
     try:

@@ -332,16 +332,16 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                                 copying = True
                             else:
                                 src, src_at, kstep = panels, at, SPAN
-                        w_at = (g * mg + mb * PIXEL_CHANNELS) * reduction
-                        o_at = (n * M + g * mg + mb * PIXEL_CHANNELS) * plane + r * row_len + x0
+                        m0 = g * mg + mb * PIXEL_CHANNELS  # the block's first output channel
+                        w_at = m0 * reduction
+                        o_at = (n * M + m0) * plane + r * row_len + x0
                         mc = min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS)
                         if copying:
                             _run_copying_tile(vectors, w, w_at, reduction, src, src_at, kstep, reduction, out, o_at,
-                                              plane, valid, mc, bias, g * mg + mb * PIXEL_CHANNELS, has_bias,
-                                              panels, at)
+                                              plane, valid, mc, bias, m0, has_bias, panels, at)
                         else:
                             _run_tile(vectors, w, w_at, reduction, src, src_at, offsets, kstep, reduction, out, o_at,
-                                      plane, valid, mc, bias, g * mg + mb * PIXEL_CHANNELS, has_bias)
+                                      plane, valid, mc, bias, m0, has_bias)
 
 
 @njit(parallel=True, cache=True)
