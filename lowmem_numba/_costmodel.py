@@ -15,7 +15,9 @@ BLAS curve's ``e(m) e(n)`` had predicted 7x7 layers 1.4-1.7x too slow).
 direct-pixels' pixel-lane tile has a curve of its own (``pixels_peak``,
 ``pixels_half_k``): it stores its sums as they lie, so a short reduction
 costs it less (on the Intel kind its half-saturation reduction came out
-7.5-12.4 against the channel-lane tile's 14.7-17.7 in five calibrations).  The
+7.5-12.4 against the channel-lane tile's 14.7-17.7 in five calibrations), and
+a second one on the layers it runs on a padded copy, through a table of input
+offsets (``pixels_staged_peak``, ``pixels_staged_half_k``).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -59,6 +61,8 @@ class Calibration:
     ukernel_half_k: float = 14.0  # reduction length at which the micro-kernel runs at half of it
     pixels_peak: float = 1.1e11  # the same two of direct-pixels' pixel-lane tile (DEFAULTS.pixels_peak)
     pixels_half_k: float = 14.0
+    pixels_staged_peak: float = 1.1e11  # and of that tile on staged (padded, kh x kw) layers
+    pixels_staged_half_k: float = 14.0
 
 
 def _efficiency(size, half):
@@ -89,8 +93,7 @@ def predict_seconds(plan, c: Calibration) -> float:
         if count == 0 or m == 0 or n == 0 or k == 0:
             continue
         if not plan.gemms_on_blas:
-            peak, half = ((c.pixels_peak, c.pixels_half_k) if plan.tile_kernel == "pixels"
-                          else (c.ukernel_peak, c.ukernel_half_k))
+            peak, half = getattr(c, f"{plan.tile_kernel}_peak"), getattr(c, f"{plan.tile_kernel}_half_k")
             serial += count * 2.0 * m * n * k / (peak * _efficiency(k, half))
             continue
         rate = c.gemm_peak * _efficiency(m, c.half_m) * _efficiency(n, c.half_n) * _efficiency(k, c.half_k)
@@ -122,15 +125,17 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 9  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
-                          # here): a stored launch cost from before steered small layers wrongly;
-                          # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
-                          # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
-                          # 7: the tile helpers inlined (half-saturation reductions 19-24 ->
-                          # 15-18 and 12-13 -> 8-12 here); 8: a low thread efficiency is measured
-                          # again (DOUBTFUL_BELOW), and one stored from a disturbed run is dropped;
-                          # 9: packed weights and scratch start on a cache line (aligned_empty), so
-                          # the tiles' curves are measured again
+_CALIBRATION_VERSION = 10  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+                           # here): a stored launch cost from before steered small layers wrongly;
+                           # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
+                           # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
+                           # 7: the tile helpers inlined (half-saturation reductions 19-24 ->
+                           # 15-18 and 12-13 -> 8-12 here); 8: a low thread efficiency is measured
+                           # again (DOUBTFUL_BELOW), and one stored from a disturbed run is dropped;
+                           # 9: packed weights and scratch start on a cache line (aligned_empty), so
+                           # the tiles' curves are measured again; 10: direct-pixels' curve on 36x36
+                           # planes (32x32 ones alias in L1) and on staged layers, its AVX2 tile 4
+                           # channels wide
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -188,6 +193,8 @@ PLAUSIBLE = {
     "ukernel_half_k": (0.05, 1024.0),
     "pixels_peak": (1e9, 2e12),
     "pixels_half_k": (0.05, 1024.0),
+    "pixels_staged_peak": (1e9, 2e12),
+    "pixels_staged_half_k": (0.05, 1024.0),
 }
 
 #: Values below these are measured again like implausible ones (up to
@@ -211,12 +218,14 @@ _MAX_FIT_RMS = 0.1
 #: only spreads small layers, whose launch cost the model prices anyway.
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
                        direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
-                       ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0)
+                       ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0,
+                       pixels_staged_peak=1.1e11, pixels_staged_half_k=14.0)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
            "launch": ("launch_seconds",),
-           "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k")}
+           "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k", "pixels_staged_peak",
+                       "pixels_staged_half_k")}
 
 
 @dataclass(frozen=True)
@@ -428,11 +437,23 @@ def _measure_vector(best):
     return {"vector_rate": plan.vector_flops / best["vector"]}
 
 
-#: The micro-kernel's curve is fitted to 1x1 convolutions of 32 x 32 pixels
-#: into 256 channels, channels-last (no tile transposes, which the NCHW plans
-#: price as moved elements), over these reductions: 0.15-1.3 ms each, so
-#: that the launch is a few percent at most.
-_UKERNEL_REDUCTIONS = (16, 64, 256)
+#: The register tiles' curves are fitted to convolutions into 256 channels,
+#: each tile's on its layers: algorithm, layout, output rows and columns,
+#: kernel side (padded to keep the size) and input channels (three
+#: reductions; 0.15-10 ms each, so that the launch is a few percent at most).
+#: The micro-kernel runs 1x1 layers channels-last (no tile transposes, which
+#: the NCHW plans price as moved elements).  direct-pixels reads the NCHW
+#: planes of 1x1 layers in place, on 36 x 36 planes as the networks' 56x56,
+#: 28x28 and 14x14 ones are (a 32 x 32 plane aliases in L1 and goes through
+#: panels: PIXELS_ALIASED_PLANE_BYTES), and runs other layers on a staged
+#: copy through an offset per step: 3x3 layers on rows of whole tiles, over
+#: the reductions of the networks' 3x3 layers (18 to 1152).  On the AMD Zen 3
+#: kind, priced on the 1x1 curve, the staged tile ran 3x3 and 5x5 layers
+#: 1.1-1.5x slower than predicted (ResNet-50's 3x3 on 56x56 at 2 threads:
+#: 2.3-2.6 ms against 1.8 predicted, and chosen over Winograd's 1.4-1.5).
+_TILE_LAYERS = {"ukernel": ("direct-ukernel-nhwc", "NHWC", 32, 32, 1, (16, 64, 256)),
+                "pixels": ("direct-pixels", "NCHW", 36, 36, 1, (16, 64, 256)),
+                "pixels_staged": ("direct-pixels", "NCHW", 24, 48, 3, (2, 16, 128))}
 
 
 def fit_reduction(rates: dict):
@@ -459,19 +480,19 @@ def fit_reduction(rates: dict):
 
 
 def _measure_ukernel(best):
-    # Both register tiles on 1x1 layers (32x32 pixels, 256 output channels),
-    # each in the layout it stores without transposing: the channel-lane
-    # tile in NHWC, direct-pixels' pixel-lane tile in NCHW.
+    # Each tile's curve on its layers (_TILE_LAYERS), in the layout it stores
+    # without transposing.
     calls, flops = {}, {}
-    for k in _UKERNEL_REDUCTIONS:
-        for tile, name, layout in (("ukernel", "direct-ukernel-nhwc", "NHWC"), ("pixels", "direct-pixels", "NCHW")):
-            plan, calls[tile, k] = _prepacked_call(name, (1, k, 32, 32), (256, k, 1, 1), 0, layout=layout)
-            flops[tile, k] = sum(2.0 * count * m * n * kk for count, m, n, kk in plan.gemms)
+    for tile, (name, layout, rows, cols, side, channels) in _TILE_LAYERS.items():
+        for c in channels:
+            plan, calls[tile, c] = _prepacked_call(name, (1, c, rows, cols), (256, c, side, side), side // 2,
+                                                   layout=layout)
+            flops[tile, c] = sum(2.0 * count * m * n * k for count, m, n, k in plan.gemms)
     with kernel_threads(1):
         _interleaved_best(calls, best)
     constants = {}
-    for tile in ("ukernel", "pixels"):
-        peak, half = fit_reduction({k: flops[tile, k] / best[tile, k] for k in _UKERNEL_REDUCTIONS})
+    for tile, (_, _, _, _, side, channels) in _TILE_LAYERS.items():
+        peak, half = fit_reduction({c * side**2: flops[tile, c] / best[tile, c] for c in channels})
         constants.update({f"{tile}_peak": peak, f"{tile}_half_k": half})
     return constants
 
@@ -684,7 +705,8 @@ def describe(c: Calibration, threads=None) -> list:
                          f"(thread efficiency {c.thread_efficiency:.2f})")
     lines.append(f"kernel launch: {c.launch_seconds * 1e6:.1f} us")
     for what, peak, half in (("micro-kernel", c.ukernel_peak, c.ukernel_half_k),
-                             ("direct-pixels' tile", c.pixels_peak, c.pixels_half_k)):
+                             ("direct-pixels' tile", c.pixels_peak, c.pixels_half_k),
+                             ("direct-pixels' tile, staged", c.pixels_staged_peak, c.pixels_staged_half_k)):
         lines.append(f"{what}: {peak / 1e9:.1f} GFLOP/s on long reductions; a reduction of 64 runs at "
                      f"{eff(64, half):.0f} % of it, 16 at {eff(16, half):.0f} % (half-saturation {half:.1f})")
     return lines

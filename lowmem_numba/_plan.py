@@ -68,6 +68,9 @@ class KernelPlan:
         items cannot help.
     launches : int
         Parallel regions the run starts (each has a fixed cost).
+    tile_kernel : str, optional
+        The register tile's curve this run is priced on, when not its
+        algorithm's (direct-pixels' staged layers: ``"pixels_staged"``).
     """
 
     tiling: tuple = ()
@@ -78,6 +81,7 @@ class KernelPlan:
     vector_flops: int = 0
     parallel_items: int = 1
     launches: int = 1
+    tile_kernel: str | None = None
 
     def __post_init__(self):
         for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "parallel_items",
@@ -127,8 +131,9 @@ class CallPlan:
     pack_launches : int
         Parallel regions the per-call packing starts (the algorithm's).
     tile_kernel : str
-        The register tile that runs the GEMMs when not on BLAS (the
-        algorithm's: ``"ukernel"`` or ``"pixels"``), priced on its own curve.
+        The register tile that runs the GEMMs when not on BLAS, priced on its
+        own curve: ``"ukernel"``, ``"pixels"`` or ``"pixels_staged"`` (the
+        kernel plan's, else the algorithm's).
     """
 
     algorithm: str

@@ -89,7 +89,8 @@ class Algorithm:
     tile_kernel : {"ukernel", "pixels"}
         Which of the library's register tiles runs its GEMMs when it does not
         call BLAS (each has its own calibrated efficiency curve): the
-        channel-lane tile, or direct-pixels' pixel-lane one.
+        channel-lane tile, or direct-pixels' pixel-lane one (whose plans for
+        staged layers name its other curve, ``"pixels_staged"``).
     """
 
     name: str
@@ -188,7 +189,7 @@ def _make_plan(algorithm: Algorithm, g: ConvGeometry, threads: int, layout: str,
                         f"{type(kernel).__name__}")
     return CallPlan(algorithm.name, g, threads, layout, prepacked, run_geometry, runs, kernel, packed,
                     into, back, algorithm.pack_cost, packing_scratch, algorithm.calls_blas, algorithm.pack_launches,
-                    algorithm.tile_kernel)
+                    kernel.tile_kernel or algorithm.tile_kernel)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

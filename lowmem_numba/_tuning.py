@@ -231,6 +231,16 @@ PIXELS_PACK_PREFETCH_BYTES = 6144
 #: inputs 1.03-1.36x faster, while ResNet's 256->128 on 56x56 (25.7 MB) ran
 #: 16.3 ms against 13.5 (256->64: 7.3 against 7.4).
 PIXELS_IN_PLACE_BYTES = 16 * 2**20
+#: direct-pixels' 1x1 stride-1 layers whose planes are a multiple of this
+#: many bytes (16x16, 32x32, 64x64) copy their input into packed panels
+#: rather than read it in place: stepping from plane to plane, the tile's
+#: loads of every channel then fall in at most 4 of L1's 64 sets (4 KiB
+#: apart map to one set on the Intel and AMD kinds alike), and the reduction
+#: evicts its own lines.  AMD Zen 3 kind, one thread, batch 1, in place
+#: against panels (GFLOP/s): 16->256 on 32x32 24 / 52, 64->256 30 / 75,
+#: 64->64 27 / 54, 128->128 on 16x16 45 / 61, 256->256 56 / 78, 64->128 on
+#: 64x64 32 / 72; 64->128 on 56x56 (12.25 KiB planes) ran 71 in place.
+PIXELS_ALIASED_PLANE_BYTES = 1024
 #: Output channels per group from which direct-pixels' 1x1 stride-1 layers
 #: whose planes are not whole vectors (14x14, 7x7) copy their input into
 #: packed panels rather than read it in place, where most vector loads
@@ -272,15 +282,20 @@ PIXELS_COPY_MAX_BYTES = 4 * 2**20
 #: layer3's downsample in 1.28 ms, direct-ukernel in 0.85.
 PIXELS_GATHER_COST = 4
 #: What direct-pixels' tiles of 0 to 3 vectors cost, in vectors of a full
-#: (3-vector) tile's time: a row's last tile is as wide as the row's rest,
-#: and the narrower ones do less work per load and per tile.  Intel Xeon kind,
-#: one thread, batch 1, 3x3 96->208 and 5x5 32->128 on 14 rows of 16, 32,
-#: 48, 64 and 96 pixels: per vector of a row 45.2 / 29.5 / 27.9 / 32.0 /
-#: 28.1 us and 24.0 / 16.5 / 15.3 / 17.1 / 15.4 us.  Priced as whole vectors
-#: at the full tile's rate, GoogLeNet's 14x14 3x3 and 5x5 layers (one vector
-#: per row) ran 1.5-1.6x slower than predicted, and "auto" put them on
-#: direct-pixels, which the channel-lane tile beat by 1.2-1.5x.
-PIXELS_TILE_VECTORS = (0.0, 1.6, 2.1, 3.0)
+#: (3-vector) tile's time, by the tile's channels (PIXEL_CHANNELS): a row's
+#: last tile is as wide as the row's rest, and the narrower ones do less work
+#: per load and per tile, with fewer independent FMA chains.  Intel Xeon kind
+#: (8 channels), one thread, batch 1, 3x3 96->208 and 5x5 32->128 on 14 rows
+#: of 16, 32, 48, 64 and 96 pixels: per vector of a row 45.2 / 29.5 / 27.9 /
+#: 32.0 / 28.1 us and 24.0 / 16.5 / 15.3 / 17.1 / 15.4 us.  Priced as whole
+#: vectors at the full tile's rate, GoogLeNet's 14x14 3x3 and 5x5 layers (one
+#: vector per row) ran 1.5-1.6x slower than predicted, and "auto" put them
+#: on direct-pixels, which the channel-lane tile beat by 1.2-1.5x.  AMD Zen 3
+#: kind (4 channels: a 1-vector tile has 4 chains, as many as one FMA's
+#: latency in cycles), the same layers on rows of 1, 2, 3, 6 and 12 vectors
+#: (8 to 96 pixels): 71.8 / 45.1 / 36.9 / 37.0 / 37.0 us and 39.8 / 24.3 /
+#: 20.0 / 19.7 / 20.0 us (two more runs within 0.15 of these costs).
+PIXELS_TILE_VECTORS = {8: (0.0, 1.6, 2.1, 3.0), 4: (0.0, 1.95, 2.4, 3.0)}
 #: direct-ukernel (NCHW) on layers with at most this many input channels
 #: (one group, dilation 1) reads a channels-last copy of each image, so that
 #: its tap and channel loops fold into one run per row of taps.  On the

@@ -27,8 +27,9 @@ from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
-from lowmem_numba._tuning import (PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                                  PIXELS_RUN_BYTES)
+from lowmem_numba._kernel_geometry import KernelGeometry, kernel_geometry
+from lowmem_numba._tuning import (PIXELS_ALIASED_PLANE_BYTES, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
+                                  PIXELS_PACK_MIN_CHANNELS, PIXELS_RUN_BYTES)
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -213,14 +214,36 @@ def test_copying_needs_long_reductions_and_small_inputs():
     assert copies((1, c, hw, hw), (64, c, 1, 1)) and not copies((2, c, hw, hw), (64, c, 1, 1))
 
 
+def _reads_in_place(x_shape, m, address=0, stride=1):
+    g = make_geometry(x_shape, (m, x_shape[1], 1, 1), stride)
+    return pixels.reads_in_place(address, KernelGeometry(*kernel_geometry(g)), int(np.prod(x_shape)))
+
+
+def test_aliasing_and_large_inputs_are_not_read_in_place():
+    """Planes of a multiple of PIXELS_ALIASED_PLANE_BYTES, planes that are
+    not whole vectors under PIXELS_PACK_MIN_CHANNELS output channels or more,
+    inputs over PIXELS_IN_PLACE_BYTES, strides and unaligned addresses go
+    through panels; the networks' planes (56x56, 28x28, 14x14, 7x7) do not."""
+    for side in (56, 28, 14, 7, 36, 12):
+        assert _reads_in_place((1, 64, side, side), 64, address=64 + 4 * side)
+    side = int(PIXELS_ALIASED_PLANE_BYTES ** 0.5) // 2  # 16 x 16 floats
+    for h, w in ((side, side), (2 * side, 2 * side), (side // 2, 2 * side), (4 * side, side)):
+        assert h * w * 4 % PIXELS_ALIASED_PLANE_BYTES == 0 and not _reads_in_place((1, 8, h, w), 8)
+    assert not _reads_in_place((1, 8, 7, 7), PIXELS_PACK_MIN_CHANNELS)
+    assert _reads_in_place((1, 8, 4, 4), PIXELS_PACK_MIN_CHANNELS)
+    assert not _reads_in_place((1, 8, 7, 7), 8, address=2) and not _reads_in_place((1, 8, 7, 7), 8, stride=2)
+    c = PIXELS_IN_PLACE_BYTES // (4 * 28 * 28)
+    assert _reads_in_place((1, c, 28, 28), 8) and not _reads_in_place((1, c + 1, 28, 28), 8)
+
+
 @pytest.mark.parametrize("x_shape, m, line_offset", [((3, 6, 7, 7), 520, 4), ((2, 3, 14, 14), 512, 0),
-                                                     ((1, 65, 256, 256), 3, 4)])
+                                                     ((1, 65, 256, 256), 3, 4), ((2, 5, 16, 16), 9, 4),
+                                                     ((1, 3, 32, 32), 2 * mk.PIXEL_CHANNELS + 1, 1)])
 def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
     """1x1, stride 1, no padding, through packed panels: planes that are not
     whole vectors under at least PIXELS_PACK_MIN_CHANNELS output channels,
-    and an input larger than PIXELS_IN_PLACE_BYTES."""
-    c, h, w = x_shape[1:]
-    assert (h * w % mk.VL and m >= PIXELS_PACK_MIN_CHANNELS) or 4 * np.prod(x_shape) > PIXELS_IN_PLACE_BYTES
+    an input larger than PIXELS_IN_PLACE_BYTES and planes that alias in L1."""
+    assert not _reads_in_place(x_shape, m)
     _check_pointwise(x_shape, m, 1, (1, 1), line_offset)
 
 

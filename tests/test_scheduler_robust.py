@@ -212,7 +212,7 @@ def test_fit_recovers_exact_constants():
 
 
 def test_reduction_fit_recovers_the_micro_kernels_constants():
-    rates = {k: 1.2e11 * k / (k + 14.0) for k in costmodel._UKERNEL_REDUCTIONS}
+    rates = {k: 1.2e11 * k / (k + 14.0) for k in (16, 64, 256)}
     peak, half = costmodel.fit_reduction(rates)
     assert peak == pytest.approx(1.2e11, rel=0.01) and half == pytest.approx(14.0, rel=0.01)
 
@@ -229,17 +229,24 @@ def test_micro_kernel_gemms_are_priced_on_their_own_curve():
         # The same GEMMs on BLAS at the same peak and reduction curve cost more: e(m) e(n) and copies.
         same = dataclasses.replace(c, gemm_peak=1e11, half_k=20.0)
         assert costmodel.predict_seconds(_gemms_plan(3, m, n, k), same) > expected * 1.01
-        # direct-pixels' tile on its own constants.
-        pixels = dataclasses.replace(plan, tile_kernel="pixels")
-        own = dataclasses.replace(c, pixels_peak=2e11, pixels_half_k=5.0)
-        assert costmodel.predict_seconds(pixels, own) == pytest.approx(
-            3 * 2.0 * m * n * k / (2e11 * k / (k + 5.0)), rel=1e-9)
+        # direct-pixels' tile on its own constants, in place and staged.
+        own = dataclasses.replace(c, pixels_peak=2e11, pixels_half_k=5.0, pixels_staged_peak=3e11,
+                                  pixels_staged_half_k=7.0)
+        for tile, peak, half in (("pixels", 2e11, 5.0), ("pixels_staged", 3e11, 7.0)):
+            pixels = dataclasses.replace(plan, tile_kernel=tile)
+            assert costmodel.predict_seconds(pixels, own) == pytest.approx(
+                3 * 2.0 * m * n * k / (peak * k / (k + half)), rel=1e-9)
 
 
 def test_direct_pixels_plans_name_their_tile():
+    # 1x1 without padding reads the input planes (in place or panels); other
+    # layers a staged copy, through an offset table: each has its curve.
     g = make_geometry((1, 64, 28, 28), (32, 64, 1, 1))
     assert ln._registry.get("direct-pixels").plan(g, 1).tile_kernel == "pixels"
     assert ln._registry.get("direct-ukernel").plan(g, 1).tile_kernel == "ukernel"
+    for w_shape, padding in (((32, 64, 3, 3), 1), ((32, 64, 1, 1), 1)):
+        g = make_geometry((1, 64, 28, 28), w_shape, padding=padding)
+        assert ln._registry.get("direct-pixels").plan(g, 1).tile_kernel == "pixels_staged"
 
 
 def _large_layer_threads():

@@ -24,7 +24,10 @@ planes of whole vectors every plane's tiles start on a vector boundary (the
 are a short tile of their own: :func:`_unit_span`); other planes (14x14,
 7x7) start anywhere, their loads mostly straddling two lines, which costs
 less than a copy unless there are ``PIXELS_PACK_MIN_CHANNELS`` output
-channels per group to share it.  A plane's last vector may reach into the
+channels per group to share it.  Planes of a multiple of
+``PIXELS_ALIASED_PLANE_BYTES`` (16x16, 32x32, 64x64) are copied too: read
+in place, the loads of every step fall in the same few L1 sets.  A plane's
+last vector may reach into the
 next plane (lanes never stored); the tile that would read past the input's
 end goes through a panel (below).  On long reductions
 (``PIXELS_COPY_MIN_REDUCTION``) over inputs of at most
@@ -92,8 +95,9 @@ from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_til
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
-                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
+from .._tuning import (PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION,
+                       PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES,
+                       PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -102,6 +106,8 @@ _copying1, _copying2, _copying3 = copying_pixel_tiles
 assert PIXEL_VECTORS == 3
 #: Output pixels one full tile covers.
 SPAN = PIXEL_VECTORS * VL
+#: What this host's tiles of 0 to PIXEL_VECTORS vectors cost, in vectors of a full tile's time.
+TILE_VECTORS = PIXELS_TILE_VECTORS[PIXEL_CHANNELS]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -165,6 +171,22 @@ def _fill_offsets(table, d, pointwise, staged_rows, phase_len):
 def vector_head(address):
     """Floats from a float32 at byte ``address`` to the next vector boundary."""
     return (-address // FLOAT32_BYTES) % VL
+
+
+@njit(cache=True, nogil=True)
+def reads_in_place(address, d, input_size):
+    """Whether the tiles of a 1x1 layer without padding read its input
+    (``input_size`` floats at byte ``address``, all images) where it lies
+    rather than through packed panels (see the module docstring): at stride
+    1, from a float boundary, an input of at most ``PIXELS_IN_PLACE_BYTES``,
+    planes of whole vectors or fewer than ``PIXELS_PACK_MIN_CHANNELS`` output
+    channels per group, and planes that do not alias in L1
+    (``PIXELS_ALIASED_PLANE_BYTES``)."""
+    plane = d.height * d.width
+    return (d.stride_h == 1 and d.stride_w == 1 and address % FLOAT32_BYTES == 0
+            and input_size * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
+            and (plane % VL == 0 or d.out_channels_per_group < PIXELS_PACK_MIN_CHANNELS)
+            and plane * FLOAT32_BYTES % PIXELS_ALIASED_PLANE_BYTES != 0)
 
 
 @njit(cache=True, nogil=True)
@@ -288,9 +310,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     # next plane; lanes never stored), so a tile that would read past the
     # input's end goes through its panel.  Panels start on a line.
     whole_vectors = (d.height * d.width) % VL == 0
-    in_place = (pointwise and d.stride_h == 1 and d.stride_w == 1 and x.ctypes.data % FLOAT32_BYTES == 0
-                and images * x_image * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
-                and (whole_vectors or mg < PIXELS_PACK_MIN_CHANNELS))
+    in_place = pointwise and reads_in_place(x.ctypes.data, d, images * x_image)
     pack = pointwise and not in_place
     head = vector_head(x.ctypes.data) if in_place and whole_vectors else 0
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pointwise else 0
@@ -403,9 +423,9 @@ def _plan(g, threads):
         x_image, x_group, row_step = 0, g.channels_per_group * staged_rows * row, g.stride_h * row
         staged = g.in_channels * staged_rows * row
     # Lanes computed: whole vectors of every row, a row's narrower last tile
-    # priced at what it costs (PIXELS_TILE_VECTORS); channels in whole blocks.
+    # priced at what it costs (TILE_VECTORS); channels in whole blocks.
     full, rest = divmod(ceil_div(row_len, VL), PIXEL_VECTORS)
-    pixels = round(rows * (full * PIXEL_VECTORS + PIXELS_TILE_VECTORS[rest]) * VL)
+    pixels = round(rows * (full * PIXEL_VECTORS + TILE_VECTORS[rest]) * VL)
     table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
@@ -426,7 +446,8 @@ def _plan(g, threads):
                               g.channels_per_group * g.kernel_taps),),
                       moved_elements=g.batch * (staged + round(gathered * PIXELS_GATHER_COST)),
                       parallel_items=split.items,
-                      launches=1 if pointwise else 2 * g.batch)
+                      launches=1 if pointwise else 2 * g.batch,
+                      tile_kernel=None if pointwise else "pixels_staged")
 
 
 def _table_elements(g):
