@@ -485,14 +485,15 @@ def _measure_ukernel(best):
     calls, flops = {}, {}
     for tile, (name, layout, rows, cols, side, channels) in _TILE_LAYERS.items():
         for c in channels:
-            plan, calls[tile, c] = _prepacked_call(name, (1, c, rows, cols), (256, c, side, side), side // 2,
-                                                   layout=layout)
-            flops[tile, c] = sum(2.0 * count * m * n * k for count, m, n, k in plan.gemms)
+            key = tile, c * side**2  # the tile and the layer's reduction
+            plan, calls[key] = _prepacked_call(name, (1, c, rows, cols), (256, c, side, side), side // 2,
+                                               layout=layout)
+            flops[key] = sum(2.0 * count * m * n * k for count, m, n, k in plan.gemms)
     with kernel_threads(1):
         _interleaved_best(calls, best)
     constants = {}
-    for tile, (_, _, _, _, side, channels) in _TILE_LAYERS.items():
-        peak, half = fit_reduction({c * side**2: flops[tile, c] / best[tile, c] for c in channels})
+    for tile in _TILE_LAYERS:
+        peak, half = fit_reduction({k: flops[t, k] / best[t, k] for t, k in flops if t == tile})
         constants.update({f"{tile}_peak": peak, f"{tile}_half_k": half})
     return constants
 
