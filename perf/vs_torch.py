@@ -12,11 +12,14 @@ Two tables:
   memory on the same layer (measured by the OS in a fresh process per layer,
   batch 1; ``--no-torch-memory`` skips it).
 
-Each engine runs in its own fresh process (ours as this script's ``--worker``,
-torch through :func:`lowmem_numba.bench.torch_runs`), ``--rounds`` times (2), interleaved
-(torch, ours, torch, ours...), and each layer keeps its best call of all
-the processes, so that a burst of load on the shared machine is less likely to
-land on one side only.  Ratios are torch's time over ours (> 1: we are
+Each engine runs in its own fresh worker process (ours as this script's
+``--worker``, torch through :func:`lowmem_numba.bench.torch_worker`), and the
+two time each layer in lockstep: torch, ours, torch, ours (``--rounds``
+turns each, 3), before the next layer; each layer keeps its best call.  On
+the shared machines the speed drifts by a quarter over seconds (one layer
+timed every half second in one process: 1.25 ms, then 1.45-1.55 for several
+seconds, then 1.25 again); timed a minute apart, as whole runs of one engine
+then the other, a layer's ratio moved 1.3-1.6x between runs.  Ratios are torch's time over ours (> 1: we are
 faster); a network's ratio is that of its summed times; the geometric means
 are over networks and over layers.
 
@@ -25,13 +28,14 @@ Writes ``perf/results/vs_torch.md``, ``vs_torch.json`` (every time) and
 
 Usage::
 
-    python perf/vs_torch.py --rounds 2            # everything (about 10 minutes on 2 cores)
+    python perf/vs_torch.py                       # everything (about 15 minutes on 2 cores)
     python perf/vs_torch.py --networks vgg16 --batches 1 --threads 1 --modes auto
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -48,14 +52,19 @@ ONE_MIB = 2**20
 
 # ------------------------------------------------------------------ our side (worker process)
 
-def run_ours(request: dict) -> dict:
-    """Time our side of ``request`` (jobs, threads, mode) in this process."""
-    import lowmem_numba as ln
-    from lowmem_numba.bench import measure
+class OurSide:
+    """Our side of the jobs of one mode and thread count (the ``--worker``
+    process): each job's layer or call is built once, then timed whenever
+    the job comes back."""
 
-    threads, mode = request["threads"], request["mode"]
-    result = {"seconds": {}, "algorithm": {}, "workspace": {}}
-    for job in request["jobs"]:
+    def __init__(self, mode: str, threads: int):
+        import lowmem_numba
+
+        self.ln, self.mode, self.threads = lowmem_numba, mode, threads
+        self.prepared = {}
+
+    def prepare(self, job):
+        ln, mode, threads = self.ln, self.mode, self.threads
         rng = np.random.default_rng(0)
         x = rng.random(job["x_shape"], dtype=np.float32)
         w = rng.random(job["w_shape"], dtype=np.float32)
@@ -74,23 +83,27 @@ def run_ours(request: dict) -> dict:
             layer = ln.Conv2d(w, threads=threads, algorithm=name, **args)
             call = lambda: layer(x)  # noqa: E731
             chosen = None
-        result["seconds"][job["label"]] = measure(call, repeats=job["repeats"], warmup=job["warmup"],
-                                                  min_seconds=job["min_seconds"]).best
-        if chosen is not None:
-            result["algorithm"][job["label"]] = f"{chosen.algorithm} t{chosen.threads}"
-            result["workspace"][job["label"]] = chosen.workspace_bytes
-        else:
-            result["algorithm"][job["label"]] = mode.split(":", 1)[1]
-    return result
+        picked = f"{chosen.algorithm} t{chosen.threads}" if chosen is not None else mode.split(":", 1)[1]
+        return call, picked, (chosen.workspace_bytes if chosen is not None else None)
+
+    def time(self, job) -> dict:
+        from lowmem_numba.bench import measure
+
+        if job["label"] not in self.prepared:
+            self.prepared[job["label"]] = self.prepare(job)
+        call, picked, workspace = self.prepared[job["label"]]
+        seconds = measure(call, repeats=job["repeats"], warmup=job["warmup"], min_seconds=job["min_seconds"]).best
+        return dict(label=job["label"], seconds=seconds, algorithm=picked, workspace=workspace)
 
 
-def ours_in_process(jobs, threads, mode, timeout=3600):
-    request = json.dumps({"jobs": jobs, "threads": threads, "mode": mode})
-    process = subprocess.run([sys.executable, __file__, "--worker"], input=request, capture_output=True,
-                             text=True, timeout=timeout)
-    if process.returncode != 0:
-        raise RuntimeError(f"our worker failed: {(process.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+def serve(mode: str, threads: int):
+    """The ``--worker`` loop: one JSON job per line in, one answer per line out."""
+    import lowmem_numba
+
+    ours = OurSide(mode, threads)
+    print(json.dumps({"version": lowmem_numba.__version__}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(ours.time(json.loads(line))), flush=True)
 
 
 # ------------------------------------------------------------------ orchestration
@@ -109,21 +122,28 @@ def unique_jobs(layers, batch, repeats, min_seconds):
 
 
 def side_by_side(jobs, threads, mode, rounds=2):
-    """Best seconds per job label for torch and for us, ``rounds`` interleaved
-    processes each; plus torch's version and our algorithm picks."""
-    from lowmem_numba.bench import torch_available, torch_runs
+    """Best seconds per job label for torch and for us, in lockstep: each
+    engine in its own worker process, every job timed ``rounds`` times by
+    each, in turn (torch, ours, torch, ours), before the next; plus torch's
+    version and our algorithm picks."""
+    from lowmem_numba.bench import TimingWorker, torch_available, torch_worker
 
     theirs, ours, version, picks, spaces = {}, {}, None, {}, {}
-    for _ in range(rounds):
-        if torch_available():
-            version, runs = torch_runs(jobs, threads, timeout=3600)
-            for label, times in runs.items():
-                theirs[label] = min(theirs.get(label, float("inf")), min(times))
-        result = ours_in_process(jobs, threads, mode)
-        for label, seconds in result["seconds"].items():
-            ours[label] = min(ours.get(label, float("inf")), seconds)
-        picks.update(result["algorithm"])
-        spaces.update(result["workspace"])
+    with contextlib.ExitStack() as workers:
+        torch = workers.enter_context(torch_worker(threads, timeout=3600)) if torch_available() else None
+        us = workers.enter_context(TimingWorker([sys.executable, __file__, "--worker", mode, str(threads)],
+                                                timeout=3600))
+        version = torch.version if torch is not None else None
+        for job in jobs:
+            label = job["label"]
+            for _ in range(rounds):
+                if torch is not None:
+                    theirs[label] = min(theirs.get(label, float("inf")), min(torch.ask(job)["times"]))
+                answer = us.ask(job)
+                ours[label] = min(ours.get(label, float("inf")), answer["seconds"])
+            picks[label] = answer["algorithm"]
+            if answer["workspace"] is not None:
+                spaces[label] = answer["workspace"]
     return dict(torch=theirs, ours=ours, version=version, algorithm=picks, workspace=spaces)
 
 
@@ -174,9 +194,9 @@ def write_report(results, summary, networks, layers_of, path, command, memory, r
     lines = ["# lowmem-numba against torch, layer by layer and network by network", "",
              f"`{command}` on {platform.processor() or platform.machine()}, torch {version}. "
              "Ratio = torch's time / ours (> 1: we are faster); a network's ratio is that of its summed "
-             f"times. Each engine in its own processes, {rounds} interleaved rounds, best call kept. The "
-             "machine is shared and noisy (single layers vary by up to 1.5x between runs, networks by "
-             "about 10 %).", ""]
+             f"times. Each engine in its own process, the two timing each layer in turn ({rounds} turns each, "
+             "torch, ours, torch, ours), best call kept: the shared machine's speed drifts over seconds, "
+             "and both see the same drift.", ""]
     keys = list(results)
     for mode in dict.fromkeys(k.split("|")[0] for k in keys):
         mode_keys = [k for k in keys if k.startswith(mode + "|")]
@@ -247,22 +267,22 @@ def plot(summary, networks, layers_of, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("MODE", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.05)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="interleaved processes per engine; each layer keeps its best call")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns per engine on each layer, interleaved; each layer keeps its best call")
     parser.add_argument("--torch-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="measure torch's transient memory per layer for the 1 MiB table (a process per "
                              "layer, a few minutes)")
     parser.add_argument("--output", type=Path, default=RESULTS / "vs_torch.md")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_ours(json.loads(sys.stdin.read()))))
+        serve(args.worker[0], int(args.worker[1]))
         return
 
     import lowmem_numba as ln

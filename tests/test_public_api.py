@@ -13,9 +13,9 @@ PUBLIC = {
     "AlgorithmInfo", "Conv2d", "NetworkPlan", "Plan", "Workspace", "__version__", "algorithms", "conv2d",
     "describe", "plan", "plan_network", "supports", "workspace_bytes",
 }
-BENCH = {"Layer", "NETWORKS", "Timing", "forget_plans", "recalibrate", "format_bytes", "layers", "max_threads", "measure", "microkernel_tile",
-         "numpy_im2col_conv2d", "parse_size", "peak_added_bytes", "sgemm_seconds", "torch_available",
-         "torch_runs"}
+BENCH = {"Layer", "NETWORKS", "Timing", "TimingWorker", "forget_plans", "recalibrate", "format_bytes", "layers",
+         "max_threads", "measure", "microkernel_tile", "numpy_im2col_conv2d", "parse_size", "peak_added_bytes",
+         "sgemm_seconds", "torch_available", "torch_runs", "torch_worker"}
 DASK = {"conv2d", "map_layers", "task_threads"}
 #: Public modules: the package, the benchmark subpackage, the command line,
 #: the memory tool (run with ``python -m``) and the Dask front end (optional

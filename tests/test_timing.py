@@ -25,3 +25,45 @@ def test_derived_figures():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         measure(lambda: None, **kwargs)
+
+
+# ------------------------------------------------------------------ TimingWorker
+
+import sys  # noqa: E402
+
+from lowmem_numba.bench import TimingWorker  # noqa: E402
+
+#: A worker that says who it is, then answers each job with its label doubled,
+#: exits on the label "die" (after a line on standard error) and sleeps on "sleep".
+_ECHO = """
+import json, sys, time
+print(json.dumps({"version": "echo 1"}), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    if job["label"] == "die":
+        print("dying as asked", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if job["label"] == "sleep":
+        time.sleep(30)
+    print(json.dumps({"label": job["label"] * 2}), flush=True)
+"""
+
+
+def test_worker_answers_each_job_in_turn():
+    with TimingWorker([sys.executable, "-c", _ECHO]) as worker:
+        assert worker.version == "echo 1"
+        assert [worker.ask({"label": label})["label"] for label in ("a", "b", "a")] == ["aa", "bb", "aa"]
+
+
+def test_worker_that_exits_is_reported_with_its_last_error_line():
+    with TimingWorker([sys.executable, "-c", _ECHO]) as worker:
+        with pytest.raises(RuntimeError, match="job 'die'.*dying as asked"):
+            worker.ask({"label": "die"})
+    with pytest.raises(RuntimeError, match="starting.*worker exited"):
+        TimingWorker([sys.executable, "-c", "import sys; sys.exit(1)"])
+
+
+def test_worker_that_does_not_answer_times_out():
+    with TimingWorker([sys.executable, "-c", _ECHO], timeout=0.5) as worker:
+        with pytest.raises(RuntimeError, match="job 'sleep': no answer after 0.5 s"):
+            worker.ask({"label": "sleep"})

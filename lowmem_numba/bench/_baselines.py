@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import queue
 import subprocess
 import sys
+import tempfile
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -82,14 +85,14 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-_TORCH_SCRIPT = """
+_TORCH_SERVER = """
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-jobs = json.loads(sys.stdin.read())
-runs = {}
+print(json.dumps({"version": torch.__version__}), flush=True)
 with torch.no_grad():
-    for job in jobs:
+    for line in sys.stdin:
+        job = json.loads(line)
         x = torch.rand(*job["x_shape"])
         w = torch.rand(*job["w_shape"])
         call = lambda: torch.nn.functional.conv2d(x, w, **job["args"])
@@ -100,9 +103,116 @@ with torch.no_grad():
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
-        runs[job["label"]] = times
-print(json.dumps({"version": torch.__version__, "runs": runs}))
+        print(json.dumps({"label": job["label"], "times": times}), flush=True)
 """
+
+
+class TimingWorker:
+    """A process that times jobs one at a time, as the caller hands them over.
+
+    The process reads one JSON job per line on its standard input and answers
+    each with one JSON line; its first line says who it is (``version``).
+    Two workers asked in turn, layer by layer, time both engines within a
+    second of each other, in separate processes: on a shared machine whose
+    speed drifts by a quarter over seconds, a ratio of two timings taken
+    minutes apart measures the drift as much as the engines.
+
+    Parameters
+    ----------
+    argv : list of str
+        The command that starts the process.
+    timeout : float, default 900
+        Seconds to wait for any one answer (the first line included).
+
+    Attributes
+    ----------
+    version : str or None
+        What the process said it is, from its first line.
+
+    Raises
+    ------
+    RuntimeError
+        If the process exits, or does not answer within ``timeout``, while
+        starting or answering a job (with its last line of standard error).
+
+    Examples
+    --------
+    >>> with torch_worker(threads=1) as torch:  # doctest: +SKIP
+    ...     torch.ask(job)["times"]
+    """
+
+    def __init__(self, argv, timeout=900.0):
+        self.timeout = timeout
+        self._errors = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._errors, text=True, bufsize=1)
+        self._lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.version = self._answer("starting")["version"]
+
+    def _read(self):
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _answer(self, doing):
+        try:
+            line = self._lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self._process.kill()  # stuck: it would not read its closed input either
+            self.close()
+            raise RuntimeError(f"{doing}: no answer after {self.timeout} s") from None
+        if line is None:
+            self._process.wait()
+            self._errors.seek(0)
+            last = (self._errors.read().strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{doing}: the worker exited ({last})")
+        return json.loads(line)
+
+    def ask(self, job: dict) -> dict:
+        """Hand over ``job`` and return the worker's answer."""
+        try:
+            self._process.stdin.write(json.dumps(job) + "\n")
+            self._process.stdin.flush()
+        except OSError:
+            pass  # the worker is gone; _answer reports why
+        return self._answer(f"job {job.get('label', '?')!r}")
+
+    def close(self):
+        """End the process (it finishes the job it is on)."""
+        if self._process.poll() is None:
+            try:
+                self._process.stdin.close()
+                self._process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._errors.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def torch_worker(threads: int, timeout: float = 900.0) -> TimingWorker:
+    """A :class:`TimingWorker` timing ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    threads : int
+        ``torch.set_num_threads`` of the process.
+    timeout : float, default 900
+        Seconds to wait for any one answer.
+
+    Returns
+    -------
+    TimingWorker
+        Its ``version`` is torch's; :meth:`TimingWorker.ask` takes a job as
+        :func:`torch_runs` does and answers ``{"label": ..., "times": [...]}``.
+    """
+    return TimingWorker([sys.executable, "-c", _TORCH_SERVER, str(threads)], timeout=timeout)
 
 
 def torch_runs(jobs, threads, timeout=900):
@@ -118,7 +228,7 @@ def torch_runs(jobs, threads, timeout=900):
     threads : int
         ``torch.set_num_threads`` of the process.
     timeout : float, default 900
-        Seconds before the process is abandoned.
+        Seconds to wait for the process to start, or to time any one job.
 
     Returns
     -------
@@ -130,13 +240,5 @@ def torch_runs(jobs, threads, timeout=900):
     RuntimeError
         If the process fails or times out.
     """
-    try:
-        process = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, str(threads)], input=json.dumps(jobs),
-                                 capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"torch baseline timed out after {timeout} s") from None
-    if process.returncode != 0:
-        last = (process.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"torch baseline failed: {last}")
-    result = json.loads(process.stdout.strip().splitlines()[-1])
-    return result["version"], result["runs"]
+    with torch_worker(threads, timeout) as worker:
+        return worker.version, {job["label"]: worker.ask(job)["times"] for job in jobs}
