@@ -19,9 +19,9 @@ turns each, 3), before the next layer; each layer keeps its best call.  On
 the shared machines the speed drifts by a quarter over seconds (one layer
 timed every half second in one process: 1.25 ms, then 1.45-1.55 for several
 seconds, then 1.25 again); timed a minute apart, as whole runs of one engine
-then the other, a layer's ratio moved 1.3-1.6x between runs.  Ratios are torch's time over ours (> 1: we are
-faster); a network's ratio is that of its summed times; the geometric means
-are over networks and over layers.
+then the other, a layer's ratio moved 1.3-1.6x between runs.  Ratios are
+torch's time over ours (> 1: we are faster); a network's ratio is that of
+its summed times; the geometric means are over networks and over layers.
 
 Writes ``perf/results/vs_torch.md``, ``vs_torch.json`` (every time) and
 ``vs_torch.png``.
