@@ -121,14 +121,16 @@ def unique_jobs(layers, batch, repeats, min_seconds):
     return list(jobs.values()), label_of
 
 
-def side_by_side(jobs, threads, mode, rounds=2):
+def side_by_side(jobs, threads, mode, rounds=3):
     """Best seconds per job label for torch and for us, in lockstep: each
     engine in its own worker process, every job timed ``rounds`` times by
-    each, in turn (torch, ours, torch, ours), before the next; plus torch's
-    version and our algorithm picks."""
+    each, in turn (torch, ours, torch, ours), before the next; plus each
+    turn's best (``turns``: the spread of a layer's ratio over the turns
+    shows how far the machine's noise reaches), torch's version and our
+    algorithm picks."""
     from lowmem_numba.bench import TimingWorker, torch_available, torch_worker
 
-    theirs, ours, version, picks, spaces = {}, {}, None, {}, {}
+    turns, version, picks, spaces = {"torch": {}, "ours": {}}, None, {}, {}
     with contextlib.ExitStack() as workers:
         torch = workers.enter_context(torch_worker(threads, timeout=3600)) if torch_available() else None
         us = workers.enter_context(TimingWorker([sys.executable, __file__, "--worker", mode, str(threads)],
@@ -138,13 +140,15 @@ def side_by_side(jobs, threads, mode, rounds=2):
             label = job["label"]
             for _ in range(rounds):
                 if torch is not None:
-                    theirs[label] = min(theirs.get(label, float("inf")), min(torch.ask(job)["times"]))
+                    turns["torch"].setdefault(label, []).append(min(torch.ask(job)["times"]))
                 answer = us.ask(job)
-                ours[label] = min(ours.get(label, float("inf")), answer["seconds"])
+                turns["ours"].setdefault(label, []).append(answer["seconds"])
             picks[label] = answer["algorithm"]
             if answer["workspace"] is not None:
                 spaces[label] = answer["workspace"]
-    return dict(torch=theirs, ours=ours, version=version, algorithm=picks, workspace=spaces)
+    best = {side: {label: min(times) for label, times in by_label.items()} for side, by_label in turns.items()}
+    return dict(torch=best["torch"], ours=best["ours"], turns=turns, version=version, algorithm=picks,
+                workspace=spaces)
 
 
 def torch_memory(layers):
@@ -171,7 +175,8 @@ def summarize(results, networks, layers_of):
     for key, run in results.items():
         mode, batch, threads = key.split("|")
         label_of = run["label_of"]
-        per_network, per_layer = {}, {}
+        per_network, per_layer, spread = {}, {}, {}
+        turns = run.get("turns", {})
         for net in networks:
             ours_sum = theirs_sum = 0.0
             for layer in layers_of[net]:
@@ -181,9 +186,12 @@ def summarize(results, networks, layers_of):
                 ours_sum += run["ours"][job]
                 theirs_sum += run["torch"][job]
                 per_layer[layer.label] = run["torch"][job] / run["ours"][job]
+                pairs = list(zip(turns.get("torch", {}).get(job, ()), turns.get("ours", {}).get(job, ())))
+                if pairs:
+                    spread[layer.label] = (min(t / o for t, o in pairs), max(t / o for t, o in pairs))
             if ours_sum:
                 per_network[net] = dict(ours=ours_sum, torch=theirs_sum, ratio=theirs_sum / ours_sum)
-        summary[key] = dict(networks=per_network, layers=per_layer)
+        summary[key] = dict(networks=per_network, layers=per_layer, spread=spread)
     return summary
 
 
@@ -196,7 +204,8 @@ def write_report(results, summary, networks, layers_of, path, command, memory, r
              "Ratio = torch's time / ours (> 1: we are faster); a network's ratio is that of its summed "
              f"times. Each engine in its own process, the two timing each layer in turn ({rounds} turns each, "
              "torch, ours, torch, ours), best call kept: the shared machine's speed drifts over seconds, "
-             "and both see the same drift.", ""]
+             "and both see the same drift. A layer under 0.9 in every turn is under it whatever the drift; "
+             "the JSON file has each turn's times.", ""]
     keys = list(results)
     for mode in dict.fromkeys(k.split("|")[0] for k in keys):
         mode_keys = [k for k in keys if k.startswith(mode + "|")]
@@ -216,6 +225,9 @@ def write_report(results, summary, networks, layers_of, path, command, memory, r
             f"**{geomean([e['ratio'] for e in summary[k]['networks'].values()]):.2f}**" for k in mode_keys) + " |")
         lines.append("| geometric mean over layers | " + " | ".join(
             f"{geomean(summary[k]['layers'].values()):.2f}" for k in mode_keys) + " |")
+        lines.append("| layers under 0.9 (under 0.9 in every turn) | " + " | ".join(
+            f"{sum(r < 0.9 for r in summary[k]['layers'].values())} "
+            f"({sum(hi < 0.9 for _, hi in summary[k]['spread'].values())})" for k in mode_keys) + " |")
         lines.append("| worst layer | " + " | ".join(
             (lambda items: f"{items[0][0]} {items[0][1]:.2f}" if items else "-")(
                 sorted(summary[k]["layers"].items(), key=lambda kv: kv[1])) for k in mode_keys) + " |")
