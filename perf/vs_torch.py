@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
