@@ -63,7 +63,13 @@ def test_worker_that_exits_is_reported_with_its_last_error_line():
         TimingWorker([sys.executable, "-c", "import sys; sys.exit(1)"])
 
 
-def test_worker_that_does_not_answer_times_out():
+def test_worker_that_does_not_answer_times_out_and_is_ended():
+    """Stuck, the worker is killed at once: closing its input would leave it
+    sleeping 30 s, and close() would wait 10 s for it before killing it."""
+    import time
+
+    start = time.monotonic()
     with TimingWorker([sys.executable, "-c", _ECHO], timeout=0.5) as worker:
         with pytest.raises(RuntimeError, match="job 'sleep': no answer after 0.5 s"):
             worker.ask({"label": "sleep"})
+    assert time.monotonic() - start < 8
