@@ -175,7 +175,7 @@ def summarize(results, networks, layers_of):
         mode, batch, threads = key.split("|")
         label_of = run["label_of"]
         per_network, per_layer, spread = {}, {}, {}
-        turns = run.get("turns", {})
+        turns = run["turns"]
         for net in networks:
             ours_sum = theirs_sum = 0.0
             for layer in layers_of[net]:

@@ -1,6 +1,10 @@
+import sys
+import time
+
 import pytest
 
 from lowmem_numba._timing import Timing, measure
+from lowmem_numba.bench import TimingWorker
 
 
 def test_measure_counts_warmup_and_repeats():
@@ -28,10 +32,6 @@ def test_bad_arguments(kwargs):
 
 
 # ------------------------------------------------------------------ TimingWorker
-
-import sys  # noqa: E402
-
-from lowmem_numba.bench import TimingWorker  # noqa: E402
 
 #: A worker that says who it is, then answers each job with its label doubled,
 #: exits on the label "die" (after a line on standard error) and sleeps on "sleep".
@@ -66,8 +66,6 @@ def test_worker_that_exits_is_reported_with_its_last_error_line():
 def test_worker_that_does_not_answer_times_out_and_is_ended():
     """Stuck, the worker is killed at once: closing its input would leave it
     sleeping 30 s, and close() would wait 10 s for it before killing it."""
-    import time
-
     start = time.monotonic()
     with TimingWorker([sys.executable, "-c", _ECHO], timeout=0.5) as worker:
         with pytest.raises(RuntimeError, match="job 'sleep': no answer after 0.5 s"):
