@@ -292,9 +292,7 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                     builder.store(builder.fadd(builder.load(accs[r][v]), b), accs[r][v])
 
     fast_nhwc = builder.and_(full, lanes_contiguous)
-    # Accumulating into strided channels goes through the general store.
-    fast_nchw = builder.and_(builder.and_(builder.and_(full, builder.not_(lanes_contiguous)), pixels_contiguous),
-                             builder.not_(accumulate))
+    fast_nchw = builder.and_(builder.and_(full, builder.not_(lanes_contiguous)), pixels_contiguous)
     with builder.if_else(fast_nhwc) as (then_nhwc, otherwise):
         with then_nhwc:
             add_bias_vectors()
@@ -312,15 +310,25 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                 with then_nchw:
                     add_bias_vectors()
                     short = ir.Constant(ir.VectorType(ir.IntType(32), mr_max), list(range(mr_max)))
-                    for v in range(nv):
-                        block = [builder.load(accs[r][v]) for r in range(mr_max)]
-                        block += [zero] * (vl - mr_max)
-                        columns = _transpose(builder, block, vl)
-                        for lane in range(vl):
-                            pixels = builder.shuffle_vector(columns[lane], ir.Constant(vty, ir.Undefined),
-                                                            short)
-                            at = builder.add(o_rows[0], builder.mul(_const(v * vl + lane), o_lstep))
-                            _store_vector(builder, pixels, o_ptr, at)
+
+                    def store_channels(add_to_output):
+                        for v in range(nv):
+                            block = [builder.load(accs[r][v]) for r in range(mr_max)]
+                            block += [zero] * (vl - mr_max)
+                            columns = _transpose(builder, block, vl)
+                            for lane in range(vl):
+                                pixels = builder.shuffle_vector(columns[lane], ir.Constant(vty, ir.Undefined),
+                                                                short)
+                                at = builder.add(o_rows[0], builder.mul(_const(v * vl + lane), o_lstep))
+                                if add_to_output:  # a channel's pixels are one short vector in the output
+                                    pixels = builder.fadd(_load_vector(builder, o_ptr, at, pixels.type), pixels)
+                                _store_vector(builder, pixels, o_ptr, at)
+
+                    with builder.if_else(accumulate) as (then_add, then_store):
+                        with then_add:
+                            store_channels(True)
+                        with then_store:
+                            store_channels(False)
                 with general:
                     _emit_general_store(builder, accs, o_rows, o_ptr, o_lstep, mr, nr, b_ptr, b_off,
                                         bias_on, accumulate, mr_max, nv, vl)

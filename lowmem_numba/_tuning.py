@@ -58,6 +58,20 @@ KN2ROW_SHORT_RUN = 8
 #: ResNet-50 3x3 and 1x1 layers (one thread, batch 1): no value was better than
 #: the noise of the shared machine (about 10 %); 16 is kept as a middle value.
 UKERNEL_TILE_BLOCK = 16
+#: Micro-kernel algorithms, 1x1 kernels: input channels a tile reduces over at
+#: a time (equal blocks of whole vectors of at most about this many); the
+#: partial sums add up in the output (``ACCUMULATE``).  Unblocked, a tile of
+#: ResNet-50's layer4 1x1 2048 -> 512 (7x7) streamed its 128 KB weight panel
+#: from L2 at every step.  AMD Zen 3, NCHW, best of 5 alternating in one
+#: process: that layer unblocked / 1024 / 512 took 1.72 / 1.49 / 1.52 ms (b1,
+#: one thread), 0.88 / 0.73 / 0.75 (b1, two), 12.6 / 11.3 / 11.5 (b8, one):
+#: OpenBLAS's speed (conv-1x1-gemm 1.41, 0.74, 11.4).  1024-channel layers
+#: (MobileNet pw13, layer4 1x1 out, downsample) within noise at 256-512 blocks
+#: and 832 channels 0-4 % slower, so only longer reductions are blocked;
+#: 3x3 kernels are not (VGG-16 conv5_1 within noise at 56-256-channel blocks,
+#: layer4's 3x3 at batch 8 10-14 % slower: the channels-last walk folds its
+#: tap and channel loops only unblocked).
+UKERNEL_REDUCTION_BLOCK = 1024
 #: Depthwise (NCHW): output elements per band of rows.  A band's input rows,
 #: copied (top and bottom bands, stride 2) or read in place, and its column
 #: masks stay in L1/L2 while every tap passes over them.  1024, 2048, 4096 and

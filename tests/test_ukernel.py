@@ -86,8 +86,10 @@ def _guarded(values):
 
 
 def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, ni=2, half=False,
-               run=None, nr_max=mk.NR):
-    """Run one tile on guarded buffers and check it against the definition."""
+               run=None, nr_max=mk.NR, accumulate=False):
+    """Run one tile on guarded buffers and check it against the definition;
+    with ``accumulate``, the tile adds to an output of other integers
+    (``ACCUMULATE``: the bias is then not added)."""
     rng = np.random.default_rng(seed)
     # Packed weights [ni][nj][kc][NR]; lanes >= nr are NaN: they must not leak.
     w_block = rng.integers(-3, 4, (ni, nj, kc, nr_max)).astype(np.float32)
@@ -123,22 +125,27 @@ def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, 
     x = _guarded(x_vals)
     bias = _guarded(bias_vals) if with_bias else np.empty(0, np.float32)
     out = np.full(o_size + 2 * GUARD, -7.0, np.float32)
+    if accumulate:  # every element its own value, so that adding to the wrong one shows
+        out = rng.integers(-9, 10, out.size).astype(np.float32)
+    expected = out.copy()
     if run is None and half:
         run = _run_half if rows_max == mk.MR else _run_small_half
     elif run is None:
         run = _run_full if rows_max == mk.MR else _run_small
     run(w, GUARD, nr_max, kc * nr_max, nj * kc * nr_max, x, GUARD, x_y, x_x, x_c, x_j, x_i, p0, nx, mr,
-        kc, nj, ni, out, GUARD, o_y, o_x, o_l, nr, bias, GUARD if with_bias else 0, int(with_bias))
-    expected = np.full_like(out, -7.0)
+        kc, nj, ni, out, GUARD, o_y, o_x, o_l, nr, bias, GUARD if with_bias else 0,
+        mk.ACCUMULATE if accumulate else int(with_bias))
     for r, (y, xx) in enumerate(pixels):
         for lane in range(nr):
-            total = float(bias_vals[lane]) if with_bias else 0.0
+            at = GUARD + y * o_y + xx * o_x + lane * o_l
+            total = float(expected[at]) if accumulate else 0.0
+            total += float(bias_vals[lane]) if with_bias and not accumulate else 0.0
             for i in range(ni):
                 for j in range(nj):
                     for c in range(kc):
                         total += (float(w_block[i, j, c, lane])
                                   * float(x_vals[y * x_y + xx * x_x + i * x_i + j * x_j + c]))
-            expected[GUARD + y * o_y + xx * o_x + lane * o_l] = total
+            expected[at] = total
     np.testing.assert_array_equal(out, expected)
 
 
@@ -155,6 +162,9 @@ def test_full_tile_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
     for p0, nx, seed in ((0, 64, 1), (3, 5, 2)):
         _tile_case(mk.MR, mr, nr, nchw_out, with_bias=bool(seed % 2), p0=p0, nx=nx, seed=seed)
     _tile_case(mk.MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=3)
+    # Adding to the output (a reduction in blocks) on both paths, bias ignored.
+    for p0, nx, seed in ((0, 64, 12), (3, 5, 13)):
+        _tile_case(mk.MR, mr, nr, nchw_out, with_bias=True, p0=p0, nx=nx, seed=seed, accumulate=True)
 
 
 @pytest.mark.parametrize("mr", range(1, mk.SMALL_MR + 1))
@@ -163,6 +173,7 @@ def test_full_tile_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
 def test_small_tile_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
     _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=1, nx=3, seed=4)
     _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=False, p0=0, nx=50, seed=5)
+    _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=50, seed=14, accumulate=True)
 
 
 HALF_LANES = sorted({1, mk.VL // 2, mk.VL - 1, mk.VL})
@@ -248,9 +259,9 @@ def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bi
         with mock.patch.object(ukernel, "_stacks", lambda g: True), \
                 mock.patch.object(ukernel, "UKERNEL_STACK_COPY_CHANNELS", 1 if copied else 2**31):
             tiling = ln._registry.get(name).plan(g, threads, layout).kernel.tiling
-            assert tiling[5]
+            assert tiling.stacked
             if copied and layout == "NCHW" and g.kernel_h * g.kernel_w > 1 and g.out_height > 0 and g.out_width > 0:
-                assert tiling[-1] == (True, False, batch)
+                assert tiling.staging == (True, False, batch)
             assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
     finally:
         ln._memo.clear_all()  # forget the plans made while forced
@@ -273,9 +284,72 @@ def test_small_1x1_planes_walk_one_row_per_image_exactly(name, batch, height, wi
     layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding, case.dilation, case.groups)
     tiling = ln._registry.get(name).plan(g, threads, layout).kernel.tiling
-    walked = ukernel.KernelGeometry(*tiling[6])
-    assert tiling[5] and (walked.height, walked.width, walked.batch) == (1, height * width, batch)
+    walked = ukernel.KernelGeometry(*tiling.launched)
+    assert tiling.stacked and (walked.height, walked.width, walked.batch) == (1, height * width, batch)
     assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+
+
+@st.composite
+def long_reduction_cases(draw):
+    """strategies.cases() with more input channels per group (up to five
+    vectors), batch 1-4."""
+    case = draw(cases(max_size=10))
+    c_per_group = draw(st.integers(1, 5 * mk.VL))
+    m_per_group = draw(st.sampled_from([1, mk.VL, mk.NR + 3]))
+    return dataclasses.replace(case, batch=draw(st.integers(1, 4)), channels=case.groups * c_per_group,
+                               out_channels=case.groups * m_per_group)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=30, deadline=None)
+@given(case=long_reduction_cases(), block=st.integers(1, 2 * mk.VL + 1), seed=st.integers(0, 2**32 - 1),
+       with_bias=st.booleans(), layout=st.sampled_from(["NCHW", "NHWC"]), threads=st.sampled_from([1, 2]),
+       prepacked=st.booleans())
+def test_reductions_in_channel_blocks_exact_against_reference(name, case, block, seed, with_bias, layout, threads,
+                                                             prepacked):
+    """Tiles that reduce over ``block`` input channels at a time, the partial
+    sums added up in the output (the plan does so on long 1x1 reductions;
+    forced here on every configuration, with blocks of any size and a short
+    last one): the reference's result, in both layouts, on weights packed
+    first or inside the kernel, the images stacked or not."""
+    if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ukernel, "_channel_block", lambda g: min(block, g.channels_per_group))
+        ln._memo.clear_all()
+        try:
+            if prepacked:
+                rng = np.random.default_rng(seed)
+                x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
+                w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
+                b = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
+                expected = conv2d_reference(x, w, b, case.stride, case.padding, case.dilation, case.groups)
+                if layout == "NHWC":
+                    x, expected = channels_last(x), channels_last(expected)
+                layer = ln.Conv2d(w, b, algorithm=name, layout=layout, threads=threads, **case.args)
+                np.testing.assert_array_equal(layer(x), expected)
+            else:
+                assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+        finally:
+            ln._memo.clear_all()
+
+
+def test_long_1x1_reductions_run_in_equal_channel_blocks():
+    """Above UKERNEL_REDUCTION_BLOCK input channels per group, a 1x1 layer's
+    tiles reduce over equal blocks of whole vectors; larger kernels and
+    shorter reductions are not blocked."""
+    from lowmem_numba._tuning import UKERNEL_REDUCTION_BLOCK as most
+
+    def block(c, m, k=1, groups=1):
+        g = make_geometry((1, c, 7, 7), (m, c // groups, k, k), groups=groups)
+        plan = ln._registry.get("direct-ukernel").plan(g, 1, prepacked=True)
+        assert plan.kernel.tiling.channel_block == ukernel._channel_block(g)
+        return plan.kernel.tiling.channel_block
+
+    assert block(most, 64) == most and block(4 * most, 64, k=3) == 4 * most
+    assert block(2 * most, 64) == most and block(3 * most, 64) == most
+    assert block(most + 1, 64) == -(-(most // 2 + 1) // mk.VL) * mk.VL  # two blocks, the last one shorter
+    assert block(4 * most, 64, groups=2) == most
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -355,14 +429,14 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
         return
     kernel_layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
     plan = ln._registry.get(name).plan(g, threads, kernel_layout)
-    m_chunks, t_chunks, _, _, packs, stacked, _, staging = plan.kernel.tiling
-    one_launch = staging is None or staging[2] == case.batch
-    assert packs == ((case.batch == 1 or stacked) and one_launch and t_chunks == 1)
-    assume(packs)
+    tiling = plan.kernel.tiling
+    one_launch = tiling.staging is None or tiling.staging[2] == case.batch
+    assert tiling.packs == ((case.batch == 1 or tiling.stacked) and one_launch and tiling.t_chunks == 1)
+    assume(tiling.packs)
     assert plan.packed_weight_elements == 0
     block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
     staged_copy = ln._registry.get(name).plan(g, threads, kernel_layout, prepacked=True).workspace_elements
-    assert plan.workspace_elements == case.groups * m_chunks * block + staged_copy
+    assert plan.workspace_elements == case.groups * tiling.m_chunks * block + staged_copy
     assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
 
 
@@ -384,13 +458,13 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     b = rng.standard_normal(40, dtype=np.float32)
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
     plan = ln._registry.get("direct-ukernel").plan(g, 2, prepacked=True)
-    assert plan.kernel.tiling[-1] == (True, False, 3)  # channels-last, not padded, 3 images at once
+    assert plan.kernel.tiling.staging == (True, False, 3)  # channels-last, not padded, 3 images at once
     assert plan.workspace_elements == 3 * channels * 23 * 19
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, **case.args, algorithm="direct-ukernel", threads=threads)
         assert_close_to_reference(got, x, w, b, case)
     wide = make_geometry((1, UKERNEL_FOLD_CHANNELS + 1, 64, 64), (40, UKERNEL_FOLD_CHANNELS + 1, 3, 3), 1, 1)
-    assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling[-1] is None
+    assert ln._registry.get("direct-ukernel").plan(wide, 2, prepacked=True).kernel.tiling.staging is None
 
 
 def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_limit(monkeypatch, forget_plans):
@@ -410,19 +484,19 @@ def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_lim
     algorithm = ln._registry.get("direct-ukernel")
     copy = 4 * 512 * 14 * 14
     free = algorithm.plan(g, 2, prepacked=True)
-    assert free.kernel.tiling[5] and free.kernel.tiling[-1] == (True, False, 4)
+    assert free.kernel.tiling.stacked and free.kernel.tiling.staging == (True, False, 4)
     assert free.workspace_elements == copy
     limited = algorithm.plan(g, 2, prepacked=True, memory_limit=4 * copy - 4)
-    assert limited.kernel.tiling[5] and limited.kernel.tiling[-1] is None and limited.workspace_elements == 0
+    assert limited.kernel.tiling.stacked and limited.kernel.tiling.staging is None and limited.workspace_elements == 0
     # Functional calls pack the weights inside the kernel, block by block,
     # beside the copy or (under the limit) without it.
     packing = algorithm.plan(g, 2)
-    assert packing.kernel.tiling[4] and packing.kernel.tiling[-1] == (True, False, 4)
+    assert packing.kernel.tiling.packs and packing.kernel.tiling.staging == (True, False, 4)
     assert packing.packed_weight_elements == 0 and packing.workspace_elements > copy
     block = 9 * 512 * ukernel.NR  # one thread's block of packed weights
     for limit in (2**20, 4 * (copy + block) - 4):  # the copy alone over the limit, or with the block
         packing_within = algorithm.plan(g, 1, memory_limit=limit)
-        assert packing_within.kernel.tiling[4] and packing_within.kernel.tiling[-1] is None
+        assert packing_within.kernel.tiling.packs and packing_within.kernel.tiling.staging is None
         assert packing_within.packed_weight_elements == 0 and packing_within.workspace_elements == block
     rng = np.random.default_rng(5)
     x = rng.integers(-3, 4, x_shape).astype(np.float32)
@@ -460,7 +534,7 @@ def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, 
     monkeypatch.setattr(ukernel, "_stacks", lambda g: False)
     name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")
     plan = ln._registry.get(name).plan(g, 2, layout, prepacked=True)
-    assert plan.kernel.tiling[-1] == (layout == "NHWC", True, images)
+    assert plan.kernel.tiling.staging == (layout == "NHWC", True, images)
     assert plan.workspace_elements == images * padded_image
     rng = np.random.default_rng(hw * k)
     x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -586,7 +660,7 @@ def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw
     monkeypatch.setattr(ukernel, "UKERNEL_STACK_SEGMENT_COST", 0)
     free = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
     tiling = plan.kernel.tiling
-    stacked, staging, d = tiling[5], tiling[7], ukernel.KernelGeometry(*tiling[6])
+    stacked, staging, d = tiling.stacked, tiling.staging, ukernel.KernelGeometry(*tiling.launched)
     general, starts = _walk_stores_by_tile(d, stacked, layout == "NCHW")
     last = m - (-(-m // mk.NR) - 1) * mk.NR
     narrow = 0 if last in (mk.VL, mk.NR) else last

@@ -78,7 +78,12 @@ Items of ``prange`` are (image x group, or group when the images are
 stacked) x output-channel blocks x runs of tiles, cut by
 :func:`lowmem_numba._split.split_work`; inside an item, blocks of
 ``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a
-tile's input stays in cache while every weight block passes over it.
+tile's input stays in cache while every weight block passes over it.  On a
+1x1 kernel with more than ``UKERNEL_REDUCTION_BLOCK`` input channels per group,
+each sweep reduces over one block of input channels at a time
+(:func:`_channel_block`), the tiles adding their partial sums to the output
+(``ACCUMULATE``), so that a weight block's panel stays in L1 across the
+tiles instead of streaming from L2 at every step.
 """
 
 from __future__ import annotations
@@ -86,19 +91,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half, transpose_block
+from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half,
+                            transpose_block)
 from .._layout import transpose_blocks
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_PLANE_BYTES,
                        UKERNEL_NCHW_PLANE_STEP_COST, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS,
+                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_REDUCTION_BLOCK,
                        UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
                        UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
@@ -384,8 +391,8 @@ def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, 
 
 
 @njit(parallel=True, cache=True)
-def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block, raw,
-                  stacked):
+def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
+                  channel_block, raw, stacked):
     """The convolution on packed weights ``w``; or, when ``raw`` (the weights
     as given) is not empty, with each item packing its channel blocks into
     its own block of ``w`` right before running its tiles on them (the item
@@ -393,7 +400,11 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
 
     ``stacked``: the images are stacked into the rectangles (see
     :func:`_stacks`): each output row of each rectangle is a rectangle of its
-    own, walked image by image, and the parallel items are per group only."""
+    own, walked image by image, and the parallel items are per group only.
+
+    ``channel_block``: input channels per reduction block; a tile's first
+    block stores its sums (bias added), the others add theirs to them.  The
+    tap and channel loops of channels-last input fold only unblocked."""
     d = KernelGeometry(*geometry)
     C, H, W, M, G = d.in_channels, d.height, d.width, d.out_channels, d.groups
     KH, KW, HO, WO = d.kernel_h, d.kernel_w, d.out_height, d.out_width
@@ -410,7 +421,7 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     # contiguous run of nj*C input values, as of weights, so the tap and
     # channel loops fold into one (a 3-channel layer's reduction then runs
     # 21 steps at a time on a 7x7 kernel instead of 3).
-    fold = nhwc_in and G == 1 and DW == 1
+    fold = nhwc_in and G == 1 and DW == 1 and channel_block >= cg
     x_row = W * pix
     o_lstep = 1 if nhwc else HO * WO
     o_xstep = M if nhwc else 1
@@ -441,51 +452,54 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
         # over each.
         for b_lo in range(t_lo, t_hi, tile_block):
             b_hi = min(t_hi, b_lo + tile_block)
-            for mb in range(mb0, mb1):
-                nr = min(NR, mg - mb * NR)
-                if packs:
-                    w_block = item * block_elements
-                    _pack_block(raw, w, d, g * blocks + mb, offsets, w_block)
-                else:
-                    w_block = (g * blocks + mb) * block_elements
-                o_block = o_image + (mb * NR) * (1 if nhwc else HO * WO)
-                b_off = g * mg + mb * NR
-                seen = 0  # tiles of the rectangles before the current one
-                for qy in range(y_classes):
-                    if seen >= b_hi:
-                        break
-                    y0, ny, i0, ni = _class(qy, HO, ylo, yhi, H, SH, DH, PT, KH)
-                    for y in range(y0, y0 + ny if stacked else y0 + 1):
+            for c0 in range(0, cg, channel_block):
+                cs = min(channel_block, cg - c0)
+                flags = has_bias if c0 == 0 else ACCUMULATE
+                for mb in range(mb0, mb1):
+                    nr = min(NR, mg - mb * NR)
+                    if packs:
+                        w_block = item * block_elements
+                        _pack_block(raw, w, d, g * blocks + mb, offsets, w_block, c0, cs)
+                    else:
+                        w_block = (g * blocks + mb) * block_elements
+                    o_block = o_image + (mb * NR) * (1 if nhwc else HO * WO)
+                    b_off = g * mg + mb * NR
+                    seen = 0  # tiles of the rectangles before the current one
+                    for qy in range(y_classes):
                         if seen >= b_hi:
                             break
-                        for qx in range(x_classes):
+                        y0, ny, i0, ni = _class(qy, HO, ylo, yhi, H, SH, DH, PT, KH)
+                        for y in range(y0, y0 + ny if stacked else y0 + 1):
                             if seen >= b_hi:
                                 break
-                            x0, nx, j0, nj = _class(qx, WO, xlo, xhi, W, SW, DW, PL, KW)
-                            pixels = images * nx if stacked else ny * nx
-                            count = (pixels + MR - 1) // MR
-                            if seen + count <= b_lo:
+                            for qx in range(x_classes):
+                                if seen >= b_hi:
+                                    break
+                                x0, nx, j0, nj = _class(qx, WO, xlo, xhi, W, SW, DW, PL, KW)
+                                pixels = images * nx if stacked else ny * nx
+                                count = (pixels + MR - 1) // MR
+                                if seen + count <= b_lo:
+                                    seen += count
+                                    continue
+                                x_at = (x_image + (y * SH + i0 * DH - PT) * x_row
+                                        + (x0 * SW + j0 * DW - PL) * pix + c0 * x_cstep)
+                                o_at = o_block + y * o_ystep + x0 * o_xstep
+                                w_at = w_block + ((i0 * KW + j0) * cg + c0) * NR
+                                kc = nj * cg if fold else cs
+                                kj = 1 if fold else nj
+                                for k in range(max(0, b_lo - seen), min(count, b_hi - seen)):
+                                    p0 = k * MR
+                                    mr = min(MR, pixels - p0)
+                                    # A remainder that fits in small tiles at less
+                                    # than a full tile's cost runs on them.
+                                    step = SMALL_MR if mr <= MR - SMALL_MR else MR
+                                    for s in range(p0, p0 + mr, step):
+                                        run_tile(step == SMALL_MR, nr <= VL,
+                                                 w, w_at, w_cstep, w_jstep, w_istep,
+                                                 x, x_at, walk_x_ystep, SW * pix, x_cstep, DW * pix, DH * x_row,
+                                                 s, nx, min(step, p0 + mr - s), kc, kj, ni,
+                                                 out, o_at, walk_o_ystep, o_xstep, o_lstep, nr, bias, b_off, flags)
                                 seen += count
-                                continue
-                            x_at = (x_image + (y * SH + i0 * DH - PT) * x_row
-                                    + (x0 * SW + j0 * DW - PL) * pix)
-                            o_at = o_block + y * o_ystep + x0 * o_xstep
-                            w_at = w_block + (i0 * KW + j0) * cg * NR
-                            kc = nj * cg if fold else cg
-                            kj = 1 if fold else nj
-                            for k in range(max(0, b_lo - seen), min(count, b_hi - seen)):
-                                p0 = k * MR
-                                mr = min(MR, pixels - p0)
-                                # A remainder that fits in small tiles at less
-                                # than a full tile's cost runs on them.
-                                step = SMALL_MR if mr <= MR - SMALL_MR else MR
-                                for s in range(p0, p0 + mr, step):
-                                    run_tile(step == SMALL_MR, nr <= VL,
-                                             w, w_at, w_cstep, w_jstep, w_istep,
-                                             x, x_at, walk_x_ystep, SW * pix, x_cstep, DW * pix, DH * x_row,
-                                             s, nx, min(step, p0 + mr - s), kc, kj, ni,
-                                             out, o_at, walk_o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias)
-                            seen += count
 
 
 @njit(cache=True, nogil=True)
@@ -528,10 +542,11 @@ def pack_lanes(weight, first, row, valid, taps, c0, cs, dest, base, plane, offse
 
 
 @njit(cache=True, nogil=True)
-def _pack_block(weight, dest, d, item, offsets, block):
-    """Pack block ``item`` (group x block of NR output channels) into
-    ``dest[block:block + taps*cg*NR]``: its NR weight rows (each ``cg*taps``
-    floats, index ``c*taps + t``) become rows of NR lanes at ``(t, c)``."""
+def _pack_block(weight, dest, d, item, offsets, block, c0, cs):
+    """Pack input channels ``c0 <= c < c0 + cs`` of block ``item`` (group x
+    block of NR output channels) into ``dest[block:block + taps*cg*NR]``:
+    its NR weight rows (each ``cg*taps`` floats, index ``c*taps + t``) become
+    rows of NR lanes at ``(t, c)``."""
     cg = d.channels_per_group
     mg = d.out_channels_per_group
     blocks = (mg + NR - 1) // NR
@@ -541,8 +556,9 @@ def _pack_block(weight, dest, d, item, offsets, block):
     mb = item % blocks
     valid = min(NR, mg - mb * NR)
     if valid < NR:  # lanes past M/g are zero
-        dest[block:block + taps * cg * NR] = 0.0
-    pack_lanes(weight, (g * mg + mb * NR) * row, row, valid, taps, 0, cg, dest, block, cg, offsets)
+        for t in range(taps):
+            dest[block + (t * cg + c0) * NR:block + (t * cg + c0 + cs) * NR] = 0.0
+    pack_lanes(weight, (g * mg + mb * NR) * row, row, valid, taps, c0, cs, dest, block + c0 * NR, cg, offsets)
 
 
 @njit(parallel=True, cache=True)
@@ -551,7 +567,7 @@ def _pack(weight, dest, geometry):
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
     size = d.kernel_taps * d.channels_per_group * NR
     for item in prange(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets, item * size)
+        _pack_block(weight, dest, d, item, offsets, item * size, 0, d.channels_per_group)
 
 
 @njit(cache=True, nogil=True)
@@ -560,7 +576,7 @@ def _pack_serial(weight, dest, geometry):
     offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
     size = d.kernel_taps * d.channels_per_group * NR
     for item in range(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets, item * size)
+        _pack_block(weight, dest, d, item, offsets, item * size, 0, d.channels_per_group)
 
 
 def _block_elements(g) -> int:
@@ -666,6 +682,31 @@ def _staged_geometry(g, staging):
     return dataclasses.replace(g, batch=images, width=g.width + g.pad_left + g.pad_right, pad_left=0, pad_right=0)
 
 
+class Tiling(NamedTuple):
+    """How the kernel cuts a call (a plan's ``tiling``)."""
+
+    m_chunks: int       # parallel chunks of each plane's output-channel blocks
+    t_chunks: int       # parallel chunks of each plane's tiles
+    plane_tiles: int    # tiles of one plane (stacked: of the batch's planes)
+    tile_block: int     # tiles swept per weight block (:data:`UKERNEL_TILE_BLOCK`)
+    channel_block: int  # input channels per reduction block (:func:`_channel_block`)
+    packs: bool         # the kernel packs the weights as given (:func:`_plan_packing`)
+    stacked: bool       # the images are stacked into the rectangles (:func:`_stacks`)
+    launched: tuple     # the kernel's geometry (a staged image's when staged)
+    staging: Optional[tuple]  # (channels_last, padded, images) of the copies, or None (:func:`_staging`)
+
+
+def _channel_block(g):
+    """Input channels per reduction block of a tile: all of a group's, or,
+    on a 1x1 kernel reducing over more than ``UKERNEL_REDUCTION_BLOCK``
+    channels, equal blocks of whole vectors of at most about that many
+    (see ``UKERNEL_REDUCTION_BLOCK``)."""
+    cg = g.channels_per_group
+    if g.kernel_h * g.kernel_w > 1 or cg <= UKERNEL_REDUCTION_BLOCK:
+        return max(1, cg)
+    return ceil_div(ceil_div(cg, ceil_div(cg, UKERNEL_REDUCTION_BLOCK)), VL) * VL
+
+
 def _plan(g, threads, scratch_budget=None, nhwc=False):
     """How the kernel cuts one call, and its work for the cost model; under
     a ``memory_limit``, with at most ``scratch_budget`` elements of scratch
@@ -694,7 +735,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     the output) cost ``UKERNEL_GENERAL_STORE_COST`` each, and a stacked tile
     reading NCHW images in place adds a stream per further image it spans,
     per channel block, channel and kernel row (``UKERNEL_STACK_SEGMENT_COST``;
-    :func:`_walk_stores`).
+    :func:`_walk_stores`).  A reduction run in channel blocks
+    (:func:`_channel_block`) reads and writes the outputs once more per
+    further block.
     """
     g, stacked = _walked_geometry(g)
     staging = _staging(g, nhwc, stacked, scratch_budget)
@@ -717,6 +760,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     copy = _staged_elements(g, staging[1]) if staging else 0  # per image
     chunks = ceil_div(g.batch, staging[2]) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
+    channel_block = _channel_block(g)
+    # A reduction in blocks reads and writes the outputs once more per block.
+    partial_sums = 2 * outputs * (ceil_div(g.channels_per_group, channel_block) - 1)
     # NCHW input: every (tile, channel block, channel, kernel row) starts a
     # stream of its own, on a new page for the share of steps a plane is of
     # a page (see UKERNEL_NCHW_PLANE_STEP_COST).
@@ -732,12 +778,13 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     segment_steps = segment_starts * blocks * d.channels_per_group if planar else 0.0
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
-    return KernelPlan(tiling=(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK, False, stacked,
-                              launched, staging),
+    return KernelPlan(tiling=Tiling(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK,
+                                    channel_block, False, stacked, launched, staging),
                       scratch_elements=copy * (staging[2] if staging else 0),
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
+                                                + partial_sums
                                                 + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)
                                                 + round(g.groups * (general_outputs * UKERNEL_GENERAL_STORE_COST
                                                                     + segment_steps * UKERNEL_STACK_SEGMENT_COST))),
@@ -767,13 +814,13 @@ def _plan_packing(g, threads, scratch_budget=None, nhwc=False):
 def _packing_plan(g, threads, scratch_budget, nhwc):
     """:func:`_plan_packing` with ``scratch_budget`` elements for the copy."""
     plan = _plan(g, threads, scratch_budget, nhwc=nhwc)
-    m_chunks, t_chunks, plane_tiles, _, _, stacked, launched, staging = plan.tiling
-    one_launch = staging is None or staging[2] == g.batch
-    if not (g.batch == 1 or stacked) or not one_launch or t_chunks != 1:
+    tiling = plan.tiling
+    one_launch = tiling.staging is None or tiling.staging[2] == g.batch
+    if not (g.batch == 1 or tiling.stacked) or not one_launch or tiling.t_chunks != 1:
         return None
     return dataclasses.replace(
-        plan, tiling=(m_chunks, t_chunks, plane_tiles, max(1, plane_tiles), True, stacked, launched, staging),
-        scratch_elements=plan.scratch_elements + g.groups * m_chunks * _block_elements(g),
+        plan, tiling=tiling._replace(tile_block=max(1, tiling.plane_tiles), packs=True),
+        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * _block_elements(g),
         moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
 
 
@@ -789,14 +836,14 @@ def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block, packs, stacked, launched, staging = kernel.tiling
+        m_chunks, t_chunks, plane_tiles, tile_block, channel_block, packs, stacked, launched, staging = kernel.tiling
         raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
             block_scratch = g.groups * m_chunks * _block_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
         if staging is None:
             _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
-                          raw, stacked)
+                          channel_block, raw, stacked)
             return
         channels_last, padded, images = staging
         C, H, W = g.in_channels, g.height, g.width
@@ -816,7 +863,7 @@ def _make_compute(nhwc):
                 chunk = (count,) + launched[1:]
                 tiles = int(_plane_tiles(chunk, stacked))
             _ukernel_conv(scratch, packed, bias, out[n * plane:(n + count) * plane], chunk, channels_last, nhwc,
-                          m_chunks, t_chunks, tiles, tile_block, raw, stacked)
+                          m_chunks, t_chunks, tiles, tile_block, channel_block, raw, stacked)
     return compute
 
 
