@@ -441,6 +441,16 @@ WINOGRAD_REDUCTION_BLOCK = 128
 #: on two (AlexNet conv3-5, GoogLeNet 4a-4e, ResNet-50 layer3, VGG-16 conv5).
 WINOGRAD_TILE_POINT_COST = {"winograd-2x2-3x3": 170, "winograd-4x4-3x3": 165, "winograd-2x2-5x5": 60}
 WINOGRAD_TRANSFORM_COST = {"winograd-2x2-3x3": 0.5, "winograd-4x4-3x3": 1.2, "winograd-2x2-5x5": 0.4}
+#: Winograd: the transforms above run in cache as vector arithmetic, priced
+#: at the calibrated rate of the families' own vector loops (vector_rate):
+#: their costs, fitted in copied elements on the Intel Xeon kind, convert at
+#: that kind's calibrated ratio vector_rate / copy_rate = 3.6e10 / 5.0e9.
+#: Priced at the copy rate, which on the AMD Zen 3 kind is memory's (a 32 MiB
+#: copy does not stay in its L3, shared with other tenants: 1.5-2.4e9
+#: elements/s against 5-6e9 on the Xeon), the transforms cost 2-5x their time
+#: there and "auto" kept F(2x2,5x5) off GoogLeNet's 5x5 layers (measured
+#: 1.16-1.34x faster than the direct-ukernel it picked at batch 1 and 8).
+WINOGRAD_TRANSFORM_FLOPS_PER_ELEMENT = 7.2
 WINOGRAD_WEIGHT_READ_COST = 0.2
 WINOGRAD_WEIGHT_MEMORY_READ_COST = 0.8
 #: Winograd weight transform: input channels staged (transposed to lanes) at

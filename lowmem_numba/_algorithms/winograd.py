@@ -91,6 +91,7 @@ from .._split import split_work
 from .._tuning import (WINOGRAD_IN_KERNEL_TILES, WINOGRAD_PACK_CHANNELS, WINOGRAD_PACK_COST,
                        WINOGRAD_PACK_IN_KERNEL_COST, WINOGRAD_REDUCTION_BLOCK, WINOGRAD_SLOT_CACHE_FRACTION,
                        WINOGRAD_STAGE_CHANNELS, WINOGRAD_TILE_POINT_COST, WINOGRAD_TRANSFORM_COST,
+                       WINOGRAD_TRANSFORM_FLOPS_PER_ELEMENT,
                        WINOGRAD_WEIGHT_MEMORY_READ_COST,
                        WINOGRAD_WEIGHT_READ_COST)
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry
@@ -840,11 +841,13 @@ def _plan(g, threads, name, block=None, packs=False):
     F(2x2,3x3) there, 6.9 ms).  Priced as ``a^2`` products per group of (channels
     rounded up as the micro-kernel runs them) x (tiles rounded up as it runs
     them) x C/g in reductions of at most ``WINOGRAD_REDUCTION_BLOCK``, plus
-    the transforms as elements moved (scaled per variant by
-    ``WINOGRAD_TRANSFORM_COST``), the transformed weights each tile
-    block reads (``WINOGRAD_WEIGHT_READ_COST``, or
-    ``WINOGRAD_WEIGHT_MEMORY_READ_COST`` when they exceed the L3 cache) and a
-    fixed cost per tile and point (``WINOGRAD_TILE_POINT_COST``, per variant)."""
+    the transforms, counted in elements (scaled per variant by
+    ``WINOGRAD_TRANSFORM_COST``) with a fixed cost per tile and point
+    (``WINOGRAD_TILE_POINT_COST``, per variant) and priced as vector flops
+    (``WINOGRAD_TRANSFORM_FLOPS_PER_ELEMENT`` each: they run in cache), and
+    the transformed weights each tile block reads, as elements moved
+    (``WINOGRAD_WEIGHT_READ_COST``, or ``WINOGRAD_WEIGHT_MEMORY_READ_COST``
+    when they exceed the L3 cache)."""
     m, alpha, per_image = _sizes(g, name)
     tiles = g.batch * per_image  # a group's tiles over the batch: the space blocks cut
     points = alpha * alpha
@@ -871,17 +874,19 @@ def _plan(g, threads, name, block=None, packs=False):
     last = mg - (blocks_m - 1) * NR
     channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
     # Transforms: each input tile staged and written as V; Z read and each
-    # output written once (the separable passes run in L1).
-    moved = g.groups * tiles * round(WINOGRAD_TRANSFORM_COST[name] * (2 * points * cg * m_chunks
-                                                                     + (points + m * m) * channels)
-                                     + points * WINOGRAD_TILE_POINT_COST[name])
+    # output written once (the separable passes run in L1): vector work in
+    # cache, in copied elements converted to vector flops.
+    transformed = g.groups * tiles * round(WINOGRAD_TRANSFORM_COST[name] * (2 * points * cg * m_chunks
+                                                                           + (points + m * m) * channels)
+                                           + points * WINOGRAD_TILE_POINT_COST[name])
+    transform_flops = round(transformed * WINOGRAD_TRANSFORM_FLOPS_PER_ELEMENT)
     # Every tile block streams the transformed weights of its channel chunk:
     # from the L3 cache, or from memory when they do not fit in it.
     # Transformed in the kernel, they are read from the slot's scratch once
     # each, after the transform (priced per element written) made them.
     in_memory = not packs and FLOAT32_BYTES * packed_elements(g, name) > l3_bytes()
     read_cost = WINOGRAD_WEIGHT_MEMORY_READ_COST if in_memory else WINOGRAD_WEIGHT_READ_COST
-    moved += round(tile_blocks * points * channels * cg * read_cost)
+    moved = round(tile_blocks * points * channels * cg * read_cost)
     if packs:
         moved += round(packed_elements(g, name) * WINOGRAD_PACK_IN_KERNEL_COST[name])
     # The products as the micro-kernel runs them: per tile block, full MR-row
@@ -899,7 +904,7 @@ def _plan(g, threads, name, block=None, packs=False):
     return KernelPlan(tiling=(name, block, _stage_channels(g), _reduction_block(g), m_chunks, slots,
                               per_slot, _gather_channels(g), packs),
                       scratch_elements=slots * per_slot,
-                      gemms=gemms, moved_elements=moved, parallel_items=max(1, units))
+                      gemms=gemms, moved_elements=moved, vector_flops=transform_flops, parallel_items=max(1, units))
 
 
 def _unsupported(name):
