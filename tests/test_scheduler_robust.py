@@ -217,6 +217,39 @@ def test_reduction_fit_recovers_the_micro_kernels_constants():
     assert peak == pytest.approx(1.2e11, rel=0.01) and half == pytest.approx(14.0, rel=0.01)
 
 
+@pytest.mark.parametrize("packing_seconds", [1e-3, 0.0, -2e-4])
+def test_blas_packing_is_timed_against_the_gemm_curve(monkeypatch, packing_seconds):
+    """pack_rate: the panels of the _PACK_SHAPE sgemm over the time it takes
+    beyond the fitted curve, timed in the same rounds; no time beyond it
+    (or less, by noise) is the fastest plausible rate, not a fallback.  The
+    model prices each BLAS call's panels at it, whatever the copy rate."""
+    m, n, k = costmodel._PACK_SHAPE
+    curve = dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3)
+
+    def seconds(shape):
+        a, b, c = shape
+        return 2.0 * a * b * c / (1e11 * a / (a + 15.0) * b / (b + 3.6) * c / (c + 4.3))
+
+    def timed(calls, best, **kwargs):  # the curve's times exactly (GEMMs batched as timed), the packing on top
+        for key in calls:
+            if key == "pack":
+                best[key] = seconds((m, n, k)) + packing_seconds
+            else:
+                best[key] = max(1, -(-costmodel._GEMM_TARGET_FLOPS // (2 * math.prod(key)))) * seconds(key)
+        return best
+
+    monkeypatch.setattr(costmodel, "_interleaved_best", timed)
+    values, rms = costmodel._measure_gemm({})
+    assert rms < 1e-3 and {key: values[key] for key in curve} == pytest.approx(curve, rel=0.03)
+    expected = (m * k + k * n) / packing_seconds if packing_seconds > 0 else costmodel.PLAUSIBLE["pack_rate"][1]
+    assert values["pack_rate"] == pytest.approx(expected, rel=0.05)
+    assert not costmodel.implausible({**dataclasses.asdict(DEFAULTS), **values})
+    for copy_rate in (1e9, 1e10):
+        c = dataclasses.replace(DEFAULTS, **curve, pack_rate=2e9, copy_rate=copy_rate)
+        assert costmodel.predict_seconds(_gemms_plan(3, m, n, k), c) == pytest.approx(
+            3 * (seconds((m, n, k)) + (m * k + k * n) / 2e9), rel=1e-9)
+
+
 def test_micro_kernel_gemms_are_priced_on_their_own_curve():
     # Plans of the micro-kernel state pixels and channels rounded up to whole
     # register tiles: no BLAS e(m) e(n) and no panel copies on top; only the
