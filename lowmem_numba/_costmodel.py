@@ -6,8 +6,11 @@ weight packing, layout conversion) and any flops done outside BLAS.  A GEMM of
 shape (m, n, k) runs at ``peak * e(m) e(n) e(k)`` with ``e(x) = x / (x + h)``:
 small dimensions cost efficiency, and the three half-saturation sizes ``h`` and
 the peak are fitted (least squares in log space) to sgemm timings over several
-sizes per dimension.  Copies run at a measured bandwidth, the loop nest at a
-measured rate, and threads scale by a measured efficiency.  GEMMs on the
+sizes per dimension; BLAS's packing of a call's panels (``m k + k n``
+elements) adds its own measured rate (``pack_rate``).  Copies run at a
+measured bandwidth, the loop nest at a measured rate, and threads scale by a
+measured efficiency, except for what a kernel streams from memory
+(``memory_elements``), whose bandwidth the threads share.  GEMMs on the
 library's own micro-kernel are priced on their own curve, ``ukernel_peak
 e(k)``: their plans state pixels and channels already rounded up to whole
 register tiles, and the kernel runs every whole tile at the same speed (the
@@ -113,7 +116,8 @@ def predict_seconds(plan, c: Calibration) -> float:
     threads = plan.threads
     usable = min(threads, max(1, plan.parallel_items))
     speedup = 1.0 + (usable - 1) * c.thread_efficiency
-    return serial / speedup + plan.launches * c.launch_seconds * (1 + 0.5 * (threads - 1))
+    shared = plan.memory_elements / c.copy_rate  # the threads share the memory's bandwidth
+    return serial / speedup + shared + plan.launches * c.launch_seconds * (1 + 0.5 * (threads - 1))
 
 
 # --------------------------------------------------------------- calibration

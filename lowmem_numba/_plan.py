@@ -63,6 +63,11 @@ class KernelPlan:
         vectorises along a unit-stride dimension, e.g. the depthwise runs),
         counted as computed: padded lanes and zero taps included.  Priced at
         the calibrated rate of such loops, several times the loop nest's.
+    memory_elements : int
+        float32 elements streamed from main memory, in plain-copy
+        equivalents, that more threads do not move faster: they share the
+        memory's bandwidth.  Priced at the copy rate (itself memory's),
+        without the threads' speed-up.
     parallel_items : int
         Independent items the run hands to ``prange``: more threads than
         items cannot help.
@@ -79,13 +84,14 @@ class KernelPlan:
     moved_elements: int = 0
     direct_flops: int = 0
     vector_flops: int = 0
+    memory_elements: int = 0
     parallel_items: int = 1
     launches: int = 1
     tile_kernel: str | None = None
 
     def __post_init__(self):
-        for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "parallel_items",
-                     "launches"):
+        for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "memory_elements",
+                     "parallel_items", "launches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
@@ -192,6 +198,11 @@ class CallPlan:
     def vector_flops(self) -> int:
         """Arithmetic of the kernel's own vectorised loops, all runs."""
         return self.runs * self.kernel.vector_flops
+
+    @property
+    def memory_elements(self) -> int:
+        """Elements the kernel streams from memory at a bandwidth its threads share, all runs."""
+        return self.runs * self.kernel.memory_elements
 
     @property
     def launches(self) -> int:

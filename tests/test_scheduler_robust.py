@@ -250,6 +250,22 @@ def test_blas_packing_is_timed_against_the_gemm_curve(monkeypatch, packing_secon
             3 * (seconds((m, n, k)) + (m * k + k * n) / 2e9), rel=1e-9)
 
 
+def test_memory_streams_are_priced_without_the_threads_speed_up():
+    """Elements a kernel streams from memory (memory_elements) cost the same
+    on two threads as on one, which share its bandwidth; elements moved in
+    cache (moved_elements) divide among the threads."""
+    g = make_geometry((1, 1, 1, 1), (1, 1, 1, 1))
+    c = dataclasses.replace(DEFAULTS, copy_rate=1e9, thread_efficiency=1.0)
+
+    def seconds(threads, **work):
+        kernel = KernelPlan(parallel_items=2, launches=0, **work)
+        return costmodel.predict_seconds(CallPlan("toy", g, threads, "NCHW", True, g, 1, kernel, 0, 0, 0), c)
+
+    assert seconds(1, memory_elements=10**6) == seconds(2, memory_elements=10**6) == pytest.approx(1e-3)
+    assert seconds(2, moved_elements=10**6) == pytest.approx(0.5e-3)
+    assert seconds(2, moved_elements=10**6, memory_elements=10**6) == pytest.approx(1.5e-3)
+
+
 def test_micro_kernel_gemms_are_priced_on_their_own_curve():
     # Plans of the micro-kernel state pixels and channels rounded up to whole
     # register tiles: no BLAS e(m) e(n) and no panel copies on top; only the

@@ -465,3 +465,25 @@ def test_nchw_tiles_staged_a_few_channels_at_a_time(name, side, channels, groups
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
         assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_weights_streamed_from_memory_are_priced_as_shared_bandwidth(name, monkeypatch):
+    """Prepacked transformed weights beyond the L3 cache are streamed from
+    memory by every tile block: priced as memory_elements (threads share the
+    bandwidth), at WINOGRAD_WEIGHT_MEMORY_READ_COST per element read, which
+    leaves moved_elements; within the cache they stay moved elements."""
+    m, r, _ = winograd.VARIANTS[name]
+    g = make_geometry((4, 64, 28, 28), (96, 64, r, r), 1, r // 2, 1, 1)
+    in_cache = registry.get(name).plan(g, 2, prepacked=True).kernel
+    monkeypatch.setattr(winograd, "l3_bytes", lambda: 4 * winograd.packed_elements(g, name) - 4)
+    ln._memo.clear_all()  # plans are memoised on what planning sees, not on the cache size
+    try:
+        in_memory = registry.get(name).plan(g, 2, prepacked=True).kernel
+    finally:
+        ln._memo.clear_all()
+    assert in_cache.memory_elements == 0 and in_memory.memory_elements > 0
+    reads = (in_memory.memory_elements / winograd.WINOGRAD_WEIGHT_MEMORY_READ_COST)
+    assert in_cache.moved_elements - in_memory.moved_elements == pytest.approx(
+        reads * winograd.WINOGRAD_WEIGHT_READ_COST, rel=1e-3)
+    assert in_memory.vector_flops == in_cache.vector_flops and in_memory.gemms == in_cache.gemms
