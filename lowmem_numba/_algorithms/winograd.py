@@ -845,9 +845,10 @@ def _plan(g, threads, name, block=None, packs=False):
     ``WINOGRAD_TRANSFORM_COST``) with a fixed cost per tile and point
     (``WINOGRAD_TILE_POINT_COST``, per variant) and priced as vector flops
     (``WINOGRAD_TRANSFORM_FLOPS_PER_ELEMENT`` each: they run in cache), and
-    the transformed weights each tile block reads, as elements moved
-    (``WINOGRAD_WEIGHT_READ_COST``, or ``WINOGRAD_WEIGHT_MEMORY_READ_COST``
-    when they exceed the L3 cache)."""
+    the transformed weights each tile block reads: elements moved
+    (``WINOGRAD_WEIGHT_READ_COST``), or, when they exceed the L3 cache, a
+    stream from memory whose bandwidth the threads share
+    (``WINOGRAD_WEIGHT_MEMORY_READ_COST``, ``memory_elements``)."""
     m, alpha, per_image = _sizes(g, name)
     tiles = g.batch * per_image  # a group's tiles over the batch: the space blocks cut
     points = alpha * alpha
