@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +54,6 @@ def dump(path):
     print(f"{len(picks)} picks written to {path}")
 
 
-def _best_seconds(call, rounds_seconds=0.1):
-    call()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < rounds_seconds:
-        call()
-        calls += 1
-    return (time.perf_counter() - start) / max(calls, 1)
-
-
 def compare(before, after, rounds, output):
     old, new = json.loads(Path(before).read_text()), json.loads(Path(after).read_text())
     layers = {f"{layer.network}/{layer.name}": layer for network in bench.NETWORKS for layer in bench.layers(network)}
@@ -78,7 +68,8 @@ def compare(before, after, rounds, output):
         for _ in range(rounds):  # alternating, so that both see the machine's drift
             for side, (algorithm, threads) in (("old", old[key]), ("new", new[key])):
                 call = lambda: ln.conv2d(x, w, algorithm=algorithm, threads=threads, **args)  # noqa: E731
-                seconds[side] = min(seconds.get(side, float("inf")), _best_seconds(call))
+                best = bench.measure(call, repeats=3, min_seconds=0.1).best
+                seconds[side] = min(seconds.get(side, float("inf")), best)
         total_old += seconds["old"]
         total_new += seconds["new"]
         rows.append((key, old[key], seconds["old"], new[key], seconds["new"]))

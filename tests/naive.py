@@ -151,9 +151,10 @@ def channels_last(array):
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
 
 
-def assert_exact_like_reference(name, case, seed, with_bias, layout, threads):
+def assert_exact_like_reference(name, case, seed, with_bias, layout, threads, prepacked=False):
     """Integers in -3..3 (every product and sum exact in float32) through
-    ``name`` in ``layout`` on ``threads`` threads must equal the reference."""
+    ``name`` in ``layout`` on ``threads`` threads must equal the reference;
+    through a ``Conv2d`` layer (weights packed once) with ``prepacked``."""
     import lowmem_numba as ln
 
     rng = np.random.default_rng(seed)
@@ -163,7 +164,10 @@ def assert_exact_like_reference(name, case, seed, with_bias, layout, threads):
     expected = conv2d_reference(x, w, bias, case.stride, case.padding, case.dilation, case.groups)
     if layout == "NHWC":
         x, expected = channels_last(x), channels_last(expected)
-    got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
+    if prepacked:
+        got = ln.Conv2d(w, bias, algorithm=name, layout=layout, threads=threads, **case.args)(x)
+    else:
+        got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
     np.testing.assert_array_equal(got, expected)
 
 

@@ -318,18 +318,7 @@ def test_reductions_in_channel_blocks_exact_against_reference(name, case, block,
         patch.setattr(ukernel, "_channel_block", lambda g: min(block, g.channels_per_group))
         ln._memo.clear_all()
         try:
-            if prepacked:
-                rng = np.random.default_rng(seed)
-                x = rng.integers(-3, 4, case.x_shape).astype(np.float32)
-                w = rng.integers(-3, 4, case.w_shape).astype(np.float32)
-                b = rng.integers(-3, 4, case.out_channels).astype(np.float32) if with_bias else None
-                expected = conv2d_reference(x, w, b, case.stride, case.padding, case.dilation, case.groups)
-                if layout == "NHWC":
-                    x, expected = channels_last(x), channels_last(expected)
-                layer = ln.Conv2d(w, b, algorithm=name, layout=layout, threads=threads, **case.args)
-                np.testing.assert_array_equal(layer(x), expected)
-            else:
-                assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+            assert_exact_like_reference(name, case, seed, with_bias, layout, threads, prepacked=prepacked)
         finally:
             ln._memo.clear_all()
 
