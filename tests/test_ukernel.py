@@ -261,7 +261,7 @@ def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bi
             tiling = ln._registry.get(name).plan(g, threads, layout).kernel.tiling
             assert tiling.stacked
             if copied and layout == "NCHW" and g.kernel_h * g.kernel_w > 1 and g.out_height > 0 and g.out_width > 0:
-                assert tiling.staging == (True, False, batch)
+                assert tiling.staging == ukernel.Staging(True, False, batch)
             assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
     finally:
         ln._memo.clear_all()  # forget the plans made while forced
@@ -275,10 +275,11 @@ def test_stacked_images_exact_against_reference(name, case, batch, seed, with_bi
        threads=st.sampled_from([1, 2]))
 def test_small_1x1_planes_walk_one_row_per_image_exactly(name, batch, height, width, groups, c_per_group,
                                                          m_per_group, dilation, seed, with_bias, threads):
-    """A 1x1 layer without stride or padding on planes of at most half a tile
-    block is walked as one row of H*W pixels per image, the images stacked
-    (the plan says so), and is exact in the kernel's own layout."""
-    assume(2 * height * width <= ukernel.UKERNEL_TILE_BLOCK * mk.MR)
+    """A 1x1 layer without stride or padding on planes of at most a tile
+    block's pixels is walked as one row of H*W pixels per image, the images
+    stacked (the plan says so), and is exact in the kernel's own layout;
+    one more pixel per plane, and it is not."""
+    assume(height * width <= ukernel.UKERNEL_TILE_BLOCK * mk.MR)
     case = Case(batch, groups * c_per_group, height, width, groups * m_per_group, (1, 1), (1, 1), ((0, 0), (0, 0)),
                 (dilation, dilation), groups)
     layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
@@ -287,6 +288,8 @@ def test_small_1x1_planes_walk_one_row_per_image_exactly(name, batch, height, wi
     walked = ukernel.KernelGeometry(*tiling.launched)
     assert tiling.stacked and (walked.height, walked.width, walked.batch) == (1, height * width, batch)
     assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+    larger = make_geometry((batch, 1, 1, ukernel.UKERNEL_TILE_BLOCK * mk.MR + 1), (1, 1, 1, 1), 1, 0)
+    assert ukernel._walked_geometry(larger) == (larger, False)
 
 
 @st.composite
@@ -419,7 +422,7 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
     kernel_layout = "NHWC" if name.endswith("-nhwc") else "NCHW"
     plan = ln._registry.get(name).plan(g, threads, kernel_layout)
     tiling = plan.kernel.tiling
-    one_launch = tiling.staging is None or tiling.staging[2] == case.batch
+    one_launch = tiling.staging is None or tiling.staging.images == case.batch
     assert tiling.packs == ((case.batch == 1 or tiling.stacked) and one_launch and tiling.t_chunks == 1)
     assume(tiling.packs)
     assert plan.packed_weight_elements == 0
@@ -447,7 +450,7 @@ def test_few_channel_layers_read_a_channels_last_copy(channels):
     b = rng.standard_normal(40, dtype=np.float32)
     g = make_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
     plan = ln._registry.get("direct-ukernel").plan(g, 2, prepacked=True)
-    assert plan.kernel.tiling.staging == (True, False, 3)  # channels-last, not padded, 3 images at once
+    assert plan.kernel.tiling.staging == ukernel.Staging(True, False, 3)  # channels-last, not padded, 3 images at once
     assert plan.workspace_elements == 3 * channels * 23 * 19
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, **case.args, algorithm="direct-ukernel", threads=threads)
@@ -473,14 +476,14 @@ def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_lim
     algorithm = ln._registry.get("direct-ukernel")
     copy = 4 * 512 * 14 * 14
     free = algorithm.plan(g, 2, prepacked=True)
-    assert free.kernel.tiling.stacked and free.kernel.tiling.staging == (True, False, 4)
+    assert free.kernel.tiling.stacked and free.kernel.tiling.staging == ukernel.Staging(True, False, 4)
     assert free.workspace_elements == copy
     limited = algorithm.plan(g, 2, prepacked=True, memory_limit=4 * copy - 4)
     assert limited.kernel.tiling.stacked and limited.kernel.tiling.staging is None and limited.workspace_elements == 0
     # Functional calls pack the weights inside the kernel, block by block,
     # beside the copy or (under the limit) without it.
     packing = algorithm.plan(g, 2)
-    assert packing.kernel.tiling.packs and packing.kernel.tiling.staging == (True, False, 4)
+    assert packing.kernel.tiling.packs and packing.kernel.tiling.staging == ukernel.Staging(True, False, 4)
     assert packing.packed_weight_elements == 0 and packing.workspace_elements > copy
     block = 9 * 512 * ukernel.NR  # one thread's block of packed weights
     for limit in (2**20, 4 * (copy + block) - 4):  # the copy alone over the limit, or with the block
@@ -494,6 +497,50 @@ def test_stacked_wide_nchw_images_are_copied_channels_last_within_the_memory_lim
     for limit in (None, 4 * copy - 4):
         layer = ln.Conv2d(w, stride=2, padding=1, algorithm="direct-ukernel", memory_limit=limit, threads=2)
         np.testing.assert_array_equal(layer(x), expected)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", ["direct-ukernel", "pointwise-ukernel"])
+@pytest.mark.parametrize("stride", [(2, 2), (3, 1), (1, 2)])
+def test_strided_1x1_layers_run_on_a_subsampled_copy(layout, name, stride):
+    """A strided NCHW 1x1 layer without padding whose compact images stack
+    runs as the 1x1 layer of stride 1 on a copy of its pixels at the
+    stride: of the whole batch (the scratch), of as many images as a
+    ``memory_limit`` holds (equal chunks: 3 + 2 of 5), or in place when not
+    one fits; NHWC, padded layers and batch 1 in place.  Exact every way,
+    functional or prepacked, on 1 and 2 threads."""
+    x_shape, w_shape = (5, 19, 9, 8), (37, 19, 1, 1)
+    g = make_geometry(x_shape, w_shape, stride, 0)
+    assert ukernel._walked_geometry(ukernel._subsampled_geometry(g))[1]  # 20-36 pixels: stacked
+    copy = 19 * g.out_height * g.out_width  # one subsampled image
+    name += "-nhwc" if layout == "NHWC" else ""
+    algorithm = ln._registry.get(name)
+    rng = np.random.default_rng(sum(stride))
+    x = rng.integers(-3, 4, x_shape).astype(np.float32)
+    w = rng.integers(-3, 4, w_shape).astype(np.float32)
+    b = rng.integers(-3, 4, 37).astype(np.float32)
+    expected = conv2d_reference(x, w, b, stride, ((0, 0), (0, 0)))
+    if layout == "NHWC":
+        x, expected = channels_last(x), channels_last(expected)
+    for limit, images in ((None, 5), (4 * 3 * copy, 3), (4 * copy - 4, None)):
+        plan = algorithm.plan(g, 2, layout, prepacked=True, memory_limit=limit)
+        tiling = plan.kernel.tiling
+        if images is None or layout == "NHWC":
+            assert tiling.staging is None and plan.workspace_elements == 0
+        else:
+            assert tiling.staging == ukernel.Staging(False, False, images, True) and tiling.stacked
+            assert plan.workspace_elements == images * copy
+            launched = ukernel.KernelGeometry(*tiling.launched)
+            assert (launched.stride_h, launched.stride_w, launched.batch) == (1, 1, images)
+        for threads in (1, 2):
+            layer = ln.Conv2d(w, b, stride=stride, algorithm=name, layout=layout, threads=threads, memory_limit=limit)
+            np.testing.assert_array_equal(layer(x), expected)
+            got = ln.conv2d(x, w, b, stride=stride, algorithm=name, layout=layout, threads=threads)
+            np.testing.assert_array_equal(got, expected)
+    padded = algorithm.plan(make_geometry(x_shape, w_shape, stride, 1), 2, layout, prepacked=True)
+    assert padded.kernel.tiling.staging is None or not padded.kernel.tiling.staging.subsampled
+    single = algorithm.plan(make_geometry((1,) + x_shape[1:], w_shape, stride, 0), 2, layout, prepacked=True)
+    assert single.kernel.tiling.staging is None  # batch 1: nothing to stack
 
 
 @pytest.fixture
@@ -523,7 +570,7 @@ def test_small_images_run_on_a_zero_padded_copy(layout, hw, k, padding, stride, 
     monkeypatch.setattr(ukernel, "_stacks", lambda g: False)
     name = "direct-ukernel" + ("-nhwc" if layout == "NHWC" else "")
     plan = ln._registry.get(name).plan(g, 2, layout, prepacked=True)
-    assert plan.kernel.tiling.staging == (layout == "NHWC", True, images)
+    assert plan.kernel.tiling.staging == ukernel.Staging(layout == "NHWC", True, images)
     assert plan.workspace_elements == images * padded_image
     rng = np.random.default_rng(hw * k)
     x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -654,7 +701,7 @@ def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw
     last = m - (-(-m // mk.NR) - 1) * mk.NR
     narrow = 0 if last in (mk.VL, mk.NR) else last
     outputs = general * (m - narrow) + d.out_height * d.out_width * narrow
-    planar = layout == "NCHW" and not (staging and staging[0])
+    planar = layout == "NCHW" and not (staging and staging.channels_last)
     segment_steps = starts * -(-m // mk.NR) * c if planar else 0
     expected = batch * (outputs * UKERNEL_GENERAL_STORE_COST + segment_steps * UKERNEL_STACK_SEGMENT_COST)
     # The plan rounds its moved elements per image: up to half an element each.

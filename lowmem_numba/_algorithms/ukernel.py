@@ -70,7 +70,11 @@ border outputs (a 7x7 image under a 3x3 or 5x5 kernel) is copied with its
 rows zero-padded, so that every output row is one run of the interior
 (:func:`_staging`).  A staged call
 copies and runs as many images at a time as fit in ``UKERNEL_STAGE_ELEMENTS``
-(one, for a 224x224 RGB image).
+(one, for a 224x224 RGB image).  A strided NCHW 1x1 layer without padding
+(ResNet's downsampling shortcuts) at batch > 1 runs on a copy of the pixels
+at the stride, the whole batch at once unless a ``memory_limit`` cannot
+hold it (:func:`_subsampling`): a 1x1 layer of stride 1 on a quarter of
+the input, its images stacked.
 
 Threads
 -------
@@ -328,21 +332,25 @@ def _walked_geometry(g):
     """``(geometry, stacked)``: the geometry the kernel walks, and whether
     its images are stacked (:func:`_stacks`).
 
-    A 1x1 layer without stride or padding whose planes hold at most half
-    the pixels a block of ``UKERNEL_TILE_BLOCK`` tiles covers is walked as
-    one row of ``H*W`` pixels per image, the images stacked: the batch is
-    then one rectangle of whole tiles, and every weight block serves the
-    tiles of two images or more per sweep, where the per-image walk streamed
-    all the weights once per image (through a short last tile each).  At
-    batch 8 (Intel Xeon, best of three alternating processes) ResNet-50's
-    and MobileNet's 7x7 1x1 layers and GoogLeNet's 5b 1x1 ran 1.02-1.19x
-    faster on one thread and 1.0-1.18x on two with prepacked weights, and
-    functional calls (which then pack the weights inside the kernel) 1.05-1.19x
-    and 1.04-1.36x; 14x14 planes (a tile block of under one image) ran 10 %
-    slower, so they keep the per-image walk.
+    A 1x1 layer without stride or padding whose planes hold at most the
+    pixels a block of ``UKERNEL_TILE_BLOCK`` tiles covers is walked as one
+    row of ``H*W`` pixels per image, the images stacked: the batch is then
+    one rectangle of whole tiles, and every weight block serves the tiles
+    of one image and more per sweep, where the per-image walk streamed all
+    the weights once per image (through a short last tile each).  At batch
+    8 (Intel Xeon, best of three alternating processes) ResNet-50's and
+    MobileNet's 7x7 1x1 layers and GoogLeNet's 5b 1x1 ran 1.02-1.19x faster
+    on one thread and 1.0-1.18x on two with prepacked weights, and
+    functional calls (which then pack the weights inside the kernel)
+    1.05-1.19x and 1.04-1.36x; 14x14 planes (a tile block of under one
+    image) ran 10 % slower, so they keep the per-image walk.  On AVX2's
+    6-pixel tiles a block covers 96 pixels, 1.96 7x7 planes: stacked (when
+    the rule asked for two planes per block) the same layers and GoogLeNet's
+    other 7x7 1x1 layers ran at batch 8 1.03-1.19x faster on two threads
+    and 0.97-1.08x on one (AMD EPYC, functional, best of 5 alternating).
     """
     if (g.batch > 1 and unpadded_1x1(g) and (g.stride_h, g.stride_w) == (1, 1)
-            and 2 * g.height * g.width <= UKERNEL_TILE_BLOCK * MR):
+            and g.height * g.width <= UKERNEL_TILE_BLOCK * MR):
         return dataclasses.replace(g, height=1, width=g.height * g.width), True
     return g, _stacks(g)
 
@@ -357,7 +365,7 @@ def _stacking_ratio(g):
     if (g.batch < 2 or g.out_height * g.out_width > UKERNEL_STACK_PIXELS
             or _interior_pixels(d) == g.out_height * g.out_width):
         return None
-    per_image = KernelGeometry(*kernel_geometry(_staged_geometry(g, (False, True, 1)) if _pads(g) else g))
+    per_image = KernelGeometry(*kernel_geometry(_staged_geometry(g, Staging(False, True, 1)) if _pads(g) else g))
     walked = _tiled_pixels(per_image, False)
     return _tiled_pixels(d, True) / walked if walked else None
 
@@ -593,25 +601,29 @@ def packed_elements(g) -> int:
 def _stage(x, x_at, x_image, x_cstep, x_ystep, x_xstep, C, H, W, dest, images, channels_last, left, WP):
     """``images`` images (``x_image`` elements apart from ``x_at``) copied
     into ``dest`` one after the other, each as an ``H x WP`` plane per channel
-    with the input rows at column ``left`` and zeros around them,
-    channels-last or not."""
+    with the input rows (``H`` rows of ``W`` pixels, ``x_ystep`` and
+    ``x_xstep`` elements apart: a stride subsamples) at column ``left`` and
+    zeros around them, channels-last or not."""
     for row in prange(images * H):
         n = row // H
         y = row - n * H
         src_row = x_at + n * x_image + y * x_ystep
         staged_at = n * C * H * WP
-        for xp in range(WP):
-            xx = xp - left
-            inside = 0 <= xx < W
-            src = src_row + xx * x_xstep
-            if channels_last:
+        if channels_last:
+            for xp in range(WP):
+                xx = xp - left
+                inside = 0 <= xx < W
+                src = src_row + xx * x_xstep
                 at = staged_at + (y * WP + xp) * C
                 for c in range(C):
                     dest[(at + c) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
-            else:
-                at = staged_at + y * WP + xp
-                for c in range(C):
-                    dest[(at + c * H * WP) & NONNEG] = x[(src + c * x_cstep) & NONNEG] if inside else 0.0
+        else:  # a channel's row at a time
+            for c in range(C):
+                at = staged_at + (c * H + y) * WP
+                src = src_row + c * x_cstep - left * x_xstep
+                for xp in range(WP):
+                    xx = xp - left
+                    dest[(at + xp) & NONNEG] = x[(src + xp * x_xstep) & NONNEG] if 0 <= xx < W else 0.0
 
 
 def _pads(g):
@@ -623,10 +635,57 @@ def _pads(g):
             and _interior_pixels(KernelGeometry(*kernel_geometry(g))) <= UKERNEL_PAD_INTERIOR * pixels)
 
 
+class Staging(NamedTuple):
+    """The copies of the images a kernel runs on (see :func:`_staging`)."""
+
+    channels_last: bool  # copied channels-last (else in the layout as given)
+    padded: bool         # each row zero-padded by the layer's left and right padding
+    images: int          # images copied and run at a time
+    subsampled: bool = False  # the pixels at the stride only (:func:`_subsampling`)
+
+
+def _subsampling(g, nhwc, scratch_budget=None):
+    """Staging of a strided NCHW 1x1 layer without padding, or None: the
+    pixels at the stride copied into compact images (``C*Ho*Wo`` floats
+    each), as many at a time as fit ``scratch_budget`` elements (None: no
+    limit, the whole batch), which the kernel then runs as a 1x1 layer of
+    stride 1, its images stacked (:func:`_walked_geometry`, which a stride
+    rules out).
+
+    Only where the compact images stack; and NCHW only, where a tile's
+    pixels a stride apart read lines that hold half their floats or fewer
+    for it (an NHWC pixel's channels fill whole lines at any stride).
+    ResNet-50's layer4 downsample (1024 channels, 14x14 to 7x7) at batch 8,
+    direct-ukernel subsampled and stacked against in place (AMD EPYC,
+    functional calls, best of 6 alternating): 29.3 against 33.4 ms on one
+    thread, 14.4 against 16.6 on two.  Subsampled without stacking, batch 1
+    ran 1.08x (one thread) and 1.20x (two) faster too, and layer3's (512
+    channels, 28x28) 1.07x and 1.38x, but the cost model prices
+    direct-ukernel's 7x7 planes 1.1-1.3x too fast (OpenBLAS's within 3 %)
+    and would then pick it for layer4's over im2col, which ran 1.25-1.29x
+    faster; and layer2's (256 channels, 56x56), whose tiles' input stays in
+    L2 in place, ran 0.90-0.94x as fast.
+    """
+    if (nhwc or not unpadded_1x1(g) or (g.stride_h, g.stride_w) == (1, 1) or g.batch == 0
+            or g.out_height <= 0 or g.out_width <= 0 or not _walked_geometry(_subsampled_geometry(g))[1]):
+        return None
+    copy = g.in_channels * g.out_height * g.out_width
+    fitting = g.batch if scratch_budget is None else min(g.batch, scratch_budget // copy)
+    if fitting < 1:
+        return None
+    return Staging(False, False, ceil_div(g.batch, ceil_div(g.batch, fitting)), True)
+
+
+def _subsampled_geometry(g):
+    """A strided 1x1 layer without padding as the 1x1 layer of stride 1 the
+    kernel runs on its subsampled copy (:func:`_subsampling`)."""
+    return dataclasses.replace(g, height=g.out_height, width=g.out_width, stride_h=1, stride_w=1)
+
+
 def _staging(g, nhwc, stacked, scratch_budget=None):
-    """How the kernel reads the images: ``(channels_last, padded, images)``
-    of the copies it stages first, ``images`` at a time, or None to read the
-    input in place.
+    """How the kernel reads the images: the :class:`Staging` of the copies
+    it stages first, ``images`` at a time, or None to read the input in
+    place.
 
     * NCHW with at most ``UKERNEL_FOLD_CHANNELS`` channels (one group,
       dilation 1): channels-last, so that the tap and channel loops fold;
@@ -663,9 +722,9 @@ def _staging(g, nhwc, stacked, scratch_budget=None):
     copy = _staged_elements(g, padded)
     if wide:
         fits = scratch_budget is None or copy * g.batch <= scratch_budget
-        return (True, False, g.batch) if fits else None
+        return Staging(True, False, g.batch) if fits else None
     fitting = max(1, min(g.batch, UKERNEL_STAGE_ELEMENTS // copy))
-    return (nhwc or fold, padded, ceil_div(g.batch, ceil_div(g.batch, fitting)))
+    return Staging(nhwc or fold, padded, ceil_div(g.batch, ceil_div(g.batch, fitting)))
 
 
 def _staged_elements(g, padded):
@@ -676,10 +735,10 @@ def _staged_elements(g, padded):
 def _staged_geometry(g, staging):
     """The geometry the kernel runs on for one chunk of staged images (a
     zero-padded copy is padded along the rows only: see :func:`_staging`)."""
-    _, padded, images = staging
-    if not padded:
-        return dataclasses.replace(g, batch=images)
-    return dataclasses.replace(g, batch=images, width=g.width + g.pad_left + g.pad_right, pad_left=0, pad_right=0)
+    if not staging.padded:
+        return dataclasses.replace(g, batch=staging.images)
+    return dataclasses.replace(g, batch=staging.images, width=g.width + g.pad_left + g.pad_right,
+                               pad_left=0, pad_right=0)
 
 
 class Tiling(NamedTuple):
@@ -693,7 +752,7 @@ class Tiling(NamedTuple):
     packs: bool         # the kernel packs the weights as given (:func:`_plan_packing`)
     stacked: bool       # the images are stacked into the rectangles (:func:`_stacks`)
     launched: tuple     # the kernel's geometry (a staged image's when staged)
-    staging: Optional[tuple]  # (channels_last, padded, images) of the copies, or None (:func:`_staging`)
+    staging: Optional[Staging]  # the copies the kernel runs on, or None: in place
 
 
 def _channel_block(g):
@@ -737,10 +796,15 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     per channel block, channel and kernel row (``UKERNEL_STACK_SEGMENT_COST``;
     :func:`_walk_stores`).  A reduction run in channel blocks
     (:func:`_channel_block`) reads and writes the outputs once more per
-    further block.
+    further block.  A strided 1x1 layer without padding is planned as the
+    1x1 layer of stride 1 it runs as on its subsampled copy
+    (:func:`_subsampling`).
     """
+    subsampling = _subsampling(g, nhwc, scratch_budget)
+    if subsampling:
+        g = _subsampled_geometry(g)
     g, stacked = _walked_geometry(g)
-    staging = _staging(g, nhwc, stacked, scratch_budget)
+    staging = subsampling or _staging(g, nhwc, stacked, scratch_budget)
     run = _staged_geometry(g, staging) if staging else g
     launched = kernel_geometry(run)
     d = KernelGeometry(*launched)
@@ -757,8 +821,8 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
                        min_rows=1, min_cols=1, prefer="rows")
     last = mg - (blocks - 1) * NR  # channels of the last block
     channels = (blocks - 1) * NR + (VL if last <= VL else NR)
-    copy = _staged_elements(g, staging[1]) if staging else 0  # per image
-    chunks = ceil_div(g.batch, staging[2]) if staging else 0
+    copy = _staged_elements(g, staging.padded) if staging else 0  # per image
+    chunks = ceil_div(g.batch, staging.images) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
     channel_block = _channel_block(g)
     # A reduction in blocks reads and writes the outputs once more per block.
@@ -766,7 +830,7 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # NCHW input: every (tile, channel block, channel, kernel row) starts a
     # stream of its own, on a new page for the share of steps a plane is of
     # a page (see UKERNEL_NCHW_PLANE_STEP_COST).
-    planar = not (nhwc or (staging and staging[0]))
+    planar = not (nhwc or (staging and staging.channels_last))
     page_share = min(1.0, FLOAT32_BYTES * d.height * d.width / UKERNEL_NCHW_PLANE_BYTES) if planar else 0.0
     plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h * page_share  # per image
     # Outputs the tile kernel stores through its general path, and the input
@@ -780,9 +844,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
     return KernelPlan(tiling=Tiling(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK,
                                     channel_block, False, stacked, launched, staging),
-                      scratch_elements=copy * (staging[2] if staging else 0),
+                      scratch_elements=copy * (staging.images if staging else 0),
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
-                      moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging[0] != nhwc else 1)
+                      moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging.channels_last != nhwc else 1)
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
                                                 + partial_sums
                                                 + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)
@@ -815,7 +879,7 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
     """:func:`_plan_packing` with ``scratch_budget`` elements for the copy."""
     plan = _plan(g, threads, scratch_budget, nhwc=nhwc)
     tiling = plan.tiling
-    one_launch = tiling.staging is None or tiling.staging[2] == g.batch
+    one_launch = tiling.staging is None or tiling.staging.images == g.batch
     if not (g.batch == 1 or tiling.stacked) or not one_launch or tiling.t_chunks != 1:
         return None
     return dataclasses.replace(
@@ -845,17 +909,21 @@ def _make_compute(nhwc):
             _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
                           channel_block, raw, stacked)
             return
-        channels_last, padded, images = staging
+        channels_last, padded, images, subsampled = staging
         C, H, W = g.in_channels, g.height, g.width
-        left = g.pad_left if padded else 0
         image, plane = C * H * W, g.out_channels * g.out_height * g.out_width
         pixel = C if nhwc else 1
-        staged = KernelGeometry(*launched)
+        # Rows and columns copied, and the steps between them (a subsampled
+        # copy takes the pixels at the stride), and the columns padded on
+        # either side.
+        rows, columns, step_h, step_w = ((g.out_height, g.out_width, g.stride_h, g.stride_w) if subsampled
+                                         else (H, W, 1, 1))
+        left, right = (g.pad_left, g.pad_right) if padded else (0, 0)
         for n in range(0, g.batch, images):
             count = min(images, g.batch - n)
-            if padded:
-                _stage(x, n * image, image, 1 if nhwc else H * W, W * pixel, pixel, C, H, W, scratch, count,
-                       channels_last, left, staged.width)
+            if padded or subsampled:
+                _stage(x, n * image, image, 1 if nhwc else H * W, step_h * W * pixel, step_w * pixel, C,
+                       rows, columns, scratch, count, channels_last, left, left + columns + right)
             else:  # channels-last only
                 transpose_blocks(x, n * image, scratch, 0, count, C, H * W)
             chunk, tiles = launched, plane_tiles
@@ -895,6 +963,9 @@ for _name, _unsupported, _what, _claims in (
                                 f"{UKERNEL_STAGE_ELEMENTS} floats, at least one): rows zero-padded (Wp) when "
                                 f"the output has at most {UKERNEL_PAD_PIXELS} pixels, mostly border ones, and the "
                                 "images are not stacked"
+                              + ("" if _nhwc else "; of a strided 1x1 layer without padding at batch > 1, the "
+                                                  "pixels at the stride (N·C·Ho·Wo, or as many images as a "
+                                                  "memory_limit holds)")
                               + ("" if _nhwc or _name.startswith("pointwise")
                                  else f"; or channels-last: k images when C ≤ {UKERNEL_FOLD_CHANNELS} (groups 1, "
                                       "dilation_w 1), or the whole batch (N·C·H·W) when the images are stacked, "
