@@ -842,11 +842,13 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     segment_steps = segment_starts * blocks * d.channels_per_group if planar else 0.0
     # The kernel's geometry (a staged image's, when staged) travels in the
     # plan: building it per call cost 5 us, a third of a call's fixed cost.
+    # A copy into the other layout transposes as it goes (TRANSPOSE_COST).
+    copy_cost = TRANSPOSE_COST if staging and staging.channels_last != nhwc else 1
     return KernelPlan(tiling=Tiling(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK,
                                     channel_block, False, stacked, launched, staging),
                       scratch_elements=copy * (staging.images if staging else 0),
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
-                      moved_elements=g.batch * (copy * (TRANSPOSE_COST if staging and staging.channels_last != nhwc else 1)
+                      moved_elements=g.batch * (copy * copy_cost
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
                                                 + partial_sums
                                                 + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)
