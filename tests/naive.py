@@ -151,10 +151,11 @@ def channels_last(array):
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
 
 
-def assert_exact_like_reference(name, case, seed, with_bias, layout, threads, prepacked=False):
+def assert_exact_like_reference(name, case, seed, with_bias, layout, threads, prepacked=False, memory_limit=None):
     """Integers in -3..3 (every product and sum exact in float32) through
-    ``name`` in ``layout`` on ``threads`` threads must equal the reference;
-    through a ``Conv2d`` layer (weights packed once) with ``prepacked``."""
+    ``name`` in ``layout`` on ``threads`` threads, under ``memory_limit``,
+    must equal the reference; through a ``Conv2d`` layer (weights packed
+    once) with ``prepacked``."""
     import lowmem_numba as ln
 
     rng = np.random.default_rng(seed)
@@ -165,9 +166,11 @@ def assert_exact_like_reference(name, case, seed, with_bias, layout, threads, pr
     if layout == "NHWC":
         x, expected = channels_last(x), channels_last(expected)
     if prepacked:
-        got = ln.Conv2d(w, bias, algorithm=name, layout=layout, threads=threads, **case.args)(x)
+        got = ln.Conv2d(w, bias, algorithm=name, layout=layout, threads=threads, memory_limit=memory_limit,
+                        **case.args)(x)
     else:
-        got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, **case.args)
+        got = ln.conv2d(x, w, bias, algorithm=name, layout=layout, threads=threads, memory_limit=memory_limit,
+                        **case.args)
     np.testing.assert_array_equal(got, expected)
 
 

@@ -509,19 +509,13 @@ def test_strided_1x1_layers_run_on_a_subsampled_copy(layout, name, stride):
     ``memory_limit`` holds (equal chunks: 3 + 2 of 5), or in place when not
     one fits; NHWC, padded layers and batch 1 in place.  Exact every way,
     functional or prepacked, on 1 and 2 threads."""
-    x_shape, w_shape = (5, 19, 9, 8), (37, 19, 1, 1)
+    case = Case(5, 19, 9, 8, 37, (1, 1), stride, ((0, 0), (0, 0)), (1, 1), 1)
+    x_shape, w_shape = case.x_shape, case.w_shape
     g = make_geometry(x_shape, w_shape, stride, 0)
     assert ukernel._walked_geometry(ukernel._subsampled_geometry(g))[1]  # 20-36 pixels: stacked
     copy = 19 * g.out_height * g.out_width  # one subsampled image
     name += "-nhwc" if layout == "NHWC" else ""
     algorithm = ln._registry.get(name)
-    rng = np.random.default_rng(sum(stride))
-    x = rng.integers(-3, 4, x_shape).astype(np.float32)
-    w = rng.integers(-3, 4, w_shape).astype(np.float32)
-    b = rng.integers(-3, 4, 37).astype(np.float32)
-    expected = conv2d_reference(x, w, b, stride, ((0, 0), (0, 0)))
-    if layout == "NHWC":
-        x, expected = channels_last(x), channels_last(expected)
     for limit, images in ((None, 5), (4 * 3 * copy, 3), (4 * copy - 4, None)):
         plan = algorithm.plan(g, 2, layout, prepacked=True, memory_limit=limit)
         tiling = plan.kernel.tiling
@@ -533,10 +527,8 @@ def test_strided_1x1_layers_run_on_a_subsampled_copy(layout, name, stride):
             launched = ukernel.KernelGeometry(*tiling.launched)
             assert (launched.stride_h, launched.stride_w, launched.batch) == (1, 1, images)
         for threads in (1, 2):
-            layer = ln.Conv2d(w, b, stride=stride, algorithm=name, layout=layout, threads=threads, memory_limit=limit)
-            np.testing.assert_array_equal(layer(x), expected)
-            got = ln.conv2d(x, w, b, stride=stride, algorithm=name, layout=layout, threads=threads)
-            np.testing.assert_array_equal(got, expected)
+            for prepacked, memory_limit in ((True, limit), (False, None)):  # functional: packs, over the limits
+                assert_exact_like_reference(name, case, sum(stride), True, layout, threads, prepacked, memory_limit)
     padded = algorithm.plan(make_geometry(x_shape, w_shape, stride, 1), 2, layout, prepacked=True)
     assert padded.kernel.tiling.staging is None or not padded.kernel.tiling.staging.subsampled
     single = algorithm.plan(make_geometry((1,) + x_shape[1:], w_shape, stride, 0), 2, layout, prepacked=True)
