@@ -29,7 +29,7 @@ import lowmem_numba
 PACKAGE = Path(lowmem_numba.__file__).parent
 
 LAYERS = {
-    0: ["_version", "_compile", "_tuning", "_plan", "_split", "_kernel_geometry", "_microkernel",
+    0: ["_version", "_compile", "_tuning", "_caches", "_plan", "_split", "_kernel_geometry", "_microkernel",
         "_units", "_geometry", "_layout", "_blas", "_threads", "_cache", "_memo", "_timing"],
     1: ["_registry", "_workspace", "_algorithms"],
     2: ["_execute"],

@@ -83,6 +83,7 @@ from fractions import Fraction
 import numpy as np
 from numba import prange
 
+from .._caches import l1_geometry, l2_bytes, l3_bytes
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform
 from .._plan import FLOAT32_BYTES, KernelPlan
@@ -613,34 +614,6 @@ def pack_scratch_elements(g, threads, name) -> int:
 # ----------------------------------------------------------------- plans
 
 
-def _cache_bytes(index, default, smallest=64 * 2**10):
-    """Bytes of cpu0's cache ``index`` (sysfs numbering: 0 is the core's L1
-    data cache, 2 its L2, 3 the shared L3), or ``default`` when unknown or
-    under ``smallest``."""
-    try:
-        with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
-            text = f.read().strip().upper()
-        scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
-        value = int(text.rstrip("KM")) * scale
-        return value if value >= smallest else default
-    except (OSError, ValueError):
-        return default
-
-
-@functools.lru_cache(maxsize=None)
-def l2_bytes() -> int:
-    """Bytes of one core's L2 cache, from sysfs (1 MiB when unknown)."""
-    return _cache_bytes(2, 2**20)
-
-
-@functools.lru_cache(maxsize=None)
-def l3_bytes() -> int:
-    """Bytes of the last-level (L3) cache, from sysfs (8 MiB when unknown:
-    transformed weights larger than that are then priced as read from
-    memory)."""
-    return _cache_bytes(3, 8 * 2**20)
-
-
 def _sizes(g, name):
     m, r, _ = VARIANTS[name]
     alpha = m + r - 1
@@ -678,21 +651,6 @@ def tile_block(g, name) -> int:
 def _stage_channels(g):
     """Channels of an input tile staged and transformed at once."""
     return min(g.channels_per_group, WINOGRAD_STAGE_CHANNELS)
-
-
-@functools.lru_cache(maxsize=None)
-def l1_geometry() -> tuple:
-    """(bytes per way, ways) of cpu0's L1 data cache, from sysfs ((4096, 8),
-    that of most x86 cores, when unknown)."""
-    size = _cache_bytes(0, 0, smallest=1)
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index0/ways_of_associativity") as f:
-            ways = int(f.read())
-    except (OSError, ValueError):
-        ways = 0
-    if size > 0 and ways > 0 and size % (64 * ways) == 0:
-        return size // ways, ways
-    return 4096, 8
 
 
 def _gather_channels(g):
