@@ -20,7 +20,10 @@ direct-pixels' pixel-lane tile has a curve of its own (``pixels_peak``,
 costs it less (on the Intel kind its half-saturation reduction came out
 7.5-12.4 against the channel-lane tile's 14.7-17.7 in five calibrations), and
 a second one on the layers it runs on a padded copy, through a table of input
-offsets (``pixels_staged_peak``, ``pixels_staged_half_k``).  The
+offsets (``pixels_staged_peak``, ``pixels_staged_half_k``).  A register tile
+reading planar (NCHW) input reads its pixels of every reduction step from the
+cache lines of another plane or row (``planar_line_reads``), each line at a
+measured cost (``planar_line_seconds``).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -67,6 +70,7 @@ class Calibration:
     pixels_staged_peak: float = 1.1e11  # and of that tile on staged (padded, kh x kw) layers
     pixels_staged_half_k: float = 14.0
     pack_rate: float = 5.0e9  # float32 elements/s of BLAS's panel packing beyond the fit (DEFAULTS.pack_rate)
+    planar_line_seconds: float = 3e-10  # a line a tile's step reads from planar input (DEFAULTS.planar_line_seconds)
 
 
 def _efficiency(size, half):
@@ -112,10 +116,11 @@ def predict_seconds(plan, c: Calibration) -> float:
         # traffic of a shared machine (AMD Zen 3 kind: 1.5-3.5e9 elements/s).
         serial += count * (m * k + k * n) / c.pack_rate
     serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
+    serial += plan.planar_line_reads * c.planar_line_seconds
     serial += plan.vector_flops / c.vector_rate
     threads = plan.threads
     usable = min(threads, max(1, plan.parallel_items))
-    speedup = 1.0 + (usable - 1) * c.thread_efficiency
+    speedup = (1.0 + (usable - 1) * c.thread_efficiency) / (plan.balance if usable > 1 else 1.0)
     shared = plan.memory_elements / c.copy_rate  # the threads share the memory's bandwidth
     return serial / speedup + shared + plan.launches * c.launch_seconds * (1 + 0.5 * (threads - 1))
 
@@ -133,7 +138,7 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 11  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+_CALIBRATION_VERSION = 12  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
                            # here): a stored launch cost from before steered small layers wrongly;
                            # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
                            # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
@@ -144,7 +149,9 @@ _CALIBRATION_VERSION = 11  # 3: vector_rate; 4: launch_seconds after the fixed-c
                            # the tiles' curves are measured again; 10: direct-pixels' curve on 36x36
                            # planes (32x32 ones alias in L1) and on staged layers, its AVX2 tile 4
                            # channels wide; 11: BLAS's panel packing timed with the GEMM curve
-                           # (pack_rate) instead of priced at the copy rate
+                           # (pack_rate) instead of priced at the copy rate; 12: the lines a tile's
+                           # steps read from planar input measured (planar_line_seconds), instead of 6
+                           # copies per tile, channel and kernel row times the share of a page a plane is
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -207,6 +214,9 @@ PLAUSIBLE = {
     # as copy_rate; packing that costs nothing beyond the curve is given the
     # upper end (_measure_gemm)
     "pack_rate": (5e7, 1e12),
+    # a line that costs nothing beyond the tile's curve is 0 (_measure_ukernel);
+    # 100 ns is a trip to memory a hundred times over
+    "planar_line_seconds": (0.0, 1e-7),
 }
 
 #: Values below these are measured again like implausible ones (up to
@@ -227,17 +237,22 @@ _MAX_FIT_RMS = 0.1
 #: calibration of a 2-core AVX-512 machine (Intel Xeon, OpenBLAS 0.3.30), except
 #: thread_efficiency, which is set below the measured 0.95 on purpose: too low
 #: a value puts large layers on one thread (1.1-2x slower), too high a value
-#: only spreads small layers, whose launch cost the model prices anyway.
+#: only spreads small layers, whose launch cost the model prices anyway, and
+#: planar_line_seconds, not yet calibrated there (the AMD Zen 3 kind's
+#: 0.15-0.23 ns, rounded up; the Intel kind's 1x1 layers on 56x56 planes had
+#: taken 1.7-1.8 ns per tile, channel block and channel beyond the model of
+#: the time, which priced no plane walk).
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
                        direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
                        ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0,
-                       pixels_staged_peak=1.1e11, pixels_staged_half_k=14.0, pack_rate=5.0e9)
+                       pixels_staged_peak=1.1e11, pixels_staged_half_k=14.0, pack_rate=5.0e9,
+                       planar_line_seconds=3e-10)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k", "pack_rate"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
            "launch": ("launch_seconds",),
            "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k", "pixels_staged_peak",
-                       "pixels_staged_half_k")}
+                       "pixels_staged_half_k", "planar_line_seconds")}
 
 
 @dataclass(frozen=True)
@@ -401,7 +416,7 @@ def implausible(values: dict) -> list:
 _PACK_SHAPE = (512, 49, 4608)
 
 
-def _measure_gemm(best):
+def _measure_gemm(best, known):
 
     calls = _gemm_calls()
     pack = _gemm_call(*_PACK_SHAPE)
@@ -420,7 +435,7 @@ def _measure_gemm(best):
     return values, rms
 
 
-def _measure_copy(best):
+def _measure_copy(best, known):
 
     src = np.ones(4 * 2**20, np.float32)  # 32 MiB of traffic: beyond the caches
     dst = np.empty_like(src)
@@ -442,7 +457,7 @@ def _prepacked_call(name, x_shape, w_shape, padding, groups=1, layout="NCHW"):
     return plan, lambda: execute(plan, x, w, no_bias, out)
 
 
-def _measure_direct(best):
+def _measure_direct(best, known):
 
     plan, call = _prepacked_call("direct-sum2d", (1, 16, 32, 32), (16, 16, 3, 3), 1)
     with kernel_threads(1):
@@ -457,7 +472,7 @@ def _measure_direct(best):
 _VECTOR_SHAPE = ((1, 64, 64, 64), (64, 1, 3, 3), ((0, 0), (1, 1)), 64)
 
 
-def _measure_vector(best):
+def _measure_vector(best, known):
 
     plan, call = _prepacked_call("depthwise", *_VECTOR_SHAPE)
     with kernel_threads(1):
@@ -507,33 +522,57 @@ def fit_reduction(rates: dict):
     return float(np.exp(r[best].mean())), float(grid[best])
 
 
-def _measure_ukernel(best):
+#: A planar line's cost (``planar_line_seconds``; see the micro-kernel's
+#: plan for the lines a step reads) is what direct-ukernel's NCHW 1x1 layers
+#: take beyond their prediction without it (the tile's curve, the transposed
+#: stores, the launch), per line: least squares of the relative error over
+#: two layers into 256 channels, on 14x14 and 28x28 planes of 256 channels
+#: (0.3 and 1.3 ms), timed in the rounds of the tiles' curves so that both
+#: see the same phase of a shared machine (timed apart, three calibrations
+#: in a noisy phase gave 0, 0.02 and 0.22 ns; in the same rounds 0.15-0.23
+#: on the AMD Zen 3 kind).  Until version 12 the model priced 6 copies per
+#: tile, channel block, channel and kernel row, times the share of a 4 KiB
+#: page a plane is (fitted on the Intel Xeon kind's 56x56 planes).  On the
+#: AMD Zen 3 kind the kernel's 1x1 layers then ran 0.64-0.72x their
+#: prediction on 28x28 and 56x56 planes and 1.07-1.22x on 7x7 ones, relative
+#: to conv-1x1-gemm's (best of 5 alternating, batch 1 and 8, one thread).
+_PLANAR_LAYERS = ((1, 256, 14, 14), (1, 256, 28, 28))
+
+
+def _measure_ukernel(best, known):
     # Each tile's curve on its layers (_TILE_LAYERS), in the layout it stores
-    # without transposing.
-    calls, flops = {}, {}
+    # without transposing; in the same rounds, the planar layers.
+    calls, flops, planar = {}, {}, {}
     for tile, (name, layout, rows, cols, side, channels) in _TILE_LAYERS.items():
         for c in channels:
             key = tile, c * side**2  # the tile and the layer's reduction
             plan, calls[key] = _prepacked_call(name, (1, c, rows, cols), (256, c, side, side), side // 2,
                                                layout=layout)
             flops[key] = sum(2.0 * count * m * n * k for count, m, n, k in plan.gemms)
+    for shape in _PLANAR_LAYERS:
+        planar[shape], calls[shape] = _prepacked_call("direct-ukernel", shape, (256, shape[1], 1, 1), 0)
     with kernel_threads(1):
         _interleaved_best(calls, best)
     constants = {}
     for tile in _TILE_LAYERS:
         peak, half = fit_reduction({k: flops[t, k] / best[t, k] for t, k in flops if t == tile})
         constants.update({f"{tile}_peak": peak, f"{tile}_half_k": half})
+    free = Calibration(**{**asdict(DEFAULTS), **known, **constants, "planar_line_seconds": 0.0})
+    lines = np.array([plan.planar_line_reads / best[s] for s, plan in planar.items()])  # per second measured
+    excess = np.array([(best[s] - predict_seconds(plan, free)) / best[s] for s, plan in planar.items()])
+    # Lines that cost nothing beyond the rest of the prediction cost 0.
+    constants["planar_line_seconds"] = max(0.0, float(lines @ excess / (lines @ lines)))
     return constants
 
 
-def _measure_launch(best):
+def _measure_launch(best, known):
     # execute() enters kernel_threads (BLAS and Numba thread limits), as every call does.
     _, call = _prepacked_call("direct-sum2d", (1, 1, 4, 4), (1, 1, 1, 1), 0)
     _interleaved_best({"launch": call}, best, repeats=5)
     return {"launch_seconds": best["launch"] / 2}
 
 
-def _measure_threads(best):
+def _measure_threads(best, known):
 
     threads = max_threads()
     if threads <= 1:
@@ -559,6 +598,8 @@ def _measure_threads(best):
     return {"thread_efficiency": (best[1] / best[threads] - 1) / (threads - 1)}
 
 
+#: Each group's measurement, in this order: ``measure(best, known)`` times
+#: into ``best`` and may price with ``known``, the constants measured before.
 _MEASURE = {"gemm": _measure_gemm, "copy": _measure_copy, "direct": _measure_direct,
             "vector": _measure_vector, "threads": _measure_threads, "launch": _measure_launch,
             "ukernel": _measure_ukernel}
@@ -590,7 +631,7 @@ def calibrate_run(*, attempts=None, pause=None) -> CalibrationRun:
             if attempt:
                 remeasured.append(group)
                 time.sleep(pause)
-            measured = measure(best)
+            measured = measure(best, values)
             if group == "gemm":
                 measured, rms = measured
             bad = [name for name in implausible({**asdict(DEFAULTS), **measured}) if name in measured]
@@ -741,6 +782,8 @@ def describe(c: Calibration, threads=None) -> list:
                              ("direct-pixels' tile, staged", c.pixels_staged_peak, c.pixels_staged_half_k)):
         lines.append(f"{what}: {peak / 1e9:.1f} GFLOP/s on long reductions; a reduction of 64 runs at "
                      f"{eff(64, half):.0f} % of it, 16 at {eff(16, half):.0f} % (half-saturation {half:.1f})")
+    lines.append(f"a cache line a register tile's step reads from planar (NCHW) input: "
+                 f"{c.planar_line_seconds * 1e9:.2f} ns")
     return lines
 
 

@@ -68,9 +68,19 @@ class KernelPlan:
         equivalents, that more threads do not move faster: they share the
         memory's bandwidth.  Priced at the copy rate (itself memory's),
         without the threads' speed-up.
+    planar_line_reads : int
+        Cache lines a register tile's reduction steps read from planar
+        (NCHW) input: every step (tile, channel block, input channel, tap)
+        broadcasts its pixels from another plane or row, reading the lines
+        they span.  Priced at the calibrated cost of one
+        (``planar_line_seconds``).
     parallel_items : int
         Independent items the run hands to ``prange``: more threads than
         items cannot help.
+    balance : float
+        Wall time of the parallel items on the threads of the plan relative
+        to a perfect share of their work (>= 1): items of unequal work leave
+        threads idle.  1 when the family's items are (about) equal.
     launches : int
         Parallel regions the run starts (each has a fixed cost).
     tile_kernel : str, optional
@@ -85,16 +95,20 @@ class KernelPlan:
     direct_flops: int = 0
     vector_flops: int = 0
     memory_elements: int = 0
+    planar_line_reads: int = 0
     parallel_items: int = 1
     launches: int = 1
     tile_kernel: str | None = None
+    balance: float = 1.0
 
     def __post_init__(self):
         for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "memory_elements",
-                     "parallel_items", "launches"):
+                     "planar_line_reads", "parallel_items", "launches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
+        if not (isinstance(self.balance, (int, float)) and 1.0 <= self.balance < float("inf")):
+            raise ValueError(f"KernelPlan.balance must be a finite number >= 1; got {self.balance!r}")
         object.__setattr__(self, "gemms", tuple(Gemms(*(int(v) for v in shape)) for shape in self.gemms))
 
 
@@ -205,6 +219,11 @@ class CallPlan:
         return self.runs * self.kernel.memory_elements
 
     @property
+    def planar_line_reads(self) -> int:
+        """Cache lines the register tiles' steps read from planar input, all runs."""
+        return self.runs * self.kernel.planar_line_reads
+
+    @property
     def launches(self) -> int:
         """Parallel regions of the call: packing, each run, each conversion."""
         if self.runs == 0:
@@ -216,3 +235,8 @@ class CallPlan:
     @property
     def parallel_items(self) -> int:
         return self.kernel.parallel_items
+
+    @property
+    def balance(self) -> float:
+        """The kernel's items' wall time relative to a perfect share (see KernelPlan)."""
+        return self.kernel.balance

@@ -196,26 +196,6 @@ UKERNEL_GENERAL_STORE_COST = 4.5
 #: other pages), in plain-copy elements per further image per tile, channel
 #: block, input channel and kernel row.  Fitted with UKERNEL_GENERAL_STORE_COST.
 UKERNEL_STACK_SEGMENT_COST = 0.85
-#: The NCHW micro-kernel's input reads: each reduction step broadcasts its
-#: pixels from the next channel's plane, so every tile, channel block,
-#: channel and kernel row starts a stream no hardware prefetcher follows (the
-#: tile kernels' own prefetch hides part of it), on a new page for the share
-#: of steps a plane is of UKERNEL_NCHW_PLANE_BYTES (a page; at most all of
-#: them).  In plain-copy elements per start on a new page.  On a 2-core
-#: Intel Xeon (AVX-512, 2 MiB L2), one thread, best of three alternating
-#: processes, the model without it predicted 1x1 256->128
-#: and 256->64 on 56x56, and 1x1 256->512 at stride 2, 1.13 / 0.57 / 1.15 ms
-#: against 1.58 / 0.80 / 1.64 measured (1.7-1.8 ns per start, 6.3-6.7 copies
-#: at the calibrated 3.7 G floats/s), while 512->256 on 28x28 (3 KiB planes)
-#: ran as predicted; direct-pixels, which loads whole pixel vectors, ran 1x1
-#: 256->128 on 56x56 in 1.11 ms (1.13 predicted), and so is chosen there now.
-#: 3x3 128->128 at stride 2 on 56x56: 1.17 predicted without, 1.33 with, 1.40
-#: measured.  Planes under a page were first not priced at all: on 28x28
-#: planes (3 KiB) direct-ukernel then ran ResNet's 1x1 512->256 1.15-1.20x
-#: slower than direct-pixels at batch 1 and 8 (three runs, interleaved in one
-#: process) while predicted 1.03x; priced by page share, 1.29x.
-UKERNEL_NCHW_PLANE_STEP_COST = 6
-UKERNEL_NCHW_PLANE_BYTES = 4096
 #: direct-pixels sweeps runs of tiles whose input (at most this many bytes:
 #: 48 pixels x C/g x kh x kw floats each) stays in cache while every channel
 #: block passes over them, so the outputs go to one block's planes at a time.

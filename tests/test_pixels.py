@@ -358,3 +358,40 @@ def test_runs_of_single_tiles(x_shape, w_shape, padding):
     expected = conv2d_reference(x, w, None, (1, 1), ((padding, padding), (padding, padding)))
     for threads in (1, 2):
         np.testing.assert_array_equal(ln.conv2d(x, w, padding=padding, algorithm=NAME, threads=threads), expected)
+
+
+@pytest.mark.parametrize("row_len", [1, 7, 49, 196, 784, 3136])
+@pytest.mark.parametrize("chunks, images, threads", [(1, 1, 1), (2, 1, 2), (3, 1, 2), (2, 8, 2), (4, 1, 2), (2, 3, 2)])
+def test_pointwise_plans_price_the_split_of_their_planes(row_len, chunks, images, threads):
+    """The balance of a 1x1 plan's pixel split is each thread's share of the
+    priced tile vectors, from the kernel's own numbering of tiles and items,
+    against a perfect share: 1 when every thread runs whole planes."""
+    units = pixels._row_units(row_len, True)
+    head = 0  # the balance takes the head tile as empty
+    vectors = []
+    for k in range(units):
+        _, valid = pixels._unit_span(k, head, 1, row_len)
+        whole, rest = divmod(-(-valid // mk.VL), pixels.PIXEL_VECTORS)
+        vectors.append(whole * pixels.PIXEL_VECTORS + pixels.TILE_VECTORS[rest])
+    items = images * chunks
+    per_item = [sum(vectors[k] for k in range(units) if i % chunks * units // chunks <= k
+                    < (i % chunks + 1) * units // chunks) for i in range(items)]
+    shares = [sum(per_item[t * items // threads:(t + 1) * items // threads]) for t in range(min(threads, items))]
+    expected = max(shares) * len(shares) / sum(shares)
+    assert pixels._plane_split_balance(row_len, chunks, items, threads) == pytest.approx(max(1.0, expected))
+    if items % threads == 0 and (items // threads) % chunks == 0:
+        assert pixels._plane_split_balance(row_len, chunks, items, threads) == 1.0
+
+
+def test_pointwise_plans_carry_the_balance_of_their_split():
+    """A 7x7 1x1 layer at batch 1 on two threads is cut by pixels (its
+    channel blocks are the cheaper cut to keep whole), and its plan prices
+    that cut's longer share; on one thread, or cut into whole planes, 1."""
+    for batch in (1, 8):
+        g = make_geometry((batch, 832, 7, 7), (128, 832, 1, 1))
+        for threads in (1, 2):
+            plan = ln._registry.get("direct-pixels").plan(g, threads)
+            chunks, items = plan.kernel.tiling[8], plan.parallel_items
+            expected = pixels._plane_split_balance(49, chunks, items, threads) if chunks > 1 else 1.0
+            assert plan.balance == expected
+            assert (plan.balance > 1.0) == (threads == 2 and batch == 1 and chunks > 1)

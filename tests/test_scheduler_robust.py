@@ -111,15 +111,15 @@ def test_concurrent_first_calls_calibrate_once(fresh_cache, monkeypatch):
 def _clean_measures(threads):
     """Stand-ins for costmodel._MEASURE: clean, plausible groups, with
     ``threads`` measuring the thread efficiency."""
-    return {"gemm": lambda best: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
-            "copy": lambda best: {"copy_rate": 5e9}, "direct": lambda best: {"direct_rate": 2e9},
-            "threads": threads, "launch": lambda best: {"launch_seconds": 1e-5}}
+    return {"gemm": lambda best, known: (dict(gemm_peak=1e11, half_m=15.0, half_n=3.6, half_k=4.3), 0.004),
+            "copy": lambda best, known: {"copy_rate": 5e9}, "direct": lambda best, known: {"direct_rate": 2e9},
+            "threads": threads, "launch": lambda best, known: {"launch_seconds": 1e-5}}
 
 
 def test_implausible_measurement_falls_back_and_is_not_stored(fresh_cache, monkeypatch):
     attempts = []
 
-    def hogged(best):
+    def hogged(best, known):
         attempts.append(1)
         return {"thread_efficiency": 0.05}  # another process took the second core
 
@@ -142,7 +142,7 @@ def test_a_doubtful_thread_efficiency_is_measured_again_and_the_last_stands(fres
     SMT gives about 0.5), not a reason to fall back."""
     attempts = []
 
-    def threads(best):
+    def threads(best, known):
         attempts.append(1)
         return {"thread_efficiency": measurements[len(attempts) - 1]}
 
@@ -239,7 +239,7 @@ def test_blas_packing_is_timed_against_the_gemm_curve(monkeypatch, packing_secon
         return best
 
     monkeypatch.setattr(costmodel, "_interleaved_best", timed)
-    values, rms = costmodel._measure_gemm({})
+    values, rms = costmodel._measure_gemm({}, {})
     assert rms < 1e-3 and {key: values[key] for key in curve} == pytest.approx(curve, rel=0.03)
     expected = (m * k + k * n) / packing_seconds if packing_seconds > 0 else costmodel.PLAUSIBLE["pack_rate"][1]
     assert values["pack_rate"] == pytest.approx(expected, rel=0.05)
@@ -248,6 +248,40 @@ def test_blas_packing_is_timed_against_the_gemm_curve(monkeypatch, packing_secon
         c = dataclasses.replace(DEFAULTS, **curve, pack_rate=2e9, copy_rate=copy_rate)
         assert costmodel.predict_seconds(_gemms_plan(3, m, n, k), c) == pytest.approx(
             3 * (seconds((m, n, k)) + (m * k + k * n) / 2e9), rel=1e-9)
+
+
+@pytest.mark.parametrize("line_seconds", [0.0, 2e-10, 2e-9, -1e-10])
+def test_planar_line_cost_is_what_planar_layers_take_beyond_the_rest(line_seconds, monkeypatch):
+    """_measure_ukernel recovers the cost of a line read from planar input
+    from NCHW layers that take exactly the prediction without it (on the
+    constants measured before and the tiles' fitted curves) plus that cost
+    per line; layers faster than the rest of the prediction give 0."""
+    known = dict(copy_rate=3e9, launch_seconds=5e-6)
+    curve = (9e10, 20.0)  # every tile's fitted (peak, half)
+    free = dataclasses.replace(DEFAULTS, **known, ukernel_peak=curve[0], ukernel_half_k=curve[1],
+                               pixels_peak=curve[0], pixels_half_k=curve[1], pixels_staged_peak=curve[0],
+                               pixels_staged_half_k=curve[1], planar_line_seconds=0.0)
+    plans = {}
+
+    def timed(calls, best, **kwargs):
+        for key in calls:
+            if key in costmodel._PLANAR_LAYERS:
+                g = make_geometry(key, (256, key[1], 1, 1))
+                plan = plans[key] = ln._registry.get("direct-ukernel").plan(g, 1, prepacked=True)
+                best[key] = costmodel.predict_seconds(plan, free) + plan.planar_line_reads * line_seconds
+            else:
+                best[key] = 1e-3
+        return best
+
+    monkeypatch.setattr(costmodel, "_interleaved_best", timed)
+    monkeypatch.setattr(costmodel, "fit_reduction", lambda rates: curve)
+    measured = costmodel._measure_ukernel({}, known)["planar_line_seconds"]
+    assert len(plans) == 2 and all(plan.planar_line_reads > 0 for plan in plans.values())
+    assert measured == pytest.approx(max(0.0, line_seconds), abs=1e-14)
+    c = dataclasses.replace(free, planar_line_seconds=measured)
+    for plan in plans.values():
+        assert costmodel.predict_seconds(plan, c) == pytest.approx(
+            costmodel.predict_seconds(plan, free) + plan.planar_line_reads * measured, rel=1e-12)
 
 
 def test_memory_streams_are_priced_without_the_threads_speed_up():
@@ -264,6 +298,24 @@ def test_memory_streams_are_priced_without_the_threads_speed_up():
     assert seconds(1, memory_elements=10**6) == seconds(2, memory_elements=10**6) == pytest.approx(1e-3)
     assert seconds(2, moved_elements=10**6) == pytest.approx(0.5e-3)
     assert seconds(2, moved_elements=10**6, memory_elements=10**6) == pytest.approx(1.5e-3)
+
+
+def test_an_unbalanced_split_costs_its_longest_share():
+    """A kernel plan's balance (its items' wall time over a perfect share)
+    divides the threads' speed-up; on one thread, or one item, it costs
+    nothing."""
+    g = make_geometry((1, 1, 1, 1), (1, 1, 1, 1))
+    c = dataclasses.replace(DEFAULTS, copy_rate=1e9, thread_efficiency=1.0)
+
+    def seconds(threads, balance, items=2):
+        kernel = KernelPlan(parallel_items=items, launches=0, moved_elements=10**6, balance=balance)
+        return costmodel.predict_seconds(CallPlan("toy", g, threads, "NCHW", True, g, 1, kernel, 0, 0, 0), c)
+
+    assert seconds(2, 1.25) == pytest.approx(1.25 * seconds(2, 1.0)) == pytest.approx(0.625e-3)
+    assert seconds(1, 1.25) == seconds(1, 1.0) == seconds(2, 1.25, items=1) == pytest.approx(1e-3)
+    for bad in (0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="balance"):
+            KernelPlan(balance=bad)
 
 
 def test_micro_kernel_gemms_are_priced_on_their_own_curve():

@@ -604,27 +604,24 @@ def test_packed_weights_follow_the_documented_layout(groups, mg, cg, kh, kw, thr
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("hw, kernel, stride, groups", [(56, (1, 1), 1, 1), (56, (3, 3), 2, 2), (45, (5, 3), 1, 1),
-                                                        (31, (3, 3), 1, 1), (14, (1, 1), 1, 1)])
-def test_nchw_plans_price_a_stream_per_plane_step(layout, hw, kernel, stride, groups, monkeypatch, forget_plans):
-    """NCHW input planes cost UKERNEL_NCHW_PLANE_STEP_COST copies per (tile,
-    channel block, channel, kernel row) of every image and group, times the
-    share of UKERNEL_NCHW_PLANE_BYTES a plane is (at most 1); channels-last
-    input nothing."""
-    from lowmem_numba._tuning import UKERNEL_NCHW_PLANE_BYTES, UKERNEL_NCHW_PLANE_STEP_COST
-
+                                                        (31, (3, 3), 1, 1), (14, (1, 1), 1, 1),
+                                                        (14, (3, 3), 1, 2)])
+def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, groups, monkeypatch, forget_plans):
+    """On NCHW input every step (tile, channel block, channel, tap) of every
+    image and group reads the lines its pixels span, on average
+    ``1 + (MR - 1) * stride / 16`` (priced apart: planar_line_seconds),
+    unless an image's planes of a group fit in L1; channels-last input none."""
+    monkeypatch.setattr(ukernel, "l1_bytes", lambda: 4 * 24 * 14 * 14 - 1)  # all but 24 14x14 planes of 2 groups
     batch, c, m = 2, 24, 40
     name = "direct-ukernel" if layout == "NCHW" else "direct-ukernel-nhwc"
     kh, kw = kernel
     g = make_geometry((batch, c, hw, hw), (m, c // groups, kh, kw), stride, (kh // 2, kw // 2), 1, groups)
     plan = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
-    ln._memo.clear_all()
-    monkeypatch.setattr(ukernel, "UKERNEL_NCHW_PLANE_STEP_COST", 0)
-    free = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
     (_, pixels, _, _), = plan.kernel.gemms
-    steps = batch * groups * -(-pixels // mk.MR) * -(-(m // groups) // mk.NR) * (c // groups) * kh
-    share = min(1, 4 * hw * hw / UKERNEL_NCHW_PLANE_BYTES) if layout == "NCHW" else 0
-    assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(
-        steps * UKERNEL_NCHW_PLANE_STEP_COST * share, abs=batch)
+    steps = batch * groups * -(-pixels // mk.MR) * -(-(m // groups) // mk.NR) * (c // groups) * kh * kw
+    lines = steps * (1 + (mk.MR - 1) * stride / 16)
+    beyond_l1 = c // groups * hw * hw >= 24 * 14 * 14
+    assert plan.planar_line_reads == (pytest.approx(lines, abs=1) if layout == "NCHW" and beyond_l1 else 0)
 
 
 def _walk_stores_by_tile(d, stacked, nchw):

@@ -100,6 +100,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 from numba import prange
 
+from .._caches import l1_bytes
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half,
                             transpose_block)
@@ -107,13 +108,12 @@ from .._layout import transpose_blocks
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
-from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_PLANE_BYTES,
-                       UKERNEL_NCHW_PLANE_STEP_COST, UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST,
-                       UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_REDUCTION_BLOCK,
-                       UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
-                       UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_STORE_COST,
+                       UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS,
+                       UKERNEL_REDUCTION_BLOCK, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN,
+                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
-from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
+from ._common import LINE, NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 # ----------------------------------------------------------------- geometry of borders
 
@@ -786,12 +786,15 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     rectangle is priced as the kernel tiles it, at its share of the taps
     (:func:`_tiled_pixels`; the stacking decision prices the per-image walk
     alike, to compare like with like).  A staged call (see :func:`_staging`)
-    runs a chunk of images at a time on their copy.  NCHW input adds a
-    stream start per tile, channel block, channel and kernel row
-    (``UKERNEL_NCHW_PLANE_STEP_COST``), scaled by the share of a page a
-    plane is (at most 1).  Outputs the tile kernel stores through its general
-    path (edge tiles, and in NCHW tiles whose pixels are not consecutive in
-    the output) cost ``UKERNEL_GENERAL_STORE_COST`` each, and a stacked tile
+    runs a chunk of images at a time on their copy.  On NCHW input every
+    reduction step of a tile (channel block, channel and tap) broadcasts its
+    pixels from the lines they span in another plane or row (the plan's
+    ``planar_line_reads``: on average ``1 + (MR - 1) * stride / LINE`` lines
+    per step, priced at the calibrated ``planar_line_seconds``), unless an
+    image's input planes of a group fit in L1.  Outputs the tile kernel
+    stores through its general path (edge tiles, and in NCHW tiles whose
+    pixels are not consecutive in the output) cost
+    ``UKERNEL_GENERAL_STORE_COST`` each, and a stacked tile
     reading NCHW images in place adds a stream per further image it spans,
     per channel block, channel and kernel row (``UKERNEL_STACK_SEGMENT_COST``;
     :func:`_walk_stores`).  A reduction run in channel blocks
@@ -827,12 +830,23 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     channel_block = _channel_block(g)
     # A reduction in blocks reads and writes the outputs once more per block.
     partial_sums = 2 * outputs * (ceil_div(g.channels_per_group, channel_block) - 1)
-    # NCHW input: every (tile, channel block, channel, kernel row) starts a
-    # stream of its own, on a new page for the share of steps a plane is of
-    # a page (see UKERNEL_NCHW_PLANE_STEP_COST).
+    # NCHW input: every step of a tile (channel block, channel, tap) reads the
+    # lines its MR pixels span, from a uniformly distributed offset in the
+    # line (Calibration.planar_line_seconds each).  Per step, not per kernel
+    # row, whose further taps read the same lines: relative to
+    # direct-ukernel-nhwc's time, per tile, channel and kernel row ResNet-50's
+    # 3x3 layers took 0.78-0.91 ns beyond the rest of the prediction at
+    # stride 1 and 1.0-2.1 at stride 2, its 1x1 layers 0.1-0.5, about the
+    # same per line a step reads (0.27-0.31 ns on the 3x3 layers; AMD Zen 3
+    # kind, batch 1, one thread).  Lines from planes that stay in L1 cost
+    # nothing beyond the tile's curve: GoogLeNet's 5x5 layers on 14x14 and
+    # 7x7 planes of 16-48 channels (9-19 KiB) took 0.02-0.06 ns per line,
+    # its 3a 5x5 (28x28 planes of 16 channels, 49 KiB, beyond a 32 KiB L1)
+    # 0.17.
     planar = not (nhwc or (staging and staging.channels_last))
-    page_share = min(1.0, FLOAT32_BYTES * d.height * d.width / UKERNEL_NCHW_PLANE_BYTES) if planar else 0.0
-    plane_steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_h * page_share  # per image
+    beyond_l1 = FLOAT32_BYTES * d.channels_per_group * d.height * d.width > l1_bytes()
+    steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_taps if planar and beyond_l1 else 0
+    planar_lines = steps * (1 + (MR - 1) * d.stride_w / LINE)
     # Outputs the tile kernel stores through its general path, and the input
     # streams stacked tiles add per image they span (see
     # UKERNEL_GENERAL_STORE_COST and UKERNEL_STACK_SEGMENT_COST), per image.
@@ -851,9 +865,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
                       moved_elements=g.batch * (copy * copy_cost
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
                                                 + partial_sums
-                                                + round(plane_steps * g.groups * UKERNEL_NCHW_PLANE_STEP_COST)
                                                 + round(g.groups * (general_outputs * UKERNEL_GENERAL_STORE_COST
                                                                     + segment_steps * UKERNEL_STACK_SEGMENT_COST))),
+                      planar_line_reads=round(g.batch * g.groups * planar_lines),
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
