@@ -422,10 +422,8 @@ def _plan(g, threads):
         row = g.stride_w * phase_len
         x_image, x_group, row_step = 0, g.channels_per_group * staged_rows * row, g.stride_h * row
         staged = g.in_channels * staged_rows * row
-    # Lanes computed: whole vectors of every row, a row's narrower last tile
-    # priced at what it costs (TILE_VECTORS); channels in whole blocks.
-    full, rest = divmod(ceil_div(row_len, VL), PIXEL_VECTORS)
-    pixels = round(rows * (full * PIXEL_VECTORS + TILE_VECTORS[rest]) * VL)
+    # Lanes computed: the vectors of every row's tiles; channels in whole blocks.
+    pixels = round(rows * sum(_row_tile_vectors(row_len)) * VL)
     table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
@@ -457,20 +455,27 @@ def _plane_split_balance(row_len, chunks, items, threads):
     each cut into ``chunks`` equal runs of tiles, item ``i`` being run ``i %
     chunks``) on ``threads`` threads, each an equal contiguous share of the
     items as prange gives them, relative to a perfect share of the work.
-    Tiles are whole ``SPAN`` runs and a narrower last one, priced at
-    ``TILE_VECTORS``; the head tile is taken as empty.  A 7x7 plane (AVX2:
-    3 + 3 + 1.95 vectors) cut in two on two threads is 3 against 4.95: 1.25.
+    Tiles are priced by ``_row_tile_vectors``; the head tile is taken as
+    empty.  A 7x7 plane (AVX2: 3 + 3 + 1.95 vectors) cut in two on two
+    threads is 3 against 4.95: 1.25.
     On two threads GoogLeNet's 5a and 5b 1x1 layers at batch 1 had run
     1.30-1.46x their prediction, against 1.05-1.16 for direct-ukernel, which
     cuts channel blocks (AMD Zen 3 kind, functional, best of 6 alternating)."""
     units = _row_units(row_len, True)
-    full, rest = divmod(ceil_div(row_len, VL), PIXEL_VECTORS)
-    cost = [0.0] + [float(PIXEL_VECTORS)] * full + ([TILE_VECTORS[rest]] if rest else [])
+    cost = [0.0] + _row_tile_vectors(row_len)
     runs = [sum(cost[i * units // chunks:(i + 1) * units // chunks]) for i in range(chunks)]
     shares = [sum(runs[i % chunks] for i in range(t * items // threads, (t + 1) * items // threads))
               for t in range(min(threads, items))]
     total = sum(shares)
     return max(1.0, max(shares) * len(shares) / total) if total > 0 else 1.0
+
+
+def _row_tile_vectors(row_len):
+    """What each tile of a row of ``row_len`` pixels costs, in vectors of a
+    full tile's time: whole ``SPAN`` runs at ``PIXEL_VECTORS``, a narrower
+    last one at what it costs (``TILE_VECTORS``)."""
+    full, rest = divmod(ceil_div(row_len, VL), PIXEL_VECTORS)
+    return [float(PIXEL_VECTORS)] * full + ([TILE_VECTORS[rest]] if rest else [])
 
 
 def _table_elements(g):
