@@ -4,6 +4,7 @@ and the cost model's (each with a default where sysfs does not tell)."""
 from __future__ import annotations
 
 import functools
+import mmap
 
 
 def _cache_bytes(index, default, smallest=64 * 2**10):
@@ -54,3 +55,8 @@ def l3_bytes() -> int:
     transformed weights larger than that are then priced as read from
     memory)."""
     return _cache_bytes(3, 8 * 2**20)
+
+
+def page_bytes() -> int:
+    """Bytes of a memory page (``mmap.PAGESIZE``)."""
+    return mmap.PAGESIZE

@@ -23,7 +23,8 @@ a second one on the layers it runs on a padded copy, through a table of input
 offsets (``pixels_staged_peak``, ``pixels_staged_half_k``).  A register tile
 reading planar (NCHW) input reads its pixels of every reduction step from the
 cache lines of another plane or row (``planar_line_reads``), each line at a
-measured cost (``planar_line_seconds``).  The
+measured cost (``planar_line_seconds``) and a measured cost more per page
+its planes span (``planar_line_page_seconds``).  The
 calibration takes about a second, is checked for plausibility, stored in the user cache
 directory (``lowmem-numba calibrate`` measures it again and shows it), and
 makes predictions deterministic.
@@ -37,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import scipy.optimize
 from numba import prange
 
 from . import _algorithms  # noqa: F401  (registers every algorithm)
@@ -47,6 +49,7 @@ from ._split import split_work
 from ._version import __version__
 from ._algorithms._common import batched_gemm
 from ._cache import cache_dir, machine_id, read_store, update_store
+from ._caches import page_bytes
 from ._geometry import make_geometry
 from ._threads import kernel_threads, max_threads
 
@@ -71,6 +74,7 @@ class Calibration:
     pixels_staged_half_k: float = 14.0
     pack_rate: float = 5.0e9  # float32 elements/s of BLAS's panel packing beyond the fit (DEFAULTS.pack_rate)
     planar_line_seconds: float = 3e-10  # a line a tile's step reads from planar input (DEFAULTS.planar_line_seconds)
+    planar_line_page_seconds: float = 0.0  # what such a line costs more per page of its plane (planar_plane_pages)
 
 
 def _efficiency(size, half):
@@ -116,7 +120,7 @@ def predict_seconds(plan, c: Calibration) -> float:
         # traffic of a shared machine (AMD Zen 3 kind: 1.5-3.5e9 elements/s).
         serial += count * (m * k + k * n) / c.pack_rate
     serial += plan.moved_elements / c.copy_rate + plan.direct_flops / c.direct_rate
-    serial += plan.planar_line_reads * c.planar_line_seconds
+    serial += plan.planar_line_reads * (c.planar_line_seconds + plan.planar_plane_pages * c.planar_line_page_seconds)
     serial += plan.vector_flops / c.vector_rate
     threads = plan.threads
     usable = min(threads, max(1, plan.parallel_items))
@@ -138,7 +142,7 @@ def predict_seconds(plan, c: Calibration) -> float:
 # pause, and if it stays implausible it takes its DEFAULTS value and the result
 # is not stored, so that a later process measures again.
 
-_CALIBRATION_VERSION = 12  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
+_CALIBRATION_VERSION = 13  # 3: vector_rate; 4: launch_seconds after the fixed-cost cuts (11.7 -> 4.3 us
                            # here): a stored launch cost from before steered small layers wrongly;
                            # 5: the micro-kernel's own curve (ukernel_peak, ukernel_half_k);
                            # 6: direct-pixels' tile's own curve (pixels_peak, pixels_half_k);
@@ -151,7 +155,8 @@ _CALIBRATION_VERSION = 12  # 3: vector_rate; 4: launch_seconds after the fixed-c
                            # channels wide; 11: BLAS's panel packing timed with the GEMM curve
                            # (pack_rate) instead of priced at the copy rate; 12: the lines a tile's
                            # steps read from planar input measured (planar_line_seconds), instead of 6
-                           # copies per tile, channel and kernel row times the share of a page a plane is
+                           # copies per tile, channel and kernel row times the share of a page a plane is;
+                           # 13: and their cost per page of their planes (planar_line_page_seconds)
 
 #: Sizes of the varied GEMM dimension when fitting half-saturation sizes, the
 #: other two being ``_GEMM_CENTER``.  They span the channel counts and output
@@ -217,6 +222,7 @@ PLAUSIBLE = {
     # a line that costs nothing beyond the tile's curve is 0 (_measure_ukernel);
     # 100 ns is a trip to memory a hundred times over
     "planar_line_seconds": (0.0, 1e-7),
+    "planar_line_page_seconds": (0.0, 1e-7),
 }
 
 #: Values below these are measured again like implausible ones (up to
@@ -246,13 +252,13 @@ DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, co
                        direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
                        ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0,
                        pixels_staged_peak=1.1e11, pixels_staged_half_k=14.0, pack_rate=5.0e9,
-                       planar_line_seconds=3e-10)
+                       planar_line_seconds=3e-10, planar_line_page_seconds=0.0)
 
 _GROUPS = {"gemm": ("gemm_peak", "half_m", "half_n", "half_k", "pack_rate"), "copy": ("copy_rate",),
            "direct": ("direct_rate",), "vector": ("vector_rate",), "threads": ("thread_efficiency",),
            "launch": ("launch_seconds",),
            "ukernel": ("ukernel_peak", "ukernel_half_k", "pixels_peak", "pixels_half_k", "pixels_staged_peak",
-                       "pixels_staged_half_k", "planar_line_seconds")}
+                       "pixels_staged_half_k", "planar_line_seconds", "planar_line_page_seconds")}
 
 
 @dataclass(frozen=True)
@@ -536,7 +542,17 @@ def fit_reduction(rates: dict):
 #: AMD Zen 3 kind the kernel's 1x1 layers then ran 0.64-0.72x their
 #: prediction on 28x28 and 56x56 planes and 1.07-1.22x on 7x7 ones, relative
 #: to conv-1x1-gemm's (best of 5 alternating, batch 1 and 8, one thread).
-_PLANAR_LAYERS = ((1, 256, 14, 14), (1, 256, 28, 28))
+#: The line's cost per page its plane spans (``planar_line_page_seconds``)
+#: is fitted with it, least squares of both (each at least 0) over five
+#: layers on planes of 0.19 to 4 pages (UKERNEL_PLANAR_PAGES_MAX).  Version
+#: 12's two layers (14x14 and 28x28) are not where the Intel kind's lines
+#: cost: its calibrations there gave 0-0.05 ns per line, and the model then
+#: put ResNet-50's layer2 downsample (56x56 planes) on direct-ukernel, which
+#: ran 0.60-0.89x as fast as direct-pixels.  Six calibrations there gave 0 ns
+#: per line (one: 0.10) and 0.08-0.11 ns per line and page (one: 0.01), so
+#: 0.25-0.34 ns per line on 56x56 planes; with three layers (up to 56x56)
+#: the fit moved more between calibrations.
+_PLANAR_LAYERS = ((1, 256, 14, 14), (1, 256, 28, 28), (1, 256, 40, 40), (1, 256, 56, 56), (1, 256, 64, 64))
 
 
 def _measure_ukernel(best, known):
@@ -557,11 +573,15 @@ def _measure_ukernel(best, known):
     for tile in _TILE_LAYERS:
         peak, half = fit_reduction({k: flops[t, k] / best[t, k] for t, k in flops if t == tile})
         constants.update({f"{tile}_peak": peak, f"{tile}_half_k": half})
-    free = Calibration(**{**asdict(DEFAULTS), **known, **constants, "planar_line_seconds": 0.0})
-    lines = np.array([plan.planar_line_reads / best[s] for s, plan in planar.items()])  # per second measured
+    free = Calibration(**{**asdict(DEFAULTS), **known, **constants, "planar_line_seconds": 0.0,
+                          "planar_line_page_seconds": 0.0})
+    # Per second measured: the lines, and the lines times their planes' pages.
+    lines = np.array([[plan.planar_line_reads / best[s], plan.planar_line_reads * plan.planar_plane_pages / best[s]]
+                      for s, plan in planar.items()])
     excess = np.array([(best[s] - predict_seconds(plan, free)) / best[s] for s, plan in planar.items()])
     # Lines that cost nothing beyond the rest of the prediction cost 0.
-    constants["planar_line_seconds"] = max(0.0, float(lines @ excess / (lines @ lines)))
+    flat, per_page = scipy.optimize.nnls(lines, excess)[0]
+    constants.update(planar_line_seconds=float(flat), planar_line_page_seconds=float(per_page))
     return constants
 
 
@@ -783,7 +803,8 @@ def describe(c: Calibration, threads=None) -> list:
         lines.append(f"{what}: {peak / 1e9:.1f} GFLOP/s on long reductions; a reduction of 64 runs at "
                      f"{eff(64, half):.0f} % of it, 16 at {eff(16, half):.0f} % (half-saturation {half:.1f})")
     lines.append(f"a cache line a register tile's step reads from planar (NCHW) input: "
-                 f"{c.planar_line_seconds * 1e9:.2f} ns")
+                 f"{c.planar_line_seconds * 1e9:.2f} ns, and {c.planar_line_page_seconds * 1e9:.2f} ns more "
+                 f"per {page_bytes() // 1024} KiB page its plane spans")
     return lines
 
 

@@ -73,7 +73,12 @@ class KernelPlan:
         (NCHW) input: every step (tile, channel block, input channel, tap)
         broadcasts its pixels from another plane or row, reading the lines
         they span.  Priced at the calibrated cost of one
-        (``planar_line_seconds``).
+        (``planar_line_seconds``), plus ``planar_line_page_seconds`` per
+        page of ``planar_plane_pages``.
+    planar_plane_pages : float
+        The pages an input plane of those lines spans (at most
+        ``UKERNEL_PLANAR_PAGES_MAX``): a planar line costs more the larger
+        the planes a tile steps between.  0 without planar lines.
     parallel_items : int
         Independent items the run hands to ``prange``: more threads than
         items cannot help.
@@ -96,6 +101,7 @@ class KernelPlan:
     vector_flops: int = 0
     memory_elements: int = 0
     planar_line_reads: int = 0
+    planar_plane_pages: float = 0.0
     parallel_items: int = 1
     launches: int = 1
     tile_kernel: str | None = None
@@ -109,6 +115,9 @@ class KernelPlan:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
         if not (isinstance(self.balance, (int, float)) and 1.0 <= self.balance < float("inf")):
             raise ValueError(f"KernelPlan.balance must be a finite number >= 1; got {self.balance!r}")
+        if not (isinstance(self.planar_plane_pages, (int, float)) and 0.0 <= self.planar_plane_pages < float("inf")):
+            raise ValueError("KernelPlan.planar_plane_pages must be a finite number >= 0; "
+                             f"got {self.planar_plane_pages!r}")
         object.__setattr__(self, "gemms", tuple(Gemms(*(int(v) for v in shape)) for shape in self.gemms))
 
 
@@ -222,6 +231,11 @@ class CallPlan:
     def planar_line_reads(self) -> int:
         """Cache lines the register tiles' steps read from planar input, all runs."""
         return self.runs * self.kernel.planar_line_reads
+
+    @property
+    def planar_plane_pages(self) -> float:
+        """Pages an input plane of the planar lines spans (see KernelPlan)."""
+        return self.kernel.planar_plane_pages
 
     @property
     def launches(self) -> int:

@@ -161,6 +161,23 @@ UKERNEL_PACK_COST = 1.4
 #: later runs 0.73, 0.70 and 0.67: priced at 0.7, about the median of the four
 #: (a difference of two noisy times: runs an hour apart move it by 1.5x).
 UKERNEL_PACK_IN_KERNEL_COST = 0.7
+#: Packing inside the kernel sweeps all of an item's tiles once per weight
+#: block (each block is packed once), so the input rows the tiles read pass
+#: through the core's caches once per block: not on 1x1 layers walked image
+#: by image where those rows take more than this share of L2 and a block of
+#: UKERNEL_TILE_BLOCK tiles would not (the weights are then packed before
+#: the kernel, whose tile blocks keep their input in cache).  Functional
+#: calls, in-kernel against before-kernel packing (Intel Xeon kind, 2 MiB L2,
+#: best of 5 alternating): on one thread at batch 1, 1.35x slower on ResNet-50's
+#: layer2 downsample (1.6 MB of rows read), 1.06-1.12x on its 56x56 and
+#: 28x28 1x1 layers of 256-512 channels and MobileNet's pw1 and pw3 (1.6-3.2
+#: MB; on two threads 0.96-1.16x), 0.90-0.95x (faster) on 1x1 layers reading
+#: 0.8 MB or less.  Not on larger kernels, which do kh x kw taps of work per
+#: row read (VGG-16's 3x3 layers at batch 1, 3.2-12.8 MB: in-kernel
+#: 0.89-1.04x the time), nor on stacked walks, whose short calls gain most
+#: from skipping the packing pass (GoogLeNet's 5a/5b 1x1 layers, ResNet-50's
+#: layer4 downsample and MobileNet's pw13 at batch 8: 0.91-1.04x).
+UKERNEL_PACK_SWEEP_L2_SHARE = 0.5
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9
@@ -196,6 +213,19 @@ UKERNEL_GENERAL_STORE_COST = 4.5
 #: other pages), in plain-copy elements per further image per tile, channel
 #: block, input channel and kernel row.  Fitted with UKERNEL_GENERAL_STORE_COST.
 UKERNEL_STACK_SEGMENT_COST = 0.85
+#: A line an NCHW tile's step reads costs more the larger the planes it
+#: steps between (``KernelPlan.planar_plane_pages``: an input plane in pages,
+#: at most this; priced at the calibrated ``planar_line_page_seconds`` per
+#: line and page).  On the Intel kind, direct-ukernel's 256 -> 256 1x1 layer
+#: (prepacked, batch 1, one thread, best of 3 x 4 interleaved) took 0.02,
+#: 0.04-0.09, 0.29, 0.22 and 0.46 ns per line beyond the rest of its
+#: prediction on 14x14, 28x28, 40x40, 56x56 and 64x64 planes (0.19-4 pages):
+#: 0.07-0.19 ns per line and page; on 14x14 planes of 512-1024 channels as
+#: little as on 256 (the channels' lines a tile reads are as many; the whole
+#: input in L2 capacities, 0.2-0.4 there, priced those at 0.1 ns a line and
+#: moved MobileNet's pw7-pw11 at batch 8 to direct-pixels, 0.94x as fast).
+#: Larger planes were not measured: capped here.
+UKERNEL_PLANAR_PAGES_MAX = 4.0
 #: direct-pixels sweeps runs of tiles whose input (at most this many bytes:
 #: 48 pixels x C/g x kh x kw floats each) stays in cache while every channel
 #: block passes over them, so the outputs go to one block's planes at a time.

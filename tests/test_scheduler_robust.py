@@ -250,17 +250,20 @@ def test_blas_packing_is_timed_against_the_gemm_curve(monkeypatch, packing_secon
             3 * (seconds((m, n, k)) + (m * k + k * n) / 2e9), rel=1e-9)
 
 
-@pytest.mark.parametrize("line_seconds", [0.0, 2e-10, 2e-9, -1e-10])
-def test_planar_line_cost_is_what_planar_layers_take_beyond_the_rest(line_seconds, monkeypatch):
-    """_measure_ukernel recovers the cost of a line read from planar input
-    from NCHW layers that take exactly the prediction without it (on the
-    constants measured before and the tiles' fitted curves) plus that cost
-    per line; layers faster than the rest of the prediction give 0."""
+@pytest.mark.parametrize("line_seconds, page_seconds", [(0.0, 0.0), (2e-10, 0.0), (2e-9, 0.0), (-1e-10, 0.0),
+                                                        (0.0, 1e-10), (1e-10, 5e-11), (-1e-10, -1e-10)])
+def test_planar_line_cost_is_what_planar_layers_take_beyond_the_rest(line_seconds, page_seconds, monkeypatch):
+    """_measure_ukernel recovers the cost of a line read from planar input,
+    and its cost more per page of its plane, from NCHW layers that take
+    exactly the prediction without them (on the constants measured before
+    and the tiles' fitted curves) plus those costs per line; layers faster
+    than the rest of the prediction give 0."""
     known = dict(copy_rate=3e9, launch_seconds=5e-6)
     curve = (9e10, 20.0)  # every tile's fitted (peak, half)
     free = dataclasses.replace(DEFAULTS, **known, ukernel_peak=curve[0], ukernel_half_k=curve[1],
                                pixels_peak=curve[0], pixels_half_k=curve[1], pixels_staged_peak=curve[0],
-                               pixels_staged_half_k=curve[1], planar_line_seconds=0.0)
+                               pixels_staged_half_k=curve[1], planar_line_seconds=0.0,
+                               planar_line_page_seconds=0.0)
     plans = {}
 
     def timed(calls, best, **kwargs):
@@ -268,20 +271,28 @@ def test_planar_line_cost_is_what_planar_layers_take_beyond_the_rest(line_second
             if key in costmodel._PLANAR_LAYERS:
                 g = make_geometry(key, (256, key[1], 1, 1))
                 plan = plans[key] = ln._registry.get("direct-ukernel").plan(g, 1, prepacked=True)
-                best[key] = costmodel.predict_seconds(plan, free) + plan.planar_line_reads * line_seconds
+                best[key] = costmodel.predict_seconds(plan, free) + plan.planar_line_reads * (
+                    line_seconds + plan.planar_plane_pages * page_seconds)
             else:
                 best[key] = 1e-3
         return best
 
     monkeypatch.setattr(costmodel, "_interleaved_best", timed)
     monkeypatch.setattr(costmodel, "fit_reduction", lambda rates: curve)
-    measured = costmodel._measure_ukernel({}, known)["planar_line_seconds"]
-    assert len(plans) == 2 and all(plan.planar_line_reads > 0 for plan in plans.values())
-    assert measured == pytest.approx(max(0.0, line_seconds), abs=1e-14)
-    c = dataclasses.replace(free, planar_line_seconds=measured)
+    measured = costmodel._measure_ukernel({}, known)
+    assert len(plans) == len(costmodel._PLANAR_LAYERS) and all(plan.planar_line_reads > 0 for plan in plans.values())
+    assert len({plan.planar_plane_pages for plan in plans.values()}) == len(plans)
+    assert measured["planar_line_seconds"] == pytest.approx(max(0.0, line_seconds), abs=1e-14)
+    assert measured["planar_line_page_seconds"] == pytest.approx(max(0.0, page_seconds), abs=1e-14)
+    c = dataclasses.replace(free, planar_line_seconds=measured["planar_line_seconds"],
+                            planar_line_page_seconds=measured["planar_line_page_seconds"])
     for plan in plans.values():
+        per_line = measured["planar_line_seconds"] + plan.planar_plane_pages * measured["planar_line_page_seconds"]
         assert costmodel.predict_seconds(plan, c) == pytest.approx(
-            costmodel.predict_seconds(plan, free) + plan.planar_line_reads * measured, rel=1e-12)
+            costmodel.predict_seconds(plan, free) + plan.planar_line_reads * per_line, rel=1e-12)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="planar_plane_pages"):
+            KernelPlan(planar_plane_pages=bad)
 
 
 def test_memory_streams_are_priced_without_the_threads_speed_up():

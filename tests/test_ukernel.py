@@ -605,13 +605,18 @@ def test_packed_weights_follow_the_documented_layout(groups, mg, cg, kh, kw, thr
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("hw, kernel, stride, groups", [(56, (1, 1), 1, 1), (56, (3, 3), 2, 2), (45, (5, 3), 1, 1),
                                                         (31, (3, 3), 1, 1), (14, (1, 1), 1, 1),
-                                                        (14, (3, 3), 1, 2)])
+                                                        (14, (3, 3), 1, 2), (72, (1, 1), 2, 1)])
 def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, groups, monkeypatch, forget_plans):
     """On NCHW input every step (tile, channel block, channel, tap) of every
     image and group reads the lines its pixels span, on average
-    ``1 + (MR - 1) * stride / 16`` (priced apart: planar_line_seconds),
-    unless an image's planes of a group fit in L1; channels-last input none."""
+    ``1 + (MR - 1) * stride / 16`` (priced apart: planar_line_seconds), from
+    planes of ``H*W*4`` bytes over a page (at most UKERNEL_PLANAR_PAGES_MAX;
+    planar_line_page_seconds each), unless an image's planes of a group fit
+    in L1; channels-last input none."""
+    from lowmem_numba._tuning import UKERNEL_PLANAR_PAGES_MAX
+
     monkeypatch.setattr(ukernel, "l1_bytes", lambda: 4 * 24 * 14 * 14 - 1)  # all but 24 14x14 planes of 2 groups
+    monkeypatch.setattr(ukernel, "page_bytes", lambda: 4096)
     batch, c, m = 2, 24, 40
     name = "direct-ukernel" if layout == "NCHW" else "direct-ukernel-nhwc"
     kh, kw = kernel
@@ -621,7 +626,33 @@ def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, 
     steps = batch * groups * -(-pixels // mk.MR) * -(-(m // groups) // mk.NR) * (c // groups) * kh * kw
     lines = steps * (1 + (mk.MR - 1) * stride / 16)
     beyond_l1 = c // groups * hw * hw >= 24 * 14 * 14
-    assert plan.planar_line_reads == (pytest.approx(lines, abs=1) if layout == "NCHW" and beyond_l1 else 0)
+    counted = layout == "NCHW" and beyond_l1
+    assert plan.planar_line_reads == (pytest.approx(lines, abs=1) if counted else 0)
+    assert plan.planar_plane_pages == (pytest.approx(min(UKERNEL_PLANAR_PAGES_MAX, 4 * hw * hw / 4096)) if counted
+                                       else 0.0)
+    assert UKERNEL_PLANAR_PAGES_MAX < 4 * 72 * 72 / 4096  # the 72x72 case is capped
+
+
+@pytest.mark.parametrize("l2_kib", [1024, 2048, 8192])
+def test_packing_inside_the_kernel_needs_each_sweeps_input_in_l2(l2_kib, monkeypatch, forget_plans):
+    """A functional 1x1 call walked image by image packs the weights inside
+    the kernel, every weight block sweeping all of the item's tiles, only
+    where the input rows a sweep reads take at most
+    UKERNEL_PACK_SWEEP_L2_SHARE of L2 (or a block of UKERNEL_TILE_BLOCK tiles
+    would not fit either); otherwise before the kernel (a packed copy).
+    ResNet-50's layer2 downsample reads 28 of its 56 rows of 256 planes (1.6
+    MB, 66 tiles); a 3x3 layer on the same input always packs inside."""
+    from lowmem_numba._tuning import UKERNEL_PACK_SWEEP_L2_SHARE
+
+    monkeypatch.setattr(ukernel, "l2_bytes", lambda: l2_kib * 1024)
+    swept, tiles = 4 * 256 * 28 * 56, -(-28 * 28 // mk.MR)
+    fits = swept <= UKERNEL_PACK_SWEEP_L2_SHARE * l2_kib * 1024
+    fits_blocked = swept * ukernel.UKERNEL_TILE_BLOCK / tiles <= UKERNEL_PACK_SWEEP_L2_SHARE * l2_kib * 1024
+    for w_shape, padding, packs in (((512, 256, 1, 1), 0, fits or not fits_blocked), ((512, 256, 3, 3), 1, True)):
+        plan = ln._registry.get("direct-ukernel").plan(make_geometry((1, 256, 56, 56), w_shape, 2, padding), 1)
+        assert plan.kernel.tiling.packs == packs
+        assert (plan.packed_weight_elements == 0) == packs
+    assert (fits, fits_blocked) == ((False, True) if l2_kib <= 2048 else (True, True))  # both sides taken
 
 
 def _walk_stores_by_tile(d, stacked, nchw):

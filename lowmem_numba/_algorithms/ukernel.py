@@ -100,7 +100,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 from numba import prange
 
-from .._caches import l1_bytes
+from .._caches import l1_bytes, l2_bytes, page_bytes
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half,
                             transpose_block)
@@ -109,9 +109,10 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
 from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_STORE_COST,
-                       UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS,
-                       UKERNEL_REDUCTION_BLOCK, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN,
-                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PACK_SWEEP_L2_SHARE,
+                       UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_PLANAR_PAGES_MAX, UKERNEL_REDUCTION_BLOCK,
+                       UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
+                       UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
 from .._registry import Algorithm, register
 from ._common import LINE, NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
@@ -790,8 +791,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     reduction step of a tile (channel block, channel and tap) broadcasts its
     pixels from the lines they span in another plane or row (the plan's
     ``planar_line_reads``: on average ``1 + (MR - 1) * stride / LINE`` lines
-    per step, priced at the calibrated ``planar_line_seconds``), unless an
-    image's input planes of a group fit in L1.  Outputs the tile kernel
+    per step, priced at the calibrated ``planar_line_seconds`` and
+    ``planar_line_page_seconds`` per page a plane spans), unless an image's
+    input planes of a group fit in L1.  Outputs the tile kernel
     stores through its general path (edge tiles, and in NCHW tiles whose
     pixels are not consecutive in the output) cost
     ``UKERNEL_GENERAL_STORE_COST`` each, and a stacked tile
@@ -844,9 +846,13 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # its 3a 5x5 (28x28 planes of 16 channels, 49 KiB, beyond a 32 KiB L1)
     # 0.17.
     planar = not (nhwc or (staging and staging.channels_last))
-    beyond_l1 = FLOAT32_BYTES * d.channels_per_group * d.height * d.width > l1_bytes()
+    # Each line costs more the larger the planes a tile steps between
+    # (UKERNEL_PLANAR_PAGES_MAX, Calibration.planar_line_page_seconds).
+    plane_bytes = FLOAT32_BYTES * d.height * d.width
+    beyond_l1 = plane_bytes * d.channels_per_group > l1_bytes()
     steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_taps if planar and beyond_l1 else 0
     planar_lines = steps * (1 + (MR - 1) * d.stride_w / LINE)
+    plane_pages = min(UKERNEL_PLANAR_PAGES_MAX, plane_bytes / page_bytes()) if steps else 0.0
     # Outputs the tile kernel stores through its general path, and the input
     # streams stacked tiles add per image they span (see
     # UKERNEL_GENERAL_STORE_COST and UKERNEL_STACK_SEGMENT_COST), per image.
@@ -867,7 +873,7 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
                                                 + partial_sums
                                                 + round(g.groups * (general_outputs * UKERNEL_GENERAL_STORE_COST
                                                                     + segment_steps * UKERNEL_STACK_SEGMENT_COST))),
-                      planar_line_reads=round(g.batch * g.groups * planar_lines),
+                      planar_line_reads=round(g.batch * g.groups * planar_lines), planar_plane_pages=plane_pages,
                       parallel_items=split.items, launches=2 * chunks if staging else 1)
 
 
@@ -898,6 +904,16 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
     one_launch = tiling.staging is None or tiling.staging.images == g.batch
     if not (g.batch == 1 or tiling.stacked) or not one_launch or tiling.t_chunks != 1:
         return None
+    # Every weight block sweeps all of the item's tiles instead of a block of
+    # UKERNEL_TILE_BLOCK: not on 1x1 layers walked image by image whose input
+    # rows then no longer stay in L2 across the weight blocks
+    # (UKERNEL_PACK_SWEEP_L2_SHARE).
+    d = KernelGeometry(*tiling.launched)
+    if d.kernel_h * d.kernel_w == 1 and not tiling.stacked:
+        swept = FLOAT32_BYTES * d.channels_per_group * d.out_height * d.width  # the rows at the stride
+        blocked = swept * min(1.0, UKERNEL_TILE_BLOCK / max(1, tiling.plane_tiles))
+        if blocked <= UKERNEL_PACK_SWEEP_L2_SHARE * l2_bytes() < swept:
+            return None
     return dataclasses.replace(
         plan, tiling=tiling._replace(tile_block=max(1, tiling.plane_tiles), packs=True),
         scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * _block_elements(g),
