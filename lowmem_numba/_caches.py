@@ -1,5 +1,6 @@
-"""Sizes of this machine's caches, from sysfs, for the plans' tiling rules
-and the cost model's (each with a default where sysfs does not tell)."""
+"""Sizes of this machine's caches, from sysfs, and of its memory pages, for
+the plans' tiling rules and the cost model's (each with a default where
+sysfs does not tell)."""
 
 from __future__ import annotations
 

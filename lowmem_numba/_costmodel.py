@@ -244,10 +244,10 @@ _MAX_FIT_RMS = 0.1
 #: thread_efficiency, which is set below the measured 0.95 on purpose: too low
 #: a value puts large layers on one thread (1.1-2x slower), too high a value
 #: only spreads small layers, whose launch cost the model prices anyway, and
-#: planar_line_seconds, not yet calibrated there (the AMD Zen 3 kind's
-#: 0.15-0.23 ns, rounded up; the Intel kind's 1x1 layers on 56x56 planes had
-#: taken 1.7-1.8 ns per tile, channel block and channel beyond the model of
-#: the time, which priced no plane walk).
+#: the planar line's two costs, the AMD Zen 3 kind's flat 0.15-0.23 ns
+#: (version 12, rounded up) and no cost per page (the Intel kind calibrates
+#: 0 and 0.08-0.11 ns: 0.02-0.1 ns per line on 14x14-28x28 planes, 0.25-0.34
+#: on 56x56, where the flat fallback is about right).
 DEFAULTS = Calibration(gemm_peak=1.1e11, half_m=15.0, half_n=3.6, half_k=4.3, copy_rate=5.0e9,
                        direct_rate=1.95e9, thread_efficiency=0.8, launch_seconds=4.3e-6, vector_rate=3.6e10,
                        ukernel_peak=1.1e11, ukernel_half_k=14.0, pixels_peak=1.1e11, pixels_half_k=14.0,
