@@ -290,9 +290,12 @@ def test_planar_line_cost_is_what_planar_layers_take_beyond_the_rest(line_second
         per_line = measured["planar_line_seconds"] + plan.planar_plane_pages * measured["planar_line_page_seconds"]
         assert costmodel.predict_seconds(plan, c) == pytest.approx(
             costmodel.predict_seconds(plan, free) + plan.planar_line_reads * per_line, rel=1e-12)
-    for bad in (-1.0, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="planar_plane_pages"):
-            KernelPlan(planar_plane_pages=bad)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), "2"])
+def test_kernel_plans_refuse_a_plane_size_that_is_not_a_finite_page_count(bad):
+    with pytest.raises(ValueError, match="planar_plane_pages"):
+        KernelPlan(planar_plane_pages=bad)
 
 
 def test_memory_streams_are_priced_without_the_threads_speed_up():
