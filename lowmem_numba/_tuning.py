@@ -265,6 +265,13 @@ PIXELS_IN_PLACE_BYTES = 16 * 2**20
 #: 64->64 27 / 54, 128->128 on 16x16 45 / 61, 256->256 56 / 78, 64->128 on
 #: 64x64 32 / 72; 64->128 on 56x56 (12.25 KiB planes) ran 71 in place.
 PIXELS_ALIASED_PLANE_BYTES = 1024
+#: ... only where L1 has at most this many ways: the Intel kind's 12-way L1
+#: holds the aliasing lines, and in place ran 0.96-1.25x as fast as panels
+#: (one thread; 1.03-1.19x on two) on 16->256, 64->256, 64->64 and 256->256
+#: on 32x32, 128->128 on 16x16 (batch 1 and 8), 64->128 on 64x64, 32->64 on
+#: 80x80 and 112x112 (MobileNet's pw1: 1.13-1.15x at batch 1, 1.25x at
+#: batch 8) and 64->64 on 112x112 (best of three alternating processes).
+PIXELS_ALIASED_MAX_WAYS = 8
 #: Output channels per group from which direct-pixels' 1x1 stride-1 layers
 #: whose planes are not whole vectors (14x14, 7x7) copy their input into
 #: packed panels rather than read it in place, where most vector loads

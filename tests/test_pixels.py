@@ -28,8 +28,9 @@ from lowmem_numba._algorithms import pixels
 from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
 from lowmem_numba._kernel_geometry import KernelGeometry, kernel_geometry
-from lowmem_numba._tuning import (PIXELS_ALIASED_PLANE_BYTES, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
-                                  PIXELS_PACK_MIN_CHANNELS, PIXELS_RUN_BYTES)
+from lowmem_numba._caches import l1_geometry
+from lowmem_numba._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_GATHER_COST,
+                                  PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS, PIXELS_RUN_BYTES)
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -220,15 +221,19 @@ def _reads_in_place(x_shape, m, address=0, stride=1):
 
 
 def test_aliasing_and_large_inputs_are_not_read_in_place():
-    """Planes of a multiple of PIXELS_ALIASED_PLANE_BYTES, planes that are
-    not whole vectors under PIXELS_PACK_MIN_CHANNELS output channels or more,
-    inputs over PIXELS_IN_PLACE_BYTES, strides and unaligned addresses go
-    through panels; the networks' planes (56x56, 28x28, 14x14, 7x7) do not."""
+    """Planes of a multiple of PIXELS_ALIASED_PLANE_BYTES (on an L1 of at
+    most PIXELS_ALIASED_MAX_WAYS ways), planes that are not whole vectors
+    under PIXELS_PACK_MIN_CHANNELS output channels or more, inputs over
+    PIXELS_IN_PLACE_BYTES, strides and unaligned addresses go through panels;
+    the networks' planes (56x56, 28x28, 14x14, 7x7) do not."""
     for side in (56, 28, 14, 7, 36, 12):
         assert _reads_in_place((1, 64, side, side), 64, address=64 + 4 * side)
+    assert [pixels.aliased_plane_bytes(ways) for ways in (4, 8, 12, 16)] == [PIXELS_ALIASED_PLANE_BYTES] * 2 + [0] * 2
+    aliasing = pixels.ALIASED_PLANE_BYTES > 0
+    assert aliasing == (l1_geometry()[1] <= PIXELS_ALIASED_MAX_WAYS)
     side = int(PIXELS_ALIASED_PLANE_BYTES ** 0.5) // 2  # 16 x 16 floats
-    for h, w in ((side, side), (2 * side, 2 * side), (side // 2, 2 * side), (4 * side, side)):
-        assert h * w * 4 % PIXELS_ALIASED_PLANE_BYTES == 0 and not _reads_in_place((1, 8, h, w), 8)
+    for h, w in ((side, side), (2 * side, 2 * side), (side // 2, 2 * side), (4 * side, side), (112, 112)):
+        assert h * w * 4 % PIXELS_ALIASED_PLANE_BYTES == 0 and _reads_in_place((1, 8, h, w), 8) != aliasing
     assert not _reads_in_place((1, 8, 7, 7), PIXELS_PACK_MIN_CHANNELS)
     assert _reads_in_place((1, 8, 4, 4), PIXELS_PACK_MIN_CHANNELS)
     assert not _reads_in_place((1, 8, 7, 7), 8, address=2) and not _reads_in_place((1, 8, 7, 7), 8, stride=2)
@@ -242,8 +247,11 @@ def test_aliasing_and_large_inputs_are_not_read_in_place():
 def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
     """1x1, stride 1, no padding, through packed panels: planes that are not
     whole vectors under at least PIXELS_PACK_MIN_CHANNELS output channels,
-    an input larger than PIXELS_IN_PLACE_BYTES and planes that alias in L1."""
-    assert not _reads_in_place(x_shape, m)
+    an input larger than PIXELS_IN_PLACE_BYTES and planes that alias in L1
+    (where L1 has at most PIXELS_ALIASED_MAX_WAYS ways; read in place
+    otherwise)."""
+    aliased_only = x_shape[2] * x_shape[3] in (16 * 16, 32 * 32)
+    assert _reads_in_place(x_shape, m) == (aliased_only and pixels.ALIASED_PLANE_BYTES == 0)
     _check_pointwise(x_shape, m, 1, (1, 1), line_offset)
 
 

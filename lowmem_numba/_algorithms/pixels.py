@@ -25,8 +25,9 @@ are a short tile of their own: :func:`_unit_span`); other planes (14x14,
 7x7) start anywhere, their loads mostly straddling two lines, which costs
 less than a copy unless there are ``PIXELS_PACK_MIN_CHANNELS`` output
 channels per group to share it.  Planes of a multiple of
-``PIXELS_ALIASED_PLANE_BYTES`` (16x16, 32x32, 64x64) are copied too: read
-in place, the loads of every step fall in the same few L1 sets.  A plane's
+``PIXELS_ALIASED_PLANE_BYTES`` (16x16, 32x32, 64x64) are copied too where
+L1 has at most ``PIXELS_ALIASED_MAX_WAYS`` ways: read in place, the loads of
+every step fall in the same few L1 sets.  A plane's
 last vector may reach into the
 next plane (lanes never stored); the tile that would read past the input's
 end goes through a panel (below).  On long reductions
@@ -90,12 +91,13 @@ import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
+from .._caches import l1_geometry
 from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_tiles, pixel_tiles, prefetch_to_l2,
                             strided_pixel_tiles)
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
-from .._tuning import (PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION,
+from .._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION,
                        PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES,
                        PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
@@ -108,6 +110,18 @@ assert PIXEL_VECTORS == 3
 SPAN = PIXEL_VECTORS * VL
 #: What this host's tiles of 0 to PIXEL_VECTORS vectors cost, in vectors of a full tile's time.
 TILE_VECTORS = PIXELS_TILE_VECTORS[PIXEL_CHANNELS]
+
+
+def aliased_plane_bytes(l1_ways):
+    """Planes of a multiple of this many bytes go through panels on an L1
+    of ``l1_ways`` ways (``PIXELS_ALIASED_PLANE_BYTES`` up to
+    ``PIXELS_ALIASED_MAX_WAYS`` ways); 0: none do."""
+    return PIXELS_ALIASED_PLANE_BYTES if l1_ways <= PIXELS_ALIASED_MAX_WAYS else 0
+
+
+#: This host's (compiled into reads_in_place: the cache of compiled kernels is
+#: per CPU model, whose L1 is one).
+ALIASED_PLANE_BYTES = aliased_plane_bytes(l1_geometry()[1])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -181,12 +195,12 @@ def reads_in_place(address, d, input_size):
     1, from a float boundary, an input of at most ``PIXELS_IN_PLACE_BYTES``,
     planes of whole vectors or fewer than ``PIXELS_PACK_MIN_CHANNELS`` output
     channels per group, and planes that do not alias in L1
-    (``PIXELS_ALIASED_PLANE_BYTES``)."""
+    (``ALIASED_PLANE_BYTES``)."""
     plane = d.height * d.width
     return (d.stride_h == 1 and d.stride_w == 1 and address % FLOAT32_BYTES == 0
             and input_size * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
             and (plane % VL == 0 or d.out_channels_per_group < PIXELS_PACK_MIN_CHANNELS)
-            and plane * FLOAT32_BYTES % PIXELS_ALIASED_PLANE_BYTES != 0)
+            and (ALIASED_PLANE_BYTES == 0 or plane * FLOAT32_BYTES % ALIASED_PLANE_BYTES != 0))
 
 
 @njit(cache=True, nogil=True)
