@@ -36,6 +36,23 @@ def test_transforms_satisfy_the_identity_exactly(name):
     assert not at32.flags.writeable
 
 
+def test_weight_transform_pairs_the_rows_of_opposite_points():
+    """The float64 weight transform shares the partial sums of rows ``+p``
+    and ``-p`` (equal but for the signs of their odd coefficients, with
+    even and odd terms both non-zero), each row in one pair at most; rows
+    of zero odd or even part, equal rows and unrelated rows are not paired."""
+    from lowmem_numba._microkernel import _paired_rows
+
+    expected = {"winograd-2x2-3x3": [(1, 2)], "winograd-4x4-3x3": [(1, 2), (3, 4)],
+                "winograd-2x2-5x5": [(1, 2), (3, 4)]}
+    for name in VARIANTS:
+        _, g, _ = winograd.toom_cook(*winograd.VARIANTS[name])
+        assert _paired_rows([[float(c) for c in row] for row in g]) == expected[name]
+    assert _paired_rows([[1.0, 0.0, 2.0], [1.0, 0.0, 2.0], [0.0, 3.0, 0.0], [0.0, -3.0, 0.0]]) == []
+    assert _paired_rows([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, -2.0, 4.0]]) == []
+    assert _paired_rows([[1.0, 2.0], [1.0, -2.0], [1.0, -2.0], [1.0, 2.0]]) == [(0, 1), (2, 3)]
+
+
 def test_bad_points_are_refused():
     with pytest.raises(ValueError, match="distinct"):
         winograd.toom_cook(2, 3, (0, 1, 1))
