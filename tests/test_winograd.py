@@ -252,8 +252,12 @@ def test_workspace_follows_the_formula_and_stays_small(name):
             blocks = -(-tiles // block)
             assert block % winograd.MR == 0 or (blocks > 1 and blocks * block - tiles < blocks)
             staging = 2 * max(min(c, 64), winograd.VL)  # a tile's staged and row-transformed channels
+            # The strip of a run of tiles along a row of tiles: alpha rows of its input columns, and slack.
+            columns = (min(block, -(-hw // m)) - 1) * m + alpha
+            strip = 2 * winograd.VL + (alpha * columns + winograd.VL) * min(c, 64)  # and its transposes' offsets
             assert plan.workspace_elements == slots * (
-                alpha * alpha * (block * (c + winograd.NR) + staging) + (alpha + m) * m * block * winograd.NR)
+                alpha * alpha * (block * (c + winograd.NR) + staging) + (alpha + m) * m * block * winograd.NR
+                + strip)
             # The default tile block's target, unless one block holds every
             # tile because the transformed weights exceed the L3 cache.
             whole = (tiles <= winograd.WINOGRAD_IN_KERNEL_TILES
@@ -267,8 +271,10 @@ def test_workspace_follows_the_formula_and_stays_small(name):
                 block, slots, packs = functional.kernel.tiling[1], functional.kernel.tiling[5], \
                     functional.kernel.tiling[-1]
                 assert packs and block == -(-tiles // winograd.MR) * winograd.MR
+                columns = (min(block, -(-hw // m)) - 1) * m + alpha
+                strip = 2 * winograd.VL + (alpha * columns + winograd.VL) * min(c, 64)
                 assert functional.workspace_elements == slots * (
-                    alpha * alpha * (block * (c + winograd.NR) + staging)
+                    alpha * alpha * (block * (c + winograd.NR) + staging) + strip
                     + (alpha + m) * m * block * winograd.NR
                     + r * r * (winograd.WINOGRAD_PACK_CHANNELS + 1) * winograd.NR
                     + alpha * alpha * (min(c, 128) + 1) * winograd.NR)
@@ -457,13 +463,14 @@ def test_two_threads_share_small_images_at_batch_one(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("side, channels, groups", [(16, 72, 1), (32, 20, 1), (32, 40, 2), (64, 9, 1)])
-def test_nchw_tiles_staged_a_few_channels_at_a_time(name, side, channels, groups):
+def test_nchw_tiles_stored_a_few_channels_at_a_time(name, side, channels, groups):
     """Planes a multiple of 1 KiB apart put a pixel's channels in few L1 sets,
-    so NCHW tiles gather them a few at a time (with 8-16 ways of 4 KiB: 16x16
-    planes 32-64 of the 72 channels, a last group short); planes a multiple
-    of the way size apart (32x32 and 64x64 with 4 KiB ways) are all in one
-    set, and tiles are staged and stored channel by channel.  Same result as
-    the reference, batch 2, one and two threads."""
+    so NCHW output tiles are stored pixel by pixel only where the planes
+    fall in several sets (with 8-16 ways of 4 KiB: 16x16 planes; the count
+    _gather_channels gives is 32-64 of the 72 channels, a last group
+    short); planes a multiple of the way size apart (32x32 and 64x64 with 4
+    KiB ways) are all in one set, and tiles are stored channel by channel.
+    Same result as the reference, batch 2, one and two threads."""
     r = winograd.VARIANTS[name][1]
     x_shape, w_shape = (2, channels, side, side), (24, channels // groups, r, r)
     g = make_geometry(x_shape, w_shape, 1, r // 2, 1, groups)
@@ -482,6 +489,36 @@ def test_nchw_tiles_staged_a_few_channels_at_a_time(name, side, channels, groups
     for threads in (1, 2):
         got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
         assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("side, channels, groups, batch", [(14, 40, 1, 2), (13, 16, 1, 1), (7, 35, 1, 3),
+                                                           (21, 48, 2, 2), (40, 33, 1, 1), (5, 17, 1, 2),
+                                                           (2, 20, 1, 1)])
+def test_nchw_tiles_read_strips_of_their_rows(name, side, channels, groups, batch):
+    """NCHW tiles read a strip of their row of tiles' input rows, staged
+    channels last by register transposes of whole vectors of channels and
+    columns, the last columns of a row by a transpose reaching past them
+    (into the next row or plane: never past the input, which here ends right
+    before an unreadable page), the channels past the whole vectors one by
+    one; images narrower than a vector, strips cut by tile blocks that end
+    inside a row (two threads), groups, several images.  Same result as the
+    reference, and the same as the NHWC kernel on the same input."""
+    from test_pixels import _ending_at_unreadable_page
+
+    r = winograd.VARIANTS[name][1]
+    rng = np.random.default_rng(side * channels)
+    x = _ending_at_unreadable_page(rng.standard_normal((batch, channels, side, side)).astype(np.float32))
+    w = rng.standard_normal((24, channels // groups, r, r)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    case = Case(batch=batch, channels=channels, height=side, width=side, out_channels=24, kernel=(r, r),
+                stride=(1, 1), padding=((r // 2, r // 2), (r // 2, r // 2)), dilation=(1, 1), groups=groups)
+    nhwc = ln.conv2d(channels_last(x), w, b, padding=r // 2, groups=groups, algorithm=name + "-nhwc",
+                     layout="NHWC").transpose(0, 3, 1, 2)
+    for threads in (1, 2):
+        got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
+        assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+        np.testing.assert_array_equal(got, nhwc)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

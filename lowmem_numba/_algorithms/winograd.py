@@ -26,8 +26,20 @@ Nothing holds the transform of a whole image.  The tiles of a group are
 numbered over the batch, and each thread takes whole blocks of ``tile_block``
 of them (a block may end one image and start the next), in turn:
 
-1. transforms the block's input tiles into ``V[point][tile][c]`` (the tile is
-   staged with its zero padding first unless it lies inside an NHWC image);
+1. transforms the block's input tiles into ``V[point][tile][c]``: an NHWC
+   tile in place, or staged with its zero padding first at the image's
+   edges; NCHW tiles, a run of them along a row of tiles at a time, from a
+   strip of the run's input rows staged channels last by register
+   transposes (:func:`_stage_strip`), read as an NHWC image is.  Staged
+   tile by tile instead, gathering each pixel's channels from their planes
+   (a line each), NCHW layers ran 1.2-1.5x slower than NHWC on 112x112 and
+   224x224 images and 1.1-1.3x on 28x28 and 56x56 (F(4x4,3x3) and
+   F(2x2,3x3), one thread, Intel Xeon kind); from strips, prepacked calls
+   at batch 1, one thread, best of 2-3 alternating processes: VGG-16's
+   conv1_2 1.26-1.52x faster, conv2_2 1.21-1.23x, conv3_2 1.08-1.16x,
+   ResNet-50's layer1 3x3 1.21-1.33x, GoogLeNet's conv2 and 3a 3x3
+   1.05-1.20x, 13x13 and 14x14 layers 0.97-1.09x (batch 8: 1.01-1.29x,
+   AlexNet's conv3 on F(2x2,3x3) 0.97x; two threads 0.97-1.53x);
 2. for each block of ``NR`` output channels and each point, runs the
    micro-kernel of :mod:`lowmem_numba._microkernel` over the block's tiles
    (``MR`` tiles by ``NR`` channels in registers, reducing over C/g in blocks
@@ -59,8 +71,13 @@ Workspace
 Per thread: ``V`` (a^2 * tile_block * C/g), ``Z`` (a^2 * tile_block * NR),
 the staging of one tile's channels, at most ``WINOGRAD_STAGE_CHANNELS`` at a
 time (2 a^2 max(min(C/g, 64), VL): the last channels short of a vector go
-through a zero-padded vector), and the inverse transform's passes (a m + m^2)
-tile_block NR; plus the transformed weights ``a^2 * M * C/g`` (rounded up to
+through a zero-padded vector), the inverse transform's passes (a m + m^2)
+tile_block NR, and in NCHW the strip of a run's input rows, ``a`` rows of
+``(min(tile_block, tiles per row) - 1) m + a`` columns and ``STRIP_SLACK``
+more, of min(C/g, 64) channels (20-91 KiB on 14x14 to 56x56 images, 343
+KiB on VGG-16's 224x224 conv1_2 with F(4x4,3x3)), after the int64 column
+offsets of its transposes (2 VL); plus the
+transformed weights ``a^2 * M * C/g`` (rounded up to
 NR channels per group, and NR floats more per point and group: see
 :func:`point_stride`), which a :class:`~lowmem_numba.Conv2d` keeps and the
 functional API builds per call, through per-thread staging of its own
@@ -85,7 +102,7 @@ from numba import prange
 
 from .._caches import l1_geometry, l2_bytes, l3_bytes
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform
+from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform, transpose_block
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
@@ -253,83 +270,104 @@ def _input_transform(variant, src, s_off, s_row, s_col, dst, d_off, d_step):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _input_tile(x, d, nhwc, n, g, y0, x0, variant, bt, alpha, buf, p_off, t_off, v_off, v_step, chunk, gather):
+def _input_tile(x, d, n, g, y0, x0, variant, alpha, buf, p_off, t_off, v_off, v_step, chunk):
     """``B^T d B`` of the ``alpha x alpha`` input tile at (y0, x0) (may reach
-    into the padding) for every channel of group ``g``, into
-    ``buf[v_off + point * v_step + c]``, ``chunk`` channels at a time; an
-    NCHW tile is staged ``gather`` channels of a pixel at a time, or channel
-    by channel when ``gather`` is 0 (:func:`_gather_channels`).  Whole
-    vectors of channels are transformed in registers
-    (:func:`_input_transform`), and so are the last channels short of a
-    vector, through a copy padded with zeros: by :func:`_transform`'s loops
+    into the padding) of every channel of group ``g`` of NHWC image ``n``,
+    into ``buf[v_off + point * v_step + c]``, ``chunk`` channels at a time:
+    in place inside the image (channels are contiguous), else staged with
+    its zeros as ``[i][j][c]`` first."""
+    C, H, W, cg = d.in_channels, d.height, d.width, d.channels_per_group
+    in_place = y0 >= 0 and x0 >= 0 and y0 + alpha <= H and x0 + alpha <= W
+    for c0 in range(0, cg, chunk):
+        cs = min(chunk, cg - c0)
+        if in_place:
+            src, s_off, s_row, s_col = x, ((n * H + y0) * W + x0) * C + g * cg + c0, W * C, C
+        else:
+            for i in range(alpha):
+                for j in range(alpha):
+                    at = p_off + (i * alpha + j) * cs
+                    staged = buf[at:at + cs]
+                    iy, ix = y0 + i, x0 + j
+                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                        staged[:] = 0.0
+                    else:
+                        pixel = ((n * H + iy) * W + ix) * C + g * cg + c0
+                        staged[:] = x[pixel:pixel + cs]
+            src, s_off, s_row, s_col = buf, p_off, alpha * cs, cs
+        _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off + c0, v_step, t_off, p_off, alpha)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _stage_strip(x, d, n, g, y0, x0, width, alpha, c0, cs, buf, s_off, columns):
+    """Rows ``y0 .. y0+alpha`` by columns ``x0 .. x0+width`` of channels
+    ``c0 .. c0+cs`` of group ``g`` of NCHW image ``n`` (zeros outside the
+    image), channels last: value (i, j) of channel ``c`` at ``buf[s_off +
+    (i*width + j)*cs + c]``, where a run of tiles reads them as it would an
+    NHWC image's.  Whole vectors of channels go through register transposes
+    of ``VL`` columns (``columns[j] = j*cs``), the last one of a row reaching
+    past the image's columns (past its row or channel, never past ``x``): the
+    values it brings are overwritten by the row's right padding and the
+    next rows, or land in the ``STRIP_SLACK`` columns after the strip.  The
+    channels past the whole vectors go element by element."""
+    H, W, cg = d.height, d.width, d.channels_per_group
+    plane = H * W
+    lo = min(width, max(0, -x0))
+    hi = max(lo, min(width, W - x0))
+    whole = cs - cs % VL
+    for i in range(alpha):
+        y = y0 + i
+        row = s_off + i * width * cs
+        if y < 0 or y >= H:
+            buf[row:row + width * cs] = 0.0
+            continue
+        buf[row:row + lo * cs] = 0.0
+        first = ((n * d.in_channels + g * cg + c0) * H + y) * W + x0  # column j of channel c: first + c*plane + j
+        for c in range(0, whole, VL):
+            for j in range(lo, hi, VL):
+                if first + (c + VL - 1) * plane + j + VL <= x.size:
+                    transpose_block(x, first + c * plane + j, plane, buf, row + j * cs + c, columns, 0)
+                else:  # the input's last values: no vector reaches past them
+                    for k in range(j, hi):
+                        for cc in range(c, c + VL):
+                            buf[(row + k * cs + cc) & NONNEG] = x[(first + cc * plane + k) & NONNEG]
+        for c in range(whole, cs):
+            for k in range(lo, hi):
+                buf[(row + k * cs + c) & NONNEG] = x[(first + c * plane + k) & NONNEG]
+        buf[row + hi * cs:row + width * cs] = 0.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off, v_step, t_off, p_off, alpha):
+    """``B^T d B`` of one tile's ``cs`` channels, value ``d[i][j]`` of channel
+    ``c`` at ``src[s_off + i*s_row + j*s_col + c]``, into ``buf[v_off +
+    point*v_step + c]``.  Whole vectors of channels are transformed in
+    registers (:func:`_input_transform`), and so are the last channels short
+    of a vector, through a copy padded with zeros (at ``t_off``, the result
+    at ``p_off``; ``src`` is read by then): by :func:`_transform`'s loops
     instead, F(2x2,5x5) on 14x14 images at batch 8 (64 output channels, one
     thread) took 0.88 ms on 8 input channels against 0.55 on 16, 1.09 on 24
     against 0.75 on 32 (now 0.54-0.59 and 0.74), F(4x4,3x3) 0.36 on 8
     against 0.25 on 16 (now 0.25)."""
-    C, H, W, cg = d.in_channels, d.height, d.width, d.channels_per_group
-    in_place = nhwc and y0 >= 0 and x0 >= 0 and y0 + alpha <= H and x0 + alpha <= W
-    for c0 in range(0, cg, chunk):
-        cs = min(chunk, cg - c0)
-        # Rows: T[i][k] = sum_j BT[k, j] d[i][j]; columns: V[l][k] = sum_i BT[l, i] T[i][k].
-        if in_place:  # inside an NHWC image: channels are contiguous
-            src, s_off, s_row, s_col = x, ((n * H + y0) * W + x0) * C + g * cg + c0, W * C, C
-        else:
-            # Stage the tile as [i][j][c] with its zeros, then transform its rows.
-            if not nhwc and gather == 0:
-                # Channel by channel (see _gather_channels): a channel's rows
-                # of the tile, then the next channel's.
-                i0, i1 = max(0, -y0), min(alpha, H - y0)
-                j0, j1 = max(0, -x0), min(alpha, W - x0)
-                if i0 > 0 or j0 > 0 or i1 < alpha or j1 < alpha:
-                    buf[p_off:p_off + alpha * alpha * cs] = 0.0
-                for c in range(cs):
-                    plane = (n * C + g * cg + c0 + c) * H * W
-                    for i in range(i0, i1):
-                        row = plane + (y0 + i) * W + x0
-                        at = p_off + i * alpha * cs + c
-                        for j in range(j0, j1):
-                            buf[at + j * cs] = x[row + j]
-            else:
-                step = cs if nhwc else gather
-                for cc in range(0, cs, step):
-                    ce = min(cs, cc + step)
-                    for i in range(alpha):
-                        for j in range(alpha):
-                            at = p_off + (i * alpha + j) * cs
-                            staged = buf[at + cc:at + ce]
-                            iy, ix = y0 + i, x0 + j
-                            if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                                staged[:] = 0.0
-                            elif nhwc:
-                                pixel = ((n * H + iy) * W + ix) * C + g * cg + c0 + cc
-                                staged[:] = x[pixel:pixel + ce - cc]
-                            else:
-                                plane = (n * C + g * cg + c0 + cc) * H * W + iy * W + ix
-                                staged[:] = x[plane:plane + (ce - cc) * H * W:H * W]
-            src, s_off, s_row, s_col = buf, p_off, alpha * cs, cs
-        whole = cs - cs % VL
-        for c in range(0, whole, VL):
-            _input_transform(variant, src, s_off + c, s_row, s_col, buf, v_off + c0 + c, v_step)
-        rest = cs - whole
-        if rest:
-            # The last channels, under a vector: copied to a vector each, the
-            # lanes past them zero, transformed in registers like the others
-            # (through the staged tile's buffer, read by then), and their
-            # lanes copied out.  Element by element at non-negative indices:
-            # slices cost more than the copies on a few lanes.
-            for i in range(alpha):
-                for j in range(alpha):
-                    at = t_off + (i * alpha + j) * VL
-                    first = s_off + i * s_row + j * s_col + whole
-                    for lane in range(rest):
-                        buf[(at + lane) & NONNEG] = src[(first + lane) & NONNEG]
-                    for lane in range(rest, VL):
-                        buf[(at + lane) & NONNEG] = np.float32(0.0)
-            _input_transform(variant, buf, t_off, alpha * VL, VL, buf, p_off, VL)
-            for point in range(alpha * alpha):
-                at = v_off + c0 + whole + point * v_step
+    whole = cs - cs % VL
+    for c in range(0, whole, VL):
+        _input_transform(variant, src, s_off + c, s_row, s_col, buf, v_off + c, v_step)
+    rest = cs - whole
+    if rest:
+        # Element by element at non-negative indices: slices cost more than
+        # the copies on a few lanes.
+        for i in range(alpha):
+            for j in range(alpha):
+                at = t_off + (i * alpha + j) * VL
+                first = s_off + i * s_row + j * s_col + whole
                 for lane in range(rest):
-                    buf[(at + lane) & NONNEG] = buf[(p_off + point * VL + lane) & NONNEG]
+                    buf[(at + lane) & NONNEG] = src[(first + lane) & NONNEG]
+                for lane in range(rest, VL):
+                    buf[(at + lane) & NONNEG] = np.float32(0.0)
+        _input_transform(variant, buf, t_off, alpha * VL, VL, buf, p_off, VL)
+        for point in range(alpha * alpha):
+            at = v_off + whole + point * v_step
+            for lane in range(rest):
+                buf[(at + lane) & NONNEG] = buf[(p_off + point * VL + lane) & NONNEG]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -429,7 +467,7 @@ def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, 
 
 
 @njit(parallel=True, cache=True)
-def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_block, chunk, depth, m_chunks,
+def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_block, chunk, depth, m_chunks,
                    slots, slot_elements, gather, raw, variant):
     """The convolution on transformed weights ``u``; or, when ``raw`` (the
     weights as given) is not empty, with each slot transforming a block of
@@ -452,7 +490,8 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
     taps = d.kernel_taps
     offsets = scatter_offsets(taps if packs else 0, WINOGRAD_PACK_CHANNELS + 1)  # empty unless packing
     # Scratch of one slot (see _slot_elements): V | Z | staged tile |
-    # row-transformed tile | R | Y [| staged weights | transformed weights].
+    # row-transformed tile | R | Y [| staged weights | transformed weights]
+    # [| NCHW strip: its transposes' int64 column offsets | the strip].
     for slot in prange(slots):
         first_unit, end_unit = _slot_units(slot, slots, units, m_chunks, blocks, tile_block, span)
         v_base = slot * slot_elements
@@ -464,6 +503,11 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
         y_off = r_off + alpha * tile * tile_block * NR
         w_stage = y_off + tile * tile * tile_block * NR
         u_off = w_stage + taps * (WINOGRAD_PACK_CHANNELS + 1) * NR
+        # NCHW: the strip of a row of tiles' input, last in the slot after the
+        # int64 column offsets of its transposes (see _slot_elements).
+        strip_off = v_base + slot_elements - (0 if nhwc else (alpha * _strip_width(tile_block, tiles_x, tile, alpha)
+                                                              + STRIP_SLACK) * chunk)
+        columns = scratch[strip_off - 2 * VL:strip_off].view(np.int64)
         transformed = -1  # the (group, tile block) whose input V holds
         for unit in range(first_unit, end_unit):
             mc = unit % m_chunks
@@ -472,11 +516,32 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, bt, tile, tile_
             t0 = block * tile_block
             count = min(tile_block, span - t0)
             if unit // m_chunks != transformed:
-                for k in range(count):
-                    n, t = divmod(t0 + k, tiles)
-                    ty, tx = divmod(t, tiles_x)
-                    _input_tile(x, d, nhwc, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, variant, bt, alpha,
-                                scratch, p_off, t_off, v_base + k * cg, tile_block * cg, chunk, gather)
+                if nhwc:
+                    for k in range(count):
+                        n, t = divmod(t0 + k, tiles)
+                        ty, tx = divmod(t, tiles_x)
+                        _input_tile(x, d, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, variant, alpha,
+                                    scratch, p_off, t_off, v_base + k * cg, tile_block * cg, chunk)
+                else:
+                    # NCHW: each run of the block's tiles along a row of tiles
+                    # reads a strip of its input rows staged channels last.
+                    for c0 in range(0, cg, chunk):
+                        cs = min(chunk, cg - c0)
+                        for j in range(VL):
+                            columns[j] = j * cs
+                        k = 0
+                        while k < count:
+                            n, t = divmod(t0 + k, tiles)
+                            ty, tx = divmod(t, tiles_x)
+                            run = min(count - k, tiles_x - tx)
+                            width = (run - 1) * tile + alpha
+                            _stage_strip(x, d, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, width, alpha,
+                                         c0, cs, scratch, strip_off, columns)
+                            for q in range(run):
+                                _transform_staged(variant, scratch, strip_off + q * tile * cs, width * cs, cs, cs,
+                                                  scratch, v_base + (k + q) * cg + c0, tile_block * cg, t_off,
+                                                  p_off, alpha)
+                            k += run
                 transformed = unit // m_chunks
             for mb in range(mc * m_blocks // m_chunks, (mc + 1) * m_blocks // m_chunks):
                 nr = min(NR, mg - mb * NR)
@@ -654,7 +719,10 @@ def _stage_channels(g):
 
 
 def _gather_channels(g):
-    """Channels of one pixel an NCHW tile is staged with at once.
+    """Whether NCHW output tiles are stored a channel's tile at a time (0)
+    or pixel by pixel (not 0; NCHW input tiles are staged from strips now,
+    :func:`_stage_strip`: what follows was measured on their per-tile
+    gathers, which took the number of channels gathered at once from here).
 
     Each channel's value is on a cache line of its own, one plane further; the
     lines of planes ``P`` bytes apart fall in ``way / gcd(P, way)`` sets of
@@ -684,15 +752,31 @@ def _gather_channels(g):
     return max(1, min(_stage_channels(g), sets * ways))
 
 
-def _slot_elements(g, name, block, packs=False):
+def _slot_elements(g, name, block, packs=False, nhwc=False):
     m, alpha, _ = _sizes(g, name)
     cg = g.channels_per_group
     # V and Z, the staged and row-transformed channels of a tile, R and Y;
     # when the kernel transforms the weights, their staging and one reduction
-    # block of them.
+    # block of them; NCHW, the strip of a row of tiles' input.
     weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * _point_floats(1, _reduction_block(g))
+    strip = 0 if nhwc else (2 * VL + (alpha * _strip_columns(block, ceil_div(g.out_width, m), m, alpha)
+                                      + STRIP_SLACK) * _stage_channels(g))
     return (alpha * alpha * (block * (cg + NR) + 2 * max(_stage_channels(g), VL))
-            + (alpha + m) * m * block * NR + (weights if packs else 0))
+            + (alpha + m) * m * block * NR + (weights if packs else 0) + strip)
+
+
+#: Columns after an NCHW strip that its rows' last transposes may write into
+#: (see :func:`_stage_strip`).
+STRIP_SLACK = VL
+
+
+def _strip_columns(block, tiles_x, m, alpha):
+    """Input columns of the longest run of a tile block's tiles along one
+    row of tiles: the width of an NCHW strip (:func:`_stage_strip`)."""
+    return (min(block, tiles_x) - 1) * m + alpha
+
+
+_strip_width = njit(cache=True, nogil=True)(_strip_columns)
 
 
 def _reduction_block(g):
@@ -727,13 +811,13 @@ def packed_elements(g, name) -> int:
     return g.groups * alpha * alpha * point_stride(g)
 
 
-def _plan_within(g, threads, scratch_elements, name):
+def _plan_within(g, threads, scratch_elements, name, nhwc=False):
     """The plan with the largest tile block, at most the default, whose
     scratch fits ``scratch_elements`` (one micro-kernel tile's if none does:
     the caller then finds it over its limit)."""
     block = tile_block(g, name)
     while True:
-        plan = _plan(g, threads, name, block)
+        plan = _plan(g, threads, name, block, nhwc=nhwc)
         if plan.scratch_elements <= scratch_elements or block <= MR:
             return plan
         block -= MR
@@ -754,7 +838,7 @@ def _largest_share(g, threads, block, tiles):
     return largest
 
 
-def _plan_packing(g, threads, scratch_budget, name):
+def _plan_packing(g, threads, scratch_budget, name, nhwc=False):
     """The plan of a call whose weights arrive as given, when the kernel
     transforms them itself; None when the call should transform them first
     (or, under a ``memory_limit``, when its scratch exceeds
@@ -772,7 +856,7 @@ def _plan_packing(g, threads, scratch_budget, name):
     in the kernel.
     """
     block = _whole_batch_block(g, name)
-    plan = None if block is None else _plan(g, threads, name, block=block, packs=True)
+    plan = None if block is None else _plan(g, threads, name, block=block, packs=True, nhwc=nhwc)
     return None if plan is None or (scratch_budget is not None and plan.scratch_elements > scratch_budget) else plan
 
 
@@ -783,7 +867,7 @@ def _whole_batch_block(g, name):
     return ceil_div(max(tiles, 1), MR) * MR if tiles <= WINOGRAD_IN_KERNEL_TILES else None
 
 
-def _plan(g, threads, name, block=None, packs=False):
+def _plan(g, threads, name, block=None, packs=False, nhwc=False):
     """Blocks of ``tile_block`` tiles of one group, numbered over the batch
     (of equal size when there are few), times chunks of their output-channel
     blocks, are the units; ``slots = min(threads, units)`` threads take equal
@@ -829,7 +913,7 @@ def _plan(g, threads, name, block=None, packs=False):
     m_chunks = split_work(tile_blocks, blocks_m, 1, threads, min_rows=1, min_cols=1).row_blocks
     units = tile_blocks * m_chunks
     slots = min(threads, units)  # 0 for an empty batch: no scratch
-    per_slot = _slot_elements(g, name, block, packs)
+    per_slot = _slot_elements(g, name, block, packs, nhwc)
     last = mg - (blocks_m - 1) * NR
     channels = (blocks_m - 1) * NR + (VL if last <= VL else NR)
     # Transforms: each input tile staged and written as V; Z read and each
@@ -902,11 +986,11 @@ def _make_compute(nhwc):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
         name, block, chunk, depth, m_chunks, slots, per_slot, gather, packs = kernel.tiling
-        at, _, bt = matrices(name)
+        at = matrices(name)[0]
         m = VARIANTS[name][0]
         # Weights as given (the kernel transforms them) or transformed.
         raw, transformed = (weights, NO_ARRAY) if packs else (NO_ARRAY, weights)
-        _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, bt, m, block, chunk,
+        _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, m, block, chunk,
                        depth, m_chunks, slots, per_slot, gather, raw, list(VARIANTS).index(name))
     return compute
 
@@ -923,7 +1007,11 @@ for _name, (_m, _r, _points) in VARIANTS.items():
                     f"products per tile block on the micro-kernel, transforms fused per thread, "
                     f"{'NHWC' if _nhwc else 'NCHW'}.",
             workspace_formula=f"{_alpha * _alpha}·(M·C/g + g·NR) (transformed weights) + "
-                              f"threads·{_alpha * _alpha}·tile_block·(C/g + NR); when a functional call's batch "
+                              f"threads·{_alpha * _alpha}·tile_block·(C/g + NR)"
+                              + ("" if _nhwc else f" + threads·(({_alpha}·strip + {VL})·min(C/g, "
+                                 f"{WINOGRAD_STAGE_CHANNELS}) + {2 * VL}) (strip = input columns of a tile block's "
+                                 f"run along a row)")
+                              + f"; when a functional call's batch "
                               f"has at most {WINOGRAD_IN_KERNEL_TILES} tiles no transformed weights, instead per "
                               f"thread {_alpha * _alpha}·(min(C/g, {WINOGRAD_REDUCTION_BLOCK}) + 1)·NR of them",
             unsupported=_unsupported(_name),
@@ -931,9 +1019,9 @@ for _name, (_m, _r, _points) in VARIANTS.items():
             pack_cost=WINOGRAD_PACK_COST[_name],
             pack_scratch_elements=functools.partial(pack_scratch_elements, name=_name),
             pack_weights=_pack_weights(_name),
-            plan_kernel=functools.partial(_plan, name=_name),
-            plan_kernel_within=functools.partial(_plan_within, name=_name),
-            plan_kernel_packing=functools.partial(_plan_packing, name=_name),
+            plan_kernel=functools.partial(_plan, name=_name, nhwc=_nhwc),
+            plan_kernel_within=functools.partial(_plan_within, name=_name, nhwc=_nhwc),
+            plan_kernel_packing=functools.partial(_plan_packing, name=_name, nhwc=_nhwc),
             claims=f"{_r}x{_r} kernel, stride 1, dilation 1; any padding, groups and batch",
             compute=_make_compute(_nhwc),
             input_layout="NHWC" if _nhwc else "NCHW",
