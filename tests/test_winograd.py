@@ -464,22 +464,16 @@ def test_two_threads_share_small_images_at_batch_one(name):
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("side, channels, groups", [(16, 72, 1), (32, 20, 1), (32, 40, 2), (64, 9, 1)])
 def test_nchw_tiles_stored_a_few_channels_at_a_time(name, side, channels, groups):
-    """Planes a multiple of 1 KiB apart put a pixel's channels in few L1 sets,
-    so NCHW output tiles are stored pixel by pixel only where the planes
-    fall in several sets (with 8-16 ways of 4 KiB: 16x16 planes; the count
-    _gather_channels gives is 32-64 of the 72 channels, a last group
-    short); planes a multiple of the way size apart (32x32 and 64x64 with 4
-    KiB ways) are all in one set, and tiles are stored channel by channel.
-    Same result as the reference, batch 2, one and two threads."""
+    """NCHW output tiles are stored a channel's rows at a time where the
+    planes are a multiple of the L1 way size apart (32x32 and 64x64 with 4
+    KiB ways: a pixel's channels all in one set), pixel by pixel otherwise
+    (16x16: 1 KiB apart, several sets).  Same result as the reference,
+    batch 2, one and two threads."""
     r = winograd.VARIANTS[name][1]
     x_shape, w_shape = (2, channels, side, side), (24, channels // groups, r, r)
     g = make_geometry(x_shape, w_shape, 1, r // 2, 1, groups)
-    gather = winograd._gather_channels(g)
     way, _ = winograd.l1_geometry()
-    if 4 * side * side % way == 0:
-        assert gather == 0
-    else:
-        assert 0 < gather < channels // groups and (channels // groups) % gather
+    assert winograd._stores_by_channel(g) == (4 * side * side % way == 0)
     rng = np.random.default_rng(side + channels)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)

@@ -378,7 +378,7 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
     the bias, stored at each tile's place in the output, clipped to the
     output plane.  Both passes run over all tiles' lanes at once.  NCHW
     outputs are stored pixel by pixel (a pixel's channels, one plane
-    apart), or ``by_channel`` (see :func:`_gather_channels`) a channel's
+    apart), or ``by_channel`` (see :func:`_stores_by_channel`) a channel's
     tile at a time."""
     M, HO, WO = d.out_channels, d.out_height, d.out_width
     plane = block * NR  # one (point, tile-block) plane of Z, R or Y
@@ -468,7 +468,7 @@ def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, 
 
 @njit(parallel=True, cache=True)
 def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_block, chunk, depth, m_chunks,
-                   slots, slot_elements, gather, raw, variant):
+                   slots, slot_elements, by_channel, raw, variant):
     """The convolution on transformed weights ``u``; or, when ``raw`` (the
     weights as given) is not empty, with each slot transforming a block of
     ``NR`` output channels' weights ``depth`` input channels at a time into
@@ -582,7 +582,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_bloc
                                       z_base + t * tile_block * NR, count, tile_block, min(depth, cg - c0),
                                       half, bias, 0 if c0 == 0 else ACCUMULATE)
                 _output_block(out, d, nhwc, g * mg + mb * NR, nr, t0, count, tiles, tiles_x, at, alpha, tile,
-                              scratch, z_base, r_off, y_off, tile_block, bias, gather == 0)
+                              scratch, z_base, r_off, y_off, tile_block, bias, by_channel)
 
 
 #: The weight transforms ``G w G^T`` of the variants, in :data:`VARIANTS`
@@ -718,38 +718,21 @@ def _stage_channels(g):
     return min(g.channels_per_group, WINOGRAD_STAGE_CHANNELS)
 
 
-def _gather_channels(g):
-    """Whether NCHW output tiles are stored a channel's tile at a time (0)
-    or pixel by pixel (not 0; NCHW input tiles are staged from strips now,
-    :func:`_stage_strip`: what follows was measured on their per-tile
-    gathers, which took the number of channels gathered at once from here).
-
-    Each channel's value is on a cache line of its own, one plane further; the
-    lines of planes ``P`` bytes apart fall in ``way / gcd(P, way)`` sets of
-    the L1 (at most all of them), each holding ``ways`` lines.  224x224 planes
-    are 49 x 4 KiB apart, so all 64 channels of a pixel fell in one set of 8
-    ways and evicted each other: VGG-16's conv1_2 took 48-54 ms on F(4x4,3x3)
-    (one thread), 37-47 gathering 8 channels at a time (four alternating A/B
-    runs; 22.7-25.3 against 26.5-27.3 ms on two threads); 23-36 ms at 216-232
-    pixels a side.  Gathering fewer than all channels costs a slice per group,
-    which on 28x28 and 56x56 planes (16-64 sets) cost 5-30 %, so the group is
-    all of a tile's staged channels wherever they fit.
-
-    Where the planes are a multiple of the way size apart, all in one set,
-    this is 0: the tile is staged channel by channel instead (each channel's
-    rows, on distinct sets, are read whole before the next channel's), and
-    the output tiles stored likewise, a channel's rows at a time (stored
-    pixel by pixel, a pixel's channels fell in one set too).  On a 2-core Intel Xeon
+def _stores_by_channel(g):
+    """Whether NCHW output tiles are stored a channel's rows at a time
+    rather than pixel by pixel: where the planes are a multiple of the L1
+    way size apart, so that a pixel's channels, one plane apart, all fall in
+    one L1 set (the lines of planes ``P`` bytes apart fall in ``way /
+    gcd(P, way)`` sets, each holding ``ways`` lines; 224x224 planes are 49 x
+    4 KiB apart).  Measured with the input tiles gathered likewise (they are
+    staged from strips now, :func:`_stage_strip`): on a 2-core Intel Xeon
     (48 KiB 12-way L1d), one thread, best of two alternating processes,
     F(4x4,3x3) on 64->64 channels at 224x224 ran at 164 against 115 GFLOP/s
-    gathering 12 channels, F(2x2,3x3) at 110 against 87; on planes in
-    several sets (200x200, 112x112) channel by channel was 5-10 % slower.
+    a pixel's 12 channels at a time, F(2x2,3x3) at 110 against 87; on planes
+    in several sets (200x200, 112x112) channel by channel was 5-10 % slower.
     """
-    way, ways = l1_geometry()
-    sets = min(way // 64, way // math.gcd(FLOAT32_BYTES * g.height * g.width, way))
-    if sets == 1:
-        return 0
-    return max(1, min(_stage_channels(g), sets * ways))
+    way, _ = l1_geometry()
+    return min(way // 64, way // math.gcd(FLOAT32_BYTES * g.height * g.width, way)) == 1
 
 
 def _slot_elements(g, name, block, packs=False, nhwc=False):
@@ -949,7 +932,7 @@ def _plan(g, threads, name, block=None, packs=False, nhwc=False):
     gemms = ((g.groups * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
     gemms += ((g.groups * points, channels, rows, rest),) if rest else ()
     return KernelPlan(tiling=(name, block, _stage_channels(g), _reduction_block(g), m_chunks, slots,
-                              per_slot, _gather_channels(g), packs),
+                              per_slot, _stores_by_channel(g), packs),
                       scratch_elements=slots * per_slot,
                       gemms=gemms, moved_elements=moved, vector_flops=transform_flops, memory_elements=streamed,
                       parallel_items=max(1, units))
@@ -985,13 +968,13 @@ def _make_compute(nhwc):
     def compute(x, weights, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        name, block, chunk, depth, m_chunks, slots, per_slot, gather, packs = kernel.tiling
+        name, block, chunk, depth, m_chunks, slots, per_slot, by_channel, packs = kernel.tiling
         at = matrices(name)[0]
         m = VARIANTS[name][0]
         # Weights as given (the kernel transforms them) or transformed.
         raw, transformed = (weights, NO_ARRAY) if packs else (NO_ARRAY, weights)
         _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, m, block, chunk,
-                       depth, m_chunks, slots, per_slot, gather, raw, list(VARIANTS).index(name))
+                       depth, m_chunks, slots, per_slot, by_channel, raw, list(VARIANTS).index(name))
     return compute
 
 
