@@ -475,8 +475,8 @@ def _paired_rows(coefficients):
         even = any(c != 0.0 for c in row[0::2])
         if i in taken or not (odd and even):
             continue
+        flipped = [c if k % 2 == 0 else -c for k, c in enumerate(row)]
         for j in range(i + 1, len(coefficients)):
-            flipped = [c if k % 2 == 0 else -c for k, c in enumerate(row)]
             if j not in taken and coefficients[j] == flipped:
                 pairs.append((i, j))
                 taken.update((i, j))
@@ -541,7 +541,7 @@ def make_separable_transform(matrix, vl=VL, wide=True):
                         total = builder.fadd(total, builder.fmul(ir.Constant(cty, [coefficient] * vl), term))
                 return total
 
-            fused = _fma(builder, cty)
+            fused = _fma(builder, cty) if wide else None  # the float32 sums are not fused (see above)
 
             def partial(row, terms, indices):
                 """``sum(row[k] * terms[k])`` over ``indices`` with non-zero

@@ -503,11 +503,12 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_bloc
         y_off = r_off + alpha * tile * tile_block * NR
         w_stage = y_off + tile * tile * tile_block * NR
         u_off = w_stage + taps * (WINOGRAD_PACK_CHANNELS + 1) * NR
-        # NCHW: the strip of a row of tiles' input, last in the slot after the
-        # int64 column offsets of its transposes (see _slot_elements).
-        strip_off = v_base + slot_elements - (0 if nhwc else (alpha * _strip_width(tile_block, tiles_x, tile, alpha)
-                                                              + STRIP_SLACK) * chunk)
-        columns = scratch[strip_off - 2 * VL:strip_off].view(np.int64)
+        # NCHW: the int64 column offsets of the strip's transposes, then the
+        # strip of a row of tiles' input, last in the slot (see _slot_elements;
+        # NHWC: empty, never read).
+        offsets_off = v_base + slot_elements - (0 if nhwc else _strip_size(tile_block, tiles_x, tile, alpha, chunk))
+        strip_off = offsets_off + 2 * VL
+        columns = scratch[offsets_off:offsets_off + (0 if nhwc else 2 * VL)].view(np.int64)
         transformed = -1  # the (group, tile block) whose input V holds
         for unit in range(first_unit, end_unit):
             mc = unit % m_chunks
@@ -742,8 +743,7 @@ def _slot_elements(g, name, block, packs=False, nhwc=False):
     # when the kernel transforms the weights, their staging and one reduction
     # block of them; NCHW, the strip of a row of tiles' input.
     weights = g.kernel_taps * (WINOGRAD_PACK_CHANNELS + 1) * NR + alpha * alpha * _point_floats(1, _reduction_block(g))
-    strip = 0 if nhwc else (2 * VL + (alpha * _strip_columns(block, ceil_div(g.out_width, m), m, alpha)
-                                      + STRIP_SLACK) * _stage_channels(g))
+    strip = 0 if nhwc else _strip_floats(block, ceil_div(g.out_width, m), m, alpha, _stage_channels(g))
     return (alpha * alpha * (block * (cg + NR) + 2 * max(_stage_channels(g), VL))
             + (alpha + m) * m * block * NR + (weights if packs else 0) + strip)
 
@@ -753,13 +753,16 @@ def _slot_elements(g, name, block, packs=False, nhwc=False):
 STRIP_SLACK = VL
 
 
-def _strip_columns(block, tiles_x, m, alpha):
-    """Input columns of the longest run of a tile block's tiles along one
-    row of tiles: the width of an NCHW strip (:func:`_stage_strip`)."""
-    return (min(block, tiles_x) - 1) * m + alpha
+def _strip_floats(block, tiles_x, m, alpha, chunk):
+    """float32 elements of a slot's NCHW strip (:func:`_stage_strip`): the
+    int64 column offsets of its transposes (2 VL), then ``alpha`` rows of
+    the input columns of the longest run of a tile block's tiles along one
+    row of tiles, and ``STRIP_SLACK`` columns more, ``chunk`` channels
+    each; compiled as ``_strip_size`` for the kernel."""
+    return 2 * VL + (alpha * ((min(block, tiles_x) - 1) * m + alpha) + STRIP_SLACK) * chunk
 
 
-_strip_width = njit(cache=True, nogil=True)(_strip_columns)
+_strip_size = njit(cache=True, nogil=True)(_strip_floats)
 
 
 def _reduction_block(g):
