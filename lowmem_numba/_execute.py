@@ -20,6 +20,10 @@ from ._threads import kernel_threads, max_threads
 from ._workspace import aligned_empty
 
 
+#: The buffer of a plan without workspace (every slice of it is empty).
+_NO_BUFFER = np.empty(0, dtype=np.float32)
+
+
 def prepare_weights(algorithm: registry.Algorithm, weight_flat, geometry) -> np.ndarray:
     """The weights as ``algorithm``'s kernel reads them: packed into a new array,
     or a contiguous copy when the kernel reads them as given."""
@@ -66,7 +70,8 @@ def execute(plan: CallPlan, x_flat, weight_flat, bias, out_flat, workspace=None)
         return
     elements = plan.workspace_elements
     if workspace is None:
-        _execute_in(plan, x_flat, weight_flat, bias, out_flat, aligned_empty(elements))
+        # No allocation for plans without workspace (0.8 us of a call).
+        _execute_in(plan, x_flat, weight_flat, bias, out_flat, aligned_empty(elements) if elements else _NO_BUFFER)
         return
     with workspace.lease(elements) as buffer:
         _execute_in(plan, x_flat, weight_flat, bias, out_flat, buffer)

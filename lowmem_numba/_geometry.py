@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from ._kernel_geometry import kernel_record
 from ._memo import Memo, Uncacheable, frozen
 
 #: Largest dimension the 32-bit (LP64) BLAS interface accepts.
@@ -113,6 +115,12 @@ class ConvGeometry:
     @property
     def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return ((self.pad_top, self.pad_bottom), (self.pad_left, self.pad_right))
+
+    @cached_property
+    def kernel_record(self) -> tuple:
+        """The plain tuple of ints compiled kernels are launched with
+        (:func:`~lowmem_numba._kernel_geometry.kernel_record`), built once."""
+        return kernel_record(self)
 
 
 def _is_int(value) -> bool:

@@ -19,7 +19,6 @@ call.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 
 
@@ -51,15 +50,19 @@ class KernelGeometry(NamedTuple):
     kernel_taps: int             # kh * kw
 
 
-@lru_cache(maxsize=1024)
 def kernel_geometry(g) -> tuple:
     """The record of a :class:`~lowmem_numba._geometry.ConvGeometry` ``g``,
     as the plain tuple kernels are launched with (``KernelGeometry(*t)``
-    gives the named record).
+    gives the named record): ``g.kernel_record``, built once per geometry
+    (see :func:`kernel_record`)."""
+    return g.kernel_record
 
-    Each field is taken by name and converted with ``int()``, so that a NumPy
-    integer (or a bool) never gives the record another Numba type, which
-    would compile every kernel again.  Memoised (geometries are immutable):
-    building the record took 2.6 us of every call.
-    """
+
+def kernel_record(g) -> tuple:
+    """Build the record of ``g``.  Each field is taken by name and converted
+    with ``int()``, so that a NumPy integer (or a bool) never gives the
+    record another Numba type, which would compile every kernel again.
+    Geometries cache it (they are immutable): building it took 2.6 us of
+    every call, and an ``lru_cache`` lookup, which hashes the geometry's 17
+    fields, still 0.5 us."""
     return tuple(int(getattr(g, name)) for name in KernelGeometry._fields)

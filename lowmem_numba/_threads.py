@@ -185,7 +185,7 @@ def _swap_num_threads(count: int) -> int:
     the previous count (see :func:`_numba_thread_functions`)."""
     if not 1 <= count <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"thread count {count} outside 1..{numba.config.NUMBA_NUM_THREADS}")
-    functions = _numba_thread_functions()
+    functions = _thread_functions or _numba_thread_functions()
     if functions is None:
         previous = numba.get_num_threads()
         if count != previous:
@@ -202,7 +202,7 @@ def _restore_num_threads(count: int) -> None:
     """Set this Python thread's Numba thread count back to ``count``, a
     count :func:`_swap_num_threads` returned (valid; one C call, without
     reading the current count first)."""
-    functions = _numba_thread_functions()
+    functions = _thread_functions or _numba_thread_functions()
     if functions is None:
         numba.set_num_threads(count)
     else:
@@ -354,14 +354,16 @@ class kernel_threads:
         if self._entered:
             raise RuntimeError("a kernel_threads instance can be entered once; create one per with-block")
         self._entered = True
-        _check_not_forked_from_openmp()
-        if _started_layer() not in _THREAD_SAFE_LAYERS:
+        if _forked_after_openmp:
+            _check_not_forked_from_openmp()
+        if (_layer or _started_layer()) not in _THREAD_SAFE_LAYERS:
             self._lock = _serial_lock  # the lock of this process, even if a fork replaces it later
             self._lock.acquire()
         try:
-            if self._count is not None:
-                previous = _swap_num_threads(self._count)
-                if previous != self._count:
+            count = self._count
+            if count is not None:
+                previous = _swap_num_threads(count)
+                if previous != count:
                     self._previous = previous
             if self._blas:
                 _hold_blas()
@@ -373,6 +375,11 @@ class kernel_threads:
 
     def __exit__(self, *exc_info):
         _inside.depth -= 1
+        if not self._blas and self._lock is None:  # the common case: at most a thread count to set back
+            if self._previous is not None:
+                _restore_num_threads(self._previous)
+                self._previous = None
+            return False
         try:
             if self._blas:
                 _release_blas()
