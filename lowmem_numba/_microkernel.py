@@ -464,6 +464,56 @@ def make_transpose_kernel(vl=VL):
     return intrinsic(transpose)
 
 
+def make_tile_row_transpose_kernel(period, vl=VL):
+    """A Numba intrinsic storing ``vl`` consecutive pixels of one row of
+    output tiles, ``period`` pixels per tile, as ``vl`` channel vectors
+    (Winograd's NCHW output: a tile's pixels hold their channels in lanes).
+
+    ``transpose(src, s_off, s_pixel, s_tile, dst, d_off, d_stride, bias,
+    b_off, has_bias)`` loads, for ``r < vl``, the ``vl`` lanes at
+    ``src[s_off + (r % period)*s_pixel + (r // period)*s_tile]`` (pixel
+    ``r``: its place in its tile, then its tile), transposes them in
+    registers, and stores lane ``j`` of every pixel, plus ``bias[b_off + j]``
+    when ``has_bias != 0``, at ``dst[d_off + j*d_stride :][:vl]``: one vector
+    store per channel instead of ``vl`` scalar ones per pixel.  Arrays are
+    C-contiguous float32; the caller keeps every address in bounds.
+    """
+    assert vl % period == 0
+
+    def transpose(typingctx, src, s_off, s_pixel, s_tile, dst, d_off, d_stride, bias, b_off, has_bias):
+        if not all(_is_f32_array(a) for a in (src, dst, bias)):
+            return None
+        i64 = types.int64
+        sig = types.void(src, i64, i64, i64, dst, i64, i64, bias, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            src_v, s_off_v, s_pixel_v, s_tile_v, dst_v, d_off_v, d_stride_v, bias_v, b_off_v, has_bias_v = args
+            vty = ir.VectorType(_F32, vl)
+            s_ptr, d_ptr, b_ptr = (context.make_array(signature.args[k])(context, builder, value).data
+                                   for k, value in ((0, src_v), (4, dst_v), (7, bias_v)))
+            rows = [_load_vector(builder, s_ptr, builder.add(s_off_v, builder.add(
+                builder.mul(_const(r % period), s_pixel_v), builder.mul(_const(r // period), s_tile_v))), vty)
+                for r in range(vl)]
+            columns = _transpose(builder, rows, vl)
+            # The bias is read only when there is one.
+            with builder.if_else(builder.icmp_signed("!=", has_bias_v, _const(0))) as (biased, plain):
+                with biased:
+                    for j, column in enumerate(columns):
+                        shift = _splat(builder, builder.load(_element_ptr(builder, b_ptr, builder.add(
+                            b_off_v, _const(j)))), vty)
+                        _store_vector(builder, builder.fadd(column, shift), d_ptr,
+                                      builder.add(d_off_v, builder.mul(_const(j), d_stride_v)))
+                with plain:
+                    for j, column in enumerate(columns):
+                        _store_vector(builder, column, d_ptr, builder.add(d_off_v, builder.mul(_const(j), d_stride_v)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    transpose.__name__ = f"tile_row_transpose_{period}x{vl}"
+    return intrinsic(transpose)
+
+
 def _paired_rows(coefficients):
     """``[(i, j)]``: rows ``j > i`` equal to row ``i`` with the signs of the
     odd-indexed coefficients flipped, both parts non-zero (the rows of a
@@ -880,6 +930,10 @@ tile_small_half = make_tile_kernel(SMALL_MR, nv=1)
 
 #: Transposes a ``VL x VL`` block (weight packing, channel-block layouts).
 transpose_block = make_transpose_kernel()
+#: Stores ``VL`` pixels of a row of Winograd output tiles of 2 and 4 pixels
+#: as channel vectors (NCHW output).
+tile_row_transpose_2 = make_tile_row_transpose_kernel(2)
+tile_row_transpose_4 = make_tile_row_transpose_kernel(4)
 
 #: Output pixels per depthwise call: 8 independent FMA chains cover the FMA
 #: latency (4 cycles x 2 pipes on Zen 4), and nine weight vectors loaded once

@@ -462,27 +462,34 @@ def test_two_threads_share_small_images_at_batch_one(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("side, channels, groups", [(16, 72, 1), (32, 20, 1), (32, 40, 2), (64, 9, 1)])
-def test_nchw_tiles_stored_a_few_channels_at_a_time(name, side, channels, groups):
-    """NCHW output tiles are stored a channel's rows at a time where the
-    planes are a multiple of the L1 way size apart (32x32 and 64x64 with 4
-    KiB ways: a pixel's channels all in one set), pixel by pixel otherwise
-    (16x16: 1 KiB apart, several sets).  Same result as the reference,
-    batch 2, one and two threads."""
+@pytest.mark.parametrize("side, channels, out_channels, groups, batch", [
+    (16, 72, 24, 1, 2), (32, 20, 40, 1, 1), (32, 40, 48, 2, 2), (64, 9, 16, 1, 1), (38, 11, 7, 1, 2),
+    (17, 8, 33, 1, 3), (9, 5, 24, 1, 2)])
+def test_nchw_output_rows_stored_as_channel_vectors(name, side, channels, out_channels, groups, batch):
+    """NCHW output tiles are stored a row of a run of tiles at a time, whole
+    groups of VL pixels transposed to channel vectors, the pixels past them
+    (rows narrower than a group, the end of a row, runs cut by a tile block
+    or a thread's share) and the channels past whole vectors (7, 24, 33 per
+    group) one by one; planes a multiple of 4 KiB apart (32x32, 64x64: a
+    group's vectors all in one L1 set) and not; with and without bias,
+    several images, one and two threads.  Same result as the reference, and
+    bit for bit that of the NHWC kernel, which stores each pixel's channels
+    as they are."""
     r = winograd.VARIANTS[name][1]
-    x_shape, w_shape = (2, channels, side, side), (24, channels // groups, r, r)
-    g = make_geometry(x_shape, w_shape, 1, r // 2, 1, groups)
-    way, _ = winograd.l1_geometry()
-    assert winograd._stores_by_channel(g) == (4 * side * side % way == 0)
-    rng = np.random.default_rng(side + channels)
+    x_shape, w_shape = (batch, channels, side, side), (out_channels, channels // groups, r, r)
+    rng = np.random.default_rng(side + channels + out_channels)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(24).astype(np.float32)
-    case = Case(batch=2, channels=channels, height=side, width=side, out_channels=24, kernel=(r, r), stride=(1, 1),
-                padding=((r // 2, r // 2), (r // 2, r // 2)), dilation=(1, 1), groups=groups)
-    for threads in (1, 2):
-        got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
-        assert_close_to_reference(got, x, w, b, case, FACTOR[name])
+    case = Case(batch=batch, channels=channels, height=side, width=side, out_channels=out_channels, kernel=(r, r),
+                stride=(1, 1), padding=((r // 2, r // 2), (r // 2, r // 2)), dilation=(1, 1), groups=groups)
+    for b in (rng.standard_normal(out_channels).astype(np.float32), None):
+        nhwc = ln.conv2d(channels_last(x), w, b, padding=r // 2, groups=groups, algorithm=name + "-nhwc",
+                         layout="NHWC").transpose(0, 3, 1, 2)
+        for threads in (1, 2):
+            got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
+            assert_close_to_reference(got, x, w, np.zeros(out_channels, np.float32) if b is None else b, case,
+                                      FACTOR[name])
+            np.testing.assert_array_equal(got, nhwc)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

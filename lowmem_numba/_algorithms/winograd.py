@@ -46,7 +46,15 @@ of them (a block may end one image and start the next), in turn:
    of ``WINOGRAD_REDUCTION_BLOCK`` channels whose sums it adds up in place)
    into ``Z[point][tile][lane]``;
 3. inverse-transforms each tile of ``Z`` and stores it into the output with
-   the bias, clipping the partial tiles at the right and bottom edges.
+   the bias, clipping the partial tiles at the right and bottom edges: NCHW
+   outputs a row of a run of tiles at a time, ``VL`` pixels transposed to
+   channel vectors (:func:`_store_row_vectors`).  Stored pixel by pixel
+   instead (a pixel's channels, one plane apart, a line each), or on planes
+   a multiple of 4 KiB apart a channel's rows of a tile at a time (4 floats
+   a line: 224x224 planes fall in one L1 set), VGG-16's conv1_2 (224x224,
+   F(4x4,3x3), prepacked, batch 1, one thread) ran 1.61x as long as NHWC
+   (23.4 against 14.5 ms); transposed, 1.18x (15.1 against 12.8, the same
+   process alternating).
 
 A functional call whose batch has at most ``WINOGRAD_IN_KERNEL_TILES``
 tiles transforms the weights inside the kernel (:func:`_plan_packing`; under
@@ -94,15 +102,15 @@ NR row longer than its channels, see :func:`_winograd_conv`).
 from __future__ import annotations
 
 import functools
-import math
 from fractions import Fraction
 
 import numpy as np
 from numba import prange
 
-from .._caches import l1_geometry, l2_bytes, l3_bytes
+from .._caches import l2_bytes, l3_bytes
 from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform, transpose_block
+from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, make_separable_transform, tile_row_transpose_2,
+                            tile_row_transpose_4, transpose_block)
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
@@ -371,55 +379,90 @@ def _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off, v_step,
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _store_row_vectors(tile, buf, s_off, plane, out, d_off, d_stride, bias, b_off, has_bias):
+    """``VL`` pixels of a row of output tiles (``tile`` pixels each, their
+    channels in lanes) stored as ``VL`` channel vectors, ``d_stride`` apart:
+    :data:`~lowmem_numba._microkernel.tile_row_transpose_4` and ``_2``."""
+    if tile == 4:
+        tile_row_transpose_4(buf, s_off, plane, NR, out, d_off, d_stride, bias, b_off, has_bias)
+    else:
+        tile_row_transpose_2(buf, s_off, plane, NR, out, d_off, d_stride, bias, b_off, has_bias)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, tile, buf, z_off, r_off, y_off,
-                  block, bias, by_channel):
+                  block, bias):
     """``A^T Z A`` of ``count`` tiles' ``Z[point][tile][lane]`` (channels m0 ..
     m0+nr; tiles ``t0 ..`` numbered over the batch, ``tiles`` per image), plus
     the bias, stored at each tile's place in the output, clipped to the
-    output plane.  Both passes run over all tiles' lanes at once.  NCHW
-    outputs are stored pixel by pixel (a pixel's channels, one plane
-    apart), or ``by_channel`` (see :func:`_stores_by_channel`) a channel's
-    tile at a time."""
+    output plane.  Both passes run over all tiles' lanes at once.  NHWC
+    outputs are stored pixel by pixel (a pixel's channels are adjacent);
+    NCHW outputs a row of a run of tiles along a row of tiles at a time, in
+    groups of ``VL`` pixels transposed to channel vectors (one vector store
+    per channel, :func:`_store_row_vectors`), the pixels and channels past
+    whole groups and vectors one by one."""
     M, HO, WO = d.out_channels, d.out_height, d.out_width
     plane = block * NR  # one (point, tile-block) plane of Z, R or Y
     length = count * NR
+    has_bias = 1 if bias.size else 0
     # Rows: R[l][b] = sum_k AT[b, k] Z[l][k]; columns: Y[a][b] = sum_l AT[a, l] R[l][b].
     for l in range(alpha):
         _transform(at, buf, z_off + l * alpha * plane, plane, buf, r_off + l * tile * plane, plane, length)
     for b in range(tile):
         _transform(at, buf, r_off + b * plane, tile * plane, buf, y_off + b * plane, tile * plane, length)
-    for k in range(count):
+    if nhwc:
+        for k in range(count):
+            n, t = divmod(t0 + k, tiles)
+            ty, tx = divmod(t, tiles_x)
+            y0, x0 = ty * tile, tx * tile
+            for a in range(min(tile, HO - y0)):
+                for b in range(min(tile, WO - x0)):
+                    at_y = y_off + (a * tile + b) * plane + k * NR
+                    values = buf[at_y:at_y + nr]
+                    dest = out[((n * HO + y0 + a) * WO + x0 + b) * M + m0:][:nr]
+                    if has_bias:
+                        lanes = bias[m0:m0 + nr]
+                        for lane in range(nr):
+                            dest[lane] = values[lane] + lanes[lane]
+                    else:
+                        for lane in range(nr):
+                            dest[lane] = values[lane]
+        return
+    area = HO * WO
+    groups_fit = VL % tile == 0 and (tile == 2 or tile == 4)
+    vectors = nr // VL  # whole vectors of channels
+    k = 0
+    while k < count:
         n, t = divmod(t0 + k, tiles)
         ty, tx = divmod(t, tiles_x)
+        run = min(count - k, tiles_x - tx)  # tiles along this row of tiles
         y0, x0 = ty * tile, tx * tile
-        if not nhwc and by_channel:
-            rows, cols = min(tile, HO - y0), min(tile, WO - x0)
-            for lane in range(nr):
-                shift = bias[m0 + lane] if bias.size else np.float32(0.0)
-                base = (n * M + m0 + lane) * HO * WO + y0 * WO + x0
-                for a in range(rows):
-                    src = y_off + a * tile * plane + k * NR + lane
-                    dst = base + a * WO
-                    for b in range(cols):
-                        out[dst + b] = buf[src + b * plane] + shift
-            continue
+        width = min(run * tile, WO - x0)
+        grouped = width // VL * VL if groups_fit else 0
         for a in range(min(tile, HO - y0)):
-            for b in range(min(tile, WO - x0)):
-                at_y = y_off + (a * tile + b) * plane + k * NR
-                values = buf[at_y:at_y + nr]
-                if nhwc:
-                    pixel = ((n * HO + y0 + a) * WO + x0 + b) * M + m0
-                    dest = out[pixel:pixel + nr]
-                else:
-                    pixel = (n * M + m0) * HO * WO + (y0 + a) * WO + x0 + b
-                    dest = out[pixel:pixel + nr * HO * WO:HO * WO]
-                if bias.size:
-                    lanes = bias[m0:m0 + nr]
-                    for lane in range(nr):
-                        dest[lane] = values[lane] + lanes[lane]
-                else:
-                    for lane in range(nr):
-                        dest[lane] = values[lane]
+            src = y_off + a * tile * plane + k * NR  # pixel i of the row: + (i % tile) * plane + (i // tile) * NR
+            dst = (n * M + m0) * area + (y0 + a) * WO + x0
+            for i in range(0, grouped, VL):
+                for v in range(vectors):
+                    _store_row_vectors(tile, buf, src + i // tile * NR + v * VL, plane, out,
+                                       dst + v * VL * area + i, area, bias, m0 + v * VL, has_bias)
+            for q in range(run):
+                for b in range(min(tile, width - q * tile)):
+                    i = q * tile + b
+                    first = vectors * VL if i < grouped else 0
+                    # Views, so that the loops index from zero without
+                    # wraparound checks.
+                    values = buf[src + b * plane + q * NR + first:src + b * plane + q * NR + nr]
+                    pixel = dst + first * area + i
+                    dest = out[pixel:pixel + (nr - first) * area:area]
+                    if has_bias:
+                        lanes = bias[m0 + first:m0 + nr]
+                        for lane in range(nr - first):
+                            dest[lane] = values[lane] + lanes[lane]
+                    else:
+                        for lane in range(nr - first):
+                            dest[lane] = values[lane]
+        k += run
 
 
 @njit(cache=True, nogil=True)
@@ -468,7 +511,7 @@ def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, 
 
 @njit(parallel=True, cache=True)
 def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_block, chunk, depth, m_chunks,
-                   slots, slot_elements, by_channel, raw, variant):
+                   slots, slot_elements, raw, variant):
     """The convolution on transformed weights ``u``; or, when ``raw`` (the
     weights as given) is not empty, with each slot transforming a block of
     ``NR`` output channels' weights ``depth`` input channels at a time into
@@ -583,7 +626,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_bloc
                                       z_base + t * tile_block * NR, count, tile_block, min(depth, cg - c0),
                                       half, bias, 0 if c0 == 0 else ACCUMULATE)
                 _output_block(out, d, nhwc, g * mg + mb * NR, nr, t0, count, tiles, tiles_x, at, alpha, tile,
-                              scratch, z_base, r_off, y_off, tile_block, bias, by_channel)
+                              scratch, z_base, r_off, y_off, tile_block, bias)
 
 
 #: The weight transforms ``G w G^T`` of the variants, in :data:`VARIANTS`
@@ -717,23 +760,6 @@ def tile_block(g, name) -> int:
 def _stage_channels(g):
     """Channels of an input tile staged and transformed at once."""
     return min(g.channels_per_group, WINOGRAD_STAGE_CHANNELS)
-
-
-def _stores_by_channel(g):
-    """Whether NCHW output tiles are stored a channel's rows at a time
-    rather than pixel by pixel: where the planes are a multiple of the L1
-    way size apart, so that a pixel's channels, one plane apart, all fall in
-    one L1 set (the lines of planes ``P`` bytes apart fall in ``way /
-    gcd(P, way)`` sets, each holding ``ways`` lines; 224x224 planes are 49 x
-    4 KiB apart).  Measured with the input tiles gathered likewise (they are
-    staged from strips now, :func:`_stage_strip`): on a 2-core Intel Xeon
-    (48 KiB 12-way L1d), one thread, best of two alternating processes,
-    F(4x4,3x3) on 64->64 channels at 224x224 ran at 164 against 115 GFLOP/s
-    a pixel's 12 channels at a time, F(2x2,3x3) at 110 against 87; on planes
-    in several sets (200x200, 112x112) channel by channel was 5-10 % slower.
-    """
-    way, _ = l1_geometry()
-    return min(way // 64, way // math.gcd(FLOAT32_BYTES * g.height * g.width, way)) == 1
 
 
 def _slot_elements(g, name, block, packs=False, nhwc=False):
@@ -935,7 +961,7 @@ def _plan(g, threads, name, block=None, packs=False, nhwc=False):
     gemms = ((g.groups * points * whole, channels, rows, WINOGRAD_REDUCTION_BLOCK),) if whole else ()
     gemms += ((g.groups * points, channels, rows, rest),) if rest else ()
     return KernelPlan(tiling=(name, block, _stage_channels(g), _reduction_block(g), m_chunks, slots,
-                              per_slot, _stores_by_channel(g), packs),
+                              per_slot, packs),
                       scratch_elements=slots * per_slot,
                       gemms=gemms, moved_elements=moved, vector_flops=transform_flops, memory_elements=streamed,
                       parallel_items=max(1, units))
@@ -971,13 +997,13 @@ def _make_compute(nhwc):
     def compute(x, weights, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        name, block, chunk, depth, m_chunks, slots, per_slot, by_channel, packs = kernel.tiling
+        name, block, chunk, depth, m_chunks, slots, per_slot, packs = kernel.tiling
         at = matrices(name)[0]
         m = VARIANTS[name][0]
         # Weights as given (the kernel transforms them) or transformed.
         raw, transformed = (weights, NO_ARRAY) if packs else (NO_ARRAY, weights)
         _winograd_conv(x, transformed, bias, out, scratch, kernel_geometry(g), nhwc, at, m, block, chunk,
-                       depth, m_chunks, slots, per_slot, by_channel, raw, list(VARIANTS).index(name))
+                       depth, m_chunks, slots, per_slot, raw, list(VARIANTS).index(name))
     return compute
 
 
