@@ -464,48 +464,81 @@ def make_transpose_kernel(vl=VL):
     return intrinsic(transpose)
 
 
+def _masked_store(builder, value, base, index, mask):
+    """Store the lanes of ``value`` where ``mask`` (a vector of i1) is set,
+    at ``base[index:]`` (``llvm.masked.store``: the other lanes' memory is
+    neither read nor written)."""
+    vty = value.type
+    ptr = builder.bitcast(_element_ptr(builder, base, index), vty.as_pointer())
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), ir.IntType(32), mask.type]),
+        f"llvm.masked.store.v{vty.count}f32.p0")
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), mask])
+
+
 def make_tile_row_transpose_kernel(period, vl=VL):
-    """A Numba intrinsic storing ``vl`` consecutive pixels of one row of
-    output tiles, ``period`` pixels per tile, as ``vl`` channel vectors
+    """A Numba intrinsic storing up to ``vl`` consecutive pixels of one row
+    of output tiles, ``period`` pixels per tile, as channel vectors
     (Winograd's NCHW output: a tile's pixels hold their channels in lanes).
 
-    ``transpose(src, s_off, s_pixel, s_tile, dst, d_off, d_stride, bias,
-    b_off, has_bias)`` loads, for ``r < vl``, the ``vl`` lanes at
+    ``transpose(src, s_off, s_pixel, s_tile, valid, dst, d_off, d_stride,
+    bias, b_off, has_bias)`` loads, for ``r < vl``, the ``vl`` lanes at
     ``src[s_off + (r % period)*s_pixel + (r // period)*s_tile]`` (pixel
-    ``r``: its place in its tile, then its tile), transposes them in
-    registers, and stores lane ``j`` of every pixel, plus ``bias[b_off + j]``
-    when ``has_bias != 0``, at ``dst[d_off + j*d_stride :][:vl]``: one vector
-    store per channel instead of ``vl`` scalar ones per pixel.  Arrays are
-    C-contiguous float32; the caller keeps every address in bounds.
+    ``r``: its place in its tile, then its tile; pixels ``r >= valid`` load
+    pixel ``valid - 1`` instead), transposes them in registers, and stores
+    lane ``j`` of pixels ``r < valid``, plus ``bias[b_off + j]`` when
+    ``has_bias != 0``, at ``dst[d_off + j*d_stride :][:valid]``: one vector
+    store per channel (masked when ``valid < vl``) instead of ``valid``
+    scalar ones per pixel.  ``1 <= valid <= vl``; arrays are C-contiguous
+    float32; the caller keeps the addresses of pixels ``r < valid`` in
+    bounds.
     """
     assert vl % period == 0
 
-    def transpose(typingctx, src, s_off, s_pixel, s_tile, dst, d_off, d_stride, bias, b_off, has_bias):
+    def transpose(typingctx, src, s_off, s_pixel, s_tile, valid, dst, d_off, d_stride, bias, b_off, has_bias):
         if not all(_is_f32_array(a) for a in (src, dst, bias)):
             return None
         i64 = types.int64
-        sig = types.void(src, i64, i64, i64, dst, i64, i64, bias, i64, i64)
+        sig = types.void(src, i64, i64, i64, i64, dst, i64, i64, bias, i64, i64)
 
         def codegen(context, builder, signature, args):
-            src_v, s_off_v, s_pixel_v, s_tile_v, dst_v, d_off_v, d_stride_v, bias_v, b_off_v, has_bias_v = args
+            (src_v, s_off_v, s_pixel_v, s_tile_v, valid_v, dst_v, d_off_v, d_stride_v, bias_v, b_off_v,
+             has_bias_v) = args
             vty = ir.VectorType(_F32, vl)
             s_ptr, d_ptr, b_ptr = (context.make_array(signature.args[k])(context, builder, value).data
-                                   for k, value in ((0, src_v), (4, dst_v), (7, bias_v)))
-            rows = [_load_vector(builder, s_ptr, builder.add(s_off_v, builder.add(
-                builder.mul(_const(r % period), s_pixel_v), builder.mul(_const(r // period), s_tile_v))), vty)
-                for r in range(vl)]
+                                   for k, value in ((0, src_v), (5, dst_v), (8, bias_v)))
+            last = builder.sub(valid_v, _const(1))
+            rows = []
+            for r in range(vl):
+                # Pixel r, or the last valid one: no load past the pixels given.
+                at = builder.add(builder.mul(_const(r % period), s_pixel_v), builder.mul(_const(r // period), s_tile_v))
+                if r:
+                    back = builder.add(builder.mul(builder.urem(last, _const(period)), s_pixel_v),
+                                       builder.mul(builder.udiv(last, _const(period)), s_tile_v))
+                    at = builder.select(builder.icmp_signed("<", _const(r), valid_v), at, back)
+                rows.append(_load_vector(builder, s_ptr, builder.add(s_off_v, at), vty))
             columns = _transpose(builder, rows, vl)
+            lanes = ir.VectorType(_I64, vl)
+            mask = builder.icmp_signed("<", ir.Constant(lanes, list(range(vl))), _splat(builder, valid_v, lanes))
+            full = builder.icmp_signed("==", valid_v, _const(vl))
+
+            def store(values):
+                at = [builder.add(d_off_v, builder.mul(_const(j), d_stride_v)) for j in range(vl)]
+                with builder.if_else(full) as (whole, part):
+                    with whole:
+                        for j, value in enumerate(values):
+                            _store_vector(builder, value, d_ptr, at[j])
+                    with part:
+                        for j, value in enumerate(values):
+                            _masked_store(builder, value, d_ptr, at[j], mask)
+
             # The bias is read only when there is one.
             with builder.if_else(builder.icmp_signed("!=", has_bias_v, _const(0))) as (biased, plain):
                 with biased:
-                    for j, column in enumerate(columns):
-                        shift = _splat(builder, builder.load(_element_ptr(builder, b_ptr, builder.add(
-                            b_off_v, _const(j)))), vty)
-                        _store_vector(builder, builder.fadd(column, shift), d_ptr,
-                                      builder.add(d_off_v, builder.mul(_const(j), d_stride_v)))
+                    store([builder.fadd(column, _splat(builder, builder.load(_element_ptr(
+                        builder, b_ptr, builder.add(b_off_v, _const(j)))), vty)) for j, column in enumerate(columns)])
                 with plain:
-                    for j, column in enumerate(columns):
-                        _store_vector(builder, column, d_ptr, builder.add(d_off_v, builder.mul(_const(j), d_stride_v)))
+                    store(columns)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -466,15 +466,18 @@ def test_two_threads_share_small_images_at_batch_one(name):
     (16, 72, 24, 1, 2), (32, 20, 40, 1, 1), (32, 40, 48, 2, 2), (64, 9, 16, 1, 1), (38, 11, 7, 1, 2),
     (17, 8, 33, 1, 3), (9, 5, 24, 1, 2)])
 def test_nchw_output_rows_stored_as_channel_vectors(name, side, channels, out_channels, groups, batch):
-    """NCHW output tiles are stored a row of a run of tiles at a time, whole
-    groups of VL pixels transposed to channel vectors, the pixels past them
-    (rows narrower than a group, the end of a row, runs cut by a tile block
-    or a thread's share) and the channels past whole vectors (7, 24, 33 per
-    group) one by one; planes a multiple of 4 KiB apart (32x32, 64x64: a
-    group's vectors all in one L1 set) and not; with and without bias,
-    several images, one and two threads.  Same result as the reference, and
-    bit for bit that of the NHWC kernel, which stores each pixel's channels
-    as they are."""
+    """NCHW output tiles are stored a row of a run of tiles at a time,
+    groups of up to VL pixels transposed to channel vectors, the last group
+    of a row by masked stores (rows of 9, 17, 38 pixels; runs cut by a tile
+    block or a thread's share), the channels past whole vectors (7, 24, 33
+    per group) pixel by pixel; planes a multiple of 4 KiB apart (32x32,
+    64x64: a group's vectors all in one L1 set) and not; with and without
+    bias, several images, one and two threads, into an output that ends
+    right before an unwritable page.  Same result as the reference, and bit
+    for bit that of the NHWC kernel, which stores each pixel's channels as
+    they are."""
+    from test_pixels import _ending_at_unreadable_page
+
     r = winograd.VARIANTS[name][1]
     x_shape, w_shape = (batch, channels, side, side), (out_channels, channels // groups, r, r)
     rng = np.random.default_rng(side + channels + out_channels)
@@ -486,7 +489,8 @@ def test_nchw_output_rows_stored_as_channel_vectors(name, side, channels, out_ch
         nhwc = ln.conv2d(channels_last(x), w, b, padding=r // 2, groups=groups, algorithm=name + "-nhwc",
                          layout="NHWC").transpose(0, 3, 1, 2)
         for threads in (1, 2):
-            got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads)
+            got = ln.conv2d(x, w, b, padding=r // 2, groups=groups, algorithm=name, threads=threads,
+                            out=_ending_at_unreadable_page(np.zeros(nhwc.shape, np.float32)))
             assert_close_to_reference(got, x, w, np.zeros(out_channels, np.float32) if b is None else b, case,
                                       FACTOR[name])
             np.testing.assert_array_equal(got, nhwc)

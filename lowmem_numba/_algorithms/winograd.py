@@ -379,14 +379,15 @@ def _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off, v_step,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _store_row_vectors(tile, buf, s_off, plane, out, d_off, d_stride, bias, b_off, has_bias):
-    """``VL`` pixels of a row of output tiles (``tile`` pixels each, their
-    channels in lanes) stored as ``VL`` channel vectors, ``d_stride`` apart:
-    :data:`~lowmem_numba._microkernel.tile_row_transpose_4` and ``_2``."""
+def _store_row_vectors(tile, buf, s_off, plane, valid, out, d_off, d_stride, bias, b_off, has_bias):
+    """``valid`` (at most ``VL``) pixels of a row of output tiles (``tile``
+    pixels each, their channels in lanes) stored as ``VL`` channel vectors,
+    ``d_stride`` apart: :data:`~lowmem_numba._microkernel.tile_row_transpose_4`
+    and ``_2``."""
     if tile == 4:
-        tile_row_transpose_4(buf, s_off, plane, NR, out, d_off, d_stride, bias, b_off, has_bias)
+        tile_row_transpose_4(buf, s_off, plane, NR, valid, out, d_off, d_stride, bias, b_off, has_bias)
     else:
-        tile_row_transpose_2(buf, s_off, plane, NR, out, d_off, d_stride, bias, b_off, has_bias)
+        tile_row_transpose_2(buf, s_off, plane, NR, valid, out, d_off, d_stride, bias, b_off, has_bias)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -398,9 +399,9 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
     output plane.  Both passes run over all tiles' lanes at once.  NHWC
     outputs are stored pixel by pixel (a pixel's channels are adjacent);
     NCHW outputs a row of a run of tiles along a row of tiles at a time, in
-    groups of ``VL`` pixels transposed to channel vectors (one vector store
-    per channel, :func:`_store_row_vectors`), the pixels and channels past
-    whole groups and vectors one by one."""
+    groups of up to ``VL`` pixels transposed to channel vectors (one vector
+    store per channel, :func:`_store_row_vectors`), the channels past whole
+    vectors pixel by pixel."""
     M, HO, WO = d.out_channels, d.out_height, d.out_width
     plane = block * NR  # one (point, tile-block) plane of Z, R or Y
     length = count * NR
@@ -429,8 +430,7 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
                             dest[lane] = values[lane]
         return
     area = HO * WO
-    groups_fit = VL % tile == 0 and (tile == 2 or tile == 4)
-    vectors = nr // VL  # whole vectors of channels
+    vectors = nr // VL if VL % tile == 0 and (tile == 2 or tile == 4) else 0  # whole vectors of channels
     k = 0
     while k < count:
         n, t = divmod(t0 + k, tiles)
@@ -438,22 +438,23 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
         run = min(count - k, tiles_x - tx)  # tiles along this row of tiles
         y0, x0 = ty * tile, tx * tile
         width = min(run * tile, WO - x0)
-        grouped = width // VL * VL if groups_fit else 0
         for a in range(min(tile, HO - y0)):
             src = y_off + a * tile * plane + k * NR  # pixel i of the row: + (i % tile) * plane + (i // tile) * NR
             dst = (n * M + m0) * area + (y0 + a) * WO + x0
-            for i in range(0, grouped, VL):
+            for i in range(0, width, VL):
                 for v in range(vectors):
-                    _store_row_vectors(tile, buf, src + i // tile * NR + v * VL, plane, out,
+                    _store_row_vectors(tile, buf, src + i // tile * NR + v * VL, plane, min(VL, width - i), out,
                                        dst + v * VL * area + i, area, bias, m0 + v * VL, has_bias)
+            if vectors * VL == nr:
+                continue
             for q in range(run):
                 for b in range(min(tile, width - q * tile)):
-                    i = q * tile + b
-                    first = vectors * VL if i < grouped else 0
-                    # Views, so that the loops index from zero without
+                    # The channels past whole vectors, pixel by pixel, from
+                    # views, so that the loops index from zero without
                     # wraparound checks.
+                    first = vectors * VL
                     values = buf[src + b * plane + q * NR + first:src + b * plane + q * NR + nr]
-                    pixel = dst + first * area + i
+                    pixel = dst + first * area + q * tile + b
                     dest = out[pixel:pixel + (nr - first) * area:area]
                     if has_bias:
                         lanes = bias[m0 + first:m0 + nr]
