@@ -445,23 +445,22 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
                 for v in range(vectors):
                     _store_row_vectors(tile, buf, src + i // tile * NR + v * VL, plane, min(VL, width - i), out,
                                        dst + v * VL * area + i, area, bias, m0 + v * VL, has_bias)
-            if vectors * VL == nr:
-                continue
-            for q in range(run):
+            # The channels past whole vectors, pixel by pixel, from views, so
+            # that the loops index from zero without wraparound checks.
+            first = vectors * VL
+            rest = nr - first
+            for q in range(run if rest else 0):
                 for b in range(min(tile, width - q * tile)):
-                    # The channels past whole vectors, pixel by pixel, from
-                    # views, so that the loops index from zero without
-                    # wraparound checks.
-                    first = vectors * VL
-                    values = buf[src + b * plane + q * NR + first:src + b * plane + q * NR + nr]
+                    at_y = src + b * plane + q * NR + first
+                    values = buf[at_y:at_y + rest]
                     pixel = dst + first * area + q * tile + b
-                    dest = out[pixel:pixel + (nr - first) * area:area]
+                    dest = out[pixel:pixel + rest * area:area]
                     if has_bias:
                         lanes = bias[m0 + first:m0 + nr]
-                        for lane in range(nr - first):
+                        for lane in range(rest):
                             dest[lane] = values[lane] + lanes[lane]
                     else:
-                        for lane in range(nr - first):
+                        for lane in range(rest):
                             dest[lane] = values[lane]
         k += run
 
