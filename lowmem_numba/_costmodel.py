@@ -32,10 +32,11 @@ makes predictions deterministic.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import scipy.optimize
@@ -75,6 +76,15 @@ class Calibration:
     pack_rate: float = 5.0e9  # float32 elements/s of BLAS's panel packing beyond the fit (DEFAULTS.pack_rate)
     planar_line_seconds: float = 3e-10  # a line a tile's step reads from planar input (DEFAULTS.planar_line_seconds)
     planar_line_page_seconds: float = 0.0  # what such a line costs more per page of its plane (planar_plane_pages)
+
+    def __hash__(self):
+        # The memo key of every "auto" call holds the calibration in force:
+        # hashed once (0.3 us over its fields each time).
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
 
 def _efficiency(size, half):
@@ -677,8 +687,10 @@ def calibrate() -> Calibration:
     return calibrate_run().calibration
 
 
+@functools.lru_cache(maxsize=1)
 def _calibration_key():
-
+    """What a stored calibration is keyed on (built once: every "auto" call
+    looks its calibration up under it)."""
     return f"v{_CALIBRATION_VERSION} lowmem-numba {__version__} on {machine_id()}"
 
 

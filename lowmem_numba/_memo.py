@@ -110,5 +110,5 @@ def array_signature(value):
     if value is None:
         return None
     if isinstance(value, np.ndarray):
-        return (type(value), value.dtype.str, value.shape)
+        return (type(value), value.dtype, value.shape)
     raise Uncacheable
