@@ -375,11 +375,6 @@ class kernel_threads:
 
     def __exit__(self, *exc_info):
         _inside.depth -= 1
-        if not self._blas and self._lock is None:  # the common case: at most a thread count to set back
-            if self._previous is not None:
-                _restore_num_threads(self._previous)
-                self._previous = None
-            return False
         try:
             if self._blas:
                 _release_blas()
