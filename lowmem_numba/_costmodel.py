@@ -77,14 +77,14 @@ class Calibration:
     planar_line_seconds: float = 3e-10  # a line a tile's step reads from planar input (DEFAULTS.planar_line_seconds)
     planar_line_page_seconds: float = 0.0  # what such a line costs more per page of its plane (planar_plane_pages)
 
+    @functools.cached_property
+    def _fields_hash(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in fields(self)))
+
     def __hash__(self):
         # The memo key of every "auto" call holds the calibration in force:
         # hashed once (0.3 us over its fields each time).
-        cached = self.__dict__.get("_hash")
-        if cached is None:
-            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
-            object.__setattr__(self, "_hash", cached)
-        return cached
+        return self._fields_hash
 
 
 def _efficiency(size, half):

@@ -507,23 +507,24 @@ def make_tile_row_transpose_kernel(period, vl=VL):
             vty = ir.VectorType(_F32, vl)
             s_ptr, d_ptr, b_ptr = (context.make_array(signature.args[k])(context, builder, value).data
                                    for k, value in ((0, src_v), (5, dst_v), (8, bias_v)))
-            last = builder.sub(valid_v, _const(1))
+            def pixel_at(r):
+                return builder.add(builder.mul(builder.urem(r, _const(period)), s_pixel_v),
+                                   builder.mul(builder.udiv(r, _const(period)), s_tile_v))
+
+            last = pixel_at(builder.sub(valid_v, _const(1)))
             rows = []
             for r in range(vl):
                 # Pixel r, or the last valid one: no load past the pixels given.
-                at = builder.add(builder.mul(_const(r % period), s_pixel_v), builder.mul(_const(r // period), s_tile_v))
-                if r:
-                    back = builder.add(builder.mul(builder.urem(last, _const(period)), s_pixel_v),
-                                       builder.mul(builder.udiv(last, _const(period)), s_tile_v))
-                    at = builder.select(builder.icmp_signed("<", _const(r), valid_v), at, back)
+                at = builder.select(builder.icmp_signed("<", _const(r), valid_v), pixel_at(_const(r)), last)
                 rows.append(_load_vector(builder, s_ptr, builder.add(s_off_v, at), vty))
             columns = _transpose(builder, rows, vl)
             lanes = ir.VectorType(_I64, vl)
             mask = builder.icmp_signed("<", ir.Constant(lanes, list(range(vl))), _splat(builder, valid_v, lanes))
             full = builder.icmp_signed("==", valid_v, _const(vl))
 
+            at = [builder.add(d_off_v, builder.mul(_const(j), d_stride_v)) for j in range(vl)]
+
             def store(values):
-                at = [builder.add(d_off_v, builder.mul(_const(j), d_stride_v)) for j in range(vl)]
                 with builder.if_else(full) as (whole, part):
                     with whole:
                         for j, value in enumerate(values):

@@ -379,11 +379,34 @@ def _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off, v_step,
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _tile_run(tile, left, tiles, tiles_x):
+    """``(n, ty, tx, run)``: image, tile row and column of tile ``tile``
+    (numbered over the batch, ``tiles`` per image), and how many of the
+    ``left`` tiles from it lie along its row of tiles: the run an NCHW strip
+    stages and an NCHW output row stores."""
+    n, t = divmod(tile, tiles)
+    ty, tx = divmod(t, tiles_x)
+    return n, ty, tx, min(left, tiles_x - tx)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store_lanes(dest, values, lanes, has_bias):
+    """``dest[q] = values[q] (+ lanes[q])`` for every ``q`` of ``values``:
+    views, so that the loop indexes from zero without wraparound checks."""
+    if has_bias:
+        for q in range(values.size):
+            dest[q] = values[q] + lanes[q]
+    else:
+        for q in range(values.size):
+            dest[q] = values[q]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _store_row_vectors(tile, buf, s_off, plane, valid, out, d_off, d_stride, bias, b_off, has_bias):
     """``valid`` (at most ``VL``) pixels of a row of output tiles (``tile``
     pixels each, their channels in lanes) stored as ``VL`` channel vectors,
     ``d_stride`` apart: :data:`~lowmem_numba._microkernel.tile_row_transpose_4`
-    and ``_2``."""
+    and ``_2`` (the variants' tiles are 2 or 4 pixels a side)."""
     if tile == 4:
         tile_row_transpose_4(buf, s_off, plane, NR, valid, out, d_off, d_stride, bias, b_off, has_bias)
     else:
@@ -419,23 +442,14 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
             for a in range(min(tile, HO - y0)):
                 for b in range(min(tile, WO - x0)):
                     at_y = y_off + (a * tile + b) * plane + k * NR
-                    values = buf[at_y:at_y + nr]
-                    dest = out[((n * HO + y0 + a) * WO + x0 + b) * M + m0:][:nr]
-                    if has_bias:
-                        lanes = bias[m0:m0 + nr]
-                        for lane in range(nr):
-                            dest[lane] = values[lane] + lanes[lane]
-                    else:
-                        for lane in range(nr):
-                            dest[lane] = values[lane]
+                    pixel = ((n * HO + y0 + a) * WO + x0 + b) * M + m0
+                    _store_lanes(out[pixel:pixel + nr], buf[at_y:at_y + nr], bias[m0:m0 + nr], has_bias)
         return
     area = HO * WO
-    vectors = nr // VL if VL % tile == 0 and (tile == 2 or tile == 4) else 0  # whole vectors of channels
+    vectors = nr // VL if tile == 2 or tile == 4 else 0  # whole vectors of channels (see _store_row_vectors)
     k = 0
     while k < count:
-        n, t = divmod(t0 + k, tiles)
-        ty, tx = divmod(t, tiles_x)
-        run = min(count - k, tiles_x - tx)  # tiles along this row of tiles
+        n, ty, tx, run = _tile_run(t0 + k, count - k, tiles, tiles_x)
         y0, x0 = ty * tile, tx * tile
         width = min(run * tile, WO - x0)
         for a in range(min(tile, HO - y0)):
@@ -445,23 +459,15 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
                 for v in range(vectors):
                     _store_row_vectors(tile, buf, src + i // tile * NR + v * VL, plane, min(VL, width - i), out,
                                        dst + v * VL * area + i, area, bias, m0 + v * VL, has_bias)
-            # The channels past whole vectors, pixel by pixel, from views, so
-            # that the loops index from zero without wraparound checks.
+            # The channels past whole vectors, pixel by pixel.
             first = vectors * VL
             rest = nr - first
             for q in range(run if rest else 0):
                 for b in range(min(tile, width - q * tile)):
                     at_y = src + b * plane + q * NR + first
-                    values = buf[at_y:at_y + rest]
                     pixel = dst + first * area + q * tile + b
-                    dest = out[pixel:pixel + rest * area:area]
-                    if has_bias:
-                        lanes = bias[m0 + first:m0 + nr]
-                        for lane in range(rest):
-                            dest[lane] = values[lane] + lanes[lane]
-                    else:
-                        for lane in range(rest):
-                            dest[lane] = values[lane]
+                    _store_lanes(out[pixel:pixel + rest * area:area], buf[at_y:at_y + rest], bias[m0 + first:m0 + nr],
+                                 has_bias)
         k += run
 
 
@@ -575,9 +581,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_bloc
                             columns[j] = j * cs
                         k = 0
                         while k < count:
-                            n, t = divmod(t0 + k, tiles)
-                            ty, tx = divmod(t, tiles_x)
-                            run = min(count - k, tiles_x - tx)
+                            n, ty, tx, run = _tile_run(t0 + k, count - k, tiles, tiles_x)
                             width = (run - 1) * tile + alpha
                             _stage_strip(x, d, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, width, alpha,
                                          c0, cs, scratch, strip_off, columns)
