@@ -256,13 +256,15 @@ def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through the C library")
-@pytest.mark.parametrize("c, hw, m", [(7, 7, 5), (9, 14, 3), (3, 1, 2), (5, 4, 9), (2, 23, 17)])
+@pytest.mark.parametrize("c, hw, m", [(7, 7, 5), (9, 14, 3), (3, 1, 2), (5, 4, 9), (2, 23, 17), (260, 14, 20)])
 def test_in_place_planes_never_read_past_the_input(c, hw, m):
     """Read in place, a plane's last vector reaches past the plane (lanes
-    never stored): the tile whose last vector would leave the input goes
-    through a panel instead.  The input ends right before an unreadable
-    page, for planes of whole vectors (16 pixels) and not (49, 196, 1, 529),
-    over a batch and both thread counts."""
+    never stored): the tile whose last vector would leave the input moves
+    back onto pixels the tile before it computes too, or, on a plane
+    narrower than it, goes through a panel.  The input ends right before an
+    unreadable page, for planes of whole vectors (16 pixels) and not (49,
+    196, 1, 529), with the first channel block copying for the others (260
+    channels, 3 blocks), over a batch and both thread counts."""
     rng = np.random.default_rng(hw)
     x = _ending_at_unreadable_page(rng.integers(-3, 4, (2, c, hw, hw)).astype(np.float32))
     w = rng.integers(-3, 4, (m, c, 1, 1)).astype(np.float32)
