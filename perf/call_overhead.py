@@ -55,8 +55,8 @@ def run_ours(threads: int) -> dict:
     from lowmem_numba.bench import measure
 
     result = {}
-    for (label, x_shape, w_shape, groups), algorithm in zip(LAYERS + SWEEP,
-                                                            ("auto",) * len(LAYERS) + (SWEEP_ALGORITHM,) * len(SWEEP)):
+    jobs = [(*layer, "auto") for layer in LAYERS] + [(*layer, SWEEP_ALGORITHM) for layer in SWEEP]
+    for label, x_shape, w_shape, groups, algorithm in jobs:
         rng = np.random.default_rng(0)
         x = rng.random(x_shape, dtype=np.float32)
         w = rng.random(w_shape, dtype=np.float32)
@@ -68,13 +68,14 @@ def run_ours(threads: int) -> dict:
                                                algorithm=algorithm),
                              repeats=2000, warmup=50, min_seconds=0.2).best
         layered = measure(lambda: layer(x, out=out), repeats=2000, warmup=50, min_seconds=0.2).best
+        shown = algorithm
         if algorithm == "auto":  # the functional call's pick, and the layer's if it differs (prepacked)
             functional_plan = ln.plan(x_shape, w_shape, padding=padding, groups=groups, threads=threads)
             layer_plan = layer.plan_for(x_shape)
-            algorithm = f"{functional_plan.algorithm} t{functional_plan.threads}"
+            shown = f"{functional_plan.algorithm} t{functional_plan.threads}"
             if (layer_plan.algorithm, layer_plan.threads) != (functional_plan.algorithm, functional_plan.threads):
-                algorithm += f" (layer: {layer_plan.algorithm} t{layer_plan.threads})"
-        result[label] = dict(functional=functional, layer=layered, algorithm=algorithm)
+                shown += f" (layer: {layer_plan.algorithm} t{layer_plan.threads})"
+        result[label] = dict(functional=functional, layer=layered, algorithm=shown)
     return result
 
 
