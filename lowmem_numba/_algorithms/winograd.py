@@ -379,13 +379,20 @@ def _transform_staged(variant, src, s_off, s_row, s_col, cs, buf, v_off, v_step,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _tile_run(tile, left, tiles, tiles_x):
-    """``(n, ty, tx, run)``: image, tile row and column of tile ``tile``
-    (numbered over the batch, ``tiles`` per image), and how many of the
-    ``left`` tiles from it lie along its row of tiles: the run an NCHW strip
-    stages and an NCHW output row stores."""
+def _tile_position(tile, tiles, tiles_x):
+    """``(n, ty, tx)``: image, tile row and tile column of tile ``tile``
+    (numbered over the batch, ``tiles`` per image, ``tiles_x`` per row)."""
     n, t = divmod(tile, tiles)
     ty, tx = divmod(t, tiles_x)
+    return n, ty, tx
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_run(tile, left, tiles, tiles_x):
+    """``(n, ty, tx, run)``: :func:`_tile_position` of tile ``tile``, and how
+    many of the ``left`` tiles from it lie along its row of tiles: the run an
+    NCHW strip stages and an NCHW output row stores."""
+    n, ty, tx = _tile_position(tile, tiles, tiles_x)
     return n, ty, tx, min(left, tiles_x - tx)
 
 
@@ -436,8 +443,7 @@ def _output_block(out, d, nhwc, m0, nr, t0, count, tiles, tiles_x, at, alpha, ti
         _transform(at, buf, r_off + b * plane, tile * plane, buf, y_off + b * plane, tile * plane, length)
     if nhwc:
         for k in range(count):
-            n, t = divmod(t0 + k, tiles)
-            ty, tx = divmod(t, tiles_x)
+            n, ty, tx = _tile_position(t0 + k, tiles, tiles_x)
             y0, x0 = ty * tile, tx * tile
             for a in range(min(tile, HO - y0)):
                 for b in range(min(tile, WO - x0)):
@@ -568,8 +574,7 @@ def _winograd_conv(x, u, bias, out, scratch, geometry, nhwc, at, tile, tile_bloc
             if unit // m_chunks != transformed:
                 if nhwc:
                     for k in range(count):
-                        n, t = divmod(t0 + k, tiles)
-                        ty, tx = divmod(t, tiles_x)
+                        n, ty, tx = _tile_position(t0 + k, tiles, tiles_x)
                         _input_tile(x, d, n, g, ty * tile - d.pad_top, tx * tile - d.pad_left, variant, alpha,
                                     scratch, p_off, t_off, v_base + k * cg, tile_block * cg, chunk)
                 else:
