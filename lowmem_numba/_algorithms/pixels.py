@@ -132,21 +132,72 @@ def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, 
               b_off, has_bias):
     """One tile of ``vectors`` vectors, reading step ``k``'s input at
     ``x_at + offsets[k]``, or, with ``x_kstep > 0``, at ``x_at + k*x_kstep``
-    (a 1x1 layer's planes or a panel's runs: the strided tile, which loads
-    no offsets)."""
+    (:func:`_run_strided_tile`)."""
     if x_kstep > 0:
-        if vectors == 3:
-            _strided3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
-        elif vectors == 2:
-            _strided2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
-        else:
-            _strided1(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+        _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
+                          b_off, has_bias)
     elif vectors == 3:
         _tile3(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     elif vectors == 2:
         _tile2(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     else:
         _tile1(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
+                      b_off, has_bias):
+    """One tile of ``vectors`` vectors reading step ``k``'s input at
+    ``x_at + k*x_kstep`` (a 1x1 layer's planes or a panel's runs: the
+    strided tile, which loads no offsets)."""
+    if vectors == 3:
+        _strided3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+    elif vectors == 2:
+        _strided2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+    else:
+        _strided1(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
+
+
+@njit(cache=True, nogil=True)
+def _sweep_planes(x, w, bias, out, d, first, stop, units, m_chunks, u_chunks, unit_block, head, x_image,
+                  has_bias):
+    """Items ``first`` to ``stop`` of a 1x1 layer read in place from whole
+    planes, each tile stepping through the planes with the strided tile (no
+    panel, no copy): what :func:`_pixels_conv` runs when ``plain`` holds.
+    Compiled on its own and called per slot (on one slot, outside any
+    parallel region): in the general kernel's prange body, beside its other
+    tiles, the same tiles ran 1x1 layers of 16-256 output channels on
+    112x112 to 28x28 planes 1.01-1.06x slower at batch 1 on one thread
+    (medians, ``perf/interleaved_ab.py``; alike on two threads and at batch
+    8).  The same loops in their own function ran fastest without prange;
+    compiled serially with every other tile kind inlined, slower still."""
+    reduction = d.channels_per_group
+    plane = d.height * d.width
+    G, M, mg = d.groups, d.out_channels, d.out_channels_per_group
+    blocks = (mg + PIXEL_CHANNELS - 1) // PIXEL_CHANNELS
+    for item in range(first, stop):
+        ng, mb0, mb1, u_begin, u_end = tile_bounds(item, blocks, units, m_chunks, u_chunks)
+        n = ng // G
+        g = ng % G
+        at = n * x_image + g * reduction * plane
+        for run in range(u_begin, u_end, unit_block):
+            run_end = min(u_end, run + unit_block)
+            for mb in range(mb0, mb1):
+                m0 = g * mg + mb * PIXEL_CHANNELS
+                mc = min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS)
+                for unit in range(run, run_end):
+                    x0, valid = _unit_span(unit, head, 1, plane)
+                    if valid <= 0:
+                        continue
+                    vectors = (valid + VL - 1) // VL
+                    # The input's last tile moves back onto pixels the tile before
+                    # computes too (see _pixels_conv).
+                    overrun = at + x0 + (reduction - 1) * plane + vectors * VL - x.size
+                    if overrun > 0:
+                        x0 -= overrun
+                        valid += overrun
+                    _run_strided_tile(vectors, w, m0 * reduction, reduction, x, at + x0, plane, reduction, out,
+                                      (n * M + m0) * plane + x0, plane, valid, mc, bias, m0, has_bias)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -332,62 +383,73 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     pack = pointwise and not in_place
     head = vector_head(x.ctypes.data) if in_place and whole_vectors else 0
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pointwise else 0
+    # Read in place without copies, on planes at least a tile and a vector
+    # long (so that the input's last tile can always move back): a sweep
+    # compiled on its own (see _sweep_planes).
+    plain = in_place and not copies and row_len >= SPAN + VL
+    if plain and slots == 1:
+        _sweep_planes(x, w, bias, out, d, 0, items, units, m_chunks, u_chunks, unit_block, head, x_image, has_bias)
+        return
     for slot in prange(slots):
-        panel = first + slot * panel_size
-        for item in range(slot * items // slots, (slot + 1) * items // slots):
-            ng, mb0, mb1, u_begin, u_end = tile_bounds(item, blocks, units, m_chunks, u_chunks)
-            n = ng // G
-            g = ng % G
-            # Runs of ``unit_block`` tiles, every channel block over each run: the
-            # run's input stays in cache, and the outputs go to the planes of one
-            # channel block at a time (few write streams).
-            for run in range(u_begin, u_end, unit_block):
-                run_end = min(u_end, run + unit_block)
-                if pack:  # one row: unit = tile
-                    _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run,
-                              run_end - run, 0, d)
-                for mb in range(mb0, mb1):
-                    for unit in range(run, run_end):
-                        r = unit // row_units
-                        x0, valid = _unit_span(unit % row_units, head, lead, row_len)
-                        if valid <= 0:
-                            continue
-                        vectors = (valid + VL - 1) // VL
-                        row_at = n * x_image + g * x_group + r * row_step
-                        overrun = row_at + x0 + offsets[reduction - 1] + vectors * VL - x.size if in_place else 0
-                        if 0 < overrun <= x0:
-                            # The input's last tile, whose last vector would read past the
-                            # input's end, moves back onto pixels the tile before computes
-                            # too (the same products in the same order: the same values).
-                            x0 -= overrun
-                            valid += overrun
-                        src, src_at, kstep = x, row_at + x0, plane_step
-                        at = panel + (unit - run) * reduction * SPAN
-                        copying = False
-                        if pack:
-                            src, src_at, kstep = panels, at, SPAN
-                        elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
-                            if mb == mb0:
-                                _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
-                                          head, d)
-                            src, src_at, kstep = panels, at, SPAN
-                        elif in_place and copies and mb1 - mb0 > 1:
-                            # The first channel block reads the planes and copies what it
-                            # reads into the panel, which the other blocks then read.
-                            if mb == mb0:
-                                copying = True
-                            else:
+        if plain:
+            _sweep_planes(x, w, bias, out, d, slot * items // slots, (slot + 1) * items // slots, units, m_chunks,
+                          u_chunks, unit_block, head, x_image, has_bias)
+        else:
+            panel = first + slot * panel_size
+            for item in range(slot * items // slots, (slot + 1) * items // slots):
+                ng, mb0, mb1, u_begin, u_end = tile_bounds(item, blocks, units, m_chunks, u_chunks)
+                n = ng // G
+                g = ng % G
+                # Runs of ``unit_block`` tiles, every channel block over each run: the
+                # run's input stays in cache, and the outputs go to the planes of one
+                # channel block at a time (few write streams).
+                for run in range(u_begin, u_end, unit_block):
+                    run_end = min(u_end, run + unit_block)
+                    if pack:  # one row: unit = tile
+                        _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, panel, run,
+                                  run_end - run, 0, d)
+                    for mb in range(mb0, mb1):
+                        for unit in range(run, run_end):
+                            r = unit // row_units
+                            x0, valid = _unit_span(unit % row_units, head, lead, row_len)
+                            if valid <= 0:
+                                continue
+                            vectors = (valid + VL - 1) // VL
+                            row_at = n * x_image + g * x_group + r * row_step
+                            overrun = row_at + x0 + offsets[reduction - 1] + vectors * VL - x.size if in_place else 0
+                            if 0 < overrun <= x0:
+                                # The input's last tile, whose last vector would read past the
+                                # input's end, moves back onto pixels the tile before computes
+                                # too (the same products in the same order: the same values).
+                                x0 -= overrun
+                                valid += overrun
+                            src, src_at, kstep = x, row_at + x0, plane_step
+                            at = panel + (unit - run) * reduction * SPAN
+                            copying = False
+                            if pack:
                                 src, src_at, kstep = panels, at, SPAN
-                        m0 = g * mg + mb * PIXEL_CHANNELS  # the block's first output channel
-                        w_at = m0 * reduction
-                        o_at = (n * M + m0) * plane + r * row_len + x0
-                        mc = min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS)
-                        if copying:
-                            _run_copying_tile(vectors, w, w_at, reduction, src, src_at, kstep, reduction, out, o_at,
-                                              plane, valid, mc, bias, m0, has_bias, panels, at)
-                        else:
-                            _run_tile(vectors, w, w_at, reduction, src, src_at, offsets, kstep, reduction, out, o_at,
-                                      plane, valid, mc, bias, m0, has_bias)
+                            elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
+                                if mb == mb0:
+                                    _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
+                                              head, d)
+                                src, src_at, kstep = panels, at, SPAN
+                            elif in_place and copies and mb1 - mb0 > 1:
+                                # The first channel block reads the planes and copies what it
+                                # reads into the panel, which the other blocks then read.
+                                if mb == mb0:
+                                    copying = True
+                                else:
+                                    src, src_at, kstep = panels, at, SPAN
+                            m0 = g * mg + mb * PIXEL_CHANNELS  # the block's first output channel
+                            w_at = m0 * reduction
+                            o_at = (n * M + m0) * plane + r * row_len + x0
+                            mc = min(PIXEL_CHANNELS, mg - mb * PIXEL_CHANNELS)
+                            if copying:
+                                _run_copying_tile(vectors, w, w_at, reduction, src, src_at, kstep, reduction, out, o_at,
+                                                  plane, valid, mc, bias, m0, has_bias, panels, at)
+                            else:
+                                _run_tile(vectors, w, w_at, reduction, src, src_at, offsets, kstep, reduction, out,
+                                          o_at, plane, valid, mc, bias, m0, has_bias)
 
 
 @njit(parallel=True, cache=True)
