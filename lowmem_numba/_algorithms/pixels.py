@@ -161,16 +161,21 @@ def _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o
 @njit(cache=True, nogil=True)
 def _sweep_planes(x, w, bias, out, d, first, stop, units, m_chunks, u_chunks, unit_block, head, x_image,
                   has_bias):
-    """Items ``first`` to ``stop`` of a 1x1 layer read in place from whole
-    planes, each tile stepping through the planes with the strided tile (no
-    panel, no copy): what :func:`_pixels_conv` runs when ``plain`` holds.
+    """Items ``first`` to ``stop`` of a 1x1 layer read in place, each tile
+    stepping through the input planes with the strided tile (no panel, no
+    copy): what :func:`_pixels_conv` runs when ``plain`` holds.
     Compiled on its own and called per slot (on one slot, outside any
     parallel region): in the general kernel's prange body, beside its other
     tiles, the same tiles ran 1x1 layers of 16-256 output channels on
     112x112 to 28x28 planes 1.01-1.06x slower at batch 1 on one thread
     (medians, ``perf/interleaved_ab.py``; alike on two threads and at batch
     8).  The same loops in their own function ran fastest without prange;
-    compiled serially with every other tile kind inlined, slower still."""
+    compiled serially with every other tile kind inlined, slower still.
+    Layers whose first channel block copies its input (``copies``) stay in
+    the general kernel: the copying tiles in a sweep of their own ran
+    GoogLeNet's 480->16 and 512->24 on 14x14 1.04-1.06x faster but ResNet-50's
+    256->64 and 256->128 on 56x56 and 512->128 on 28x28 0.93-0.97x, and
+    beside this sweep's tiles they slowed it by up to 0.85x."""
     reduction = d.channels_per_group
     plane = d.height * d.width
     G, M, mg = d.groups, d.out_channels, d.out_channels_per_group
