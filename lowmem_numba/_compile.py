@@ -54,6 +54,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import types
 import warnings
 from typing import Optional
 
@@ -295,6 +296,26 @@ def njit(*args, cache: bool = False, **options):
     if args:
         return decorate(args[0])
     return decorate
+
+
+def serial_twin(kernel, name: str):
+    """``kernel`` (a parallel dispatcher) compiled again from the same source
+    without ``parallel=True`` (with ``cache=True, nogil=True``), as the
+    function ``name`` of its module: its ``prange`` loops run as plain
+    loops, outside any parallel region.
+
+    A twin of its own name, because Numba names and keys a function's cache
+    files by its module, name and first line, not by its compile options:
+    the same Python function compiled both ways would load one from the
+    other's cache.
+    """
+    py_func = kernel.py_func
+    twin = types.FunctionType(py_func.__code__, py_func.__globals__, name, py_func.__defaults__,
+                              py_func.__closure__)
+    twin.__qualname__ = name
+    twin.__module__ = py_func.__module__
+    twin.__doc__ = f"{py_func.__name__} without parallel=True (see lowmem_numba._compile.serial_twin)."
+    return njit(cache=True, nogil=True)(twin)
 
 
 _decide()

@@ -728,3 +728,16 @@ def test_plans_price_general_stores_and_stacked_segments(layout, batch, c, m, hw
     assert plan.kernel.moved_elements - free.kernel.moved_elements == pytest.approx(expected, abs=batch)
     if spanning:  # a stacked walk spanning images: both terms
         assert stacked and general and starts
+
+
+def test_serial_twin_is_the_same_code_under_its_own_cache_name():
+    """The one-thread twin of the kernel compiles the same code without
+    parallel=True, under a name of its own: Numba names and keys cache
+    files by function name and line, not by options, so a shared name would
+    load one compilation from the other's cache."""
+    from lowmem_numba._algorithms import ukernel
+
+    twin, kernel = ukernel._ukernel_conv_serial, ukernel._ukernel_conv
+    assert twin.py_func.__code__ is kernel.py_func.__code__
+    assert twin.py_func.__qualname__ == "_ukernel_conv_serial" != kernel.py_func.__qualname__
+    assert kernel.targetoptions.get("parallel") and not twin.targetoptions.get("parallel")

@@ -101,7 +101,7 @@ import numpy as np
 from numba import prange
 
 from .._caches import l1_bytes, l2_bytes, page_bytes
-from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit, serial_twin  # numba.njit whose cache=True never fails (see _compile)
 from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half,
                             transpose_block)
 from .._layout import transpose_blocks
@@ -920,6 +920,16 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
         moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
 
 
+#: :func:`_ukernel_conv` for calls at batch 1 and stride 1 on one thread,
+#: outside any parallel region.  Against the one-thread prange (medians of
+#: ``perf/interleaved_ab.py``, Intel Xeon kind): GoogLeNet's 1x1 and 5x5
+#: layers on 14x14 and 7x7 planes 1.01-1.05x faster, a 3x3 layer on 28x28
+#: 1.01x; but ResNet-50's stride-2 layers 0.98-1.00x at batch 1 and
+#: 0.96-0.99x at batch 8 (layer3's downsample and 3x3), 1x1 layers at batch 8
+#: 0.98-1.02x.
+_ukernel_conv_serial = serial_twin(_ukernel_conv, "_ukernel_conv_serial")
+
+
 def _pack_weights(weight, g, dest):
     # One block, or one thread: without a parallel region, which cost 2-3 us
     # of a 50 us call (GoogLeNet's 1x1 reductions to 16-32 channels).
@@ -937,8 +947,10 @@ def _make_compute(nhwc):
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
             block_scratch = g.groups * m_chunks * _block_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
+        serial = g.batch == 1 and g.stride == (1, 1) and numba_thread_count() == 1
+        conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:
-            _ukernel_conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
+            conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
                           channel_block, raw, stacked)
             return
         channels_last, padded, images, subsampled = staging
@@ -962,7 +974,7 @@ def _make_compute(nhwc):
             if count < images:  # a last, shorter chunk: the geometry's batch (its first field) is the chunk's
                 chunk = (count,) + launched[1:]
                 tiles = int(_plane_tiles(chunk, stacked))
-            _ukernel_conv(scratch, packed, bias, out[n * plane:(n + count) * plane], chunk, channels_last, nhwc,
+            conv(scratch, packed, bias, out[n * plane:(n + count) * plane], chunk, channels_last, nhwc,
                           m_chunks, t_chunks, tiles, tile_block, channel_block, raw, stacked)
     return compute
 
