@@ -579,13 +579,8 @@ def _pack(weight, dest, geometry):
         _pack_block(weight, dest, d, item, offsets, item * size, 0, d.channels_per_group)
 
 
-@njit(cache=True, nogil=True)
-def _pack_serial(weight, dest, geometry):
-    d = KernelGeometry(*geometry)
-    offsets = scatter_offsets(d.kernel_taps, d.channels_per_group)
-    size = d.kernel_taps * d.channels_per_group * NR
-    for item in range(d.groups * ((d.out_channels_per_group + NR - 1) // NR)):
-        _pack_block(weight, dest, d, item, offsets, item * size, 0, d.channels_per_group)
+#: :func:`_pack` outside any parallel region (one block, or one thread).
+_pack_serial = serial_twin(_pack, "_pack_serial")
 
 
 def _block_elements(g) -> int:
@@ -951,7 +946,7 @@ def _make_compute(nhwc):
         conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:
             conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
-                          channel_block, raw, stacked)
+                 channel_block, raw, stacked)
             return
         channels_last, padded, images, subsampled = staging
         C, H, W = g.in_channels, g.height, g.width
@@ -975,7 +970,7 @@ def _make_compute(nhwc):
                 chunk = (count,) + launched[1:]
                 tiles = int(_plane_tiles(chunk, stacked))
             conv(scratch, packed, bias, out[n * plane:(n + count) * plane], chunk, channels_last, nhwc,
-                          m_chunks, t_chunks, tiles, tile_block, channel_block, raw, stacked)
+                 m_chunks, t_chunks, tiles, tile_block, channel_block, raw, stacked)
     return compute
 
 
