@@ -405,7 +405,10 @@ def launch(plan: CallPlan, out, workspace, x, weights_flat, bias) -> np.ndarray:
     prepacked."""
     if out.size == 0:  # an empty batch: nothing to compute, nothing to allocate
         return out
-    x_flat = np.ascontiguousarray(x).reshape(-1)
-    bias_flat = _NO_BIAS if bias is None else np.ascontiguousarray(bias)
-    execute(plan, x_flat, weights_flat, bias_flat, out.reshape(-1), workspace)
+    execute(plan, np.ascontiguousarray(x).reshape(-1), weights_flat, flat_bias(bias), out.reshape(-1), workspace)
     return out
+
+
+def flat_bias(bias) -> np.ndarray:
+    """A validated bias as the kernels read it: contiguous, empty for none."""
+    return _NO_BIAS if bias is None else np.ascontiguousarray(bias)

@@ -6,9 +6,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._execute import prepare_weights
+from ._execute import execute, prepare_weights
 from . import _registry as registry
-from ._api import choose_algorithm, launch, prepare_call, resolve_algorithm
+from ._api import choose_algorithm, flat_bias, launch, prepare_call, resolve_algorithm
 from ._costmodel import loaded_calibration
 from ._geometry import (
     check_array,
@@ -24,22 +24,37 @@ from ._layout import check_layout, to_nchw_shape
 from ._threads import max_threads
 from ._workspace import Workspace, check_workspace
 
+_FLOAT32 = np.dtype(np.float32)
+
 
 class _Repeat(NamedTuple):
-    """A layer's last call: repeated on an input of the same shape and dtype
-    while the objects of :meth:`Conv2d._call_state` are the same ones (held
-    here, so that no other object takes one's id), it skips the validation
-    and memo lookup of :func:`~lowmem_numba._api.prepare_call` (building and
-    hashing the memo key alone took 2.1 of a 12.8 us call); an ``out`` is
-    still checked."""
+    """A layer's last call, repeated on an input of the same shape and dtype
+    while nothing it was planned under changed: the layer's planning
+    attributes (assigning one drops the repeat, see
+    :data:`_PLANNED_ATTRIBUTES`) and the process's planning state
+    (:func:`_process_state`).  It skips the validation and memo lookup of
+    :func:`~lowmem_numba._api.prepare_call` (building and hashing the memo key
+    alone took 2.1 of a 12.8 us call); an ``out`` is still checked."""
 
     x_shape: tuple
-    state: tuple
-    state_ids: tuple
+    process_state: tuple
+    auto: bool
     plan: object
-    algorithm: object
     out_shape: tuple
     weights: np.ndarray
+    bias: np.ndarray
+
+
+#: The attributes a layer's calls are planned from: assigning any of them (even
+#: an equal value: a new bias array is validated) plans the next call again.
+_PLANNED_ATTRIBUTES = frozenset({"algorithm", "threads", "layout", "memory_limit", "winograd", "bias", "workspace"})
+
+
+def _process_state(auto: bool) -> tuple:
+    """What a plan depends on beyond the layer: the thread limit, the set of
+    registered algorithms and, for "auto", the calibration in force (as
+    :func:`~lowmem_numba._api.prepare_call` keys its memo)."""
+    return max_threads(), registry.generation(), loaded_calibration() if auto else None
 
 
 class Conv2d:
@@ -168,34 +183,35 @@ class Conv2d:
             ``out`` if given.
         """
         repeat = self._repeat
-        if (repeat is not None and type(x) is np.ndarray and x.dtype == np.float32 and x.shape == repeat.x_shape
-                and repeat.state_ids == tuple(map(id, self._call_state()))):
+        # Each step here runs after the previous call's kernel has evicted the
+        # interpreter's data: what took 1-2 us in a loop of its own took 4-6
+        # (GoogLeNet's 480->16 on 14x14).  Hence one attribute check on
+        # assignment instead of a per-call comparison of the layer's state.
+        if (repeat is not None and type(x) is np.ndarray and x.dtype is _FLOAT32 and x.shape == repeat.x_shape
+                and repeat.process_state == _process_state(repeat.auto)):
             if out is None:
                 out = np.empty(repeat.out_shape, dtype=np.float32)
             else:
                 check_out(out, repeat.out_shape, {"x": x, "bias": self.bias})
-            return launch(repeat.plan, out, self.workspace, x, repeat.weights, self.bias)
-        state = self._call_state()
+            execute(repeat.plan, np.ascontiguousarray(x).reshape(-1), repeat.weights, repeat.bias, out.reshape(-1),
+                    self.workspace)
+            return out
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True,
                             winograd=self.winograd)
+        auto = isinstance(self.algorithm, str) and self.algorithm == "auto"
+        state = _process_state(auto)  # after the call's planning, which may load the calibration
         self._planned_bytes = call.plan.workspace_bytes
         if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
             return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
-        self._repeat = _Repeat(x.shape, state, tuple(map(id, state)), call.plan, call.algorithm, call.out.shape,
-                               weights)
+        self._repeat = _Repeat(x.shape, state, auto, call.plan, call.out.shape, weights, flat_bias(self.bias))
         return launch(call.plan, call.out, call.workspace, x, weights, self.bias)
 
-    def _call_state(self) -> tuple:
-        """What a call's plan depends on besides the input's shape: the
-        layer's arguments (attributes a user may reassign), the workspace, and
-        what :func:`~lowmem_numba._api.prepare_call` keys its memo on.
-        Compared by identity: a reassigned attribute plans again, even if
-        equal (a new bias array, say, is validated)."""
-        auto = isinstance(self.algorithm, str) and self.algorithm == "auto"
-        return (self.algorithm, self.threads, self.layout, self.memory_limit, self.winograd, self.bias,
-                self.workspace, max_threads(), registry.generation(), loaded_calibration() if auto else None)
+    def __setattr__(self, name, value):
+        if name in _PLANNED_ATTRIBUTES:
+            object.__setattr__(self, "_repeat", None)
+        object.__setattr__(self, name, value)
 
     def workspace_bytes_for(self, x_shape) -> int:
         """Temporary memory of a call on an input of ``x_shape`` (in the layer's layout).

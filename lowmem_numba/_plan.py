@@ -87,7 +87,11 @@ class KernelPlan:
         to a perfect share of their work (>= 1): items of unequal work leave
         threads idle.  1 when the family's items are (about) equal.
     launches : int
-        Parallel regions the run starts (each has a fixed cost).
+        Kernel launches of the run, parallel regions or not (each has a
+        fixed cost).
+    serial : bool
+        Whether the run starts no parallel region: its kernels run on the
+        calling thread alone (see :attr:`CallPlan.sets_threads`).
     tile_kernel : str, optional
         The register tile's curve this run is priced on, when not its
         algorithm's (direct-pixels' staged layers: ``"pixels_staged"``).
@@ -104,6 +108,7 @@ class KernelPlan:
     planar_plane_pages: float = 0.0
     parallel_items: int = 1
     launches: int = 1
+    serial: bool = False
     tile_kernel: str | None = None
     balance: float = 1.0
 
@@ -113,6 +118,8 @@ class KernelPlan:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
+        if not isinstance(self.serial, bool):
+            raise ValueError(f"KernelPlan.serial must be a bool; got {self.serial!r}")
         if not (isinstance(self.balance, (int, float)) and 1.0 <= self.balance < float("inf")):
             raise ValueError(f"KernelPlan.balance must be a finite number >= 1; got {self.balance!r}")
         if not (isinstance(self.planar_plane_pages, (int, float)) and 0.0 <= self.planar_plane_pages < float("inf")):
@@ -195,6 +202,16 @@ class CallPlan:
     @property
     def workspace_bytes(self) -> int:
         return FLOAT32_BYTES * self.workspace_elements
+
+    @cached_property
+    def sets_threads(self) -> bool:
+        """Whether running the call sets the Numba and BLAS thread counts
+        (:class:`~lowmem_numba._threads.kernel_threads`): unless nothing in
+        it starts a parallel region (its kernel, a per-call packing of the
+        weights, a layout conversion) or calls BLAS (read on every call:
+        worked out once)."""
+        return not (self.kernel.serial and not self.gemms_on_blas and not self.packed_weight_elements
+                    and not self.convert_in_elements and not self.convert_out_elements)
 
     @property
     def gemms(self) -> tuple:

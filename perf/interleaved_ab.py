@@ -18,7 +18,11 @@ revision in the temporary directory, so a second run starts at once).
 Usage::
 
     python perf/interleaved_ab.py BASE (--network NAME | --layer C,M,H[,K[,S[,P]]] ...)
-        [--algorithm auto] [--batch 1] [--threads 1] [--calls 200]
+        [--algorithm auto] [--batch 1] [--threads 1] [--calls 200] [--objects [--memory-limit BYTES]]
+
+With ``--objects`` each version calls a ``Conv2d`` layer (weights packed
+once, as ``perf/vs_torch.py``'s layer table; ``--memory-limit`` as there,
+1 MiB = 1048576) instead of ``conv2d``.
 
 Prints, per layer, each version's best and median call and their ratios
 (base / this tree: > 1 means this tree is faster).
@@ -101,7 +105,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=200, help="calls per version and layer (default 200)")
+    parser.add_argument("--objects", action="store_true", help="call Conv2d layers instead of conv2d")
+    parser.add_argument("--memory-limit", type=int, help="the layers' memory_limit in bytes (with --objects)")
     args = parser.parse_args(argv)
+    if args.memory_limit is not None and not args.objects:
+        parser.error("--memory-limit applies to --objects")
 
     sys.path.insert(0, str(export_base(args.base)))
     sys.path.insert(0, str(ROOT))
@@ -111,7 +119,7 @@ def main(argv=None) -> None:
 
     print(f"`python perf/interleaved_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
           f"base = {args.base}, this tree = {current.__file__}; batch {args.batch}, {args.threads} thread(s), "
-          f"{args.calls} calls each, interleaved\n")
+          f"{args.calls} calls each, interleaved, {'Conv2d layers' if args.objects else 'conv2d'}\n")
     print("| layer | base best | this best | base median | this median | best ratio | median ratio |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -119,10 +127,14 @@ def main(argv=None) -> None:
     for label, x_shape, w_shape, conv_args in jobs:
         x = rng.standard_normal((args.batch, *x_shape), dtype=np.float32)
         w = rng.standard_normal(w_shape, dtype=np.float32)
-        calls = {
-            "base": lambda: base.conv2d(x, w, algorithm=args.algorithm, threads=args.threads, **conv_args),
-            "this": lambda: current.conv2d(x, w, algorithm=args.algorithm, threads=args.threads, **conv_args),
-        }
+        options = dict(algorithm=args.algorithm, threads=args.threads, **conv_args)
+        if args.objects:
+            layers = {name: package.Conv2d(w, memory_limit=args.memory_limit, **options)
+                      for name, package in (("base", base), ("this", current))}
+            calls = {name: (lambda layer=layer: layer(x)) for name, layer in layers.items()}
+        else:
+            calls = {name: (lambda package=package: package.conv2d(x, w, **options))
+                     for name, package in (("base", base), ("this", current))}
         expected = calls["base"]()  # the two may pick different algorithms: compared to the output's scale
         if np.abs(calls["this"]() - expected).max() > 1e-3 * max(1.0, float(np.abs(expected).max())):
             raise SystemExit(f"{label}: this tree's output differs from the base's")

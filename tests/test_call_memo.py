@@ -247,6 +247,26 @@ def test_a_repeated_layer_call_sees_reassigned_attributes():
         layer(X)
 
 
+def test_assigning_any_planning_attribute_plans_the_next_call_again(monkeypatch):
+    """Even the value it had: a layer's repeat is dropped on assignment, not
+    compared with the attributes on every call."""
+    from lowmem_numba import _layer
+
+    layer = ln.Conv2d(W, np.ones(4, np.float32), padding=1)
+    layer(X)
+    calls = []
+    monkeypatch.setattr(_layer, "prepare_call", lambda *a, **k: calls.append(1) or _api.prepare_call(*a, **k))
+    names = ("algorithm", "threads", "layout", "memory_limit", "winograd", "bias", "workspace")
+    for count, name in enumerate(names, 1):
+        setattr(layer, name, getattr(layer, name))
+        layer(X)
+        layer(X)
+        assert len(calls) == count, name
+    layer.weight_shape = layer.weight_shape  # not planned from
+    layer(X)
+    assert len(calls) == len(names)
+
+
 def test_a_repeated_layer_call_plans_again_when_the_algorithms_change(monkeypatch):
     from lowmem_numba import _layer
 

@@ -76,6 +76,9 @@ FIRST_CALLS = """
         lambda: ln.conv2d(x_nhwc, w, padding=1, algorithm="kn2row-as", layout="NHWC").transpose(0, 3, 1, 2),
         # A layer packs its weights (a parallel kernel) outside any conv2d call.
         lambda: ln.Conv2d(w, padding=1, algorithm="mec-col", layout="NHWC")(x_nhwc).transpose(0, 3, 1, 2),
+        # Image by image on one thread: a serial kernel, run without setting thread counts.
+        lambda: np.concatenate([ln.conv2d(x[n:n + 1], w, padding=1, algorithm="direct-ukernel", threads=1)
+                                for n in range(len(x))]),
     ]
     barrier = threading.Barrier(len(jobs))
     results = [None] * len(jobs)
@@ -135,7 +138,8 @@ EVERY_LAUNCH = """
 
     def watched(dispatcher):
         def call(*args, **kwargs):
-            if not threads.inside_kernel_threads():
+            # Serial kernels (a call's plan says when one runs alone) need no thread counts.
+            if dispatcher.targetoptions.get("parallel") and not threads.inside_kernel_threads():
                 outside.add(f"{dispatcher.py_func.__module__}.{dispatcher.__name__}")
             return dispatcher(*args, **kwargs)
         return call
@@ -153,7 +157,7 @@ EVERY_LAUNCH = """
 """
 
 
-def test_every_kernel_launch_from_python_is_inside_kernel_threads(tmp_path):
+def test_every_parallel_kernel_launch_from_python_is_inside_kernel_threads(tmp_path):
     # Numba's workqueue layer aborts on concurrent launches only by chance;
     # this finds any launch path that skips kernel_threads deterministically.
     result = run_python(EVERY_LAUNCH, {"LOWMEM_NUMBA_CACHE_DIR": str(tmp_path)})

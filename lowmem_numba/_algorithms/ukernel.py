@@ -749,6 +749,7 @@ class Tiling(NamedTuple):
     stacked: bool       # the images are stacked into the rectangles (:func:`_stacks`)
     launched: tuple     # the kernel's geometry (a staged image's when staged)
     staging: Optional[Staging]  # the copies the kernel runs on, or None: in place
+    serial: bool        # runs the kernel's serial twin, outside any parallel region (:func:`_runs_serially`)
 
 
 def _channel_block(g):
@@ -800,6 +801,7 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     1x1 layer of stride 1 it runs as on its subsampled copy
     (:func:`_subsampling`).
     """
+    serial = _runs_serially(g, threads)
     subsampling = _subsampling(g, nhwc, scratch_budget)
     if subsampling:
         g = _subsampled_geometry(g)
@@ -860,7 +862,7 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # A copy into the other layout transposes as it goes (TRANSPOSE_COST).
     copy_cost = TRANSPOSE_COST if staging and staging.channels_last != nhwc else 1
     return KernelPlan(tiling=Tiling(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK,
-                                    channel_block, False, stacked, launched, staging),
+                                    channel_block, False, stacked, launched, staging, serial),
                       scratch_elements=copy * (staging.images if staging else 0),
                       gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * copy_cost
@@ -869,7 +871,8 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
                                                 + round(g.groups * (general_outputs * UKERNEL_GENERAL_STORE_COST
                                                                     + segment_steps * UKERNEL_STACK_SEGMENT_COST))),
                       planar_line_reads=round(g.batch * g.groups * planar_lines), planar_plane_pages=plane_pages,
-                      parallel_items=split.items, launches=2 * chunks if staging else 1)
+                      parallel_items=split.items, launches=2 * chunks if staging else 1,
+                      serial=serial and not staging)  # staging copies in parallel
 
 
 def _plan_packing(g, threads, scratch_budget=None, nhwc=False):
@@ -915,13 +918,17 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
         moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
 
 
-#: :func:`_ukernel_conv` for calls at batch 1 and stride 1 on one thread,
-#: outside any parallel region.  Against the one-thread prange (medians of
-#: ``perf/interleaved_ab.py``, Intel Xeon kind): GoogLeNet's 1x1 and 5x5
-#: layers on 14x14 and 7x7 planes 1.01-1.05x faster, a 3x3 layer on 28x28
-#: 1.01x; but ResNet-50's stride-2 layers 0.98-1.00x at batch 1 and
-#: 0.96-0.99x at batch 8 (layer3's downsample and 3x3), 1x1 layers at batch 8
-#: 0.98-1.02x.
+def _runs_serially(g, threads) -> bool:
+    """Whether a call runs :func:`_ukernel_conv`'s serial twin, outside any
+    parallel region: at batch 1 and stride 1 on one thread.  Against the
+    one-thread prange (medians of ``perf/interleaved_ab.py``, Intel Xeon
+    kind): GoogLeNet's 1x1 and 5x5 layers on 14x14 and 7x7 planes 1.01-1.05x
+    faster, a 3x3 layer on 28x28 1.01x; but ResNet-50's stride-2 layers
+    0.98-1.00x at batch 1 and 0.96-0.99x at batch 8 (layer3's downsample and
+    3x3), 1x1 layers at batch 8 0.98-1.02x."""
+    return threads == 1 and g.batch == 1 and g.stride == (1, 1)
+
+
 _ukernel_conv_serial = serial_twin(_ukernel_conv, "_ukernel_conv_serial")
 
 
@@ -937,12 +944,12 @@ def _make_compute(nhwc):
     def compute(x, packed, bias, out, scratch, g, kernel):
         if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
             return
-        m_chunks, t_chunks, plane_tiles, tile_block, channel_block, packs, stacked, launched, staging = kernel.tiling
+        (m_chunks, t_chunks, plane_tiles, tile_block, channel_block, packs, stacked, launched, staging,
+         serial) = kernel.tiling
         raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
             block_scratch = g.groups * m_chunks * _block_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
-        serial = g.batch == 1 and g.stride == (1, 1) and numba_thread_count() == 1
         conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:
             conv(x, packed, bias, out, launched, nhwc, nhwc, m_chunks, t_chunks, plane_tiles, tile_block,
