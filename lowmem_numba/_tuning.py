@@ -283,6 +283,19 @@ PIXELS_ALIASED_MAX_WAYS = 8
 #: against 0.81; MobileNet's 512->512 on 14x14 0.76 against 0.74 and
 #: 1024->1024 on 7x7 1.03 against 0.93.
 PIXELS_PACK_MIN_CHANNELS = 512
+#: Largest output plane (pixels) on which direct-pixels' 1x1 layers on one
+#: slot run the kernel's serial twin, outside any parallel region, also when
+#: their tiles copy, pack or gather their input (those in the plain sweep
+#: always do).  Intel Xeon kind, one thread, batch 1, medians of
+#: ``perf/interleaved_ab.py``, the twin against the prange: every GoogLeNet
+#: 1x1 layer on 14x14 and 7x7 planes 1.03-1.23x faster (480->16 1.21x,
+#: 1024->256 1.03x), ResNet-50's downsample to 7x7 1.02x; on 28x28 planes
+#: 256->32 and 256->64 1.08x and 1.01x but 256->128 0.97-0.98x, 512->128
+#: 0.96-1.00x and layer2's downsample (gathered) 0.955x; on 56x56, 256->64
+#: and 256->128 0.955x and 0.92x (0.95x at batch 8).  In the plain sweep:
+#: 192->16, ->32 and ->96 on 28x28 1.06-1.15x, 64->64, 128->128 and 64->256
+#: on 56x56 1.04-1.09x, 32->64 on 112x112 1.06x.
+PIXELS_SERIAL_MAX_PLANE = 14 * 14
 #: direct-pixels' 1x1 stride-1 layers read in place: with at least this many
 #: input channels per group and an input (all its images) of at most
 #: PIXELS_COPY_MAX_BYTES, the first channel block of each run of tiles copies

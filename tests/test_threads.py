@@ -10,7 +10,10 @@ from threadpoolctl import threadpool_info
 
 import lowmem_numba as ln
 from lowmem_numba import _threads as threads_module
+from lowmem_numba._algorithms import pixels, ukernel
+from lowmem_numba._geometry import make_geometry
 from lowmem_numba._threads import single_threaded_blas
+from naive import conv2d_reference
 from subprocess_helper import run_python
 
 
@@ -393,3 +396,56 @@ def test_starting_numbas_openmp_layer_keeps_the_callers_openmp_thread_count():
     if "no libgomp" in result.stdout:
         pytest.skip("GNU OpenMP not found")
     assert result.stdout.strip().splitlines()[-1] == "openmp 1 numba 3 omp", result.stdout
+
+
+SERIAL_CASES = [  # algorithm, its kernel module, batch, channels, size, kernel, stride, threads, serial
+    ("direct-ukernel", ukernel, 1, 5, 9, 3, 1, 1, True),
+    ("direct-ukernel", ukernel, 1, 5, 9, 3, 1, 2, False),
+    ("direct-ukernel", ukernel, 2, 5, 9, 3, 1, 1, False),
+    ("direct-ukernel", ukernel, 1, 5, 9, 3, 2, 1, False),
+    ("direct-pixels", pixels, 1, 300, 13, 1, 1, 1, True),     # copies, on a small plane
+    ("direct-pixels", pixels, 2, 64, 56, 1, 1, 1, True),      # the plain sweep
+    ("direct-pixels", pixels, 1, 300, 56, 1, 1, 1, False),    # copies, on a large plane
+    ("direct-pixels", pixels, 1, 64, 56, 1, 1, 2, False),
+    ("direct-pixels", pixels, 1, 5, 9, 3, 1, 1, False),       # staged
+]
+
+
+@pytest.mark.parametrize("name, module, batch, channels, size, k, stride, threads, serial", SERIAL_CASES)
+def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, module, batch, channels, size, k,
+                                                            stride, threads, serial):
+    """Where its plan says the call is serial, the kernel's serial twin runs
+    without setting any thread count; every other call runs the parallel
+    kernel inside kernel_threads."""
+    from lowmem_numba import _execute
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs two Numba threads")
+    kernel = {ukernel: "_ukernel_conv", pixels: "_pixels_conv"}[module]
+    entered, ran = [], []
+    real_threads = _execute.kernel_threads
+
+    def recording_threads(*args, **kwargs):
+        entered.append(args)
+        return real_threads(*args, **kwargs)
+
+    def recording(dispatcher, label):
+        return lambda *args: ran.append(label) or dispatcher(*args)
+
+    monkeypatch.setattr(_execute, "kernel_threads", recording_threads)
+    monkeypatch.setattr(module, kernel, recording(getattr(module, kernel), "parallel"))
+    monkeypatch.setattr(module, kernel + "_serial", recording(getattr(module, kernel + "_serial"), "serial"))
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, (batch, channels, size, size + 1)).astype(np.float32)
+    w = rng.integers(-3, 4, (11, channels, k, k)).astype(np.float32)
+    b = rng.integers(-3, 4, 11).astype(np.float32)
+    padding = k // 2
+    layer = ln.Conv2d(w, b, stride=stride, padding=padding, algorithm=name, threads=threads)
+    entered.clear()  # the weights' packing at construction
+    got = layer(x)
+    g = make_geometry(x.shape, w.shape, stride, padding)
+    assert ln._registry.get(name).plan(g, threads, prepacked=True).sets_threads is not serial
+    pad = ((padding, padding), (padding, padding))
+    np.testing.assert_array_equal(got, conv2d_reference(x, w, b, (stride, stride), pad))
+    assert set(ran) == {"serial" if serial else "parallel"}
+    assert (entered == []) is serial

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-import numba
 from numba import njit
 
 import lowmem_numba as ln
@@ -743,39 +742,3 @@ def test_serial_twin_is_the_same_code_under_its_own_cache_name():
     assert twin.py_func.__qualname__ == "_ukernel_conv_serial" != kernel.py_func.__qualname__
     assert kernel.targetoptions.get("parallel") and not twin.targetoptions.get("parallel")
 
-
-@pytest.mark.parametrize("batch, stride, threads, serial", [
-    (1, 1, 1, True), (1, 1, 2, False), (2, 1, 1, False), (1, 2, 1, False)])
-def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, batch, stride, threads, serial):
-    """At batch 1 and stride 1 on one thread the plan says the call is serial:
-    the kernel's serial twin runs without setting any thread count.  Every
-    other call runs the parallel kernel inside kernel_threads."""
-    from lowmem_numba import _execute
-
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip("needs two Numba threads")
-    entered, ran = [], []
-    real_threads = _execute.kernel_threads
-
-    def recording_threads(*args, **kwargs):
-        entered.append(args)
-        return real_threads(*args, **kwargs)
-
-    def recording(kernel, name):
-        return lambda *args: ran.append(name) or kernel(*args)
-
-    monkeypatch.setattr(_execute, "kernel_threads", recording_threads)
-    monkeypatch.setattr(ukernel, "_ukernel_conv", recording(ukernel._ukernel_conv, "parallel"))
-    monkeypatch.setattr(ukernel, "_ukernel_conv_serial", recording(ukernel._ukernel_conv_serial, "serial"))
-    rng = np.random.default_rng(7)
-    x = rng.integers(-3, 4, (batch, 5, 9, 10)).astype(np.float32)
-    w = rng.integers(-3, 4, (11, 5, 3, 3)).astype(np.float32)
-    b = rng.integers(-3, 4, 11).astype(np.float32)
-    layer = ln.Conv2d(w, b, stride=stride, padding=1, algorithm="direct-ukernel", threads=threads)
-    entered.clear()  # the weights' packing at construction
-    got = layer(x)
-    g = make_geometry(x.shape, w.shape, stride, 1)
-    assert ln._registry.get("direct-ukernel").plan(g, threads, prepacked=True).sets_threads is not serial
-    np.testing.assert_array_equal(got, conv2d_reference(x, w, b, (stride, stride), ((1, 1), (1, 1))))
-    assert ran == ["serial" if serial else "parallel"]
-    assert (entered == []) is serial

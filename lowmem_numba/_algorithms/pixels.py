@@ -93,7 +93,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._compile import NONNEG, njit  # numba.njit whose cache=True never fails (see _compile)
+from .._compile import NONNEG, njit, serial_twin  # numba.njit whose cache=True never fails (see _compile)
 from .._caches import l1_geometry
 from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_tiles, pixel_tiles, prefetch_to_l2,
                             strided_pixel_tiles)
@@ -102,7 +102,7 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES,
                        PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_TILE_VECTORS)
+                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_PLANE, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -539,8 +539,25 @@ def _plan(g, threads):
                       parallel_items=split.items,
                       balance=(_plane_split_balance(row_len, split.col_tiles, split.items, threads)
                                if pointwise and split.col_tiles > 1 else 1.0),
-                      launches=1 if pointwise else 2 * g.batch,
+                      launches=1 if pointwise else 2 * g.batch, serial=_runs_serially(g, pointwise, slots, copies),
                       tile_kernel=None if pointwise else "pixels_staged")
+
+
+def _runs_serially(g, pointwise, slots, copies) -> bool:
+    """Whether a call runs :func:`_pixels_conv`'s serial twin, outside any
+    parallel region: 1x1 layers on one slot whose tiles all run in the plain
+    sweep (read in place without copies, for an input at a float boundary),
+    or whose planes are at most ``PIXELS_SERIAL_MAX_PLANE`` pixels."""
+    if not (pointwise and slots == 1):
+        return False
+    plane = g.out_height * g.out_width
+    if plane <= PIXELS_SERIAL_MAX_PLANE:
+        return True
+    image = g.in_channels * g.height * g.width
+    return not copies and plane >= SPAN + VL and reads_in_place(0, KernelGeometry(*kernel_geometry(g)), g.batch * image)
+
+
+_pixels_conv_serial = serial_twin(_pixels_conv, "_pixels_conv_serial")
 
 
 def _plane_split_balance(row_len, chunks, items, threads):
@@ -591,8 +608,9 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
     table_store = scratch[:table]
     panel_store = scratch[table + staged:table + staged + panels]
     if pointwise:
-        _pixels_conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
-                     rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies)
+        conv = _pixels_conv_serial if kernel.serial else _pixels_conv
+        conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
+             rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies)
         return
     staged_rows, phase_len = _staged_shape(g)
     image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
