@@ -42,7 +42,6 @@ class _Repeat(NamedTuple):
     plan: object
     out_shape: tuple
     weights: np.ndarray
-    bias: np.ndarray
 
 
 #: The attributes a layer's calls are planned from: assigning any of them (even
@@ -193,8 +192,8 @@ class Conv2d:
                 out = np.empty(repeat.out_shape, dtype=np.float32)
             else:
                 check_out(out, repeat.out_shape, {"x": x, "bias": self.bias})
-            execute(repeat.plan, np.ascontiguousarray(x).reshape(-1), repeat.weights, repeat.bias, out.reshape(-1),
-                    self.workspace)
+            execute(repeat.plan, np.ascontiguousarray(x).reshape(-1), repeat.weights, flat_bias(self.bias),
+                    out.reshape(-1), self.workspace)
             return out
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True,
@@ -205,7 +204,7 @@ class Conv2d:
         if call.out.size == 0:  # an empty batch: no weights to pack, nothing to compute
             return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
-        self._repeat = _Repeat(x.shape, state, auto, call.plan, call.out.shape, weights, flat_bias(self.bias))
+        self._repeat = _Repeat(x.shape, state, auto, call.plan, call.out.shape, weights)
         return launch(call.plan, call.out, call.workspace, x, weights, self.bias)
 
     def __setattr__(self, name, value):

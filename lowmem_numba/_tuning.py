@@ -316,6 +316,21 @@ PIXELS_SERIAL_MAX_PLANE = 14 * 14
 #: (GoogLeNet's 480->192 on 14x14 at batch 8, 3 MB: 1698 / 1793).
 PIXELS_COPY_MIN_REDUCTION = 256
 PIXELS_COPY_MAX_BYTES = 4 * 2**20
+#: ... and only on planes that are not whole vectors (14x14, 7x7: most loads
+#: in place straddle two cache lines) with at least this many output
+#: channels per group.  Measured again once the tiles that read in place
+#: without copies had a sweep of their own (824f864): the same call planned
+#: with and without copies, interleaved, medians, batch 1, Intel Xeon kind,
+#: in place against copies: on whole-vector planes, one thread, 256->32,
+#: ->64 and ->128 on 28x28 0.80 / 0.87 / 0.92, 512->128 and 512->256 on
+#: 28x28 0.95 / 0.99, ResNet-50's 256->64 and 256->128 on 56x56 0.91 /
+#: 0.96; two threads 0.96 / 0.99 / -, 1.01 / -, 0.92 / 0.96.  On 14x14 and
+#: 7x7 planes, one thread: 480->16 and 512->24 0.90 / 0.93, 480->64 and
+#: 480->96 0.98 / 0.99, 512->128 and ->160 0.99 / 1.00, 832->48, ->128 and
+#: ->384 1.00 / 1.03 / 1.03, 1024->256 1.02; two threads: 480->16 0.97,
+#: 832->48 1.02, 480->64 1.03, 480->96 and ->192 1.04 / 1.07, 512->128 and
+#: ->160 1.06, 832->128 and ->384 1.03 / 1.06, 1024->256 1.06.
+PIXELS_COPY_MIN_CHANNELS = 48
 #: direct-pixels' gather of a strided 1x1 layer's input into its panels, in
 #: plain-copy elements per gathered element (each channel's run of a tile
 #: is a strided read from a new plane).  On the Intel kind, one thread,

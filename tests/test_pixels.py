@@ -185,17 +185,19 @@ def test_pointwise_planes_read_in_place(c, hw, m, groups, line_offset):
 
 @settings(max_examples=30, deadline=None)
 @given(batch=st.integers(1, 3), c_per_group=st.integers(1, 9), groups=st.sampled_from([1, 2]),
-       hw=st.sampled_from([1, 4, 7, 8, 12, 14]),
+       hw=st.sampled_from([1, 5, 7, 9, 14]),  # planes of no whole vectors (8 or 16 lanes), as copies need
        m_per_group=st.sampled_from([mk.PIXEL_CHANNELS + 1, 2 * mk.PIXEL_CHANNELS, 3 * mk.PIXEL_CHANNELS + 5]),
        line_offset=st.sampled_from([0, 1, 4]))
 def test_first_channel_block_copies_for_the_others(batch, c_per_group, groups, hw, m_per_group, line_offset):
     """1x1 planes read in place under several channel blocks, the first
     block of each run copying its input into the panel that the others read
-    (forced here on short reductions: PIXELS_COPY_MIN_REDUCTION patched to 1), exact
-    over a batch, groups, planes of whole vectors or not, both thread counts."""
+    (forced here on short reductions and few channels: PIXELS_COPY_MIN_REDUCTION
+    and PIXELS_COPY_MIN_CHANNELS patched to 1), exact over a batch, groups,
+    both thread counts."""
     ln._memo.clear_all()
     try:
-        with mock.patch.object(pixels, "PIXELS_COPY_MIN_REDUCTION", 1):
+        with mock.patch.object(pixels, "PIXELS_COPY_MIN_REDUCTION", 1), \
+                mock.patch.object(pixels, "PIXELS_COPY_MIN_CHANNELS", 1):
             g = make_geometry((batch, groups * c_per_group, hw, hw), (groups * m_per_group, c_per_group, 1, 1),
                               groups=groups)
             assert ln._registry.get(NAME).plan(g, 2).kernel.tiling[14]
@@ -204,19 +206,23 @@ def test_first_channel_block_copies_for_the_others(batch, c_per_group, groups, h
         ln._memo.clear_all()
 
 
-def test_copying_needs_long_reductions_and_small_inputs():
+def test_copying_needs_long_reductions_small_inputs_split_planes_and_many_channels():
     """The plan copies on 1x1 stride-1 layers of PIXELS_COPY_MIN_REDUCTION
-    channels or more per group whose input fits PIXELS_COPY_MAX_BYTES."""
-    from lowmem_numba._tuning import PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_REDUCTION
+    channels or more per group whose input fits PIXELS_COPY_MAX_BYTES, on
+    planes that are not whole vectors, to PIXELS_COPY_MIN_CHANNELS output
+    channels per group or more."""
+    from lowmem_numba._tuning import PIXELS_COPY_MAX_BYTES, PIXELS_COPY_MIN_CHANNELS, PIXELS_COPY_MIN_REDUCTION
 
     def copies(x_shape, w_shape, groups=1):
         return ln._registry.get(NAME).plan(make_geometry(x_shape, w_shape, groups=groups), 1).kernel.tiling[14]
 
-    c = PIXELS_COPY_MIN_REDUCTION
-    assert copies((1, c, 28, 28), (64, c, 1, 1)) and not copies((1, c - 1, 28, 28), (64, c - 1, 1, 1))
-    assert not copies((1, 2 * c - 2, 28, 28), (64, c - 1, 1, 1), 2) and copies((1, 2 * c, 8, 8), (64, c, 1, 1), 2)
-    hw = int((PIXELS_COPY_MAX_BYTES // (4 * c)) ** 0.5)
-    assert copies((1, c, hw, hw), (64, c, 1, 1)) and not copies((2, c, hw, hw), (64, c, 1, 1))
+    c, m = PIXELS_COPY_MIN_REDUCTION, PIXELS_COPY_MIN_CHANNELS
+    assert copies((1, c, 14, 14), (m, c, 1, 1)) and not copies((1, c - 1, 14, 14), (m, c - 1, 1, 1))
+    assert not copies((1, c, 14, 14), (m - 1, c, 1, 1)) and not copies((1, c, 28, 28), (m, c, 1, 1))
+    assert not copies((1, 2 * c - 2, 7, 7), (2 * m, c - 1, 1, 1), 2) and copies((1, 2 * c, 7, 7), (2 * m, c, 1, 1), 2)
+    hw = int((PIXELS_COPY_MAX_BYTES // (4 * c)) ** 0.5) - 1  # not whole vectors at 8 or 16 lanes
+    assert (hw * hw) % 8
+    assert copies((1, c, hw, hw), (m, c, 1, 1)) and not copies((2, c, hw, hw), (m, c, 1, 1))
 
 
 def _reads_in_place(x_shape, m, address=0, stride=1):

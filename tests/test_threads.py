@@ -398,22 +398,23 @@ def test_starting_numbas_openmp_layer_keeps_the_callers_openmp_thread_count():
     assert result.stdout.strip().splitlines()[-1] == "openmp 1 numba 3 omp", result.stdout
 
 
-SERIAL_CASES = [  # algorithm, its kernel module, batch, channels, size, kernel, stride, threads, serial
-    ("direct-ukernel", ukernel, 1, 5, 9, 3, 1, 1, True),
-    ("direct-ukernel", ukernel, 1, 5, 9, 3, 1, 2, False),
-    ("direct-ukernel", ukernel, 2, 5, 9, 3, 1, 1, False),
-    ("direct-ukernel", ukernel, 1, 5, 9, 3, 2, 1, False),
-    ("direct-pixels", pixels, 1, 300, 13, 1, 1, 1, True),     # copies, on a small plane
-    ("direct-pixels", pixels, 2, 64, 56, 1, 1, 1, True),      # the plain sweep
-    ("direct-pixels", pixels, 1, 300, 56, 1, 1, 1, False),    # copies, on a large plane
-    ("direct-pixels", pixels, 1, 64, 56, 1, 1, 2, False),
-    ("direct-pixels", pixels, 1, 5, 9, 3, 1, 1, False),       # staged
+SERIAL_CASES = [  # algorithm, its kernel module, batch, in and out channels, size, kernel, stride, threads, serial
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 1, True),
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 2, False),
+    ("direct-ukernel", ukernel, 2, 5, 11, 9, 3, 1, 1, False),
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 2, 1, False),
+    ("direct-pixels", pixels, 1, 300, 50, 13, 1, 1, 1, True),     # copies, on a small plane
+    ("direct-pixels", pixels, 2, 64, 11, 56, 1, 1, 1, True),      # the plain sweep
+    ("direct-pixels", pixels, 1, 300, 50, 56, 1, 1, 1, False),    # copies, on a large plane
+    ("direct-pixels", pixels, 1, 64, 11, 56, 1, 1, 2, False),
+    ("direct-pixels", pixels, 1, 5, 11, 9, 3, 1, 1, False),       # staged
 ]
 
 
-@pytest.mark.parametrize("name, module, batch, channels, size, k, stride, threads, serial", SERIAL_CASES)
-def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, module, batch, channels, size, k,
-                                                            stride, threads, serial):
+@pytest.mark.parametrize("name, module, batch, channels, out_channels, size, k, stride, threads, serial",
+                         SERIAL_CASES)
+def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, module, batch, channels, out_channels,
+                                                            size, k, stride, threads, serial):
     """Where its plan says the call is serial, the kernel's serial twin runs
     without setting any thread count; every other call runs the parallel
     kernel inside kernel_threads."""
@@ -437,8 +438,8 @@ def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, m
     monkeypatch.setattr(module, kernel + "_serial", recording(getattr(module, kernel + "_serial"), "serial"))
     rng = np.random.default_rng(7)
     x = rng.integers(-3, 4, (batch, channels, size, size + 1)).astype(np.float32)
-    w = rng.integers(-3, 4, (11, channels, k, k)).astype(np.float32)
-    b = rng.integers(-3, 4, 11).astype(np.float32)
+    w = rng.integers(-3, 4, (out_channels, channels, k, k)).astype(np.float32)
+    b = rng.integers(-3, 4, out_channels).astype(np.float32)
     padding = k // 2
     layer = ln.Conv2d(w, b, stride=stride, padding=padding, algorithm=name, threads=threads)
     entered.clear()  # the weights' packing at construction

@@ -33,12 +33,12 @@ next plane (lanes never stored); the tile that would read past the input's
 end moves back onto pixels the tile before it computes too (GoogLeNet's
 480->16 on 14x14 took 30-32 us against 33-36 when that tile's input was
 copied into a panel, as it still is on planes narrower than the tile).  On
-long reductions
-(``PIXELS_COPY_MIN_REDUCTION``) over inputs of at most
-``PIXELS_COPY_MAX_BYTES``, the first channel block of each run of tiles stores
-what it loads from the planes into the thread's panel as well, and the other
-blocks read the run from there: one contiguous stream instead of a plane (a
-new page on 56x56 planes) per reduction step.  Not read in place, each
+long reductions (``PIXELS_COPY_MIN_REDUCTION``) over inputs of at most
+``PIXELS_COPY_MAX_BYTES``, on planes that are not whole vectors, to
+``PIXELS_COPY_MIN_CHANNELS`` output channels or more, the first channel
+block of each run of tiles stores what it loads from the planes into the
+thread's panel as well, and the other blocks read the run from there: one
+contiguous stream instead of a plane per reduction step.  Not read in place, each
 thread copies its runs of tiles (below) into a packed panel that starts on a
 line, tile by tile, the ``SPAN`` pixels of every input channel contiguous (a short last
 tile zero-padded to whole vectors), gathered from every ``stride``-th row
@@ -101,8 +101,9 @@ from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES,
-                       PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
-                       PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_PLANE, PIXELS_TILE_VECTORS)
+                       PIXELS_COPY_MIN_CHANNELS, PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
+                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_PLANE,
+                       PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -527,9 +528,11 @@ def _plan(g, threads):
     gathered = g.in_channels * g.out_height * g.out_width * split.row_blocks if strided else 0
     panels = _panel_elements(g, slots, unit_block) if pointwise else 0
     # Read in place, the first channel block copies its tiles' input into the
-    # panel for the other blocks (see PIXELS_COPY_MIN_REDUCTION).
+    # panel for the other blocks (see PIXELS_COPY_MIN_REDUCTION and
+    # PIXELS_COPY_MIN_CHANNELS).
     copies = (pointwise and g.channels_per_group >= PIXELS_COPY_MIN_REDUCTION
-              and FLOAT32_BYTES * g.batch * g.in_channels * g.height * g.width <= PIXELS_COPY_MAX_BYTES)
+              and FLOAT32_BYTES * g.batch * g.in_channels * g.height * g.width <= PIXELS_COPY_MAX_BYTES
+              and row_len % VL != 0 and g.out_channels_per_group >= PIXELS_COPY_MIN_CHANNELS)
     tiling = (images, x_image, x_group, row_step, rows, row_len, pointwise, split.row_blocks, split.col_tiles,
               unit_block, table, staged, slots, panels, copies)
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
