@@ -4,7 +4,9 @@ Below the scheduler and the public API, above the kernels: it carves the plan's
 buffers (packed weights, scratch, per-image layout buffers) from a workspace or
 one fresh array, packs the weights when the call brings them unpacked, converts
 images when the call's layout is not the kernel's, and launches the kernel
-with Numba owning the cores and BLAS held at one thread.  Everything that runs
+with Numba owning the cores and BLAS held at one thread (or, when the plan
+says the call is serial, on the calling thread without touching either
+thread count).  Everything that runs
 a kernel (the API, layer objects, measure-mode planning, calibration) comes
 through here.
 """

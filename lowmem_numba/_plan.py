@@ -256,7 +256,7 @@ class CallPlan:
 
     @property
     def launches(self) -> int:
-        """Parallel regions of the call: packing, each run, each conversion."""
+        """Kernel launches of the call: packing, each run, each conversion."""
         if self.runs == 0:
             return 0
         converts = (self.convert_in_elements > 0) + (self.convert_out_elements > 0)
