@@ -253,8 +253,13 @@ PIXELS_PACK_PREFETCH_BYTES = 6144
 #: MobileNet's 1x1 layers on 56x56 and 28x28 ran 1.06-1.20x faster
 #: (GoogLeNet's 256->32 on 28x28 1.50x); at batch 8, one thread, 6.4-12.8 MB
 #: inputs 1.03-1.36x faster, while ResNet's 256->128 on 56x56 (25.7 MB) ran
-#: 16.3 ms against 13.5 (256->64: 7.3 against 7.4).
-PIXELS_IN_PLACE_BYTES = 16 * 2**20
+#: 16.3 ms against 13.5 (256->64: 7.3 against 7.4).  Measured again once
+#: the tiles that read in place had a sweep of their own (824f864) and ran
+#: without copies on whole-vector planes (PIXELS_COPY_MIN_CHANNELS), batch 8,
+#: in place up to 64 MiB against 16, interleaved, medians (ms): 256->64 on
+#: 56x56 (25.7 MB) 8.0 / 8.5 on one thread and 3.5 / 4.3 and 3.5 / 4.2 on two,
+#: 256->128 15.8 / 15.2 on one, 6.8 / 6.9 and 7.0 / 7.0 on two; hence 32 MiB.
+PIXELS_IN_PLACE_BYTES = 32 * 2**20
 #: direct-pixels' 1x1 stride-1 layers whose planes are a multiple of this
 #: many bytes (16x16, 32x32, 64x64) copy their input into packed panels
 #: rather than read it in place: stepping from plane to plane, the tile's

@@ -252,7 +252,7 @@ def test_aliasing_and_large_inputs_are_not_read_in_place():
 
 
 @pytest.mark.parametrize("x_shape, m, line_offset", [((3, 6, 7, 7), 520, 4), ((2, 3, 14, 14), 512, 0),
-                                                     ((1, 65, 256, 256), 3, 4), ((2, 5, 16, 16), 9, 4),
+                                                     ((1, 129, 256, 256), 3, 4), ((2, 5, 16, 16), 9, 4),
                                                      ((1, 3, 32, 32), 2 * mk.PIXEL_CHANNELS + 1, 1)])
 def test_pointwise_planes_copied_into_panels(x_shape, m, line_offset):
     """1x1, stride 1, no padding, through packed panels: planes that are not
