@@ -301,6 +301,14 @@ PIXELS_PACK_MIN_CHANNELS = 512
 #: 192->16, ->32 and ->96 on 28x28 1.06-1.15x, 64->64, 128->128 and 64->256
 #: on 56x56 1.04-1.09x, 32->64 on 112x112 1.06x.
 PIXELS_SERIAL_MAX_PLANE = 14 * 14
+#: ... and there only up to this many multiply-adds (batch x plane x input
+#: channels per group x output channels): the twin saves a fixed cost, and
+#: its tiles that copy run a few percent slower.  At batch 8 (same
+#: measurement): 832->48 on 7x7 (16 M) 1.07x faster in the twin, 512->128,
+#: 480->192 and 528->256 on 14x14 (103-212 M) 0.97-0.99x, 832->384 on 7x7
+#: (125 M) 1.00x, ResNet-50's 256->1024 on 14x14 (411 M) 0.90x; at batch 1,
+#: 1024->256 on 14x14 (51 M) 1.03x.
+PIXELS_SERIAL_MAX_MACS = 64 * 2**20
 #: direct-pixels' 1x1 stride-1 layers read in place: with at least this many
 #: input channels per group and an input (all its images) of at most
 #: PIXELS_COPY_MAX_BYTES, the first channel block of each run of tiles copies

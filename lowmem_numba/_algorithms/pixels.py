@@ -102,8 +102,8 @@ from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES,
                        PIXELS_COPY_MIN_CHANNELS, PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
-                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_PLANE,
-                       PIXELS_TILE_VECTORS)
+                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_MACS,
+                       PIXELS_SERIAL_MAX_PLANE, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
@@ -550,11 +550,13 @@ def _runs_serially(g, pointwise, slots, copies) -> bool:
     """Whether a call runs :func:`_pixels_conv`'s serial twin, outside any
     parallel region: 1x1 layers on one slot whose tiles all run in the plain
     sweep (read in place without copies, for an input at a float boundary),
-    or whose planes are at most ``PIXELS_SERIAL_MAX_PLANE`` pixels."""
+    or whose planes are at most ``PIXELS_SERIAL_MAX_PLANE`` pixels and whose
+    multiply-adds at most ``PIXELS_SERIAL_MAX_MACS``."""
     if not (pointwise and slots == 1):
         return False
     plane = g.out_height * g.out_width
-    if plane <= PIXELS_SERIAL_MAX_PLANE:
+    if (plane <= PIXELS_SERIAL_MAX_PLANE
+            and g.batch * plane * g.channels_per_group * g.out_channels <= PIXELS_SERIAL_MAX_MACS):
         return True
     image = g.in_channels * g.height * g.width
     return not copies and plane >= SPAN + VL and reads_in_place(0, KernelGeometry(*kernel_geometry(g)), g.batch * image)
