@@ -406,7 +406,7 @@ SERIAL_CASES = [  # algorithm, its kernel module, batch, in and out channels, si
     ("direct-pixels", pixels, 1, 300, 50, 13, 1, 1, 1, True),     # copies, on a small plane
     ("direct-pixels", pixels, 8, 300, 200, 13, 1, 1, 1, False),   # ... over PIXELS_SERIAL_MAX_MACS
     ("direct-pixels", pixels, 2, 64, 11, 56, 1, 1, 1, True),      # the plain sweep
-    ("direct-pixels", pixels, 1, 300, 50, 56, 1, 1, 1, False),    # copies, on a large plane
+    ("direct-pixels", pixels, 1, 300, 50, 57, 1, 1, 1, False),    # copies, on a large split plane
     ("direct-pixels", pixels, 1, 64, 11, 56, 1, 1, 2, False),
     ("direct-pixels", pixels, 1, 5, 11, 9, 3, 1, 1, False),       # staged
 ]
