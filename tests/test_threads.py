@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_info
 
 import lowmem_numba as ln
 from lowmem_numba import _threads as threads_module
-from lowmem_numba._algorithms import pixels, ukernel
+from lowmem_numba._algorithms import depthwise_blocked, pixels, ukernel
 from lowmem_numba._geometry import make_geometry
 from lowmem_numba._threads import single_threaded_blas
 from naive import conv2d_reference
@@ -398,24 +398,26 @@ def test_starting_numbas_openmp_layer_keeps_the_callers_openmp_thread_count():
     assert result.stdout.strip().splitlines()[-1] == "openmp 1 numba 3 omp", result.stdout
 
 
-SERIAL_CASES = [  # algorithm, its kernel module, batch, in and out channels, size, kernel, stride, threads, serial
-    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 1, True),
-    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 2, False),
-    ("direct-ukernel", ukernel, 2, 5, 11, 9, 3, 1, 1, False),
-    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 2, 1, False),
-    ("direct-pixels", pixels, 1, 300, 50, 13, 1, 1, 1, True),     # copies, on a small plane
-    ("direct-pixels", pixels, 8, 300, 200, 13, 1, 1, 1, False),   # ... over PIXELS_SERIAL_MAX_MACS
-    ("direct-pixels", pixels, 2, 64, 11, 56, 1, 1, 1, True),      # the plain sweep
-    ("direct-pixels", pixels, 1, 300, 50, 57, 1, 1, 1, False),    # copies, on a large split plane
-    ("direct-pixels", pixels, 1, 64, 11, 56, 1, 1, 2, False),
-    ("direct-pixels", pixels, 1, 5, 11, 9, 3, 1, 1, False),       # staged
+SERIAL_CASES = [  # algorithm, kernel module, batch, in and out channels, size, kernel, stride, groups, threads, serial
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 1, 1, True),
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 1, 1, 2, False),
+    ("direct-ukernel", ukernel, 2, 5, 11, 9, 3, 1, 1, 1, False),
+    ("direct-ukernel", ukernel, 1, 5, 11, 9, 3, 2, 1, 1, False),
+    ("direct-pixels", pixels, 1, 300, 50, 13, 1, 1, 1, 1, True),     # copies, on a small plane
+    ("direct-pixels", pixels, 8, 300, 200, 13, 1, 1, 1, 1, False),   # ... over PIXELS_SERIAL_MAX_MACS
+    ("direct-pixels", pixels, 2, 64, 11, 56, 1, 1, 1, 1, True),      # the plain sweep
+    ("direct-pixels", pixels, 1, 300, 50, 57, 1, 1, 1, 1, False),    # copies, on a large split plane
+    ("direct-pixels", pixels, 1, 64, 11, 56, 1, 1, 1, 2, False),
+    ("direct-pixels", pixels, 1, 5, 11, 9, 3, 1, 1, 1, False),       # staged
+    ("depthwise-blocked", depthwise_blocked, 2, 40, 40, 9, 3, 1, 40, 1, True),
+    ("depthwise-blocked", depthwise_blocked, 1, 40, 40, 12, 3, 2, 40, 2, False),
 ]
 
 
-@pytest.mark.parametrize("name, module, batch, channels, out_channels, size, k, stride, threads, serial",
+@pytest.mark.parametrize("name, module, batch, channels, out_channels, size, k, stride, groups, threads, serial",
                          SERIAL_CASES)
 def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, module, batch, channels, out_channels,
-                                                            size, k, stride, threads, serial):
+                                                            size, k, stride, groups, threads, serial):
     """Where its plan says the call is serial, the kernel's serial twin runs
     without setting any thread count; every other call runs the parallel
     kernel inside kernel_threads."""
@@ -423,7 +425,7 @@ def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, m
 
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("needs two Numba threads")
-    kernel = {ukernel: "_ukernel_conv", pixels: "_pixels_conv"}[module]
+    kernel = {ukernel: "_ukernel_conv", pixels: "_pixels_conv", depthwise_blocked: "_depthwise_blocked"}[module]
     entered, ran = [], []
     real_threads = _execute.kernel_threads
 
@@ -439,15 +441,15 @@ def test_only_serial_calls_run_alone_outside_kernel_threads(monkeypatch, name, m
     monkeypatch.setattr(module, kernel + "_serial", recording(getattr(module, kernel + "_serial"), "serial"))
     rng = np.random.default_rng(7)
     x = rng.integers(-3, 4, (batch, channels, size, size + 1)).astype(np.float32)
-    w = rng.integers(-3, 4, (out_channels, channels, k, k)).astype(np.float32)
+    w = rng.integers(-3, 4, (out_channels, channels // groups, k, k)).astype(np.float32)
     b = rng.integers(-3, 4, out_channels).astype(np.float32)
     padding = k // 2
-    layer = ln.Conv2d(w, b, stride=stride, padding=padding, algorithm=name, threads=threads)
+    layer = ln.Conv2d(w, b, stride=stride, padding=padding, groups=groups, algorithm=name, threads=threads)
     entered.clear()  # the weights' packing at construction
     got = layer(x)
-    g = make_geometry(x.shape, w.shape, stride, padding)
+    g = make_geometry(x.shape, w.shape, stride, padding, groups=groups)
     assert ln._registry.get(name).plan(g, threads, prepacked=True).sets_threads is not serial
     pad = ((padding, padding), (padding, padding))
-    np.testing.assert_array_equal(got, conv2d_reference(x, w, b, (stride, stride), pad))
+    np.testing.assert_array_equal(got, conv2d_reference(x, w, b, (stride, stride), pad, groups=groups))
     assert set(ran) == {"serial" if serial else "parallel"}
     assert (entered == []) is serial
