@@ -741,4 +741,3 @@ def test_serial_twin_is_the_same_code_under_its_own_cache_name():
     assert twin.py_func.__code__ is kernel.py_func.__code__
     assert twin.py_func.__qualname__ == "_ukernel_conv_serial" != kernel.py_func.__qualname__
     assert kernel.targetoptions.get("parallel") and not twin.targetoptions.get("parallel")
-
