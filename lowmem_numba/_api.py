@@ -223,9 +223,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     ----------
     x : numpy.ndarray, float32
         Input, shape (N, C, H, W) or (C, H, W) for a single image; with
-        ``layout="NHWC"``, (N, H, W, C) or (H, W, C).  Any strides;
-        non-C-contiguous input is copied first.  N may be 0 (the result is
-        then empty, and nothing is computed or allocated besides it).
+        ``layout="NHWC"``, (N, H, W, C) or (H, W, C).  Any strides and
+        alignment; an input that is not C-contiguous, or not aligned to 4
+        bytes, is copied first.  N may be 0 (the result is then empty, and
+        nothing is computed or allocated besides it).
     weight : numpy.ndarray, float32
         Kernels, shape (M, C/groups, kh, kw).
     bias : numpy.ndarray, float32, optional
@@ -405,8 +406,20 @@ def launch(plan: CallPlan, out, workspace, x, weights_flat, bias) -> np.ndarray:
     prepacked."""
     if out.size == 0:  # an empty batch: nothing to compute, nothing to allocate
         return out
-    execute(plan, np.ascontiguousarray(x).reshape(-1), weights_flat, flat_bias(bias), out.reshape(-1), workspace)
+    execute(plan, kernel_input(x), weights_flat, flat_bias(bias), out.reshape(-1), workspace)
     return out
+
+
+def kernel_input(x) -> np.ndarray:
+    """A validated input as the kernels read it: flat, C-contiguous and
+    starting on a float boundary (the plans of direct-pixels' 1x1 layers
+    read it in place without asking where it lies).  A view when it is so
+    already, else a copy (a float32 array off a 4-byte boundary can only be
+    built on purpose, from a buffer at an odd offset)."""
+    x = np.ascontiguousarray(x)
+    if not x.flags.aligned:
+        x = x.copy()
+    return x.reshape(-1)
 
 
 def flat_bias(bias) -> np.ndarray:

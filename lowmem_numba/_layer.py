@@ -8,7 +8,7 @@ import numpy as np
 
 from ._execute import execute, prepare_weights
 from . import _registry as registry
-from ._api import choose_algorithm, flat_bias, launch, prepare_call, resolve_algorithm
+from ._api import choose_algorithm, flat_bias, kernel_input, launch, prepare_call, resolve_algorithm
 from ._costmodel import loaded_calibration
 from ._geometry import (
     check_array,
@@ -192,8 +192,8 @@ class Conv2d:
                 out = np.empty(repeat.out_shape, dtype=np.float32)
             else:
                 check_out(out, repeat.out_shape, {"x": x, "bias": self.bias})
-            execute(repeat.plan, np.ascontiguousarray(x).reshape(-1), repeat.weights, flat_bias(self.bias),
-                    out.reshape(-1), self.workspace)
+            execute(repeat.plan, kernel_input(x), repeat.weights, flat_bias(self.bias), out.reshape(-1),
+                    self.workspace)
             return out
         call = prepare_call(x, self._params, self.bias, self.algorithm, self.threads, out,
                             self.layout, self.workspace, {}, self.memory_limit, prepacked=True,

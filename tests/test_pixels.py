@@ -27,7 +27,6 @@ from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
-from lowmem_numba._kernel_geometry import KernelGeometry, kernel_geometry
 from lowmem_numba._caches import l1_geometry
 from lowmem_numba._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_GATHER_COST,
                                   PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS, PIXELS_RUN_BYTES)
@@ -225,19 +224,18 @@ def test_copying_needs_long_reductions_small_inputs_split_planes_and_many_channe
     assert copies((1, c, hw, hw), (m, c, 1, 1)) and not copies((2, c, hw, hw), (m, c, 1, 1))
 
 
-def _reads_in_place(x_shape, m, address=0, stride=1):
-    g = make_geometry(x_shape, (m, x_shape[1], 1, 1), stride)
-    return pixels.reads_in_place(address, KernelGeometry(*kernel_geometry(g)), int(np.prod(x_shape)))
+def _reads_in_place(x_shape, m, stride=1):
+    return pixels.reads_in_place(make_geometry(x_shape, (m, x_shape[1], 1, 1), stride))
 
 
 def test_aliasing_and_large_inputs_are_not_read_in_place():
     """Planes of a multiple of PIXELS_ALIASED_PLANE_BYTES (on an L1 of at
     most PIXELS_ALIASED_MAX_WAYS ways), planes that are not whole vectors
     under PIXELS_PACK_MIN_CHANNELS output channels or more, inputs over
-    PIXELS_IN_PLACE_BYTES, strides and unaligned addresses go through panels;
-    the networks' planes (56x56, 28x28, 14x14, 7x7) do not."""
+    PIXELS_IN_PLACE_BYTES and strides go through panels; the networks'
+    planes (56x56, 28x28, 14x14, 7x7) do not."""
     for side in (56, 28, 14, 7, 36, 12):
-        assert _reads_in_place((1, 64, side, side), 64, address=64 + 4 * side)
+        assert _reads_in_place((1, 64, side, side), 64)
     assert [pixels.aliased_plane_bytes(ways) for ways in (4, 8, 12, 16)] == [PIXELS_ALIASED_PLANE_BYTES] * 2 + [0] * 2
     aliasing = pixels.ALIASED_PLANE_BYTES > 0
     assert aliasing == (l1_geometry()[1] <= PIXELS_ALIASED_MAX_WAYS)
@@ -246,7 +244,7 @@ def test_aliasing_and_large_inputs_are_not_read_in_place():
         assert h * w * 4 % PIXELS_ALIASED_PLANE_BYTES == 0 and _reads_in_place((1, 8, h, w), 8) != aliasing
     assert not _reads_in_place((1, 8, 7, 7), PIXELS_PACK_MIN_CHANNELS)
     assert _reads_in_place((1, 8, 4, 4), PIXELS_PACK_MIN_CHANNELS)
-    assert not _reads_in_place((1, 8, 7, 7), 8, address=2) and not _reads_in_place((1, 8, 7, 7), 8, stride=2)
+    assert not _reads_in_place((1, 8, 7, 7), 8, stride=2)
     c = PIXELS_IN_PLACE_BYTES // (4 * 28 * 28)
     assert _reads_in_place((1, c, 28, 28), 8) and not _reads_in_place((1, c + 1, 28, 28), 8)
 
@@ -302,6 +300,41 @@ def test_in_place_tiles_start_on_vector_boundaries(line_offset, row_len):
     assert covered == row_len
 
 
+@pytest.mark.parametrize("byte_offset", [1, 2, 3])
+@pytest.mark.parametrize("x_shape, m", [((2, 16, 14, 14), 24), ((1, 9, 8, 8), 5), ((3, 5, 7, 7), 11)])
+def test_inputs_off_a_float_boundary_are_copied_first(x_shape, m, byte_offset):
+    """The plans of 1x1 layers read their input in place without asking where
+    it lies (with no workspace on the plain sweep's planes: 196 and 64
+    pixels here; 49 go through a panel): an input that does not start on a
+    float boundary (a buffer at an odd offset) is copied first, through
+    ``conv2d`` and a layer, on both thread counts, exact and unmodified."""
+    rng = np.random.default_rng(byte_offset)
+    values = rng.integers(-3, 4, x_shape).astype(np.float32)
+    store = np.zeros(values.nbytes + 8, np.uint8)
+    x = np.ndarray(x_shape, np.float32, buffer=store, offset=byte_offset)
+    x[...] = values
+    assert not x.flags.aligned and x.flags.c_contiguous
+    w = rng.integers(-3, 4, (m, x_shape[1], 1, 1)).astype(np.float32)
+    expected = conv2d_reference(values, w, None, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    before = store.copy()
+    layer = ln.Conv2d(w, algorithm=NAME, threads=1)
+    given = []
+
+    def execute(plan, x_flat, *args):
+        given.append(x_flat.flags.aligned)
+        return real_execute(plan, x_flat, *args)
+
+    real_execute = ln._execute.execute
+    with mock.patch.object(ln._api, "execute", execute), mock.patch.object(ln._layer, "execute", execute):
+        for threads in (1, 2):
+            np.testing.assert_array_equal(ln.conv2d(x, w, algorithm=NAME, threads=threads), expected)
+            np.testing.assert_array_equal(ln.conv2d(x, w, threads=threads), expected)
+        for _ in range(2):  # planned, then repeated
+            np.testing.assert_array_equal(layer(x), expected)
+    assert given == [True] * 6
+    np.testing.assert_array_equal(store, before)
+
+
 @pytest.mark.parametrize("shape, stride", [((3, 24, 28, 28), (2, 2)), ((2, 10, 13, 9), (2, 3)),
                                            ((1, 7, 14, 14), (3, 1)), ((2, 5, 3, 2), (2, 2)),
                                            ((1, 6, 30, 200), (1, 4))])
@@ -323,7 +356,12 @@ def _check_pointwise(x_shape, m, groups, stride, line_offset):
     plan = ln._registry.get(NAME).plan(g, 2, prepacked=True)
     unit_block = max(1, PIXELS_RUN_BYTES // (4 * pixels.SPAN * c // groups))
     slots = 2 if plan.kernel.parallel_items > 1 else 1
-    assert plan.workspace_elements == (pixels._table_elements(g)
+    # Read in place without copies on planes of a tile and a vector or more,
+    # every tile runs in the plain sweep, which needs no workspace.
+    copies = plan.kernel.tiling[14]
+    plain = pixels.reads_in_place(g) and not copies and g.out_height * g.out_width >= pixels.SPAN + mk.VL
+    assert plan.kernel.tiling[-1] == plain
+    assert plan.workspace_elements == (0 if plain else pixels._table_elements(g)
                                        + slots * unit_block * c // groups * pixels.SPAN + 16)
     # A strided layer's gathers are priced: each chunk of channel blocks gathers every input value it reads.
     gathered = c * g.out_height * g.out_width * plan.kernel.tiling[7] if stride != (1, 1) else 0

@@ -123,8 +123,7 @@ def aliased_plane_bytes(l1_ways):
     return PIXELS_ALIASED_PLANE_BYTES if l1_ways <= PIXELS_ALIASED_MAX_WAYS else 0
 
 
-#: This host's (compiled into reads_in_place: the cache of compiled kernels is
-#: per CPU model, whose L1 is one).
+#: This host's.
 ALIASED_PLANE_BYTES = aliased_plane_bytes(l1_geometry()[1])
 
 
@@ -247,19 +246,19 @@ def vector_head(address):
     return (-address // FLOAT32_BYTES) % VL
 
 
-@njit(cache=True, nogil=True)
-def reads_in_place(address, d, input_size):
-    """Whether the tiles of a 1x1 layer without padding read its input
-    (``input_size`` floats at byte ``address``, all images) where it lies
-    rather than through packed panels (see the module docstring): at stride
-    1, from a float boundary, an input of at most ``PIXELS_IN_PLACE_BYTES``,
-    planes of whole vectors or fewer than ``PIXELS_PACK_MIN_CHANNELS`` output
-    channels per group, and planes that do not alias in L1
-    (``ALIASED_PLANE_BYTES``)."""
-    plane = d.height * d.width
-    return (d.stride_h == 1 and d.stride_w == 1 and address % FLOAT32_BYTES == 0
-            and input_size * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
-            and (plane % VL == 0 or d.out_channels_per_group < PIXELS_PACK_MIN_CHANNELS)
+def reads_in_place(g) -> bool:
+    """Whether the tiles of a 1x1 layer without padding (geometry ``g``)
+    read its input where it lies rather than through packed panels (see the
+    module docstring): at stride 1, an input (all images) of at most
+    ``PIXELS_IN_PLACE_BYTES``, planes of whole vectors or fewer than
+    ``PIXELS_PACK_MIN_CHANNELS`` output channels per group, and planes that
+    do not alias in L1 (``ALIASED_PLANE_BYTES``).  The plan decides, from
+    shapes alone: the kernels are given inputs that start on a float
+    boundary (:func:`lowmem_numba._api.kernel_input` copies any other)."""
+    plane = g.height * g.width
+    return (g.stride_h == 1 and g.stride_w == 1
+            and g.batch * g.in_channels * plane * FLOAT32_BYTES <= PIXELS_IN_PLACE_BYTES
+            and (plane % VL == 0 or g.out_channels_per_group < PIXELS_PACK_MIN_CHANNELS)
             and (ALIASED_PLANE_BYTES == 0 or plane * FLOAT32_BYTES % ALIASED_PLANE_BYTES != 0))
 
 
@@ -350,22 +349,27 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d)
 
 @njit(parallel=True, cache=True)
 def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
-                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots, copies):
+                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots, copies, in_place, plain):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
     items shared by ``slots`` threads.  ``table_store`` holds the int64
     offset of every reduction step's input (of a 1x1 layer, its channel
     planes, which the strided tile steps through without reading it).
     ``pointwise`` (a 1x1 kernel without padding: each output plane one row):
-    the tiles read the input planes where they are when ``in_place`` below
-    holds (the module docstring says when), else each slot copies a run of
-    tiles into its share of ``panels`` and the tiles read it there.  Read in
-    place with ``copies``, a run's first channel block copies the input it
-    reads into the panel, and the item's other blocks read it there."""
+    the tiles read the input planes where they are when ``in_place`` holds
+    (:func:`reads_in_place`), else each slot copies a run of tiles into its
+    share of ``panels`` and the tiles read it there.  Read in place with
+    ``copies``, a run's first channel block copies the input it reads into
+    the panel, and the item's other blocks read it there.  ``plain`` (read
+    in place without copies, on planes at least a tile and a vector long, so
+    that the input's last tile can always move back): every tile runs in
+    :func:`_sweep_planes`, which reads neither the table nor the panels
+    (both empty then)."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     offsets = table_store.view(np.int64)[:reduction]
-    _fill_offsets(offsets, d, pointwise, staged_rows, phase_len)
+    if not plain:
+        _fill_offsets(offsets, d, pointwise, staged_rows, phase_len)
     plane_step = d.height * d.width if pointwise else 0  # 1x1: step k reads channel plane k
     G, M = d.groups, d.out_channels
     mg = d.out_channels_per_group
@@ -385,14 +389,9 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     # input's end moves back, or, on a plane narrower than it, goes through
     # its panel.  Panels start on a line.
     whole_vectors = (d.height * d.width) % VL == 0
-    in_place = pointwise and reads_in_place(x.ctypes.data, d, images * x_image)
     pack = pointwise and not in_place
     head = vector_head(x.ctypes.data) if in_place and whole_vectors else 0
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pointwise else 0
-    # Read in place without copies, on planes at least a tile and a vector
-    # long (so that the input's last tile can always move back): a sweep
-    # compiled on its own (see _sweep_planes).
-    plain = in_place and not copies and row_len >= SPAN + VL
     if plain and slots == 1:
         _sweep_planes(x, w, bias, out, d, 0, items, units, m_chunks, u_chunks, unit_block, head, x_image, has_bias)
         return
@@ -518,7 +517,6 @@ def _plan(g, threads):
         staged = g.in_channels * staged_rows * row
     # Lanes computed: the vectors of every row's tiles; channels in whole blocks.
     pixels = round(rows * sum(_row_tile_vectors(row_len)) * VL)
-    table = _table_elements(g)
     unit_block = max(1, PIXELS_RUN_BYTES // (FLOAT32_BYTES * SPAN * g.channels_per_group * g.kernel_taps))
     slots = max(1, min(threads, split.items))
     # A strided 1x1 layer's panels gather every input value a tile reads, once
@@ -526,15 +524,23 @@ def _plan(g, threads):
     # that replaces reads of equal cost, or none; see the module docstring).
     strided = pointwise and g.stride != (1, 1)
     gathered = g.in_channels * g.out_height * g.out_width * split.row_blocks if strided else 0
-    panels = _panel_elements(g, slots, unit_block) if pointwise else 0
+    in_place = pointwise and reads_in_place(g)
     # Read in place, the first channel block copies its tiles' input into the
     # panel for the other blocks (see PIXELS_COPY_MIN_REDUCTION and
     # PIXELS_COPY_MIN_CHANNELS).
     copies = (pointwise and g.channels_per_group >= PIXELS_COPY_MIN_REDUCTION
               and FLOAT32_BYTES * g.batch * g.in_channels * g.height * g.width <= PIXELS_COPY_MAX_BYTES
               and row_len % VL != 0 and g.out_channels_per_group >= PIXELS_COPY_MIN_CHANNELS)
+    # Read in place without copies, on planes at least a tile and a vector
+    # long (so that the input's last tile can always move back), every tile
+    # runs in _sweep_planes, which needs neither the offset table nor panels:
+    # no workspace (allocating GoogLeNet's 45 KiB on every call cost 1.6 us
+    # of its 28 us 480->16 on 14x14, one thread, timed between calls).
+    plain = in_place and not copies and row_len >= SPAN + VL
+    table = 0 if plain else _table_elements(g)
+    panels = _panel_elements(g, slots, unit_block) if pointwise and not plain else 0
     tiling = (images, x_image, x_group, row_step, rows, row_len, pointwise, split.row_blocks, split.col_tiles,
-              unit_block, table, staged, slots, panels, copies)
+              unit_block, table, staged, slots, panels, copies, in_place, plain)
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
                       gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
                               g.channels_per_group * g.kernel_taps),),
@@ -542,24 +548,20 @@ def _plan(g, threads):
                       parallel_items=split.items,
                       balance=(_plane_split_balance(row_len, split.col_tiles, split.items, threads)
                                if pointwise and split.col_tiles > 1 else 1.0),
-                      launches=1 if pointwise else 2 * g.batch, serial=_runs_serially(g, pointwise, slots, copies),
+                      launches=1 if pointwise else 2 * g.batch, serial=_runs_serially(g, pointwise, slots, plain),
                       tile_kernel=None if pointwise else "pixels_staged")
 
 
-def _runs_serially(g, pointwise, slots, copies) -> bool:
+def _runs_serially(g, pointwise, slots, plain) -> bool:
     """Whether a call runs :func:`_pixels_conv`'s serial twin, outside any
     parallel region: 1x1 layers on one slot whose tiles all run in the plain
-    sweep (read in place without copies, for an input at a float boundary),
-    or whose planes are at most ``PIXELS_SERIAL_MAX_PLANE`` pixels and whose
-    multiply-adds at most ``PIXELS_SERIAL_MAX_MACS``."""
+    sweep, or whose planes are at most ``PIXELS_SERIAL_MAX_PLANE`` pixels
+    and whose multiply-adds at most ``PIXELS_SERIAL_MAX_MACS``."""
     if not (pointwise and slots == 1):
         return False
     plane = g.out_height * g.out_width
-    if (plane <= PIXELS_SERIAL_MAX_PLANE
-            and g.batch * plane * g.channels_per_group * g.out_channels <= PIXELS_SERIAL_MAX_MACS):
-        return True
-    image = g.in_channels * g.height * g.width
-    return not copies and plane >= SPAN + VL and reads_in_place(0, KernelGeometry(*kernel_geometry(g)), g.batch * image)
+    return plain or (plane <= PIXELS_SERIAL_MAX_PLANE
+                     and g.batch * plane * g.channels_per_group * g.out_channels <= PIXELS_SERIAL_MAX_MACS)
 
 
 _pixels_conv_serial = serial_twin(_pixels_conv, "_pixels_conv_serial")
@@ -608,14 +610,14 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return
     (images, x_image, x_group, row_step, rows, row_len, pointwise, m_chunks, u_chunks, unit_block, table,
-     staged, slots, panels, copies) = kernel.tiling
+     staged, slots, panels, copies, in_place, plain) = kernel.tiling
     geometry = kernel_geometry(g)
     table_store = scratch[:table]
     panel_store = scratch[table + staged:table + staged + panels]
     if pointwise:
         conv = _pixels_conv_serial if kernel.serial else _pixels_conv
         conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
-             rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies)
+             rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies, in_place, plain)
         return
     staged_rows, phase_len = _staged_shape(g)
     image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
@@ -624,7 +626,7 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
         _stage(x, n * image, geometry, buffer, staged_rows, phase_len)
         _pixels_conv(buffer, weights, bias, out[n * plane:(n + 1) * plane], table_store, panel_store, geometry, 1,
                      x_image, x_group, row_step, rows, row_len, False, m_chunks, u_chunks, unit_block, staged_rows,
-                     phase_len, slots, False)
+                     phase_len, slots, False, False, False)
 
 
 register(Algorithm(
@@ -637,7 +639,8 @@ register(Algorithm(
             "others stage a zero-padded copy split by column phase.",
     workspace_formula="C·rows·stride_w·(Wo + slack) (a padded copy of one image), or for 1x1 without "
                       f"padding: threads·run·C/g·{SPAN} + 16 (packed input panels; run = tiles of {SPAN} pixels "
-                      f"whose input fits {PIXELS_RUN_BYTES // 1024} KiB)",
+                      f"whose input fits {PIXELS_RUN_BYTES // 1024} KiB), or 0 where every tile reads the "
+                      "input in place",
     unsupported=lambda g: None,
     packed_weight_elements=lambda g: 0,
     pack_weights=None,
