@@ -8,7 +8,7 @@ import numpy as np
 
 from ._execute import execute, prepare_weights
 from . import _registry as registry
-from ._api import choose_algorithm, flat_bias, kernel_input, launch, prepare_call, resolve_algorithm
+from ._api import choose_algorithm, flat_bias, kernel_input, prepare_call, resolve_algorithm
 from ._costmodel import loaded_calibration
 from ._geometry import (
     check_array,
@@ -33,7 +33,7 @@ class _Repeat(NamedTuple):
     attributes (assigning one drops the repeat, see
     :data:`_PLANNED_ATTRIBUTES`) and the process's planning state
     (:func:`_process_state`).  It skips the validation and memo lookup of
-    :func:`~lowmem_numba._api.prepare_call` (building and hashing the memo key
+    :func:`~lowmem_numba._api.planned_call` (building and hashing the memo key
     alone took 2.1 of a 12.8 us call); an ``out`` is still checked."""
 
     x_shape: tuple
@@ -52,7 +52,7 @@ _PLANNED_ATTRIBUTES = frozenset({"algorithm", "threads", "layout", "memory_limit
 def _process_state(auto: bool) -> tuple:
     """What a plan depends on beyond the layer: the thread limit, the set of
     registered algorithms and, for "auto", the calibration in force (as
-    :func:`~lowmem_numba._api.prepare_call` keys its memo)."""
+    :func:`~lowmem_numba._api.planned_call` keys its memo)."""
     return max_threads(), registry.generation(), loaded_calibration() if auto else None
 
 
@@ -205,7 +205,8 @@ class Conv2d:
             return call.out
         weights = self._weights_for(call.algorithm, call.geometry)
         self._repeat = _Repeat(x.shape, state, auto, call.plan, call.out.shape, weights)
-        return launch(call.plan, call.out, call.workspace, x, weights, self.bias)
+        execute(call.plan, kernel_input(x), weights, flat_bias(self.bias), call.out.reshape(-1), call.workspace)
+        return call.out
 
     def __setattr__(self, name, value):
         if name in _PLANNED_ATTRIBUTES:
