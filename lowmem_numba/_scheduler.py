@@ -12,7 +12,7 @@ fastest, the smallest workspace wins.
 Nothing read back is trusted: a stored plan is used only if its algorithm is
 registered, supports the configuration, fits ``memory_limit`` and runs on a
 thread count within the budget; otherwise it is measured again.  Plans are
-memoised per process (at most :data:`MEMO_SIZE`, least recently used dropped)
+memoised per process (at most :data:`MEMO_SIZE`, recently used ones kept)
 and measured plans stored per machine (at most :data:`MAX_STORED_PLANS`,
 oldest dropped).
 """
@@ -331,7 +331,7 @@ def clear_memo() -> None:
 def plan_geometry(g: ConvGeometry, *, memory_limit=None, threads=None, layout="NCHW", mode="model",
                   prepacked=False, winograd=True) -> Plan:
     """:func:`plan` for an already validated geometry (memoised per process,
-    at most :data:`MEMO_SIZE` plans, least recently used dropped)."""
+    at most :data:`MEMO_SIZE` plans, recently used ones kept)."""
     if not isinstance(g, ConvGeometry):
         raise TypeError(f"g must be a ConvGeometry (see lowmem_numba._geometry.make_geometry); got {g!r}")
     budget = check_threads(threads, max_threads())

@@ -282,3 +282,24 @@ def test_a_repeated_layer_call_plans_again_when_the_algorithms_change(monkeypatc
         registry.unregister("test-memo-layer-extra")
     layer(X)
     assert len(calls) == 2
+
+
+def test_memo_keeps_what_is_used_and_drops_the_rest():
+    """A memo of size 4 (two generations of 2): an entry looked up at least
+    once per generation stays however many others come and go; one not used
+    since two generations were filled is gone; never more than ``size``."""
+    memo = _memo.Memo(4)
+    memo.put("hot", 1)
+    for i in range(20):
+        memo.put(i, i)
+        assert memo.get("hot") == 1
+        assert len(memo) <= 4
+    assert memo.get(0) is None and memo.get(19) == 19
+    assert set(memo) == {"hot", 18, 19}
+    memo.put("a", 2)
+    memo.put("b", 3)
+    memo.put("c", 4)
+    memo.put("d", 5)
+    assert memo.get("hot") is None and len(memo) == 4
+    memo.clear()
+    assert len(memo) == 0 and memo.get("a") is None
