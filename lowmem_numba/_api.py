@@ -29,7 +29,7 @@ from ._scheduler import MEMO_SIZE, WINOGRAD_FAMILY, plan_geometry
 from ._costmodel import loaded_calibration
 from ._memo import Memo, Uncacheable, array_signature, frozen
 from ._threads import max_threads
-from ._workspace import Workspace, check_workspace
+from ._workspace import Workspace, check_workspace, empty_at_offset_of
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
@@ -304,9 +304,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     plan, _, out_shape = planned_call(x.shape, (weight.shape, stride, padding, dilation, groups), bias, algorithm,
                                       threads, layout, memory_limit, False, winograd)
     if out is None and workspace is None:
-        out = np.empty(out_shape, dtype=np.float32)
+        out = new_output(plan, out_shape, x)
     else:
-        out = provide_out(out, out_shape, workspace, plan, {"x": x, "bias": bias, "weight": weight})
+        out = provide_out(out, out_shape, workspace, plan, x, {"bias": bias, "weight": weight})
     if out.size:
         execute(plan, kernel_input(x), np.ascontiguousarray(weight).reshape(-1), flat_bias(bias), out.reshape(-1),
                 workspace)
@@ -338,7 +338,7 @@ def prepare_call(x, params, bias, algorithm, threads, out, layout, workspace, ot
     check_array(x, "x")
     plan, chosen, out_shape = planned_call(x.shape, params, bias, algorithm, threads, layout, memory_limit,
                                            prepacked, winograd)
-    out = provide_out(out, out_shape, workspace, plan, {"x": x, "bias": bias, **other_inputs})
+    out = provide_out(out, out_shape, workspace, plan, x, {"bias": bias, **other_inputs})
     return Call(plan, chosen, out, workspace)
 
 
@@ -383,17 +383,27 @@ def planned_call(x_shape, params, bias, algorithm, threads, layout, memory_limit
     return planned
 
 
-def provide_out(out, out_shape, workspace, plan, inputs) -> np.ndarray:
+def provide_out(out, out_shape, workspace, plan, x, other_inputs) -> np.ndarray:
     """Check a call's ``workspace`` (large enough for ``plan``) and ``out``
-    (of ``out_shape``, not overlapping ``inputs``), then return ``out``, or a
-    new array when it is None."""
+    (of ``out_shape``, not overlapping ``x`` nor ``other_inputs``), then
+    return ``out``, or a new array (:func:`new_output`) when it is None."""
     check_workspace(workspace)
     if workspace is not None:
         workspace.check_fits(plan.workspace_elements)
     if out is None:
-        return np.empty(out_shape, dtype=np.float32)
-    check_out(out, out_shape, inputs)
+        return new_output(plan, out_shape, x)
+    check_out(out, out_shape, {"x": x, **other_inputs})
     return out
+
+
+def new_output(plan, out_shape, x) -> np.ndarray:
+    """A new output array for ``plan``'s call on ``x``: starting as far from
+    a cache line as ``x`` where the plan's stores then line up with its
+    loads (:attr:`~lowmem_numba._plan.CallPlan.aligns_output`), else where
+    numpy puts it."""
+    if plan.aligns_output:
+        return empty_at_offset_of(x, out_shape)
+    return np.empty(out_shape, dtype=np.float32)
 
 
 #: The key of a ``True`` argument (not ``True``, which equals ``1``).

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._execute import execute, prepare_weights
 from . import _registry as registry
-from ._api import choose_algorithm, flat_bias, kernel_input, prepare_call, resolve_algorithm
+from ._api import choose_algorithm, flat_bias, kernel_input, new_output, prepare_call, resolve_algorithm
 from ._costmodel import loaded_calibration
 from ._geometry import (
     check_array,
@@ -189,7 +189,7 @@ class Conv2d:
         if (repeat is not None and type(x) is np.ndarray and x.dtype is _FLOAT32 and x.shape == repeat.x_shape
                 and repeat.process_state == _process_state(repeat.auto)):
             if out is None:
-                out = np.empty(repeat.out_shape, dtype=np.float32)
+                out = new_output(repeat.plan, repeat.out_shape, x)
             else:
                 check_out(out, repeat.out_shape, {"x": x, "bias": self.bias})
             execute(repeat.plan, kernel_input(x), repeat.weights, flat_bias(self.bias), out.reshape(-1),

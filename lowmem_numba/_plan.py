@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from ._tuning import PACK_COST, TRANSPOSE_COST
+from ._tuning import ALIGNED_OUTPUT_MIN_BYTES, PACK_COST, TRANSPOSE_COST
 
 #: Bytes of one float32 element.
 FLOAT32_BYTES = 4
@@ -95,6 +95,10 @@ class KernelPlan:
     tile_kernel : str, optional
         The register tile's curve this run is priced on, when not its
         algorithm's (direct-pixels' staged layers: ``"pixels_staged"``).
+    output_follows_input : bool
+        Whether the run's vector stores line up with its vector loads when
+        the output starts as far from a cache line as the input (see
+        :attr:`CallPlan.aligns_output`).
     """
 
     tiling: tuple = ()
@@ -111,6 +115,7 @@ class KernelPlan:
     serial: bool = False
     tile_kernel: str | None = None
     balance: float = 1.0
+    output_follows_input: bool = False
 
     def __post_init__(self):
         for name in ("scratch_elements", "moved_elements", "direct_flops", "vector_flops", "memory_elements",
@@ -118,8 +123,9 @@ class KernelPlan:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"KernelPlan.{name} must be a non-negative int; got {value!r}")
-        if not isinstance(self.serial, bool):
-            raise ValueError(f"KernelPlan.serial must be a bool; got {self.serial!r}")
+        for name in ("serial", "output_follows_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"KernelPlan.{name} must be a bool; got {getattr(self, name)!r}")
         if not (isinstance(self.balance, (int, float)) and 1.0 <= self.balance < float("inf")):
             raise ValueError(f"KernelPlan.balance must be a finite number >= 1; got {self.balance!r}")
         if not (isinstance(self.planar_plane_pages, (int, float)) and 0.0 <= self.planar_plane_pages < float("inf")):
@@ -212,6 +218,19 @@ class CallPlan:
         worked out once)."""
         return not (self.kernel.serial and not self.gemms_on_blas and not self.packed_weight_elements
                     and not self.convert_in_elements and not self.convert_out_elements)
+
+    @cached_property
+    def aligns_output(self) -> bool:
+        """Whether a new output of the call is allocated at its input's
+        offset from a cache line: the kernel writes the output itself
+        (one run, no layout conversion), its stores line up with its loads
+        so (:attr:`KernelPlan.output_follows_input`), and the output is of at
+        least ``ALIGNED_OUTPUT_MIN_BYTES`` (read on every call: worked out
+        once)."""
+        g = self.geometry
+        return (self.kernel.output_follows_input and self.runs == 1 and not self.convert_out_elements
+                and FLOAT32_BYTES * g.batch * g.out_channels * g.out_height * g.out_width
+                >= ALIGNED_OUTPUT_MIN_BYTES)
 
     @property
     def gemms(self) -> tuple:

@@ -37,6 +37,18 @@ def aligned_empty(elements: int) -> np.ndarray:
     return raw[skip:skip + elements]
 
 
+def empty_at_offset_of(array: np.ndarray, shape) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array of ``shape`` whose data
+    starts as far from a cache line as ``array``'s (a view into an array a
+    line longer)."""
+    elements = 1
+    for size in shape:
+        elements *= size
+    raw = np.empty(elements + CACHE_LINE_BYTES // FLOAT32_BYTES, dtype=np.float32)
+    skip = (array.ctypes.data - ctypes.addressof(ctypes.c_char.from_buffer(raw))) % CACHE_LINE_BYTES // FLOAT32_BYTES
+    return raw[skip:skip + elements].reshape(shape)
+
+
 class Workspace:
     """One float32 buffer that convolution calls carve their scratch from.
 

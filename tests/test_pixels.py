@@ -28,8 +28,9 @@ from lowmem_numba._algorithms import pixels
 from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
 from lowmem_numba._caches import l1_geometry
-from lowmem_numba._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_GATHER_COST,
-                                  PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS, PIXELS_RUN_BYTES)
+from lowmem_numba._tuning import (ALIGNED_OUTPUT_MIN_BYTES, PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES,
+                                  PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
+                                  PIXELS_RUN_BYTES)
 from naive import (assert_close_to_reference, assert_exact_like_reference, assert_nonfinite_like_reference,
                    conv2d_reference)
 from strategies import cases
@@ -333,6 +334,32 @@ def test_inputs_off_a_float_boundary_are_copied_first(x_shape, m, byte_offset):
             np.testing.assert_array_equal(layer(x), expected)
     assert given == [True] * 6
     np.testing.assert_array_equal(store, before)
+
+
+@pytest.mark.parametrize("line_offset", [0, 4, 12])
+def test_large_outputs_start_as_far_from_a_line_as_the_input(line_offset):
+    """Read in place on planes of whole vectors, the tiles' loads start on
+    the input's vector boundaries: a new output of ALIGNED_OUTPUT_MIN_BYTES
+    or more starts as far from a cache line as the input, so that their
+    stores do too (conv2d, a layer's first and repeated calls); smaller
+    outputs, and planes that are not whole vectors, are numpy's."""
+    rng = np.random.default_rng(line_offset)
+    c, m, hw = 5, 2 * mk.PIXEL_CHANNELS + 3, 128  # planes of whole vectors; a 1.2 MiB output
+    x = _at_line_offset(rng.integers(-3, 4, (1, c, hw, hw)).astype(np.float32), line_offset)
+    w = rng.integers(-3, 4, (m, c, 1, 1)).astype(np.float32)
+    expected = conv2d_reference(x, w, None, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    assert 4 * m * hw * hw >= ALIGNED_OUTPUT_MIN_BYTES
+    layer = ln.Conv2d(w, algorithm=NAME, threads=1)
+    outputs = [ln.conv2d(x, w, algorithm=NAME, threads=1), layer(x), layer(x)]
+    for out in outputs:
+        np.testing.assert_array_equal(out, expected)
+        assert out.flags.c_contiguous and out.ctypes.data % 64 == x.ctypes.data % 64
+    g = make_geometry(x.shape, w.shape)
+    assert ln._registry.get(NAME).plan(g, 1).aligns_output
+    small = make_geometry((1, c, 48, 48), w.shape)
+    assert not ln._registry.get(NAME).plan(small, 1).aligns_output
+    split = make_geometry((1, c, 127, 129), w.shape)
+    assert 4 * m * 127 * 129 >= ALIGNED_OUTPUT_MIN_BYTES and not ln._registry.get(NAME).plan(split, 1).aligns_output
 
 
 @pytest.mark.parametrize("shape, stride", [((3, 24, 28, 28), (2, 2)), ((2, 10, 13, 9), (2, 3)),

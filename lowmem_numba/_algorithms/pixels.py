@@ -549,7 +549,11 @@ def _plan(g, threads):
                       balance=(_plane_split_balance(row_len, split.col_tiles, split.items, threads)
                                if pointwise and split.col_tiles > 1 else 1.0),
                       launches=1 if pointwise else 2 * g.batch, serial=_runs_serially(g, pointwise, slots, plain),
-                      tile_kernel=None if pointwise else "pixels_staged")
+                      tile_kernel=None if pointwise else "pixels_staged",
+                      # Read in place on planes of whole vectors, the tiles start on
+                      # the input's vector boundaries, and so on the output's when it
+                      # starts as far from a line (ALIGNED_OUTPUT_MIN_BYTES).
+                      output_follows_input=in_place and row_len % VL == 0)
 
 
 def _runs_serially(g, pointwise, slots, plain) -> bool:
