@@ -178,6 +178,16 @@ UKERNEL_PACK_IN_KERNEL_COST = 0.7
 #: from skipping the packing pass (GoogLeNet's 5a/5b 1x1 layers, ResNet-50's
 #: layer4 downsample and MobileNet's pw13 at batch 8: 0.91-1.04x).
 UKERNEL_PACK_SWEEP_L2_SHARE = 0.5
+#: A half-width channel block of direct-ukernel (at most ``VL`` channels: the
+#: last block of M/g = 16, 48, 112, 144...) runs on ``MR x 1``-vector tiles,
+#: one broadcast per FMA: its channels cost this many times a full block's
+#: (``MR x NV`` vectors).  1x1 layers through Conv2d, one thread, batch 1,
+#: medians of 150 interleaved calls, M = 16 to 96: a further half block took
+#: 1.36 / 1.37 / 1.42x a full block's time per channel on 512 channels of
+#: 14x14, 256 of 28x28 and 832 of 7x7 (Intel Xeon kind).  Priced as
+#: channels of a full block, the model had put GoogLeNet's 480->16 on 14x14
+#: under 1 MiB on direct-ukernel (31.0 us) rather than direct-pixels (25.8).
+UKERNEL_HALF_BLOCK_COST = 1.37
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9

@@ -108,8 +108,8 @@ from .._layout import transpose_blocks
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
 from .._threads import numba_thread_count
-from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_NCHW_STORE_COST,
-                       UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PACK_SWEEP_L2_SHARE,
+from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_STORE_COST, UKERNEL_HALF_BLOCK_COST,
+                       UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST, UKERNEL_PACK_SWEEP_L2_SHARE,
                        UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_PLANAR_PAGES_MAX, UKERNEL_REDUCTION_BLOCK,
                        UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN, UKERNEL_STACK_PIXELS,
                        UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
@@ -822,7 +822,8 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     split = split_work((1 if stacked else run.batch) * g.groups, blocks, max(1, plane_tiles), threads,
                        min_rows=1, min_cols=1, prefer="rows")
     last = mg - (blocks - 1) * NR  # channels of the last block
-    channels = (blocks - 1) * NR + (VL if last <= VL else NR)
+    # A half-width last block runs on narrower, slower tiles (UKERNEL_HALF_BLOCK_COST).
+    channels = (blocks - 1) * NR + (round(VL * UKERNEL_HALF_BLOCK_COST) if last <= VL else NR)
     copy = _staged_elements(g, staging.padded) if staging else 0  # per image
     chunks = ceil_div(g.batch, staging.images) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
