@@ -395,6 +395,11 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     if plain and slots == 1:
         _sweep_planes(x, w, bias, out, d, 0, items, units, m_chunks, u_chunks, unit_block, head, x_image, has_bias)
         return
+    # The last step's input offset, read once here: inside the prange body
+    # Numba hoists the read out of the loop, where it ran on the plain
+    # sweep's empty table too (an out-of-bounds read, caught by
+    # NUMBA_BOUNDSCHECK).
+    last_offset = 0 if plain else offsets[reduction - 1]
     for slot in prange(slots):
         if plain:
             _sweep_planes(x, w, bias, out, d, slot * items // slots, (slot + 1) * items // slots, units, m_chunks,
@@ -421,7 +426,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                                 continue
                             vectors = (valid + VL - 1) // VL
                             row_at = n * x_image + g * x_group + r * row_step
-                            overrun = row_at + x0 + offsets[reduction - 1] + vectors * VL - x.size if in_place else 0
+                            overrun = row_at + x0 + last_offset + vectors * VL - x.size if in_place else 0
                             if 0 < overrun <= x0:
                                 # The input's last tile, whose last vector would read past the
                                 # input's end, moves back onto pixels the tile before computes
@@ -433,7 +438,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
                             copying = False
                             if pack:
                                 src, src_at, kstep = panels, at, SPAN
-                            elif in_place and src_at + offsets[reduction - 1] + vectors * VL > x.size:
+                            elif in_place and src_at + last_offset + vectors * VL > x.size:
                                 if mb == mb0:
                                     _pack_run(x, n * x_image + g * x_group, offsets, reduction, panels, at, unit, 1,
                                               head, d)
