@@ -9,6 +9,7 @@ workspace, not the sum, and repeated calls allocate nothing.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 
 import numpy as np
@@ -17,9 +18,10 @@ from ._geometry import check_flag
 from ._plan import CACHE_LINE_BYTES, FLOAT32_BYTES
 
 
-def aligned_empty(elements: int) -> np.ndarray:
+def aligned_empty(elements: int, line_offset: int = 0) -> np.ndarray:
     """An uninitialised 1-D float32 array of ``elements`` whose data starts
-    on a cache line.
+    on a cache line, or ``line_offset`` bytes past one (rounded down to
+    whole floats).
 
     numpy's allocator guarantees 16 bytes: a buffer of a few MiB (mapped
     pages, 16 bytes past a page) or any heap block may start 16, 32 or 48
@@ -33,20 +35,15 @@ def aligned_empty(elements: int) -> np.ndarray:
     third of ``ndarray.ctypes.data``).
     """
     raw = np.empty(elements + CACHE_LINE_BYTES // FLOAT32_BYTES, dtype=np.float32)
-    skip = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % CACHE_LINE_BYTES // FLOAT32_BYTES
+    skip = (line_offset - ctypes.addressof(ctypes.c_char.from_buffer(raw))) % CACHE_LINE_BYTES // FLOAT32_BYTES
     return raw[skip:skip + elements]
 
 
 def empty_at_offset_of(array: np.ndarray, shape) -> np.ndarray:
     """An uninitialised C-contiguous float32 array of ``shape`` whose data
     starts as far from a cache line as ``array``'s (a view into an array a
-    line longer)."""
-    elements = 1
-    for size in shape:
-        elements *= size
-    raw = np.empty(elements + CACHE_LINE_BYTES // FLOAT32_BYTES, dtype=np.float32)
-    skip = (array.ctypes.data - ctypes.addressof(ctypes.c_char.from_buffer(raw))) % CACHE_LINE_BYTES // FLOAT32_BYTES
-    return raw[skip:skip + elements].reshape(shape)
+    line longer: :func:`aligned_empty`)."""
+    return aligned_empty(math.prod(shape), array.ctypes.data % CACHE_LINE_BYTES).reshape(shape)
 
 
 class Workspace:
