@@ -19,7 +19,9 @@ One tile of ``mr <= MR`` output pixels by ``nr <= NR`` output channels::
 
 for ``r < mr`` and ``l < nr``.  The weights are the *vector* operand: ``NR``
 contiguous lanes per reduction step, packed and zero-padded to ``NR`` by the
-caller, so they are always read in full.  The input is the *broadcast*
+caller, so they are always read in full.  A tile wider than ``NR`` lanes
+(``wide_tiles``) reads its lanes past ``NR`` from the next packed block,
+``w_next`` elements on (lane ``l`` at ``w_off + (l // NR)*w_next + l % NR``).  The input is the *broadcast*
 operand: one scalar per pixel per step, each pixel addressed by its own
 offset, which serves any stride, dilation and layout (NCHW: ``x_cstep = H*W``;
 NHWC: ``x_cstep = 1``).  Pixel ``r`` of the tile is pixel ``p0 + r`` of a
@@ -86,6 +88,14 @@ SMALL_MR_AVX512 = 4
 SMALL_MR_AVX2 = 2
 SMALL_MR_GENERIC = 2
 
+#: Rows of the wide tile (``NV + 1`` vectors: a full block and the half block
+#: after it, the last two blocks of M/g = 48, 112, 144, 208 ... on AVX-512),
+#: as many as fit the accumulators beside the weight vectors and a broadcast:
+#: 8 x 3 = 24 of 32 zmm, 4 x 3 = 12 of 16 ymm, 2 x 3 of the generic 16.
+WIDE_MR_AVX512 = 8
+WIDE_MR_AVX2 = 4
+WIDE_MR_GENERIC = 2
+
 #: Reduction steps ahead that the tile kernels prefetch their input.  An NCHW
 #: step reads a new plane (H*W floats on, a new 4 KiB page every step on a
 #: 56x56 plane), which the hardware prefetchers do not follow: on a 2-core
@@ -117,6 +127,7 @@ ISA = host_isa()
 VL, MR, NV = {"avx512": TILE_AVX512, "avx2": TILE_AVX2}.get(ISA, TILE_GENERIC)
 NR = VL * NV
 SMALL_MR = {"avx512": SMALL_MR_AVX512, "avx2": SMALL_MR_AVX2}.get(ISA, SMALL_MR_GENERIC)
+WIDE_MR = {"avx512": WIDE_MR_AVX512, "avx2": WIDE_MR_AVX2}.get(ISA, WIDE_MR_GENERIC)
 TILE = (MR, NR)
 
 
@@ -231,8 +242,8 @@ def _transpose(builder, rows, lanes):
 
 
 def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
-    (w_t, x_t, out_t, bias_t) = (sig.args[0], sig.args[5], sig.args[18], sig.args[24])
-    (w, w_off, w_cstep, w_jstep, w_istep,
+    (w_t, x_t, out_t, bias_t) = (sig.args[0], sig.args[6], sig.args[19], sig.args[25])
+    (w, w_off, w_cstep, w_jstep, w_istep, w_next,
      x, x_off, x_ystep, x_xstep, x_cstep, x_jstep, x_istep,
      p0, nx, mr, kc, nj, ni,
      out, o_off, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias) = args
@@ -278,6 +289,8 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
             with cgutils.for_range(builder, kc) as loop_c:
                 c = loop_c.index
                 w_at = builder.add(w_ij, builder.mul(c, w_cstep))
+                block_at = [w_at] + [builder.add(w_at, builder.mul(w_next, _const(b)))
+                                     for b in range(1, (nv + NV - 1) // NV)]
                 x_at = builder.mul(c, x_cstep)
                 # The first and last pixel's input PREFETCH_STEPS steps ahead
                 # (in NCHW each step is a new plane, H*W floats on: the
@@ -285,7 +298,7 @@ def _emit_tile(context, builder, sig, args, mr_max, nv, vl):
                 ahead = builder.mul(builder.add(c, _const(PREFETCH_STEPS)), x_cstep)
                 for r in sorted({0, mr_max - 1}):
                     _prefetch(builder, x_ptr, builder.add(x_bases[r], ahead))
-                weights = [_load_vector(builder, w_ptr, builder.add(w_at, _const(v * vl)), vty)
+                weights = [_load_vector(builder, w_ptr, builder.add(block_at[v // NV], _const(v % NV * vl)), vty)
                            for v in range(nv)]
                 for r in range(mr_max):
                     scalar = builder.load(_element_ptr(builder, x_ptr, builder.add(x_bases[r], x_at)))
@@ -418,9 +431,10 @@ def make_tile_kernel(mr_max, nv=NV, vl=VL):
     Returns
     -------
     intrinsic
-        ``tile(w, w_off, w_cstep, w_jstep, w_istep, x, x_off, x_ystep, x_xstep,
-        x_cstep, x_jstep, x_istep, p0, nx, mr, kc, nj, ni, out, o_off, o_ystep,
-        o_xstep, o_lstep, nr, bias, b_off, has_bias)``, see the module docstring.
+        ``tile(w, w_off, w_cstep, w_jstep, w_istep, w_next, x, x_off, x_ystep,
+        x_xstep, x_cstep, x_jstep, x_istep, p0, nx, mr, kc, nj, ni, out, o_off,
+        o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias)``, see the module
+        docstring.
         ``w``, ``x``, ``out`` and ``bias`` are C-contiguous float32 arrays (the
         arrays themselves, so Numba keeps them alive); the rest are integers.
         The caller guarantees every addressed element is in bounds.
@@ -428,13 +442,13 @@ def make_tile_kernel(mr_max, nv=NV, vl=VL):
     if not 1 <= mr_max <= vl:
         raise ValueError(f"tile rows {mr_max} must be in [1, {vl}]")
 
-    def tile(typingctx, w, w_off, w_cstep, w_jstep, w_istep, x, x_off, x_ystep, x_xstep, x_cstep,
+    def tile(typingctx, w, w_off, w_cstep, w_jstep, w_istep, w_next, x, x_off, x_ystep, x_xstep, x_cstep,
              x_jstep, x_istep, p0, nx, mr, kc, nj, ni, out, o_off, o_ystep, o_xstep, o_lstep, nr,
              bias, b_off, has_bias):
         if not all(_is_f32_array(a) for a in (w, x, out, bias)):
             return None
         i64 = types.int64
-        sig = types.void(w, i64, i64, i64, i64, x, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64,
+        sig = types.void(w, i64, i64, i64, i64, i64, x, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64,
                          i64, i64, out, i64, i64, i64, i64, i64, bias, i64, i64)
 
         def codegen(context, builder, signature, args):
@@ -967,6 +981,10 @@ tile_full = make_tile_kernel(MR)
 tile_small = make_tile_kernel(SMALL_MR)
 tile_half = make_tile_kernel(MR, nv=1)
 tile_small_half = make_tile_kernel(SMALL_MR, nv=1)
+#: The wide tile and its small remainder tile: a full block and the half block
+#: after it in one tile, ``NR + VL`` channels (see ``WIDE_MR``).
+tile_wide = make_tile_kernel(WIDE_MR, nv=NV + 1)
+tile_small_wide = make_tile_kernel(SMALL_MR, nv=NV + 1)
 
 #: Transposes a ``VL x VL`` block (weight packing, channel-block layouts).
 transpose_block = make_transpose_kernel()

@@ -188,6 +188,14 @@ UKERNEL_PACK_SWEEP_L2_SHARE = 0.5
 #: channels of a full block, the model had put GoogLeNet's 480->16 on 14x14
 #: under 1 MiB on direct-ukernel (31.0 us) rather than direct-pixels (25.8).
 UKERNEL_HALF_BLOCK_COST = 1.37
+#: Time per channel of direct-ukernel's wide unit (a full block and the half
+#: block after it as one, on ``WIDE_MR``-row tiles of ``NR + VL`` channels),
+#: relative to a full block's.  Against a full and a half block (priced
+#: 32 + 16 x 1.37 channels) the wide unit ran GoogLeNet's layers with 48, 112,
+#: 144 and 208 output channels 1.03-1.19x faster (``perf/interleaved_ab.py``,
+#: medians, batch 1 and 8, one thread, Intel Xeon kind): 0.94-1.04 times a
+#: full block's time per channel.
+UKERNEL_WIDE_UNIT_COST = 1.0
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9

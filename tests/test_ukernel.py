@@ -31,31 +31,45 @@ GUARD = 37  # guard elements on each side of every buffer
 
 
 @njit
-def _run_full(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_full(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_full(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+    mk.tile_full(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
 @njit
-def _run_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+    mk.tile_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
 @njit
-def _run_small_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_small_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                     out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_small_half(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
+    mk.tile_small_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
                        ni, out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
 @njit
-def _run_small(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_small(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_small(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+    mk.tile_small(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                   out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+
+@njit
+def _run_small_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+                    out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+    mk.tile_small_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
+                       ni, out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
 # The tile shapes of the other hosts, compiled here: the IR is generic, so
@@ -65,16 +79,16 @@ _GENERIC_TILE = mk.make_tile_kernel(mk.TILE_GENERIC[1], nv=mk.TILE_GENERIC[2], v
 
 
 @njit
-def _run_avx2(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_avx2(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    _AVX2_TILE(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+    _AVX2_TILE(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
 @njit
-def _run_generic(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+def _run_generic(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    _GENERIC_TILE(w, w_off, w_c, w_j, w_i, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+    _GENERIC_TILE(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
                   out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
 
 
@@ -86,14 +100,23 @@ def _guarded(values):
 
 
 def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, ni=2, half=False,
-               run=None, nr_max=mk.NR, accumulate=False):
+               run=None, nr_max=mk.NR, accumulate=False, block=None):
     """Run one tile on guarded buffers and check it against the definition;
     with ``accumulate``, the tile adds to an output of other integers
-    (``ACCUMULATE``: the bias is then not added)."""
+    (``ACCUMULATE``: the bias is then not added).  The weights are packed in
+    blocks of ``block`` lanes (default ``nr_max``), NaN between them."""
     rng = np.random.default_rng(seed)
     # Packed weights [ni][nj][kc][NR]; lanes >= nr are NaN: they must not leak.
     w_block = rng.integers(-3, 4, (ni, nj, kc, nr_max)).astype(np.float32)
     w_block[..., nr:] = np.nan
+    block = block or nr_max
+    # Blocks of ``block`` lanes, each ``w_next`` elements after the one before (a
+    # wide tile's lanes past NR come from the next block), a NaN gap between.
+    w_next = ni * nj * kc * block + GUARD
+    packed = np.full(w_next * -(-nr_max // block), np.nan, np.float32)
+    for b in range(0, nr_max, block):  # a last, narrower block's lanes past nr_max are NaN too
+        lanes = w_block[..., b:b + block]
+        packed[b // block * w_next:][:ni * nj * kc * block].reshape(ni, nj, kc, block)[..., :lanes.shape[-1]] = lanes
     # Input: a rectangle of pixels (row-major, nx wide) with kc channels,
     # dilated tap offsets; laid out NHWC-like with a row stride.
     rows = (p0 + rows_max) // nx + 2
@@ -121,7 +144,7 @@ def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, 
         o_x, o_l = nr + 3, 1
         o_y = (nx + 1) * o_x
     o_size = (nr - 1) * o_l + rows * o_y + nx * o_x + 1
-    w = _guarded(w_block.ravel())
+    w = _guarded(packed)
     x = _guarded(x_vals)
     bias = _guarded(bias_vals) if with_bias else np.empty(0, np.float32)
     out = np.full(o_size + 2 * GUARD, -7.0, np.float32)
@@ -132,7 +155,7 @@ def _tile_case(rows_max, mr, nr, nchw_out, with_bias, p0, nx, seed, kc=5, nj=2, 
         run = _run_half if rows_max == mk.MR else _run_small_half
     elif run is None:
         run = _run_full if rows_max == mk.MR else _run_small
-    run(w, GUARD, nr_max, kc * nr_max, nj * kc * nr_max, x, GUARD, x_y, x_x, x_c, x_j, x_i, p0, nx, mr,
+    run(w, GUARD, block, kc * block, nj * kc * block, w_next, x, GUARD, x_y, x_x, x_c, x_j, x_i, p0, nx, mr,
         kc, nj, ni, out, GUARD, o_y, o_x, o_l, nr, bias, GUARD if with_bias else 0,
         mk.ACCUMULATE if accumulate else int(with_bias))
     for r, (y, xx) in enumerate(pixels):
@@ -191,6 +214,25 @@ def test_half_width_tiles_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
         _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=50, seed=11, half=True)
 
 
+WIDE_LANES = sorted({1, mk.VL, mk.NR - 1, mk.NR, mk.NR + 1, mk.NR + mk.VL - 1, mk.NR + mk.VL})
+
+
+@pytest.mark.parametrize("mr", sorted({1, 2, mk.SMALL_MR, mk.SMALL_MR + 1, mk.WIDE_MR - 1, mk.WIDE_MR}))
+@pytest.mark.parametrize("nr", WIDE_LANES)
+@pytest.mark.parametrize("nchw_out", [False, True])
+def test_wide_tiles_every_edge_case_stays_in_bounds(mr, nr, nchw_out):
+    # Wide kernels read NR lanes of one packed block and VL of the next.
+    wide = dict(nr_max=mk.NR + mk.VL, block=mk.NR)
+    _tile_case(mk.WIDE_MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=15, run=_run_wide, **wide)
+    _tile_case(mk.WIDE_MR, mr, nr, nchw_out, with_bias=False, p0=3, nx=5, seed=16, run=_run_wide, **wide)
+    _tile_case(mk.WIDE_MR, mr, nr, nchw_out, with_bias=True, p0=0, nx=64, seed=17, run=_run_wide,
+               accumulate=True, **wide)
+    if mr <= mk.SMALL_MR:
+        _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=True, p0=1, nx=3, seed=18, run=_run_small_wide, **wide)
+        _tile_case(mk.SMALL_MR, mr, nr, nchw_out, with_bias=False, p0=0, nx=50, seed=19, run=_run_small_wide,
+                   **wide)
+
+
 @pytest.mark.parametrize("tile, run", [(mk.TILE_AVX2, _run_avx2), (mk.TILE_GENERIC, _run_generic)],
                          ids=["avx2-shape", "generic-shape"])
 @pytest.mark.parametrize("nchw_out", [False, True])
@@ -221,7 +263,8 @@ def test_tile_shape_follows_host():
 def wide_cases(draw):
     """strategies.cases() with channel counts spanning several register tiles."""
     case = draw(cases(max_size=16))
-    m_per_group = draw(st.sampled_from([1, 2, mk.NR - 1, mk.NR, mk.NR + 3, mk.NR + mk.VL + 2, 2 * mk.NR + 5]))
+    m_per_group = draw(st.sampled_from([1, 2, mk.NR - 1, mk.NR, mk.NR + 3, mk.NR + mk.VL, mk.NR + mk.VL + 2,
+                                        2 * mk.NR + 5, 2 * mk.NR + mk.VL]))
     c_per_group = draw(st.integers(1, 9)) if case.groups <= 3 else case.channels // case.groups
     return dataclasses.replace(case, out_channels=case.groups * m_per_group,
                                channels=case.groups * c_per_group)
@@ -298,7 +341,7 @@ def long_reduction_cases(draw):
     vectors), batch 1-4."""
     case = draw(cases(max_size=10))
     c_per_group = draw(st.integers(1, 5 * mk.VL))
-    m_per_group = draw(st.sampled_from([1, mk.VL, mk.NR + 3]))
+    m_per_group = draw(st.sampled_from([1, mk.VL, mk.NR + 3, mk.NR + mk.VL]))
     return dataclasses.replace(case, batch=draw(st.integers(1, 4)), channels=case.groups * c_per_group,
                                out_channels=case.groups * m_per_group)
 
@@ -412,7 +455,7 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
     images stacked), in one launch, and whose threads share the channel
     blocks packs each block into scratch of its own inside the kernel: no
     packed copy of the weights, one block per parallel item in the
-    workspace, and the reference's result (every configuration, both
+    workspace (two where the last two run as one wide unit), and the reference's result (every configuration, both
     layouts, batch 1-3, 1-2 threads)."""
     if not ln.supports(name, case.x_shape, case.w_shape, **case.args):
         return
@@ -427,6 +470,9 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
     assume(tiling.packs)
     assert plan.packed_weight_elements == 0
     block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
+    m_per_group = case.out_channels // case.groups
+    if m_per_group > mk.NR and m_per_group % mk.NR == mk.VL:  # the last two blocks run as one wide unit
+        block *= 2
     staged_copy = ln._registry.get(name).plan(g, threads, kernel_layout, prepacked=True).workspace_elements
     assert plan.workspace_elements == case.groups * tiling.m_chunks * block + staged_copy
     assert_exact_like_reference(name, case, seed, with_bias, layout, threads)

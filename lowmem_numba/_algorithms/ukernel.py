@@ -33,7 +33,10 @@ range each; each rectangle is walked in row-major order ``MR`` pixels at a time
 (a tile may wrap onto the next row), so interior tiles run the full kernel and
 the border costs a few tiles with fewer taps.  A remainder of at most
 ``MR - SMALL_MR`` pixels runs on ``SMALL_MR``-row tiles, and a channel block of
-at most ``VL`` channels (M/g = 16, depthwise...) on half-width tiles.  On
+at most ``VL`` channels (M/g = 16, depthwise...) on half-width tiles; a last
+block of exactly ``VL`` channels after a full one (M/g = 48, 112, 144...) runs
+with that one on wide tiles of ``WIDE_MR`` rows by ``NR + VL`` channels
+(:func:`channel_units`).  On
 small planes (7x7, 14x14) the border is much of the plane and its short runs
 waste most of a tile; at batch > 1 the images are then stacked
 (:func:`_stacks`): each output row of a rectangle is walked over all the
@@ -102,8 +105,8 @@ from numba import prange
 
 from .._caches import l1_bytes, l2_bytes, page_bytes
 from .._compile import NONNEG, njit, serial_twin  # numba.njit whose cache=True never fails (see _compile)
-from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, tile_full, tile_half, tile_small, tile_small_half,
-                            transpose_block)
+from .._microkernel import (ACCUMULATE, MR, NR, SMALL_MR, VL, WIDE_MR, tile_full, tile_half, tile_small,
+                            tile_small_half, tile_small_wide, tile_wide, transpose_block)
 from .._layout import transpose_blocks
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._split import split_work
@@ -112,7 +115,8 @@ from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_ST
                        UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST,
                        UKERNEL_PACK_SWEEP_L2_SHARE, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_PLANAR_PAGES_MAX,
                        UKERNEL_REDUCTION_BLOCK, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN,
-                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK)
+                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK,
+                       UKERNEL_WIDE_UNIT_COST)
 from .._registry import Algorithm, register
 from ._common import LINE, NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
@@ -373,30 +377,63 @@ def _stacking_ratio(g):
 
 # ----------------------------------------------------------------- the kernel
 
+#: Tile widths (``run_tiles``' ``width``): ``VL`` channels (a last block of at
+#: most one vector), ``NR`` (a block), ``NR + VL`` (a block and the half block
+#: after it: :func:`channel_units`).
+HALF, FULL, WIDE = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def channel_units(channels):
+    """``(blocks, units)`` of ``channels`` output channels per group:
+    ``NR``-channel blocks, as packed, and the units the kernel runs them in,
+    one block each except that a last block of exactly ``VL`` channels runs
+    with the block before it as one wide unit (``WIDE_MR`` rows of ``NR + VL``
+    channels: ``UKERNEL_WIDE_UNIT_COST``)."""
+    blocks = (channels + NR - 1) // NR
+    wide = blocks >= 2 and channels - (blocks - 1) * NR == VL
+    return blocks, blocks - 1 if wide else blocks
+
+
 @njit(cache=True, nogil=True, inline="always")
-def run_tile(small, half, w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
-          x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias):
-    """One micro-kernel tile on the variant that fits it: ``small`` rows
-    (``SMALL_MR``) or full (``MR``), ``half`` width (``VL`` channels) or full
-    (``NR``); the other arguments are the tile kernel's (see
-    :func:`lowmem_numba._microkernel.make_tile_kernel`)."""
-    if small:
-        if half:
-            tile_small_half(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
-                            x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
-                            bias, b_off, has_bias)
-        else:
-            tile_small(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
-                       x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
-                       bias, b_off, has_bias)
-    elif half:
-        tile_half(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
-                  x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
-                  bias, b_off, has_bias)
-    else:
-        tile_full(w, w_at, w_cstep, w_jstep, w_istep, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
-                  x_istep, p0, nx, mr, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
-                  bias, b_off, has_bias)
+def run_tiles(width, w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep, x_cstep, x_jstep,
+              x_istep, lo, hi, nx, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr, bias, b_off, has_bias):
+    """Pixels ``lo <= p < hi`` of a rectangle ``nx`` pixels wide on the tiles
+    of ``width`` (HALF, FULL or WIDE): whole tiles of their rows (``MR``, or
+    ``WIDE_MR``), and a remainder that fits in ``SMALL_MR``-row tiles at less
+    than a whole tile's cost on those; the other arguments are the tile
+    kernel's (see :func:`lowmem_numba._microkernel.make_tile_kernel`)."""
+    rows = WIDE_MR if width == WIDE else MR
+    for p0 in range(lo, hi, rows):
+        mr = min(rows, hi - p0)
+        step = SMALL_MR if mr <= rows - SMALL_MR else rows
+        for s in range(p0, p0 + mr, step):
+            n = min(step, p0 + mr - s)
+            if step == SMALL_MR:
+                if width == HALF:
+                    tile_small_half(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep,
+                                    x_cstep, x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep,
+                                    o_xstep, o_lstep, nr, bias, b_off, has_bias)
+                elif width == FULL:
+                    tile_small(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep, x_cstep,
+                               x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep,
+                               nr, bias, b_off, has_bias)
+                else:
+                    tile_small_wide(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep,
+                                    x_cstep, x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep,
+                                    o_xstep, o_lstep, nr, bias, b_off, has_bias)
+            elif width == HALF:
+                tile_half(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep, x_cstep,
+                          x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                          bias, b_off, has_bias)
+            elif width == FULL:
+                tile_full(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep, x_cstep,
+                          x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                          bias, b_off, has_bias)
+            else:
+                tile_wide(w, w_at, w_cstep, w_jstep, w_istep, w_next, x, x_at, x_ystep, x_xstep, x_cstep,
+                          x_jstep, x_istep, s, nx, n, kc, nj, ni, out, o_at, o_ystep, o_xstep, o_lstep, nr,
+                          bias, b_off, has_bias)
 
 
 @njit(parallel=True, cache=True)
@@ -421,7 +458,7 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     PT, PL = d.pad_top, d.pad_left
     cg = d.channels_per_group
     mg = d.out_channels_per_group
-    blocks = (mg + NR - 1) // NR
+    blocks, units = channel_units(mg)
     taps = d.kernel_taps
     has_bias = 1 if bias.size else 0
     pix = C if nhwc_in else 1                # input elements per pixel step
@@ -444,6 +481,7 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     x_classes = _class_count(WO, xlo, xhi)
     packs = raw.size > 0
     block_elements = taps * cg * NR
+    unit_elements = block_elements * (2 if units < blocks else 1)  # per item, packing in the kernel
     offsets = scatter_offsets(taps if packs else 0, cg)  # empty unless packing
     # Stacked, a rectangle's walk steps from image to image instead of from
     # row to row (NCHW and NHWC images are both C*H*W input elements apart).
@@ -452,7 +490,7 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
     walk_x_ystep = C * H * W if stacked else SH * x_row
     walk_o_ystep = M * HO * WO if stacked else o_ystep
     for item in prange(planes * m_chunks * t_chunks):
-        ng, mb0, mb1, t_lo, t_hi = tile_bounds(item, blocks, plane_tiles, m_chunks, t_chunks)
+        ng, mb0, mb1, t_lo, t_hi = tile_bounds(item, units, plane_tiles, m_chunks, t_chunks)
         n = ng // G
         g = ng % G
         x_image = n * H * W * C + g * cg if nhwc_in else (n * C + g * cg) * H * W
@@ -464,11 +502,14 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
             for c0 in range(0, cg, channel_block):
                 cs = min(channel_block, cg - c0)
                 flags = has_bias if c0 == 0 else ACCUMULATE
-                for mb in range(mb0, mb1):
-                    nr = min(NR, mg - mb * NR)
+                for mb in range(mb0, mb1):  # units: blocks, the last one maybe with the half block after it
+                    width = WIDE if mb == units - 1 and units < blocks else HALF if mg - mb * NR <= VL else FULL
+                    nr = min(NR + VL if width == WIDE else NR, mg - mb * NR)
                     if packs:
-                        w_block = item * block_elements
-                        _pack_block(raw, w, d, g * blocks + mb, offsets, w_block, c0, cs)
+                        w_block = item * unit_elements
+                        for b in range(2 if width == WIDE else 1):
+                            _pack_block(raw, w, d, g * blocks + mb + b, offsets, w_block + b * block_elements,
+                                        c0, cs)
                     else:
                         w_block = (g * blocks + mb) * block_elements
                     o_block = o_image + (mb * NR) * (1 if nhwc else HO * WO)
@@ -496,18 +537,11 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
                                 w_at = w_block + ((i0 * KW + j0) * cg + c0) * NR
                                 kc = nj * cg if fold else cs
                                 kj = 1 if fold else nj
-                                for k in range(max(0, b_lo - seen), min(count, b_hi - seen)):
-                                    p0 = k * MR
-                                    mr = min(MR, pixels - p0)
-                                    # A remainder that fits in small tiles at less
-                                    # than a full tile's cost runs on them.
-                                    step = SMALL_MR if mr <= MR - SMALL_MR else MR
-                                    for s in range(p0, p0 + mr, step):
-                                        run_tile(step == SMALL_MR, nr <= VL,
-                                                 w, w_at, w_cstep, w_jstep, w_istep,
-                                                 x, x_at, walk_x_ystep, SW * pix, x_cstep, DW * pix, DH * x_row,
-                                                 s, nx, min(step, p0 + mr - s), kc, kj, ni,
-                                                 out, o_at, walk_o_ystep, o_xstep, o_lstep, nr, bias, b_off, flags)
+                                run_tiles(width, w, w_at, w_cstep, w_jstep, w_istep, block_elements,
+                                          x, x_at, walk_x_ystep, SW * pix, x_cstep, DW * pix, DH * x_row,
+                                          max(0, b_lo - seen) * MR, min(pixels, min(count, b_hi - seen) * MR),
+                                          nx, kc, kj, ni, out, o_at, walk_o_ystep, o_xstep, o_lstep, nr, bias,
+                                          b_off, flags)
                                 seen += count
 
 
@@ -586,6 +620,13 @@ _pack_serial = serial_twin(_pack, "_pack_serial")
 def _block_elements(g) -> int:
     """Float32 elements of one packed block of NR output channels."""
     return g.kernel_h * g.kernel_w * g.channels_per_group * NR
+
+
+def _unit_elements(g) -> int:
+    """Float32 elements of the packed blocks of one unit (:func:`channel_units`):
+    what a parallel item packing in the kernel holds at a time."""
+    blocks, units = channel_units(g.out_channels_per_group)
+    return _block_elements(g) * (2 if units < blocks else 1)
 
 
 def packed_elements(g) -> int:
@@ -813,17 +854,21 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     plane_tiles = int(_plane_tiles(launched, stacked)) if g.out_height > 0 and g.out_width > 0 else 0
     pixels = round(_tiled_pixels(d, True)) if stacked else _walk_pixels(d)
     mg = g.out_channels_per_group
-    blocks = ceil_div(mg, NR)
+    blocks, units = channel_units(mg)
     # Threads share channel blocks before tiles: a plane's tiles are not equal
     # work (border tiles reduce over fewer taps, and are short), so cutting
     # them split ResNet-50's layer4 3x3 stride 2 (7x7 outputs, batch 1) into
     # 3 border tiles against 3 interior ones: 1.59-1.62 ms on two threads,
     # 1.22-1.25 cut by channel blocks (2.3-2.5 on one).
-    split = split_work((1 if stacked else run.batch) * g.groups, blocks, max(1, plane_tiles), threads,
+    split = split_work((1 if stacked else run.batch) * g.groups, units, max(1, plane_tiles), threads,
                        min_rows=1, min_cols=1, prefer="rows")
     last = mg - (blocks - 1) * NR  # channels of the last block
-    # A half-width last block runs on narrower, slower tiles (UKERNEL_HALF_BLOCK_COST).
-    channels = (blocks - 1) * NR + (round(VL * UKERNEL_HALF_BLOCK_COST) if last <= VL else NR)
+    # A half-width last block runs on narrower, slower tiles (UKERNEL_HALF_BLOCK_COST), or
+    # with the block before it on wide ones (UKERNEL_WIDE_UNIT_COST).
+    if units < blocks:
+        channels = (units - 1) * NR + round((NR + VL) * UKERNEL_WIDE_UNIT_COST)
+    else:
+        channels = (blocks - 1) * NR + (round(VL * UKERNEL_HALF_BLOCK_COST) if last <= VL else NR)
     copy = _staged_elements(g, staging.padded) if staging else 0  # per image
     chunks = ceil_div(g.batch, staging.images) if staging else 0
     outputs = g.out_channels * g.out_height * g.out_width  # per image
@@ -915,7 +960,7 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
             return None
     return dataclasses.replace(
         plan, tiling=tiling._replace(tile_block=max(1, tiling.plane_tiles), packs=True),
-        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * _block_elements(g),
+        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * _unit_elements(g),
         moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
 
 
@@ -949,7 +994,7 @@ def _make_compute(nhwc):
          serial) = kernel.tiling
         raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
-            block_scratch = g.groups * m_chunks * _block_elements(g)
+            block_scratch = g.groups * m_chunks * _unit_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
         conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:

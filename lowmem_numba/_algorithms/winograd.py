@@ -121,7 +121,7 @@ from .._tuning import (WINOGRAD_IN_KERNEL_TILES, WINOGRAD_PACK_CHANNELS, WINOGRA
                        WINOGRAD_WEIGHT_MEMORY_READ_COST,
                        WINOGRAD_WEIGHT_READ_COST)
 from ._common import NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry
-from .ukernel import pack_lanes, run_tile, scatter_offsets
+from .ukernel import FULL, HALF, pack_lanes, run_tiles, scatter_offsets
 
 # ----------------------------------------------------------------- transforms
 
@@ -510,15 +510,8 @@ def _products(u, w_at, v, x_at, x_row, z_at, count, tile_block, kc, half, bias, 
     (M/g = 16, the last block of 48) runs on the half-width micro-kernel, as
     the plan prices it (48 channels ran as 64 before: F(2x2,5x5) with 16 -> 48
     channels at 14x14, batch 8, took 1.20 ms)."""
-    width = VL if half else NR
-    for p0 in range(0, count, MR):
-        mr = min(MR, count - p0)
-        # A remainder that fits in small tiles at less than a full tile's
-        # cost runs on them.
-        step = SMALL_MR if mr <= MR - SMALL_MR else MR
-        for s in range(p0, p0 + mr, step):
-            run_tile(step == SMALL_MR, half, u, w_at, NR, 0, 0, v, x_at, 0, x_row, 1, 0, 0, s, tile_block,
-                     min(step, p0 + mr - s), kc, 1, 1, v, z_at, 0, NR, 1, width, bias, 0, mode)
+    run_tiles(HALF if half else FULL, u, w_at, NR, 0, 0, 0, v, x_at, 0, x_row, 1, 0, 0, 0, count, tile_block,
+              kc, 1, 1, v, z_at, 0, NR, 1, VL if half else NR, bias, 0, mode)
 
 
 @njit(parallel=True, cache=True)
