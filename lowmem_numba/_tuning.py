@@ -272,6 +272,17 @@ PIXELS_RUN_BYTES = 196608
 #: ResNet's 256->64 at batch 8 took 7.5 ms against 7.2, 256->128 14.2 against
 #: 13.0, and batch 1 is within noise (best of three alternating processes).
 PIXELS_PACK_PREFETCH_BYTES = 6144
+#: direct-pixels' plain sweep of a 1x1 layer read in place: the first channel
+#: block of each run of tiles hints the next tile's input into L2 as it goes
+#: (``next_prefetching_pixel_tiles``) where an image's input exceeds this
+#: share of L2 and so comes from L3 or memory.  Against not hinting
+#: (``perf/interleaved_ab.py``, medians, Intel Xeon kind, 2 MiB L2): images of
+#: 3.2 MB (ResNet-50's 256->64 and 256->128 on 56x56) 1.10-1.18x faster at
+#: batch 8 on one thread, 1.03-1.07x on two, 1.01-1.04x at batch 1; of 1.6 MB
+#: (128->128 on 56x56, 512->128 on 28x28) 1.00-1.03x; of 0.4-0.8 MB
+#: 0.95-0.97x at batch 8 (GoogLeNet's 480->16, 512->24, 528->32 on 14x14)
+#: to 1.05x (64->64 on 56x56).
+PIXELS_PREFETCH_NEXT_L2_SHARE = 0.5
 #: Largest input (all its images) that direct-pixels' 1x1 stride-1 layers
 #: read in place rather than through packed panels (with planes of whole
 #: vectors; see the module docstring).  Read in place, the tiles rely on

@@ -27,7 +27,7 @@ from lowmem_numba import _microkernel as mk
 from lowmem_numba._algorithms import pixels
 from lowmem_numba._algorithms._common import unpadded_1x1
 from lowmem_numba._geometry import make_geometry
-from lowmem_numba._caches import l1_geometry
+from lowmem_numba._caches import l1_geometry, l2_bytes
 from lowmem_numba._tuning import (ALIGNED_OUTPUT_MIN_BYTES, PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES,
                                   PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES, PIXELS_PACK_MIN_CHANNELS,
                                   PIXELS_RUN_BYTES)
@@ -46,6 +46,13 @@ def _run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, x_kstep, count, out
               b_off, has_bias):
     pixels._run_tile(vectors, w, w_off, w_mstep, x, x_off, offsets, x_kstep, count, out, o_off, o_mstep, valid, mc,
                      bias, b_off, has_bias)
+
+
+@njit
+def _run_prefetching_tile(vectors, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc, bias,
+                          b_off, has_bias):
+    pixels._run_strided_tile(vectors, w, w_off, w_mstep, x, x_off, x_kstep, count, out, o_off, o_mstep, valid, mc,
+                             bias, b_off, has_bias, True)
 
 
 @njit
@@ -76,7 +83,7 @@ def _ending_at_unreadable_page(a):
 
 @pytest.mark.parametrize("vectors", range(1, mk.PIXEL_VECTORS + 1))
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("strided", [False, True, "copying"])
+@pytest.mark.parametrize("strided", [False, True, "copying", "prefetching"])
 @pytest.mark.parametrize("count", [1, 7, mk.PREFETCH_STEPS, mk.PREFETCH_STEPS + 1, 3 * mk.PREFETCH_STEPS + 2])
 def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, count):
     """The tile reads ``mc`` weight rows ``w_mstep`` apart (the last one
@@ -86,7 +93,9 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, c
     ``PREFETCH_STEPS`` (a loop of their own); the input of step ``k`` is
     at ``offsets[k]`` (in any order), or ``k * x_kstep`` when strided; the
     copying tile also stores each step's ``vectors`` input vectors into a
-    panel, ``SPAN`` floats a step, and nothing else there."""
+    panel, ``SPAN`` floats a step, and nothing else there; the tile that
+    hints the next tile's input into L2 computes the same (its hints reach
+    past the input's end, and never fault)."""
     rng = np.random.default_rng(vectors)
     pc, vl = mk.PIXEL_CHANNELS, mk.VL
     for valid in sorted({1, vl - 1, vl, (vectors - 1) * vl + 1, vectors * vl}):
@@ -116,6 +125,9 @@ def test_tile_stores_only_its_pixels_and_channels(vectors, with_bias, strided, c
                     at = GUARD + k * pixels.SPAN
                     copied[at:at + vectors * vl] = x[offsets[k]:offsets[k] + vectors * vl]
                 np.testing.assert_array_equal(panel, copied)
+            elif strided == "prefetching":
+                _run_prefetching_tile(vectors, w, 0, w_mstep, x, 0, x_kstep, count, out, GUARD, o_mstep, valid, mc,
+                                      bias, 2, int(with_bias))
             else:
                 _run_tile(vectors, w, 0, w_mstep, x, 0, table, x_kstep if strided else 0, count, out, GUARD, o_mstep,
                           valid, mc, bias, 2, int(with_bias))
@@ -204,6 +216,30 @@ def test_first_channel_block_copies_for_the_others(batch, c_per_group, groups, h
             _check_pointwise((batch, groups * c_per_group, hw, hw), groups * m_per_group, groups, (1, 1), line_offset)
     finally:
         ln._memo.clear_all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), c_per_group=st.integers(1, 9), groups=st.sampled_from([1, 2]),
+       hw=st.sampled_from([8, 9, 12, 23]),  # planes of a tile and a vector or more, as the plain sweep needs
+       m_per_group=st.sampled_from([1, mk.PIXEL_CHANNELS + 1, 3 * mk.PIXEL_CHANNELS]),
+       line_offset=st.sampled_from([0, 1, 4]))
+def test_first_channel_block_hints_the_next_tile(batch, c_per_group, groups, hw, m_per_group, line_offset):
+    """The plain sweep whose runs' first channel block hints the next tile's
+    input into L2 (forced here on any input: PIXELS_PREFETCH_NEXT_L2_SHARE
+    patched to 0; the plan says so) is exact over a batch, groups, both
+    thread counts, planes of whole vectors and not; and an image's input of
+    at most that share of L2 is not hinted."""
+    x_shape = (batch, groups * c_per_group, hw, hw)
+    g = make_geometry(x_shape, (groups * m_per_group, c_per_group, 1, 1), groups=groups)
+    ln._memo.clear_all()
+    try:
+        with mock.patch.object(pixels, "PIXELS_PREFETCH_NEXT_L2_SHARE", 0):
+            tiling = ln._registry.get(NAME).plan(g, 2).kernel.tiling
+            assert tiling[17] == tiling[16]  # plain
+            _check_pointwise(x_shape, groups * m_per_group, groups, (1, 1), line_offset)
+    finally:
+        ln._memo.clear_all()
+    assert not ln._registry.get(NAME).plan(g, 2).kernel.tiling[17]
 
 
 def test_copying_needs_long_reductions_small_inputs_split_planes_and_many_channels():
@@ -387,7 +423,10 @@ def _check_pointwise(x_shape, m, groups, stride, line_offset):
     # every tile runs in the plain sweep, which needs no workspace.
     copies = plan.kernel.tiling[14]
     plain = pixels.reads_in_place(g) and not copies and g.out_height * g.out_width >= pixels.SPAN + mk.VL
-    assert plan.kernel.tiling[-1] == plain
+    assert plan.kernel.tiling[16] == plain
+    # The plain sweep hints the next tile's input into L2 where an image's input exceeds that share of L2.
+    image_bytes = 4 * c * g.height * g.width
+    assert plan.kernel.tiling[17] == (plain and image_bytes > pixels.PIXELS_PREFETCH_NEXT_L2_SHARE * l2_bytes())
     assert plan.workspace_elements == (0 if plain else pixels._table_elements(g)
                                        + slots * unit_block * c // groups * pixels.SPAN + 16)
     # A strided layer's gathers are priced: each chunk of channel blocks gathers every input value it reads.

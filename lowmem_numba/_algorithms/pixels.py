@@ -94,21 +94,23 @@ import numpy as np
 from numba import prange
 
 from .._compile import NONNEG, njit, serial_twin  # numba.njit whose cache=True never fails (see _compile)
-from .._caches import l1_geometry
-from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_tiles, pixel_tiles, prefetch_to_l2,
-                            strided_pixel_tiles)
+from .._caches import l1_geometry, l2_bytes
+from .._microkernel import (PIXEL_CHANNELS, PIXEL_VECTORS, VL, copying_pixel_tiles, next_prefetching_pixel_tiles,
+                            pixel_tiles, prefetch_to_l2, strided_pixel_tiles)
 from .._plan import FLOAT32_BYTES, KernelPlan
 from .._registry import Algorithm, register
 from .._split import split_work
 from .._tuning import (PIXELS_ALIASED_MAX_WAYS, PIXELS_ALIASED_PLANE_BYTES, PIXELS_COPY_MAX_BYTES,
                        PIXELS_COPY_MIN_CHANNELS, PIXELS_COPY_MIN_REDUCTION, PIXELS_GATHER_COST, PIXELS_IN_PLACE_BYTES,
-                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_MACS,
+                       PIXELS_PACK_MIN_CHANNELS, PIXELS_PACK_PREFETCH_BYTES, PIXELS_PREFETCH_NEXT_L2_SHARE,
+                       PIXELS_RUN_BYTES, PIXELS_SERIAL_MAX_MACS,
                        PIXELS_SERIAL_MAX_PLANE, PIXELS_TILE_VECTORS)
 from ._common import LINE, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
 _tile1, _tile2, _tile3 = pixel_tiles
 _strided1, _strided2, _strided3 = strided_pixel_tiles
 _copying1, _copying2, _copying3 = copying_pixel_tiles
+_prefetching1, _prefetching2, _prefetching3 = next_prefetching_pixel_tiles
 assert PIXEL_VECTORS == 3
 #: Output pixels one full tile covers.
 SPAN = PIXEL_VECTORS * VL
@@ -135,7 +137,7 @@ def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, 
     (:func:`_run_strided_tile`)."""
     if x_kstep > 0:
         _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
-                          b_off, has_bias)
+                          b_off, has_bias, False)
     elif vectors == 3:
         _tile3(w, w_at, w_mstep, x, x_at, offsets, 0, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     elif vectors == 2:
@@ -146,11 +148,23 @@ def _run_tile(vectors, w, w_at, w_mstep, x, x_at, offsets, x_kstep, count, out, 
 
 @njit(cache=True, nogil=True, inline="always")
 def _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias,
-                      b_off, has_bias):
+                      b_off, has_bias, prefetch_next):
     """One tile of ``vectors`` vectors reading step ``k``'s input at
     ``x_at + k*x_kstep`` (a 1x1 layer's planes or a panel's runs: the
-    strided tile, which loads no offsets)."""
-    if vectors == 3:
+    strided tile, which loads no offsets); with ``prefetch_next``, the tile
+    that also hints the next tile's input into L2
+    (``next_prefetching_pixel_tiles``)."""
+    if prefetch_next:
+        if vectors == 3:
+            _prefetching3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off,
+                          has_bias)
+        elif vectors == 2:
+            _prefetching2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off,
+                          has_bias)
+        else:
+            _prefetching1(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off,
+                          has_bias)
+    elif vectors == 3:
         _strided3(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
     elif vectors == 2:
         _strided2(w, w_at, w_mstep, x, x_at, x_kstep, count, out, o_at, o_mstep, valid, mc, bias, b_off, has_bias)
@@ -160,7 +174,7 @@ def _run_strided_tile(vectors, w, w_at, w_mstep, x, x_at, x_kstep, count, out, o
 
 @njit(cache=True, nogil=True)
 def _sweep_planes(x, w, bias, out, d, first, stop, units, m_chunks, u_chunks, unit_block, head, x_image,
-                  has_bias):
+                  has_bias, prefetch_next):
     """Items ``first`` to ``stop`` of a 1x1 layer read in place, each tile
     stepping through the input planes with the strided tile (no panel, no
     copy): what :func:`_pixels_conv` runs when ``plain`` holds.
@@ -201,8 +215,11 @@ def _sweep_planes(x, w, bias, out, d, first, stop, units, m_chunks, u_chunks, un
                     if overrun > 0:
                         x0 -= overrun
                         valid += overrun
+                    # With prefetch_next, a run's first channel block, which reads input
+                    # not in cache yet, hints the next tile's into L2 as well.
                     _run_strided_tile(vectors, w, m0 * reduction, reduction, x, at + x0, plane, reduction, out,
-                                      (n * M + m0) * plane + x0, plane, valid, mc, bias, m0, has_bias)
+                                      (n * M + m0) * plane + x0, plane, valid, mc, bias, m0, has_bias,
+                                      prefetch_next and mb == mb0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -349,7 +366,8 @@ def _pack_run(x, x_at, offsets, reduction, panels, panel, first, count, head, d)
 
 @njit(parallel=True, cache=True)
 def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image, x_group, row_step, rows, row_len,
-                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots, copies, in_place, plain):
+                 pointwise, m_chunks, u_chunks, unit_block, staged_rows, phase_len, slots, copies, in_place, plain,
+                 prefetch_next):
     """``images`` images of ``x`` (``x_image`` floats apart, groups
     ``x_group`` apart, output rows ``row_step`` apart) into ``out``, the
     items shared by ``slots`` threads.  ``table_store`` holds the int64
@@ -364,7 +382,8 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     in place without copies, on planes at least a tile and a vector long, so
     that the input's last tile can always move back): every tile runs in
     :func:`_sweep_planes`, which reads neither the table nor the panels
-    (both empty then)."""
+    (both empty then), its runs' first channel block hinting the next tile's
+    input into L2 with ``prefetch_next``."""
     d = KernelGeometry(*geometry)
     reduction = d.channels_per_group * d.kernel_taps
     offsets = table_store.view(np.int64)[:reduction]
@@ -393,7 +412,8 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     head = vector_head(x.ctypes.data) if in_place and whole_vectors else 0
     first = (-panels.ctypes.data // FLOAT32_BYTES) % LINE if pointwise else 0
     if plain and slots == 1:
-        _sweep_planes(x, w, bias, out, d, 0, items, units, m_chunks, u_chunks, unit_block, head, x_image, has_bias)
+        _sweep_planes(x, w, bias, out, d, 0, items, units, m_chunks, u_chunks, unit_block, head, x_image, has_bias,
+                      prefetch_next)
         return
     # The last step's input offset, read once here: inside the prange body
     # Numba hoists the read out of the loop, where it ran on the plain
@@ -403,7 +423,7 @@ def _pixels_conv(x, w, bias, out, table_store, panels, geometry, images, x_image
     for slot in prange(slots):
         if plain:
             _sweep_planes(x, w, bias, out, d, slot * items // slots, (slot + 1) * items // slots, units, m_chunks,
-                          u_chunks, unit_block, head, x_image, has_bias)
+                          u_chunks, unit_block, head, x_image, has_bias, prefetch_next)
         else:
             panel = first + slot * panel_size
             for item in range(slot * items // slots, (slot + 1) * items // slots):
@@ -542,10 +562,14 @@ def _plan(g, threads):
     # no workspace (allocating GoogLeNet's 45 KiB on every call cost 1.6 us
     # of its 28 us 480->16 on 14x14, one thread, timed between calls).
     plain = in_place and not copies and row_len >= SPAN + VL
+    # Where an image's input comes from beyond L2, the plain sweep's first
+    # channel block of each run hints the next tile's into L2
+    # (PIXELS_PREFETCH_NEXT_L2_SHARE).
+    prefetch_next = plain and x_image * FLOAT32_BYTES > PIXELS_PREFETCH_NEXT_L2_SHARE * l2_bytes()
     table = 0 if plain else _table_elements(g)
     panels = _panel_elements(g, slots, unit_block) if pointwise and not plain else 0
     tiling = (images, x_image, x_group, row_step, rows, row_len, pointwise, split.row_blocks, split.col_tiles,
-              unit_block, table, staged, slots, panels, copies, in_place, plain)
+              unit_block, table, staged, slots, panels, copies, in_place, plain, prefetch_next)
     return KernelPlan(tiling=tiling, scratch_elements=table + staged + panels,
                       gemms=((g.batch * g.groups, pixels, blocks * PIXEL_CHANNELS,
                               g.channels_per_group * g.kernel_taps),),
@@ -619,14 +643,15 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
     if g.batch == 0 or g.out_height <= 0 or g.out_width <= 0:
         return
     (images, x_image, x_group, row_step, rows, row_len, pointwise, m_chunks, u_chunks, unit_block, table,
-     staged, slots, panels, copies, in_place, plain) = kernel.tiling
+     staged, slots, panels, copies, in_place, plain, prefetch_next) = kernel.tiling
     geometry = kernel_geometry(g)
     table_store = scratch[:table]
     panel_store = scratch[table + staged:table + staged + panels]
     if pointwise:
         conv = _pixels_conv_serial if kernel.serial else _pixels_conv
         conv(x, weights, bias, out, table_store, panel_store, geometry, images, x_image, x_group, row_step,
-             rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies, in_place, plain)
+             rows, row_len, True, m_chunks, u_chunks, unit_block, 0, 0, slots, copies, in_place, plain,
+             prefetch_next)
         return
     staged_rows, phase_len = _staged_shape(g)
     image, plane = g.in_channels * g.height * g.width, g.out_channels * g.out_height * g.out_width
@@ -635,7 +660,7 @@ def _compute(x, weights, bias, out, scratch, g, kernel):
         _stage(x, n * image, geometry, buffer, staged_rows, phase_len)
         _pixels_conv(buffer, weights, bias, out[n * plane:(n + 1) * plane], table_store, panel_store, geometry, 1,
                      x_image, x_group, row_step, rows, row_len, False, m_chunks, u_chunks, unit_block, staged_rows,
-                     phase_len, slots, False, False, False)
+                     phase_len, slots, False, False, False, False)
 
 
 register(Algorithm(
