@@ -20,11 +20,11 @@ One tile of ``mr <= MR`` output pixels by ``nr <= NR`` output channels::
 for ``r < mr`` and ``l < nr``.  The weights are the *vector* operand: ``NR``
 contiguous lanes per reduction step, packed and zero-padded to ``NR`` by the
 caller, so they are always read in full.  A tile wider than ``NR`` lanes
-(``wide_tiles``) reads its lanes past ``NR`` from the next packed block,
-``w_next`` elements on (lane ``l`` at ``w_off + (l // NR)*w_next + l % NR``).  The input is the *broadcast*
-operand: one scalar per pixel per step, each pixel addressed by its own
-offset, which serves any stride, dilation and layout (NCHW: ``x_cstep = H*W``;
-NHWC: ``x_cstep = 1``).  Pixel ``r`` of the tile is pixel ``p0 + r`` of a
+(``tile_wide``) reads its lanes past ``NR`` from the next packed block,
+``w_next`` elements on (lane ``l`` at ``w_off + (l // NR)*w_next + l % NR``).
+The input is the *broadcast* operand: one scalar per pixel per step, each
+pixel addressed by its own offset, which serves any stride, dilation and
+layout (NCHW: ``x_cstep = H*W``; NHWC: ``x_cstep = 1``).  Pixel ``r`` of the tile is pixel ``p0 + r`` of a
 rectangle ``nx`` pixels wide, so a tile may wrap onto the next row::
 
     (y, x) = divmod(p0 + r, nx)
