@@ -30,66 +30,26 @@ NAMES = ["pointwise-ukernel", "pointwise-ukernel-nhwc", "direct-ukernel", "direc
 GUARD = 37  # guard elements on each side of every buffer
 
 
-@njit
-def _run_full(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_full(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+def _runner(tile):
+    """A jitted function calling the tile intrinsic ``tile`` (intrinsics are
+    callable from compiled code only)."""
+
+    @njit
+    def run(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+            out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
+        tile(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
+             out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+
+    return run
 
 
-@njit
-def _run_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
-@njit
-def _run_small_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                    out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_small_half(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
-                       ni, out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
-@njit
-def _run_small(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_small(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
-@njit
-def _run_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
-@njit
-def _run_small_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                    out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    mk.tile_small_wide(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj,
-                       ni, out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
+_run_full, _run_half, _run_small, _run_small_half, _run_wide, _run_small_wide = (
+    _runner(tile) for tile in (mk.tile_full, mk.tile_half, mk.tile_small, mk.tile_small_half, mk.tile_wide,
+                               mk.tile_small_wide))
 # The tile shapes of the other hosts, compiled here: the IR is generic, so
 # AVX2's and the fallback's vector widths must be exact on this machine too.
-_AVX2_TILE = mk.make_tile_kernel(mk.TILE_AVX2[1], nv=mk.TILE_AVX2[2], vl=mk.TILE_AVX2[0])
-_GENERIC_TILE = mk.make_tile_kernel(mk.TILE_GENERIC[1], nv=mk.TILE_GENERIC[2], vl=mk.TILE_GENERIC[0])
-
-
-@njit
-def _run_avx2(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-              out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    _AVX2_TILE(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-               out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
-
-
-@njit
-def _run_generic(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                 out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias):
-    _GENERIC_TILE(w, w_off, w_c, w_j, w_i, w_next, x, x_off, x_y, x_x, x_c, x_j, x_i, p0, nx, mr, kc, nj, ni,
-                  out, o_off, o_y, o_x, o_l, nr, bias, b_off, has_bias)
+_run_avx2 = _runner(mk.make_tile_kernel(mk.TILE_AVX2[1], nv=mk.TILE_AVX2[2], vl=mk.TILE_AVX2[0]))
+_run_generic = _runner(mk.make_tile_kernel(mk.TILE_GENERIC[1], nv=mk.TILE_GENERIC[2], vl=mk.TILE_GENERIC[0]))
 
 
 def _guarded(values):
