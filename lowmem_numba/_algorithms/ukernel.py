@@ -83,8 +83,8 @@ Threads
 -------
 Items of ``prange`` are (image x group, or group when the images are
 stacked) x output-channel blocks x runs of tiles, cut by
-:func:`lowmem_numba._split.split_work`; inside an item, blocks of
-``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a
+:func:`lowmem_numba._split.split_work`; inside an item, equal blocks of
+about ``UKERNEL_TILE_BLOCK`` tiles are swept once per output-channel block, so a
 tile's input stays in cache while every weight block passes over it.  On a
 1x1 kernel with more than ``UKERNEL_REDUCTION_BLOCK`` input channels per group,
 each sweep reduces over one block of input channels at a time
@@ -495,10 +495,15 @@ def _ukernel_conv(x, w, bias, out, geometry, nhwc_in, nhwc, m_chunks, t_chunks, 
         g = ng % G
         x_image = n * H * W * C + g * cg if nhwc_in else (n * C + g * cg) * H * W
         o_image = n * HO * WO * M + g * mg if nhwc else (n * M + g * mg) * HO * WO
-        # Sweep the item's tiles in blocks of tile_block, every weight block
-        # over each.
-        for b_lo in range(t_lo, t_hi, tile_block):
-            b_hi = min(t_hi, b_lo + tile_block)
+        # Sweep the item's tiles in equal blocks of about tile_block (the
+        # nearest whole number of them), every weight block over each: a 14x14
+        # plane's 17 tiles are one block, not 16 and a last tile that streams
+        # all the weights once more for 4 pixels.
+        n_tiles = t_hi - t_lo
+        sweeps = max(1, (2 * n_tiles + tile_block) // (2 * tile_block))
+        for sweep in range(sweeps):
+            b_lo = t_lo + sweep * n_tiles // sweeps
+            b_hi = t_lo + (sweep + 1) * n_tiles // sweeps
             for c0 in range(0, cg, channel_block):
                 cs = min(channel_block, cg - c0)
                 flags = has_bias if c0 == 0 else ACCUMULATE
