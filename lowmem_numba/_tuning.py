@@ -201,6 +201,18 @@ UKERNEL_HALF_BLOCK_COST = 1.37
 #: medians, batch 1 and 8, one thread, Intel Xeon kind): 0.94-1.04 times a
 #: full block's time per channel.
 UKERNEL_WIDE_UNIT_COST = 1.0
+#: direct-ukernel reading a strided NCHW 1x1 layer in place (ResNet-50's
+#: downsampling shortcuts where their outputs do not stack): its tiles'
+#: pixels cost this many times a stride-1 layer's, beyond the planar lines
+#: the plan counts.  Every step of a 12-pixel tile reads 2-3 lines of which
+#: it uses every other float, and no tile shares them with the next; the
+#: model without it predicted direct-ukernel / direct-pixels at 0.97-1.07
+#: (batch 1) and 1.02 (batch 8) on layer3's and layer4's downsample, where
+#: they ran 1.08-1.16 and 1.20-1.21 (Intel Xeon kind, one and two threads,
+#: medians of 11 interleaved calls), and "auto" kept direct-ukernel on them.
+#: Layers of a 3x3 kernel, whose kernel row reuses a step's lines, are priced
+#: within 0.99-1.15 of their times without it, as direct-pixels is.
+UKERNEL_STRIDED_1X1_COST = 1.15
 #: The NCHW micro-kernel's tile store (a register transpose of every tile and
 #: ``NR`` short stores), in plain-copy elements per output element: the model
 #: without it predicted MobileNet's conv1 / pw1 / pw2 and ResNet's conv1 0.5-0.9

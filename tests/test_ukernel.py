@@ -541,6 +541,28 @@ def test_strided_1x1_layers_run_on_a_subsampled_copy(layout, name, stride):
     assert single.kernel.tiling.staging is None  # batch 1: nothing to stack
 
 
+@pytest.mark.parametrize("layout, stride, batch", [("NCHW", (2, 2), 1), ("NCHW", (2, 1), 2), ("NCHW", (1, 3), 1),
+                                                   ("NCHW", (1, 1), 1), ("NHWC", (2, 2), 1), ("NCHW", (2, 2), 5)])
+def test_strided_1x1_layers_read_in_place_are_priced_higher(layout, stride, batch):
+    """A strided NCHW 1x1 layer read in place costs its walk's pixels times
+    UKERNEL_STRIDED_1X1_COST (its tiles' lines half unused); stride 1,
+    channels-last input and a subsampled copy (batch 5 of 9x8 planes:
+    stacked, see test_strided_1x1_layers_run_on_a_subsampled_copy) cost
+    their pixels."""
+    from lowmem_numba._tuning import UKERNEL_STRIDED_1X1_COST
+
+    hw = (9, 8) if batch == 5 else (28, 28)
+    g = make_geometry((batch, 64) + hw, (96, 64, 1, 1), stride, 0)
+    name = "direct-ukernel" if layout == "NCHW" else "direct-ukernel-nhwc"
+    kernel = ln._registry.get(name).plan(g, 1, layout, prepacked=True).kernel
+    tiling, ((_, pixels, _, _),) = kernel.tiling, kernel.gemms
+    launched = ukernel.KernelGeometry(*tiling.launched)
+    walked = round(ukernel._tiled_pixels(launched, True)) if tiling.stacked else ukernel._walk_pixels(launched)
+    in_place = layout == "NCHW" and stride != (1, 1) and batch != 5
+    assert (tiling.staging is not None and tiling.staging.subsampled) == (batch == 5)
+    assert pixels == round(walked * (UKERNEL_STRIDED_1X1_COST if in_place else 1))
+
+
 @pytest.fixture
 def forget_plans():
     """Memoised plans forgotten before and after the test (which patches what
@@ -629,6 +651,8 @@ def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, 
     g = make_geometry((batch, c, hw, hw), (m, c // groups, kh, kw), stride, (kh // 2, kw // 2), 1, groups)
     plan = ln._registry.get(name).plan(g, 1, layout, prepacked=True)
     (_, pixels, _, _), = plan.kernel.gemms
+    if layout == "NCHW" and kernel == (1, 1) and stride > 1:  # priced beyond its pixels (UKERNEL_STRIDED_1X1_COST)
+        pixels = ukernel._walk_pixels(ukernel.KernelGeometry(*plan.kernel.tiling.launched))
     steps = batch * groups * -(-pixels // mk.MR) * -(-(m // groups) // mk.NR) * (c // groups) * kh * kw
     lines = steps * (1 + (mk.MR - 1) * stride / 16)
     beyond_l1 = c // groups * hw * hw >= 24 * 14 * 14

@@ -115,8 +115,8 @@ from .._tuning import (TRANSPOSE_COST, UKERNEL_FOLD_CHANNELS, UKERNEL_GENERAL_ST
                        UKERNEL_NCHW_STORE_COST, UKERNEL_PACK_COST, UKERNEL_PACK_IN_KERNEL_COST,
                        UKERNEL_PACK_SWEEP_L2_SHARE, UKERNEL_PAD_INTERIOR, UKERNEL_PAD_PIXELS, UKERNEL_PLANAR_PAGES_MAX,
                        UKERNEL_REDUCTION_BLOCK, UKERNEL_STACK_COPY_CHANNELS, UKERNEL_STACK_MARGIN,
-                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS, UKERNEL_TILE_BLOCK,
-                       UKERNEL_WIDE_UNIT_COST)
+                       UKERNEL_STACK_PIXELS, UKERNEL_STACK_SEGMENT_COST, UKERNEL_STAGE_ELEMENTS,
+                       UKERNEL_STRIDED_1X1_COST, UKERNEL_TILE_BLOCK, UKERNEL_WIDE_UNIT_COST)
 from .._registry import Algorithm, register
 from ._common import LINE, NO_ARRAY, KernelGeometry, ceil_div, kernel_geometry, tile_bounds, unpadded_1x1
 
@@ -894,6 +894,8 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # its 3a 5x5 (28x28 planes of 16 channels, 49 KiB, beyond a 32 KiB L1)
     # 0.17.
     planar = not (nhwc or (staging and staging.channels_last))
+    # A strided 1x1 layer read in place: its tiles' lines half unused.
+    strided_1x1 = planar and not subsampling and d.kernel_taps == 1 and (d.stride_h, d.stride_w) != (1, 1)
     # Each line costs more the larger the planes a tile steps between
     # (UKERNEL_PLANAR_PAGES_MAX, Calibration.planar_line_page_seconds).
     plane_bytes = FLOAT32_BYTES * d.height * d.width
@@ -915,7 +917,8 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     return KernelPlan(tiling=Tiling(split.row_blocks, split.col_tiles, plane_tiles, UKERNEL_TILE_BLOCK,
                                     channel_block, False, stacked, launched, staging, serial),
                       scratch_elements=copy * (staging.images if staging else 0),
-                      gemms=((g.batch * g.groups, pixels, channels, g.reduction_size),),
+                      gemms=((g.batch * g.groups, round(pixels * (UKERNEL_STRIDED_1X1_COST if strided_1x1 else 1)),
+                              channels, g.reduction_size),),
                       moved_elements=g.batch * (copy * copy_cost
                                                 + (0 if nhwc else round(outputs * UKERNEL_NCHW_STORE_COST))
                                                 + partial_sums
