@@ -77,8 +77,10 @@ class KernelPlan:
         page of ``planar_plane_pages``.
     planar_plane_pages : float
         The pages an input plane of those lines spans (at most
-        ``UKERNEL_PLANAR_PAGES_MAX``): a planar line costs more the larger
-        the planes a tile steps between.  0 without planar lines.
+        ``UKERNEL_PLANAR_PAGES_MAX``), over the taps of a kernel row, which
+        read the lines the row's first tap fetched: a planar line costs more
+        the larger the planes a tile steps between, once per kernel row.
+        0 without planar lines.
     parallel_items : int
         Independent items the run hands to ``prange``: more threads than
         items cannot help.

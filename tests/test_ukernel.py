@@ -639,8 +639,8 @@ def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, 
     image and group reads the lines its pixels span, on average
     ``1 + (MR - 1) * stride / 16`` (priced apart: planar_line_seconds), from
     planes of ``H*W*4`` bytes over a page (at most UKERNEL_PLANAR_PAGES_MAX;
-    planar_line_page_seconds each), unless an image's planes of a group fit
-    in L1; channels-last input none."""
+    planar_line_page_seconds each, once per kernel row), unless an image's
+    planes of a group fit in L1; channels-last input none."""
     from lowmem_numba._tuning import UKERNEL_PLANAR_PAGES_MAX
 
     monkeypatch.setattr(ukernel, "l1_bytes", lambda: 4 * 24 * 14 * 14 - 1)  # all but 24 14x14 planes of 2 groups
@@ -658,8 +658,8 @@ def test_nchw_plans_count_the_lines_each_step_reads(layout, hw, kernel, stride, 
     beyond_l1 = c // groups * hw * hw >= 24 * 14 * 14
     counted = layout == "NCHW" and beyond_l1
     assert plan.planar_line_reads == (pytest.approx(lines, abs=1) if counted else 0)
-    assert plan.planar_plane_pages == (pytest.approx(min(UKERNEL_PLANAR_PAGES_MAX, 4 * hw * hw / 4096)) if counted
-                                       else 0.0)
+    assert plan.planar_plane_pages == (pytest.approx(min(UKERNEL_PLANAR_PAGES_MAX, 4 * hw * hw / 4096) / kw)
+                                       if counted else 0.0)  # once per kernel row
     assert UKERNEL_PLANAR_PAGES_MAX < 4 * 72 * 72 / 4096  # the 72x72 case is capped
 
 

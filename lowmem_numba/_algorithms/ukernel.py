@@ -902,7 +902,16 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     beyond_l1 = plane_bytes * d.channels_per_group > l1_bytes()
     steps = ceil_div(pixels, MR) * blocks * d.channels_per_group * d.kernel_taps if planar and beyond_l1 else 0
     planar_lines = steps * (1 + (MR - 1) * d.stride_w / LINE)
-    plane_pages = min(UKERNEL_PLANAR_PAGES_MAX, plane_bytes / page_bytes()) if steps else 0.0
+    # The per-page part of a line's cost is paid once per kernel row: the
+    # row's further taps read the lines its first tap fetched.  Priced per
+    # tap, NCHW 3x3 and 5x5 layers on 56x56 planes ran at 0.83-0.85x their
+    # prediction (64->64, 64->192 and 128->128 stride 2 at batch 1, one
+    # thread, Intel Xeon kind, whose calibrations price 0 per line and
+    # 0.17-0.29 ns per line and page), and "auto" moved ResNet-50's layer2
+    # 3x3 stride 2 onto direct-ukernel-nhwc through a channels-last copy,
+    # 1.15x slower on one thread and 1.4x on two; per row, 0.94-1.00x (other
+    # 3x3 and 5x5 layers on 7x7 to 28x28 planes 0.93-1.07x -> 0.96-1.09x).
+    plane_pages = min(UKERNEL_PLANAR_PAGES_MAX, plane_bytes / page_bytes()) / d.kernel_w if steps else 0.0
     # Outputs the tile kernel stores through its general path, and the input
     # streams stacked tiles add per image they span (see
     # UKERNEL_GENERAL_STORE_COST and UKERNEL_STACK_SEGMENT_COST), per image.
