@@ -24,8 +24,9 @@ caller, so they are always read in full.  A tile wider than ``NR`` lanes
 ``w_next`` elements on (lane ``l`` at ``w_off + (l // NR)*w_next + l % NR``).
 The input is the *broadcast* operand: one scalar per pixel per step, each
 pixel addressed by its own offset, which serves any stride, dilation and
-layout (NCHW: ``x_cstep = H*W``; NHWC: ``x_cstep = 1``).  Pixel ``r`` of the tile is pixel ``p0 + r`` of a
-rectangle ``nx`` pixels wide, so a tile may wrap onto the next row::
+layout (NCHW: ``x_cstep = H*W``; NHWC: ``x_cstep = 1``).  Pixel ``r`` of the
+tile is pixel ``p0 + r`` of a rectangle ``nx`` pixels wide, so a tile may wrap
+onto the next row::
 
     (y, x) = divmod(p0 + r, nx)
     x(r) = x_off + y*x_ystep + x*x_xstep        o(r) = o_off + y*o_ystep + x*o_xstep

@@ -894,8 +894,9 @@ def _plan(g, threads, scratch_budget=None, nhwc=False):
     # its 3a 5x5 (28x28 planes of 16 channels, 49 KiB, beyond a 32 KiB L1)
     # 0.17.
     planar = not (nhwc or (staging and staging.channels_last))
-    # A strided 1x1 layer read in place: its tiles' lines half unused.
-    strided_1x1 = planar and not subsampling and d.kernel_taps == 1 and (d.stride_h, d.stride_w) != (1, 1)
+    # A strided 1x1 layer read in place (a subsampled copy runs at stride 1):
+    # its tiles' lines half unused.
+    strided_1x1 = planar and d.kernel_taps == 1 and (d.stride_h, d.stride_w) != (1, 1)
     # Each line costs more the larger the planes a tile steps between
     # (UKERNEL_PLANAR_PAGES_MAX, Calibration.planar_line_page_seconds).
     plane_bytes = FLOAT32_BYTES * d.height * d.width
