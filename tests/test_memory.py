@@ -9,6 +9,7 @@ import pytest
 
 import lowmem_numba as ln
 from lowmem_numba._geometry import make_geometry
+from lowmem_numba._threads import max_threads
 from naive import supported_configuration
 from subprocess_helper import run_python
 
@@ -36,21 +37,22 @@ NRT_COUNTS = """
 
     for name in ln.algorithms():
         print(name, allocations(name, 1, 12), allocations(name, 3, 12), allocations(name, 1, 40),
-              allocations(name, 1, 16))
+              allocations(name, 1, 16), allocations(name, 6, 12))
     # 7x7 images: direct-ukernel stages the images zero-padded, a chunk at a time.
     print("staged", allocations("direct-ukernel", 1, 7), allocations("direct-ukernel", 3, 7))
 """
 
 
-def transforms_in_kernel(name, n, size):
-    """Whether the Winograd kernel transforms the weights itself on
-    ``allocations(name, n, size)``'s call."""
-    if not name.startswith("winograd"):
-        return False
+def prepares_weights_first(name, n, size):
+    """Whether ``allocations(name, n, size)``'s call (on all the process's
+    threads, as it runs) packs or transforms the weights before its kernel,
+    a launch with array arguments of its own, rather than not at all or
+    inside the kernel (Winograd's kernel transforms them on few tiles, the
+    micro-kernel packs them at batch 1)."""
     w_shape, padding, groups = supported_configuration(name, (1, 8, 9, 9), 8)
     algorithm = ln._registry.get(name)
     g = make_geometry((n, 8, size, size), w_shape, 1, padding, 1, groups)
-    return algorithm.plan(g, 1, algorithm.input_layout).kernel.tiling[-1]
+    return algorithm.plan(g, max_threads(), algorithm.input_layout).packed_weight_elements > 0
 
 
 def test_kernel_allocations_do_not_grow_with_the_work():
@@ -67,21 +69,26 @@ def test_kernel_allocations_do_not_grow_with_the_work():
     lines = result.stdout.split("\n")
     for name in ALGORITHMS:
         [counts] = [line.split()[1:] for line in lines if line.startswith(name + " ")]
-        single, batch_of_3, larger, medium = map(int, counts)
+        single, batch_of_3, larger, medium, batch_of_6 = map(int, counts)
         # <= 24: the array arguments, plus the depthwise kernels' few small
         # index tables per thread (tens of bytes, not per tile).
         assert single == medium and larger <= 24, (name, counts)
         # When the batch has at most WINOGRAD_IN_KERNEL_TILES tiles (batch 1
         # at 12 and 16 pixels a side, not 40; batch 3 at 12 on F(4x4,3x3)),
-        # Winograd's kernel transforms the weights itself: no transform
-        # launch, fewer array arguments.  Each path is compared with itself
-        # on more work.
-        in_kernel = name.startswith("winograd")
-        assert single <= larger if in_kernel else single == larger, (name, counts)
+        # Winograd's kernel transforms the weights itself, and at batch 1 the
+        # micro-kernel packs them itself: no preparing launch, fewer array
+        # arguments.  Each path is compared with itself on more work.
+        paths = {(n, size): prepares_weights_first(name, n, size) for n, size in ((1, 12), (3, 12), (1, 40), (6, 12))}
+        same = paths[1, 12] == paths[1, 40]
+        assert single == larger if same else single <= larger, (name, counts, paths)
         algorithm = ln._registry.get(name)
         one_at_a_time = algorithm.input_layout != algorithm.output_layout or name == "direct-pixels"
-        same_path = single if transforms_in_kernel(name, 3, 12) else larger
-        assert batch_of_3 <= 3 * single if one_at_a_time else batch_of_3 == same_path, (name, counts)
+        if one_at_a_time:
+            assert batch_of_3 <= 3 * single, (name, counts)
+        elif paths[3, 12] in (paths[1, 12], paths[1, 40]):
+            assert batch_of_3 == (single if paths[3, 12] == paths[1, 12] else larger), (name, counts)
+        if not one_at_a_time and paths[6, 12] == paths[3, 12]:
+            assert batch_of_6 == batch_of_3, (name, counts)  # nothing per image
     [staged] = [line.split()[1:] for line in lines if line.startswith("staged ")]
     single, batch_of_3 = map(int, staged)
     assert single <= 24 and batch_of_3 <= 3 * single, staged

@@ -413,7 +413,8 @@ def test_workspace_is_the_packed_weights_only():
 def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, seed, with_bias, layout, threads):
     """A functional call whose items' tiles span the batch (batch 1, or the
     images stacked), in one launch, and whose threads share the channel
-    blocks packs each block into scratch of its own inside the kernel: no
+    blocks, or cut the tiles with one item per thread running one channel
+    unit, packs each block into scratch of its own inside the kernel: no
     packed copy of the weights, one block per parallel item in the
     workspace (two where the last two run as one wide unit), and the reference's result (every configuration, both
     layouts, batch 1-3, 1-2 threads)."""
@@ -426,7 +427,10 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
     plan = ln._registry.get(name).plan(g, threads, kernel_layout)
     tiling = plan.kernel.tiling
     one_launch = tiling.staging is None or tiling.staging.images == case.batch
-    assert tiling.packs == ((case.batch == 1 or tiling.stacked) and one_launch and tiling.t_chunks == 1)
+    one_unit_each = (tiling.m_chunks == ukernel.channel_units(case.out_channels // case.groups)[1]
+                     and plan.kernel.parallel_items <= threads)
+    assert tiling.packs == ((case.batch == 1 or tiling.stacked) and one_launch
+                            and (tiling.t_chunks == 1 or one_unit_each))
     assume(tiling.packs)
     assert plan.packed_weight_elements == 0
     block = case.kernel[0] * case.kernel[1] * (case.channels // case.groups) * mk.NR
@@ -434,8 +438,30 @@ def test_calls_whose_items_span_the_batch_pack_inside_the_kernel(name, case, see
     if m_per_group > mk.NR and m_per_group % mk.NR == mk.VL:  # the last two blocks run as one wide unit
         block *= 2
     staged_copy = ln._registry.get(name).plan(g, threads, kernel_layout, prepacked=True).workspace_elements
-    assert plan.workspace_elements == case.groups * tiling.m_chunks * block + staged_copy
+    assert plan.workspace_elements == case.groups * tiling.m_chunks * tiling.t_chunks * block + staged_copy
     assert_exact_like_reference(name, case, seed, with_bias, layout, threads)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_one_unit_per_thread_packs_inside_the_kernel_with_the_tiles_cut(layout):
+    """Fewer channel units than threads cut the tiles: each thread's one item
+    then packs the unit it runs itself (GoogLeNet's 4a 5x5, 16 -> 48: one
+    wide unit, two tile ranges on two threads); with more items than threads
+    (ResNet-50-like 832 -> 160 on 7x7: five units by five tile ranges) the
+    weights are packed once, before the kernel."""
+    name = "direct-ukernel-nhwc" if layout == "NHWC" else "direct-ukernel"
+    one_unit = make_geometry((1, 16, 14, 14), (48, 16, 5, 5), padding=2)
+    plan = ln._registry.get(name).plan(one_unit, 2, layout)
+    tiling = plan.kernel.tiling
+    assert (tiling.m_chunks, tiling.t_chunks, tiling.packs, plan.packed_weight_elements) == (1, 2, True, 0)
+    assert plan.workspace_elements == 2 * ukernel.packed_elements(one_unit)  # a wide unit's two blocks, per item
+    case = Case(batch=1, channels=16, height=14, width=14, out_channels=48, kernel=(5, 5), stride=(1, 1),
+                padding=((2, 2), (2, 2)), dilation=(1, 1), groups=1)
+    assert_exact_like_reference(name, case, 0, True, layout, 2)
+    many_items = make_geometry((1, 832, 7, 7), (160, 832, 1, 1))
+    plan = ln._registry.get(name).plan(many_items, 2, layout)
+    assert plan.kernel.tiling.t_chunks > 1 and plan.kernel.parallel_items > 2
+    assert not plan.kernel.tiling.packs and plan.packed_weight_elements == ukernel.packed_elements(many_items)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

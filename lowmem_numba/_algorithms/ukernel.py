@@ -946,9 +946,17 @@ def _plan_packing(g, threads, scratch_budget=None, nhwc=False):
     Each parallel item packs its channel blocks, one at a time, into a block of
     scratch of its own, right before sweeping all its tiles on it.  Only where
     the items' tiles span the batch (batch 1, or the images stacked), in one
-    launch, with no cut across the tiles: every block is then packed exactly
-    once, the packed weights are not written to memory and read back, and
-    the workspace holds one block per item instead of all of them.  Under a
+    launch, and with no cut across the tiles unless there is one item per
+    thread, each running a single channel unit: every block is then packed
+    once (or once per item that runs it), the packed weights are not written
+    to memory and read back, and the workspace holds one block per item
+    instead of all of them.  Fewer units than threads cut the tiles: there,
+    each item packing its unit against a parallel packing pass before the
+    kernel, GoogLeNet's 4a 5x5 (16 -> 48 on 14x14) and 1x1 layers of 832 ->
+    32 and 832 -> 48 on 7x7 ran 1.16x, 1.67x and 1.44x faster at batch 1 on
+    two threads (medians of ``perf/interleaved_ab.py``, Intel Xeon kind);
+    with more items than threads, each packing what it runs, 832 -> 160 on
+    7x7 (5 units by 5 tile ranges) ran 0.69x as fast.  Under a
     ``memory_limit`` (``scratch_budget`` elements; None: none) the images are
     read in place rather than from a copy (see :func:`_staging`) if the copy
     and the blocks do not fit together.
@@ -964,7 +972,9 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
     plan = _plan(g, threads, scratch_budget, nhwc=nhwc)
     tiling = plan.tiling
     one_launch = tiling.staging is None or tiling.staging.images == g.batch
-    if not (g.batch == 1 or tiling.stacked) or not one_launch or tiling.t_chunks != 1:
+    # Tiles cut only where each thread's one item runs a single unit.
+    one_unit_each = tiling.m_chunks == channel_units(g.out_channels_per_group)[1] and plan.parallel_items <= threads
+    if not (g.batch == 1 or tiling.stacked) or not one_launch or not (tiling.t_chunks == 1 or one_unit_each):
         return None
     # Every weight block sweeps all of the item's tiles instead of a block of
     # UKERNEL_TILE_BLOCK: not on 1x1 layers walked image by image whose input
@@ -978,8 +988,8 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
             return None
     return dataclasses.replace(
         plan, tiling=tiling._replace(tile_block=max(1, tiling.plane_tiles), packs=True),
-        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * _unit_elements(g),
-        moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST))
+        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * tiling.t_chunks * _unit_elements(g),
+        moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST * tiling.t_chunks))
 
 
 def _runs_serially(g, threads) -> bool:
@@ -1012,7 +1022,7 @@ def _make_compute(nhwc):
          serial) = kernel.tiling
         raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
-            block_scratch = g.groups * m_chunks * _unit_elements(g)
+            block_scratch = g.groups * m_chunks * t_chunks * _unit_elements(g)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
         conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:
