@@ -634,6 +634,12 @@ def _unit_elements(g) -> int:
     return _block_elements(g) * (2 if units < blocks else 1)
 
 
+def _pack_scratch_elements(g, tiling) -> int:
+    """Float32 elements of scratch a call packing in the kernel holds for
+    its blocks (:func:`_plan_packing`): one unit per parallel item."""
+    return g.groups * tiling.m_chunks * tiling.t_chunks * _unit_elements(g)
+
+
 def packed_elements(g) -> int:
     """Float32 elements of the packed weights: M/g rounded up to NR per group."""
     return g.groups * ceil_div(g.out_channels_per_group, NR) * NR * g.reduction_size
@@ -988,7 +994,7 @@ def _packing_plan(g, threads, scratch_budget, nhwc):
             return None
     return dataclasses.replace(
         plan, tiling=tiling._replace(tile_block=max(1, tiling.plane_tiles), packs=True),
-        scratch_elements=plan.scratch_elements + g.groups * tiling.m_chunks * tiling.t_chunks * _unit_elements(g),
+        scratch_elements=plan.scratch_elements + _pack_scratch_elements(g, tiling),
         moved_elements=plan.moved_elements + round(packed_elements(g) * UKERNEL_PACK_IN_KERNEL_COST * tiling.t_chunks))
 
 
@@ -1022,7 +1028,7 @@ def _make_compute(nhwc):
          serial) = kernel.tiling
         raw = NO_ARRAY
         if packs:  # weights as given; the kernel packs them into blocks at the start of the scratch
-            block_scratch = g.groups * m_chunks * t_chunks * _unit_elements(g)
+            block_scratch = _pack_scratch_elements(g, kernel.tiling)
             raw, packed, scratch = packed, scratch[:block_scratch], scratch[block_scratch:]
         conv = _ukernel_conv_serial if serial else _ukernel_conv
         if staging is None:
